@@ -1,0 +1,56 @@
+"""Wiring: settings -> store, runbooks, inventory, executors, transport -> Opsbot."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from bot.adapters.store import AsyncStore, Store
+from bot.config import Settings
+from bot.executors import ExecContext
+from bot.inventory import load_inventory
+from bot.notify import ConsoleTransport, Reporter, Transport
+from bot.runbooks import load_catalog
+from bot.runner import Runner
+from bot.service import Opsbot
+
+log = logging.getLogger("opsbot")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    bot: Opsbot
+    store: AsyncStore
+    ctx: ExecContext
+    transport: Transport
+    client: Any = None  # the Slack Web API client, when Slack is configured
+
+    async def close(self) -> None:
+        await self.bot.drain()
+        await self.ctx.close()
+        await self.transport.close()
+        self.store.close()
+
+
+def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
+    """Everything one process needs. Must be called inside a running event loop."""
+    store = AsyncStore(Store(settings.db, audit_key=settings.audit_key))
+    catalog = load_catalog(settings.runbooks)
+    for line in catalog.errors:
+        log.error("runbook left out: %s", line)
+    inventory = load_inventory(settings.inventory)
+    ctx = ExecContext(known_hosts=settings.known_hosts, ssh_idle=settings.ssh_idle)
+    client = None
+    transport: Transport
+    if settings.slack_enabled:
+        from bot.adapters.slack import SlackTransport, web_client
+
+        client = web_client(settings)
+        transport = SlackTransport(client, settings.channel or "")
+    else:
+        transport = ConsoleTransport(out)
+    reporter = Reporter(store, transport, approvers=settings.approvers)
+    bot = Opsbot(settings, store, catalog, inventory, Runner(ctx), reporter)
+    return Runtime(settings, bot, store, ctx, transport, client)

@@ -1,0 +1,312 @@
+"""The `opsbot` command. Entry points only: each sub-command calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.config import Settings, load_settings
+from bot.errors import BotError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def local_user() -> str:
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "local:unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opsbot", description="ChatOps incident response: "
+                                "alerts in, diagnosed incidents, approvals and an audit log out.")
+    p.add_argument("--config", type=Path, help="TOML file with settings (environment wins)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", help="run the bot (HTTP server; Socket Mode with SLACK_APP_TOKEN)")
+
+    rb = sub.add_parser("runbooks", help="list or validate runbooks")
+    rb_sub = rb.add_subparsers(dest="action", required=True)
+    rb_sub.add_parser("list", help="the loaded runbooks")
+    val = rb_sub.add_parser("validate", help="validate runbook files (exit 1 on errors)")
+    val.add_argument("path", nargs="?", type=Path, help="a file or folder (default: "
+                                                         "OPSBOT_RUNBOOKS)")
+
+    run = sub.add_parser("run", help="run a runbook on a host or group")
+    run.add_argument("runbook")
+    run.add_argument("target", help="inventory host or group")
+    run.add_argument("--param", action="append", default=[], metavar="K=V")
+    run.add_argument("--dry-run", action="store_true", help="show every rendered command, run "
+                                                            "nothing")
+    run.add_argument("--yes", action="store_true", help="approve remediation as the local user")
+    run.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+
+    an = sub.add_parser("analyze", help="diagnose from recorded step outputs")
+    an.add_argument("runbook")
+    an.add_argument("--evidence", required=True, type=Path)
+    an.add_argument("--param", action="append", default=[], metavar="K=V")
+    an.add_argument("--json", action="store_true")
+
+    inc = sub.add_parser("incidents", help="list incidents")
+    inc.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="an incident's timeline for a postmortem")
+    ex.add_argument("incident", help="INC-n")
+    ex.add_argument("--format", choices=("md", "json", "csv"), default="md")
+    ex.add_argument("-o", "--output", type=Path)
+
+    for verb in ("approve", "reject"):
+        ap = sub.add_parser(verb, help=f"{verb} a pending remediation (token from the thread)")
+        ap.add_argument("token")
+
+    res = sub.add_parser("resolve", help="resolve an incident")
+    res.add_argument("incident")
+
+    au = sub.add_parser("audit", help="the audit log")
+    au_sub = au.add_subparsers(dest="action", required=True)
+    au_sub.add_parser("verify", help="check the hash chain (exit 1 naming the first bad record)")
+    pr = au_sub.add_parser("prune", help="drop records older than a UTC time; the rest stays "
+                                         "verifiable")
+    pr.add_argument("--before", required=True, help="UTC ISO time, e.g. 2026-01-01T00:00:00Z")
+    return p
+
+
+def _kv(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BotError(f"--param wants key=value, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def cmd_runbooks(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.runbooks import load_catalog, load_runbook, runbook_files
+
+    if args.action == "list":
+        catalog = load_catalog(settings.runbooks)
+        for rb in catalog.runbooks.values():
+            match = " ".join(str(m) for m in rb.matchers) or "(manual only)"
+            print(f"{rb.name:28} {rb.title}\n{'':28} match: {match}")
+        for line in catalog.errors:
+            print(line, file=sys.stderr)
+        return EXIT_FAIL if catalog.errors else EXIT_OK
+    path = args.path or settings.runbooks
+    if not path.exists():
+        print(f"{path}: no such file or folder", file=sys.stderr)
+        return EXIT_FAIL
+    errors, count = [], 0
+    for file in runbook_files(path):
+        try:
+            load_runbook(file)
+            count += 1
+        except BotError as exc:
+            errors.extend(str(exc).splitlines())
+    for line in errors:
+        print(line, file=sys.stderr)
+    print(f"{count} runbook(s) valid, {len(errors)} error(s)")
+    return EXIT_FAIL if errors else EXIT_OK
+
+
+def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.diagnosis import diagnose, load_evidence
+    from bot.runbooks import load_catalog, resolve_params
+
+    catalog = load_catalog(settings.runbooks)
+    rb = catalog.get(args.runbook)
+    if rb.rules is None:
+        raise BotError(f"runbook {rb.name} names no diagnosis rules")
+    evidence = load_evidence(args.evidence)
+    params = resolve_params(rb, _kv(args.param))
+    causes = diagnose(rb.rules, evidence, params)
+    if args.json:
+        print(json.dumps({"causes": [c.to_json() for c in causes]}, indent=2))
+        return EXIT_OK
+    if not causes:
+        print("No known cause matches the evidence.")
+    for i, c in enumerate(causes, 1):
+        print(f"{i}. {c.cause} ({c.confidence:.0%}){' — ' + c.summary if c.summary else ''}")
+        for line in c.evidence:
+            print(f"     > {line}")
+        if c.remediation:
+            print(f"     remediation: {'; '.join(c.remediation)}")
+    return EXIT_OK
+
+
+def _prompt_approver(yes: bool, user: str) -> Any:
+    async def approver(approval: dict[str, Any], proposal: Any) -> tuple[bool, str] | None:
+        if yes:
+            return True, user
+        if not sys.stdin.isatty():
+            print(f"(no terminal to ask: {approval['step_id']} on {approval['host']} waits for "
+                  f"approval; `opsbot approve {approval['token']}`)", file=sys.stderr)
+            return None
+        question = (f"\nApprove {approval['step_id']} on {approval['host']}?\n  $ "
+                    f"{approval['display']}\n  then verify: $ {proposal.verify.display}\n[y/N] ")
+        answer = await asyncio.to_thread(input, question)
+        return answer.strip().lower() in ("y", "yes"), user
+
+    return approver
+
+
+async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> int:
+    from bot.app import build
+
+    rt = build(settings, out=sys.stderr if quiet else None)
+    try:
+        return int(await fn(rt))
+    finally:
+        await rt.close()
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    user = local_user()
+    params = _kv(args.param)
+
+    async def go(rt: Any) -> int:
+        outcome = await rt.bot.run_target(args.runbook, args.target, params, requested_by=user,
+                                          source="terminal", dry_run=args.dry_run,
+                                          approver=_prompt_approver(args.yes, user))
+        if args.dry_run:
+            if args.json:
+                print(json.dumps({"plan": {h.name: lines for h, lines in outcome}}, indent=2))
+            else:
+                for host, lines in outcome:
+                    print(f"# {host.name} ({host.address}:{host.port})")
+                    print("\n".join(f"  {line}" for line in lines))
+            return EXIT_OK
+        await rt.bot.drain()
+        incident = await rt.store.get_incident(outcome.incident.id)
+        if args.json:
+            print(json.dumps({
+                "incident": incident.ref, "phase": incident.phase, "cause": incident.cause,
+                "hosts": [{"host": r.host.name, "error": r.error,
+                           "steps": [{"id": s.step.step_id, "status": str(s.status),
+                                      "exit_status": s.exit_status, "command": s.step.display,
+                                      "error": s.error,
+                                      "duration": round(s.duration, 3), "sha256": s.digest}
+                                     for s in r.results],
+                           "causes": [c.to_json() for c in r.causes]}
+                          for r in outcome.reports],
+                "pending_approvals": [p["token"] for p in outcome.pending]}, indent=2))
+        else:
+            print(f"{incident.ref}: {incident.phase}"
+                  + (f", likely cause {incident.cause}" if incident.cause else ""))
+        return EXIT_OK if incident.phase not in ("verify failed", "remediation failed") \
+            else EXIT_FAIL
+
+    return asyncio.run(_with_runtime(settings, go, quiet=args.json))
+
+
+def cmd_incidents(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.adapters.store import Store
+
+    store = Store(settings.db, audit_key=settings.audit_key)
+    incidents = store.list_incidents(limit=200)
+    if args.json:
+        print(json.dumps([{"ref": i.ref, "status": str(i.status), "phase": i.phase,
+                           "title": i.title, "runbook": i.runbook, "hosts": list(i.hosts),
+                           "cause": i.cause, "opened_at": i.opened_at,
+                           "resolved_at": i.resolved_at} for i in incidents], indent=2))
+        return EXIT_OK
+    if not incidents:
+        print("No incidents.")
+    for i in incidents:
+        print(f"{i.ref:8} {i.status:8} {i.phase:18} {i.cause or '-':20} {i.title}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.adapters.store import Store
+    from bot.export import export
+    from bot.models import parse_incident_ref
+
+    number = parse_incident_ref(args.incident)
+    if number is None:
+        raise BotError(f"{args.incident!r} is not an incident reference (like INC-42)")
+    store = Store(settings.db, audit_key=settings.audit_key)
+    chunks = export(store, number, args.format)
+    if args.output:
+        with args.output.open("w", encoding="utf-8") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+    else:
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.adapters.store import Store
+
+    store = Store(settings.db, audit_key=settings.audit_key)
+    if args.action == "prune":
+        print(f"pruned {store.prune_audit(args.before)} record(s)")
+        return EXIT_OK
+    report = store.verify_audit()
+    print(report.line(), file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(rt: Any) -> int:
+        text = await rt.bot.decide(args.token, args.command == "approve", local_user(),
+                                   via="terminal", background=False)
+        print(text)
+        return EXIT_OK
+
+    return asyncio.run(_with_runtime(settings, go))
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(rt: Any) -> int:
+        incident = await rt.bot.incident(args.incident)
+        incident = await rt.bot.resolve(incident.id, local_user(), "resolved from the terminal")
+        print(f"{incident.ref}: {incident.status}")
+        return EXIT_OK
+
+    return asyncio.run(_with_runtime(settings, go))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.server import serve
+
+    asyncio.run(serve(settings))
+    return EXIT_OK
+
+
+COMMANDS = {"serve": cmd_serve, "runbooks": cmd_runbooks, "run": cmd_run, "analyze": cmd_analyze,
+            "incidents": cmd_incidents, "export": cmd_export, "audit": cmd_audit,
+            "approve": cmd_decide, "reject": cmd_decide, "resolve": cmd_resolve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if not args.verbose:
+        for noisy in ("asyncssh", "slack_bolt", "slack_sdk", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = load_settings(config_file=args.config, serving=args.command == "serve")
+        return COMMANDS[args.command](args, settings)
+    except BotError as exc:
+        print(f"opsbot: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

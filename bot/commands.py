@@ -1,0 +1,172 @@
+"""The slash command's sub-commands, parsed and answered. Slack-free: the adapter passes the
+text and the user, and gets back what to say now (`ack`) and later (`respond`)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bot.errors import BotError, ParamInvalid
+from bot.models import IncidentStatus
+from bot.service import Opsbot, ask_in_thread
+
+Respond = Callable[[str], Awaitable[None]]
+
+HELP = """*opsbot* — incident response in this channel
+• `help` — this text
+• `runbooks` — the runbooks and their parameters
+• `run <runbook> <host|group> [key=value ...]` — run a runbook (remediation waits for approval)
+• `run <runbook> <host|group> --plan [key=value ...]` — show every rendered step, run nothing
+• `diag <host>` — run the runbook that fits the host's open incident, or the first one
+• `incidents` — open and recent incidents
+• `status <INC-n>` — an incident's state, cause and approvals
+• `timeline <INC-n> [md|json|csv]` — the incident's timeline, uploaded into its thread
+• `resolve <INC-n>` — close an incident (cancels pending approvals)"""
+
+
+@dataclass(frozen=True)
+class Answer:
+    now: str  # said at once (within Slack's 3 seconds), to the user only
+    later: Callable[[Respond], Awaitable[None]] | None = None  # work that continues after
+
+
+def _kv(args: list[str]) -> dict[str, str]:
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ParamInvalid(f"expected key=value, got {arg!r}")
+        out[key] = value
+    return out
+
+
+async def handle(bot: Opsbot, text: str, user: str) -> Answer:
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        return Answer(f"Could not read that: {exc}. Try `help`.")
+    if not words or words[0] == "help":
+        return Answer(HELP)
+    verb, args = words[0].lower(), words[1:]
+    try:
+        handler = HANDLERS.get(verb)
+        if handler is None:
+            return Answer(f"Unknown command {verb!r}. Accepted: {', '.join(HANDLERS)}. "
+                          "Try `help`.")
+        return await handler(bot, args, user)
+    except BotError as exc:
+        return Answer(str(exc).splitlines()[0])
+
+
+async def _runbooks(bot: Opsbot, args: list[str], user: str) -> Answer:
+    lines = []
+    for rb in bot.catalog.runbooks.values():
+        params = ", ".join(f"{n}={s.default}" if s.default is not None else n
+                           for n, s in rb.params.items())
+        lines.append(f"• *{rb.name}* — {rb.title}\n   params: {params or 'none'}")
+    return Answer("\n".join(lines) or "No runbooks are loaded.")
+
+
+async def _run(bot: Opsbot, args: list[str], user: str) -> Answer:
+    plan = "--plan" in args
+    args = [a for a in args if a != "--plan"]
+    if len(args) < 2:
+        return Answer("Usage: `run <runbook> <host|group> [--plan] [key=value ...]`")
+    runbook, target, params = args[0], args[1], _kv(args[2:])
+    if plan:
+        plans = await bot.run_target(runbook, target, params, requested_by=user,
+                                     source="slack", approver=ask_in_thread, dry_run=True)
+        assert isinstance(plans, list)
+        text = "\n".join(f"*{host.name}*\n```" + "\n".join(lines) + "```" for host, lines in plans)
+        return Answer(f"Plan for {runbook} on {target} (nothing was run):\n{text}")
+    # validate now, so a typo is answered at once
+    rb = bot.catalog.get(runbook)
+    hosts = bot.inventory.resolve(target)
+    bot.targets(rb, hosts, {}, params)
+
+    async def later(respond: Respond) -> None:
+        outcome = await bot.run_target(runbook, target, params, requested_by=user,
+                                       source="slack", approver=ask_in_thread)
+        assert not isinstance(outcome, list)
+        await respond(f"{runbook} on {target}: done, see {outcome.incident.ref}'s thread.")
+
+    return Answer(f"Running {runbook} on {target}…", later)
+
+
+async def _diag(bot: Opsbot, args: list[str], user: str) -> Answer:
+    if len(args) != 1:
+        return Answer("Usage: `diag <host>`")
+    hosts = bot.inventory.resolve(args[0])
+    incident = await bot.store.open_incident_for_host(hosts[0].name)
+    name = incident.runbook if incident and incident.runbook else None
+    if name is None:
+        if not bot.catalog.runbooks:
+            return Answer("No runbooks are loaded.")
+        name = next(iter(bot.catalog.runbooks))
+    return await _run(bot, [name, args[0]], user)
+
+
+async def _incidents(bot: Opsbot, args: list[str], user: str) -> Answer:
+    rows = await bot.store.list_incidents(limit=20)
+    if not rows:
+        return Answer("No incidents.")
+    lines = [f"• *{i.ref}* {i.status}{' · ' + i.phase if i.status is IncidentStatus.OPEN else ''}"
+             f" · {i.title}{' · cause `' + i.cause + '`' if i.cause else ''}" for i in rows]
+    return Answer("\n".join(lines))
+
+
+async def _status(bot: Opsbot, args: list[str], user: str) -> Answer:
+    if len(args) != 1:
+        return Answer("Usage: `status <INC-n>`")
+    incident = await bot.incident(args[0])
+    approvals = await bot.store.approvals_of(incident.id)
+    lines = [f"*{incident.ref}* {incident.title}", f"status: {incident.status} · "
+             f"phase: {incident.phase}", f"runbook: {incident.runbook or '—'} · hosts: "
+             f"{', '.join(incident.hosts) or '—'}", f"cause: {incident.cause or 'not known yet'}"]
+    lines += [f"approval {a['step_id']} on {a['host']}: {a['status']}"
+              + (f" by {a['decided_by']}" if a.get("decided_by") else "") for a in approvals]
+    return Answer("\n".join(lines))
+
+
+async def _timeline(bot: Opsbot, args: list[str], user: str) -> Answer:
+    if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("md", "json", "csv")):
+        return Answer("Usage: `timeline <INC-n> [md|json|csv]`")
+    incident = await bot.incident(args[0])
+    fmt = args[1] if len(args) == 2 else "md"
+
+    async def later(respond: Respond) -> None:
+        from bot.export import export_text
+
+        content = await bot.store.call(export_text, bot.store.sync, incident.id, fmt)
+        await bot.reporter.upload(incident.id, f"{incident.ref}-timeline.{fmt}", content,
+                                  f"{incident.ref} timeline ({fmt})")
+        await respond(f"Timeline of {incident.ref} uploaded to its thread.")
+
+    return Answer(f"Exporting {incident.ref} as {fmt}…", later)
+
+
+async def _resolve(bot: Opsbot, args: list[str], user: str) -> Answer:
+    if len(args) != 1:
+        return Answer("Usage: `resolve <INC-n>`")
+    incident = await bot.incident(args[0])
+    if incident.status is IncidentStatus.RESOLVED:
+        return Answer(f"{incident.ref} is already resolved.")
+    await bot.resolve(incident.id, user, f"resolved by <@{user}>")
+    return Answer(f"{incident.ref} resolved.")
+
+
+HANDLERS: dict[str, Callable[[Opsbot, list[str], str], Awaitable[Answer]]] = {
+    "help": lambda bot, args, user: _help(),
+    "runbooks": _runbooks,
+    "run": _run,
+    "diag": _diag,
+    "incidents": _incidents,
+    "status": _status,
+    "timeline": _timeline,
+    "resolve": _resolve,
+}
+
+
+async def _help() -> Answer:
+    return Answer(HELP)

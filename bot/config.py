@@ -1,0 +1,155 @@
+"""The one place that reads the environment (and the optional TOML file)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.errors import ConfigError
+
+PREFIXED = {  # env name -> TOML key
+    "SLACK_BOT_TOKEN": "slack_bot_token",
+    "SLACK_SIGNING_SECRET": "slack_signing_secret",
+    "SLACK_APP_TOKEN": "slack_app_token",
+    "SLACK_API_URL": "slack_api_url",
+}
+OWN = ("CHANNEL", "APPROVERS", "LISTEN", "DB", "RUNBOOKS", "INVENTORY", "KNOWN_HOSTS",
+       "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL", "ALLOW_SELF_APPROVAL", "SSH_IDLE")
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_api_url: str | None = None
+    channel: str | None = None
+    approvers: frozenset[str] = frozenset()
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 3000
+    db: Path = Path("opsbot.db")
+    runbooks: Path = Path("runbooks")
+    inventory: Path = Path("inventory.yaml")
+    known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
+    alert_token: str | None = None
+    audit_key: str | None = None  # optional HMAC key for the audit chain
+    approval_ttl: float = 1800.0  # seconds a pending approval stays valid
+    allow_self_approval: bool = False  # two-person rule unless set
+    ssh_idle: float = 300.0  # seconds an idle pooled SSH connection is kept
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_bot_token)
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.slack_app_token)
+
+
+def _raw(env: Mapping[str, str], file_values: Mapping[str, object]) -> dict[str, str]:
+    names = {key: env_name for env_name, key in PREFIXED.items()}
+    names.update({name.lower(): f"OPSBOT_{name}" for name in OWN})
+    out: dict[str, str] = {}
+    for key, env_name in names.items():
+        if env.get(env_name, "") != "":
+            out[key] = env[env_name]
+        elif key in file_values and file_values[key] is not None:
+            value = file_values[key]
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out[key] = str(value)
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    known = set(PREFIXED.values()) | {n.lower() for n in OWN}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"OPSBOT_LISTEN must be host:port, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _bool(name: str, text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {text!r}")
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {text!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None,
+                  *, serving: bool = False) -> Settings:
+    """Settings from the environment over the optional TOML file.
+
+    `serving` adds the checks that only `opsbot serve` needs (signing secret in HTTP mode).
+    """
+    env = os.environ if env is None else env
+    raw = _raw(env, _read_toml(config_file) if config_file else {})
+    token = raw.get("slack_bot_token")
+    if token is not None and not token.startswith("xoxb-"):
+        raise ConfigError("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+    app_token = raw.get("slack_app_token")
+    if app_token is not None and not app_token.startswith("xapp-"):
+        raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp-")
+    api_url = raw.get("slack_api_url")
+    if api_url is not None:
+        if not api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"SLACK_API_URL must be an http(s) URL, got {api_url!r}")
+        if not api_url.endswith("/"):
+            api_url += "/"
+    channel = raw.get("channel")
+    if token and not channel:
+        raise ConfigError("OPSBOT_CHANNEL is required when SLACK_BOT_TOKEN is set")
+    if token and serving and not app_token and not raw.get("slack_signing_secret"):
+        raise ConfigError("SLACK_SIGNING_SECRET is required in HTTP mode (or set SLACK_APP_TOKEN)")
+    approvers = frozenset(a.strip() for a in raw.get("approvers", "").split(",") if a.strip())
+    host, port = _listen(raw.get("listen", "127.0.0.1:3000"))
+    return Settings(
+        slack_bot_token=token,
+        slack_signing_secret=raw.get("slack_signing_secret"),
+        slack_app_token=app_token,
+        slack_api_url=api_url,
+        channel=channel,
+        approvers=approvers,
+        listen_host=host,
+        listen_port=port,
+        db=Path(raw.get("db", "opsbot.db")).expanduser(),
+        runbooks=Path(raw.get("runbooks", "runbooks")).expanduser(),
+        inventory=Path(raw.get("inventory", "inventory.yaml")).expanduser(),
+        known_hosts=Path(raw.get("known_hosts", "~/.ssh/known_hosts")).expanduser(),
+        alert_token=raw.get("alert_token"),
+        audit_key=raw.get("audit_key"),
+        approval_ttl=_seconds("OPSBOT_APPROVAL_TTL", raw.get("approval_ttl", "1800")),
+        allow_self_approval=_bool("OPSBOT_ALLOW_SELF_APPROVAL",
+                                  raw.get("allow_self_approval", "false")),
+        ssh_idle=_seconds("OPSBOT_SSH_IDLE", raw.get("ssh_idle", "300")),
+    )

@@ -1,0 +1,96 @@
+"""What every step kind provides: a typed parameters model, rendering, and running."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from bot import templates
+from bot.models import ExecOutput, Host
+
+if TYPE_CHECKING:
+    from bot.executors.ssh import SshPool
+
+
+class KindParams(BaseModel):
+    """Base of each kind's parameters: unknown fields are errors at load time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class ExecContext:
+    """What executors share in one process: settings they need and pooled connections."""
+
+    known_hosts: Path
+    ssh_idle: float = 300.0
+    connect_timeout: float = 10.0
+    _ssh: SshPool | None = field(default=None, repr=False)
+
+    @property
+    def ssh(self) -> SshPool:
+        if self._ssh is None:
+            from bot.executors.ssh import SshPool
+
+            self._ssh = SshPool(self.known_hosts, idle=self.ssh_idle,
+                                connect_timeout=self.connect_timeout)
+        return self._ssh
+
+    async def close(self) -> None:
+        if self._ssh is not None:
+            await self._ssh.close()
+
+
+class StepKind(ABC):
+    """A step kind: `Params` validated when the runbook loads; `run` when the step runs."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[KindParams]]
+    shell_fields: ClassVar[frozenset[str]] = frozenset()  # rendered with shell quoting
+
+    def __init__(self, ctx: ExecContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def templates_of(cls, params: KindParams) -> list[tuple[str, str, bool]]:
+        """(field, template text, shell?) for every template string in the parameters."""
+        out: list[tuple[str, str, bool]] = []
+        for name, value in params:
+            shell = name in cls.shell_fields
+            if isinstance(value, str):
+                out.append((name, value, shell))
+            elif isinstance(value, list | tuple):
+                out.extend((f"{name}[{i}]", v, shell) for i, v in enumerate(value)
+                           if isinstance(v, str))
+        return out
+
+    @classmethod
+    def render(cls, params: KindParams, context: Mapping[str, Any]) -> dict[str, Any]:
+        """The action with every template filled in."""
+        action: dict[str, Any] = {}
+        for name, value in params:
+            shell = name in cls.shell_fields
+            if isinstance(value, str):
+                action[name] = templates.render(value, context, shell=shell)
+            elif isinstance(value, list | tuple):
+                action[name] = [templates.render(v, context, shell=shell)
+                                if isinstance(v, str) else v for v in value]
+            else:
+                action[name] = value
+        return action
+
+    @classmethod
+    def display(cls, action: Mapping[str, Any]) -> str:
+        """How the rendered action reads in the thread and the audit log."""
+        return f"{cls.name} " + json.dumps(dict(action), sort_keys=True)
+
+    @abstractmethod
+    async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
+        """Run the rendered action on `host`. Never raises for a failure of the target:
+        return an ExecOutput whose `error` says what went wrong."""

@@ -1,0 +1,145 @@
+"""`ssh`: a shell command on the host over SSH (asyncssh), host key always verified.
+
+One pooled connection per host serves every step of every incident; it closes when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from pydantic import Field
+
+from bot.executors.base import KindParams, StepKind
+from bot.models import ExecOutput, Host
+
+HostKey = tuple[str, int, str | None]
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.lock = asyncio.Lock()
+        self.in_use = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+
+class SshPool:
+    def __init__(self, known_hosts: Path, *, idle: float = 300.0,
+                 connect_timeout: float = 10.0) -> None:
+        self.known_hosts = known_hosts
+        self.idle = idle
+        self.connect_timeout = connect_timeout
+        self._entries: dict[HostKey, _Entry] = {}
+        self.connects = 0  # how many connections were opened (pool reuse is observable)
+
+    def _key(self, host: Host) -> HostKey:
+        return (host.address, host.port, host.user)
+
+    async def _connect(self, host: Host) -> asyncssh.SSHClientConnection:
+        if not self.known_hosts.is_file():
+            raise asyncssh.HostKeyNotVerifiable(
+                f"known_hosts file {self.known_hosts} not found (OPSBOT_KNOWN_HOSTS); "
+                "refusing to connect without verifying the host key")
+        self.connects += 1
+        return await asyncssh.connect(
+            host.address, port=host.port, username=host.user,
+            client_keys=[host.key_file] if host.key_file else (),
+            known_hosts=str(self.known_hosts), connect_timeout=self.connect_timeout,
+            keepalive_interval=30, keepalive_count_max=3, agent_path=None,
+            login_timeout=self.connect_timeout)
+
+    async def connection(self, host: Host) -> asyncssh.SSHClientConnection:
+        entry = self._entries.setdefault(self._key(host), _Entry())
+        async with entry.lock:
+            if entry.conn is not None and entry.conn.is_closed():
+                entry.conn = None
+            if entry.conn is None:
+                entry.conn = await self._connect(host)
+            return entry.conn
+
+    def _checkout(self, host: Host) -> _Entry:
+        entry = self._entries.setdefault(self._key(host), _Entry())
+        entry.in_use += 1
+        if entry.idle_timer:
+            entry.idle_timer.cancel()
+            entry.idle_timer = None
+        return entry
+
+    def _checkin(self, entry: _Entry) -> None:
+        entry.in_use -= 1
+        if entry.in_use == 0 and entry.conn is not None:
+            loop = asyncio.get_running_loop()
+            entry.idle_timer = loop.call_later(self.idle, self._close_idle, entry)
+
+    def _close_idle(self, entry: _Entry) -> None:
+        if entry.in_use == 0 and entry.conn is not None:
+            entry.conn.close()
+            entry.conn = None
+
+    async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
+        entry = self._checkout(host)
+        try:
+            for attempt in (1, 2):
+                try:
+                    conn = await self.connection(host)
+                except asyncssh.HostKeyNotVerifiable as exc:
+                    return ExecOutput(None, "", error=(
+                        f"host key of {host.name} ({host.address}:{host.port}) not verified "
+                        f"against {self.known_hosts}: {exc.reason}; nothing was run"))
+                except asyncssh.PermissionDenied:
+                    return ExecOutput(None, "", error=(
+                        f"SSH login to {host.user or '(default user)'}@{host.address}:"
+                        f"{host.port} was refused (check ansible_user and the key)"))
+                except (OSError, asyncssh.Error) as exc:
+                    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) \
+                        or str(exc) or exc.__class__.__name__
+                    return ExecOutput(None, "", error=(
+                        f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
+                try:
+                    done = await conn.run(command, check=False, timeout=timeout,
+                                          stderr=asyncssh.STDOUT, encoding="utf-8",
+                                          errors="replace")
+                    return ExecOutput(done.exit_status, str(done.stdout or ""))
+                except asyncssh.TimeoutError as exc:
+                    return ExecOutput(None, str(exc.stdout or ""),
+                                      error=f"timed out after {timeout:g}s", timed_out=True)
+                except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost,
+                        asyncssh.DisconnectError, BrokenPipeError) as exc:
+                    # a pooled connection that died while idle: reconnect once
+                    entry.conn = None
+                    if attempt == 2:
+                        return ExecOutput(None, "", error=f"SSH connection to {host.name} lost: "
+                                          f"{getattr(exc, 'reason', exc)}")
+            raise AssertionError("unreachable")
+        finally:
+            self._checkin(entry)
+
+    async def close(self) -> None:
+        for entry in self._entries.values():
+            if entry.idle_timer:
+                entry.idle_timer.cancel()
+            if entry.conn is not None:
+                entry.conn.close()
+                await entry.conn.wait_closed()
+                entry.conn = None
+
+
+class SshParams(KindParams):
+    command: str = Field(min_length=1)
+
+
+class SshStep(StepKind):
+    name = "ssh"
+    Params = SshParams
+    shell_fields = frozenset({"command"})
+
+    @classmethod
+    def display(cls, action: Mapping[str, Any]) -> str:
+        return str(action["command"])
+
+    async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
+        return await self.ctx.ssh.run(host, action["command"], timeout)

@@ -1,0 +1,207 @@
+"""Incident timelines for postmortems: Markdown, JSON, CSV. Streamed: events are read from the
+store one at a time, so a 100,000-event incident never sits in memory whole."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from bot.adapters.store import Row, Store
+from bot.models import Incident
+
+FORMATS = ("md", "json", "csv")
+QUIET = {"message.posted", "message.updated"}  # in the JSON/CSV record, not the Markdown table
+CSV_FIELDS = ("seq", "time", "actor", "event", "host", "step", "status", "command",
+              "exit_status", "duration_s", "output_sha256", "summary")
+
+
+def _event(rec: Row) -> dict[str, Any]:
+    detail = rec["detail"]
+    if isinstance(detail, str):
+        detail = json.loads(detail)
+    return {"seq": rec["seq"], "time": rec["ts"], "actor": rec["actor"],
+            "event": rec["action"], "detail": detail, "hash": rec["hash"]}
+
+
+def _summary(ev: dict[str, Any]) -> str:
+    d, action = ev["detail"], ev["event"]
+    if action == "step.start":
+        return f"{d.get('phase')} step {d.get('step')} on {d.get('host')}: $ {d.get('command')}"
+    if action == "step.end":
+        return (f"step {d.get('step')} on {d.get('host')}: {d.get('status')} (exit "
+                f"{d.get('exit_status')}, {d.get('duration')}s)"
+                + (f" — {d['error']}" if d.get("error") else ""))
+    if action == "diagnosis":
+        causes = d.get("causes") or []
+        return (f"diagnosis on {d.get('host')}: " + ", ".join(
+            f"{c['cause']} ({c['confidence']:.0%})" for c in causes[:3])) if causes \
+            else f"diagnosis on {d.get('host')}: no known cause matched"
+    if action.startswith("approval."):
+        return f"{action.split('.', 1)[1]}: {d.get('step', '')} on {d.get('host', '')}" + \
+            (f" — $ {d['command']}" if d.get("command") else "") + \
+            (f" ({d['reason']})" if d.get("reason") else "")
+    if action.startswith("incident."):
+        keys = {k: v for k, v in d.items() if k in ("status", "phase", "cause", "title")}
+        return f"{action.split('.', 1)[1]}: " + ", ".join(f"{k}={v}" for k, v in keys.items())
+    if action.startswith("run."):
+        return f"{action.split('.', 1)[1]}: run {d.get('run_id')} {d.get('runbook', '')} " \
+               f"{d.get('target', '')} {d.get('status', '')}".strip()
+    return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict | list))[:300]
+
+
+def _impact(store: Store, incident: Incident) -> tuple[str | None, str | None]:
+    alerts = store.alerts_of(incident.id)
+    starts = [a["starts_at"] for a in alerts if a.get("starts_at")]
+    ends = [a["ends_at"] for a in alerts if a["status"] == "resolved" and a.get("ends_at")]
+    return (min(starts) if starts else incident.opened_at,
+            max(ends) if ends else incident.resolved_at)
+
+
+def _md_cell(text: Any) -> str:
+    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(store: Store, incident: Incident) -> Iterator[str]:
+    start, end = _impact(store, incident)
+    diagnoses = store.diagnoses_of(incident.id)
+    approvals = store.approvals_of(incident.id)
+    yield f"# {incident.ref} · {incident.title}\n\n## Summary\n\n"
+    yield (f"- Status: {incident.status} ({incident.phase})\n- Runbook: {incident.runbook or '—'}"
+           f"\n- Hosts: {', '.join(incident.hosts) or '—'}\n- Opened: {incident.opened_at}\n"
+           f"- Resolved: {incident.resolved_at or '—'}\n"
+           f"- Impact window (UTC): {start or '?'} → {end or 'ongoing'}\n"
+           f"- Likely cause: {incident.cause or 'not determined'}\n")
+    for note in incident.notes:
+        yield f"- Note: {note}\n"
+    alerts = store.alerts_of(incident.id)
+    yield "\n## Alerts\n\n"
+    if alerts:
+        yield "| received (UTC) | alert | status | started | ended | labels |\n|---|---|---|---|---|---|\n"
+        for a in alerts:
+            labels = ", ".join(f"{k}={v}" for k, v in (a["labels"] or {}).items())
+            yield (f"| {a['received_at']} | {_md_cell(a['name'])} | {a['status']} | "
+                   f"{a['starts_at'] or ''} | {a['ends_at'] or ''} | {_md_cell(labels)} |\n")
+    else:
+        yield "No alert (a run asked for by a person).\n"
+    yield "\n## Timeline (UTC)\n\n| time | actor | event | what |\n|---|---|---|---|\n"
+    for rec in store.audit_records(incident.id):
+        ev = _event(rec)
+        if ev["event"] in QUIET:
+            continue
+        yield (f"| {ev['time']} | {_md_cell(ev['actor'])} | {ev['event']} | "
+               f"{_md_cell(_summary(ev))} |\n")
+    yield "\n## Steps\n"
+    for s in store.iter_steps(incident.id):
+        exit_txt = s["exit_status"] if s["exit_status"] is not None else "—"
+        yield (f"\n### `{s['step_id']}` on {s['host']} — {s['status']} ({s['phase']}, exit "
+               f"{exit_txt}, {s['duration'] or 0:.2f}s, {s['started_at']})\n\n")
+        yield f"```\n$ {s['command']}\n```\n\n"
+        if s["error"]:
+            yield f"Why: {s['error']}\n\n"
+        excerpt = (s["excerpt"] or "").rstrip().replace("```", "ˋˋˋ")
+        if excerpt:
+            yield f"```\n{excerpt}\n```\n\n"
+        yield f"Output: {s['output_bytes'] or 0} bytes, sha256 `{s['digest']}`\n"
+    yield "\n## Root cause\n\n"
+    if diagnoses:
+        for d in diagnoses:
+            causes = d["causes"] or []
+            if not causes:
+                yield f"- {d['host']}: no known cause matched the evidence\n"
+                continue
+            top = causes[0]
+            yield f"- {d['host']}: **{top['cause']}** ({top['confidence']:.0%})\n"
+            for line in top["evidence"]:
+                yield f"  > `{_md_cell(line)}`\n"
+            others = ", ".join(f"{c['cause']} ({c['confidence']:.0%})" for c in causes[1:4])
+            if others:
+                yield f"  - other candidates: {others}\n"
+    else:
+        yield "No diagnosis was made.\n"
+    yield "\n## What was done\n\n"
+    if approvals:
+        for a in approvals:
+            who = f" by {a['decided_by']}" if a.get("decided_by") else ""
+            yield (f"- `{a['step_id']}` on {a['host']}: {a['status']}{who} at "
+                   f"{a['decided_at'] or '—'} — `$ {a['display']}`\n")
+        for s in store.iter_steps(incident.id, phases=("remediation", "verify")):
+            yield f"- {s['phase']} `{s['step_id']}` on {s['host']}: {s['status']} at {s['started_at']}\n"
+    else:
+        yield "No remediation was proposed.\n"
+    yield "\n## Open questions\n\n"
+    if incident.cause:
+        yield f"- Why did `{incident.cause}` happen, and what would have caught it earlier?\n"
+    else:
+        yield "- What was the cause? The evidence above did not match a known one.\n"
+    yield "- Does the alert fire early enough, and does the runbook cover this case?\n"
+    yield "- What follow-up work prevents a repeat (owner, due date)?\n"
+
+
+def as_json(store: Store, incident: Incident) -> Iterator[str]:
+    start, end = _impact(store, incident)
+    head = {"schema": "opsbot.timeline/1", "incident": {
+        "ref": incident.ref, "id": incident.id, "title": incident.title,
+        "status": str(incident.status), "phase": incident.phase, "runbook": incident.runbook,
+        "hosts": list(incident.hosts), "opened_at": incident.opened_at,
+        "resolved_at": incident.resolved_at, "cause": incident.cause,
+        "impact": {"start": start, "end": end}, "notes": list(incident.notes)},
+        "alerts": [{k: a[k] for k in ("name", "status", "labels", "annotations", "starts_at",
+                                      "ends_at", "received_at")}
+                   for a in store.alerts_of(incident.id)],
+        "diagnoses": [{"host": d["host"], "at": d["created_at"], "causes": d["causes"]}
+                      for d in store.diagnoses_of(incident.id)],
+        "approvals": [{k: a[k] for k in ("step_id", "host", "display", "digest", "status",
+                                         "requested_by", "requested_at", "decided_by",
+                                         "decided_at", "reason")}
+                      for a in store.approvals_of(incident.id)]}
+    text = json.dumps(head, indent=1)
+    yield text[:-2] + ',\n "steps": ['
+    first = True
+    for s in store.iter_steps(incident.id):
+        item = {k: s[k] for k in ("id", "step_id", "phase", "kind", "host", "command", "action",
+                                  "status", "exit_status", "started_at", "duration", "excerpt",
+                                  "output_bytes", "digest", "error")}
+        yield ("\n  " if first else ",\n  ") + json.dumps(item)
+        first = False
+    yield '\n ],\n "events": ['
+    first = True
+    for rec in store.audit_records(incident.id):
+        ev = _event(rec)
+        ev["summary"] = _summary(ev)
+        yield ("\n  " if first else ",\n  ") + json.dumps(ev)
+        first = False
+    yield "\n ]\n}\n"
+
+
+def as_csv(store: Store, incident: Incident) -> Iterator[str]:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for rec in store.audit_records(incident.id):
+        ev = _event(rec)
+        d = ev["detail"]
+        writer.writerow({"seq": ev["seq"], "time": ev["time"], "actor": ev["actor"],
+                         "event": ev["event"], "host": d.get("host", ""),
+                         "step": d.get("step", ""), "status": d.get("status", ""),
+                         "command": d.get("command", ""), "exit_status": d.get("exit_status", ""),
+                         "duration_s": d.get("duration", ""),
+                         "output_sha256": d.get("output_sha256", ""), "summary": _summary(ev)})
+        if buf.tell() > 65536:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
+
+
+def export(store: Store, incident_id: int, fmt: str) -> Iterator[str]:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    incident = store.get_incident(incident_id)
+    return {"md": markdown, "json": as_json, "csv": as_csv}[fmt](store, incident)
+
+
+def export_text(store: Store, incident_id: int, fmt: str) -> str:
+    return "".join(export(store, incident_id, fmt))

@@ -1,0 +1,194 @@
+"""The nouns that flow through opsbot, frozen. Slack never appears here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+def canonical_json(value: Any) -> str:
+    """One encoding for hashing: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def sha256_hex(data: str | bytes) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert of an Alertmanager notification. Labels are untrusted text."""
+
+    fingerprint: str
+    status: str  # "firing" | "resolved"
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: str
+    ends_at: str | None
+    generator_url: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "alert")
+
+
+@dataclass(frozen=True)
+class AlertGroup:
+    """One Alertmanager webhook notification: a group of alerts sharing a groupKey."""
+
+    group_key: str
+    status: str  # "firing" | "resolved"
+    receiver: str
+    alerts: tuple[Alert, ...]
+    group_labels: Mapping[str, str]
+    common_labels: Mapping[str, str]
+    common_annotations: Mapping[str, str]
+    external_url: str = ""
+
+    @property
+    def firing(self) -> tuple[Alert, ...]:
+        return tuple(a for a in self.alerts if a.status == "firing")
+
+
+@dataclass(frozen=True)
+class Host:
+    """An inventory host (Ansible YAML inventory)."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+
+    @property
+    def docker(self) -> str | None:
+        value = self.vars.get("opsbot_docker")
+        return str(value) if value else None
+
+    def opsbot_vars(self) -> dict[str, Any]:
+        """Host variables under the `opsbot_` prefix, prefix removed (runbook parameter overrides)."""
+        return {k[len("opsbot_"):]: v for k, v in self.vars.items() if k.startswith("opsbot_")}
+
+
+class Phase(StrEnum):
+    DIAGNOSTIC = "diagnostic"
+    REMEDIATION = "remediation"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True)
+class RenderedStep:
+    """A step with every template filled in, for one host: exactly what will run."""
+
+    step_id: str
+    kind: str
+    phase: Phase
+    host: str
+    action: Mapping[str, Any]  # kind-specific, e.g. {"command": "..."} or {"action": "inspect", ...}
+    display: str  # the command exactly as run, or the API action with its parameters
+    timeout: float
+    title: str = ""
+
+    def digest(self) -> str:
+        """What an approval is bound to: host, kind and the rendered action."""
+        return sha256_hex(canonical_json({"host": self.host, "kind": self.kind,
+                                          "step": self.step_id, "action": dict(self.action)}))
+
+
+class StepStatus(StrEnum):
+    OK = "ok"  # ran, and met its expectation (exit 0 unless the step says otherwise)
+    FAILED = "failed"  # ran, did not meet its expectation
+    ERROR = "error"  # could not run (unreachable, host key, engine down, ...)
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"  # its `when` condition was false
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    """What an executor returns: the raw, complete output and how it ended."""
+
+    exit_status: int | None
+    output: str
+    error: str | None = None  # one line, when the step could not run or was cut short
+    timed_out: bool = False
+    data: Any = None  # structured result (e.g. docker inspect JSON), when there is one
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: RenderedStep
+    status: StepStatus
+    exit_status: int | None
+    started_at: str  # UTC ISO 8601
+    duration: float
+    output: str  # redacted and bounded (head and tail kept, the cut said)
+    output_bytes: int  # size of the complete output
+    digest: str  # sha256 of the complete output
+    truncated: bool = False
+    error: str | None = None
+    facts: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is StepStatus.OK
+
+
+@dataclass(frozen=True)
+class Cause:
+    """A ranked root-cause candidate with the lines it rests on."""
+
+    cause: str
+    confidence: float
+    evidence: tuple[str, ...] = ()
+    remediation: tuple[str, ...] = ()
+    host: str | None = None
+    summary: str = ""
+
+    def to_json(self) -> JSON:
+        return {"cause": self.cause, "confidence": round(self.confidence, 3),
+                "evidence": list(self.evidence), "remediation": list(self.remediation)}
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    group_key: str
+    status: IncidentStatus
+    title: str
+    opened_at: str
+    phase: str = "investigating"
+    runbook: str | None = None
+    hosts: tuple[str, ...] = ()
+    resolved_at: str | None = None
+    channel: str | None = None
+    thread_ts: str | None = None
+    cause: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"INC-{self.id}"
+
+
+def parse_incident_ref(text: str) -> int | None:
+    """`INC-42`, `inc-42` or `42` -> 42."""
+    text = text.strip().upper()
+    if text.startswith("INC-"):
+        text = text[4:]
+    return int(text) if text.isdigit() else None

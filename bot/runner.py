@@ -1,0 +1,238 @@
+"""Runbook x hosts -> StepResults: order per host, hosts in parallel, timeouts, verify retries.
+
+The runner knows nothing of incidents, Slack or the store: it tells a `StepListener` when a step
+starts and ends, and returns results. A failing diagnostic step never stops the diagnosis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from jinja2 import TemplateError
+
+from bot.executors import KINDS, ExecContext, StepKind
+from bot.models import Cause, ExecOutput, Host, Phase, RenderedStep, StepResult, StepStatus, \
+    canonical_json, sha256_hex
+from bot.redact import bound, redact
+from bot.runbooks import Runbook, Step
+from bot.templates import evaluate
+
+EXCERPT_LIMIT = 16_000  # characters kept per step in the store
+EVIDENCE_LIMIT = 512_000  # characters of a step's output the diagnosis reads
+
+
+class StepListener(Protocol):
+    async def step_started(self, step: RenderedStep) -> Any: ...
+
+    async def step_finished(self, handle: Any, result: StepResult) -> None: ...
+
+
+class NullListener:
+    async def step_started(self, step: RenderedStep) -> Any:
+        return None
+
+    async def step_finished(self, handle: Any, result: StepResult) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A remediation step proposed for a host, rendered: what an approval is bound to."""
+
+    step: RenderedStep
+    verify: RenderedStep
+    cause: str
+    params: Mapping[str, Any]
+
+
+@dataclass
+class HostReport:
+    host: Host
+    params: Mapping[str, Any]
+    results: list[StepResult] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    causes: list[Cause] = field(default_factory=list)
+    proposals: list[Proposal] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+    error: str | None = None  # the run could not start on this host (e.g. a template failed)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def render_context(host: Host, params: Mapping[str, Any], facts: Mapping[str, str],
+                   results: Mapping[str, StepResult]) -> dict[str, Any]:
+    return {
+        **params,
+        "params": dict(params),
+        "host": {"name": host.name, "address": host.address, "port": host.port,
+                 "user": host.user},
+        "facts": dict(facts),
+        "steps": {sid: {"status": str(r.status), "ok": r.ok, "exit_status": r.exit_status}
+                  for sid, r in results.items()},
+    }
+
+
+def render_step(step: Step, phase: Phase, host: Host, context: Mapping[str, Any]) -> RenderedStep:
+    kind = KINDS[step.kind]
+    action = kind.render(step.params, context)
+    return RenderedStep(step_id=step.id, kind=step.kind, phase=phase, host=host.name,
+                        action=action, display=kind.display(action), timeout=step.timeout,
+                        title=step.title or step.id)
+
+
+def judge(step: Step, kind: str, out: ExecOutput) -> StepStatus:
+    if out.timed_out:
+        return StepStatus.TIMEOUT
+    if out.error is not None or out.exit_status is None:
+        return StepStatus.ERROR
+    expect = step.expect
+    allowed = expect.exit_status if expect and expect.exit_status is not None else None
+    if allowed is None:
+        good = out.exit_status < 400 if kind == "http" else out.exit_status == 0
+    else:
+        good = out.exit_status in (allowed if isinstance(allowed, list) else [allowed])
+    if good and expect and expect.output and not re.search(expect.output, out.output, re.M):
+        good = False
+    if good and expect and expect.not_output and re.search(expect.not_output, out.output, re.M):
+        good = False
+    return StepStatus.OK if good else StepStatus.FAILED
+
+
+def make_result(step: Step, rendered: RenderedStep, out: ExecOutput, started_at: str,
+                duration: float) -> tuple[StepResult, str]:
+    """The stored result (redacted, bounded) and the redacted text the diagnosis reads."""
+    full = out.output
+    digest = sha256_hex(full if out.data is None else full + canonical_json(out.data))
+    clean = redact(full)
+    excerpt, truncated = bound(clean, EXCERPT_LIMIT)
+    facts: dict[str, str] = {}
+    for name, pattern in step.capture.items():
+        m = pattern.search(clean)
+        if m:
+            facts[name] = m.group(1) if m.groups() else m.group(0)
+    result = StepResult(step=rendered, status=judge(step, rendered.kind, out),
+                        exit_status=out.exit_status, started_at=started_at,
+                        duration=duration, output=excerpt,
+                        output_bytes=len(full.encode("utf-8", "replace")), digest=digest,
+                        truncated=truncated, error=out.error, facts=facts)
+    return result, clean[-EVIDENCE_LIMIT:]
+
+
+class Runner:
+    def __init__(self, ctx: ExecContext) -> None:
+        self.ctx = ctx
+        self.kinds: dict[str, StepKind] = {name: cls(ctx) for name, cls in KINDS.items()}
+
+    async def execute(self, step: Step, rendered: RenderedStep, host: Host,
+                      listener: StepListener) -> tuple[StepResult, Any]:
+        handle = await listener.step_started(rendered)
+        started_at, t0 = _now_iso(), time.monotonic()
+        try:
+            out = await asyncio.wait_for(
+                self.kinds[step.kind].run(rendered.action, host, rendered.timeout),
+                rendered.timeout + 15)  # a backstop: executors enforce their own timeout
+        except TimeoutError:
+            out = ExecOutput(None, "", error=f"timed out after {rendered.timeout:g}s",
+                             timed_out=True)
+        except Exception as exc:  # an executor bug must not end the whole diagnosis
+            out = ExecOutput(None, "", error=f"internal error in {step.kind} step: "
+                                             f"{exc.__class__.__name__}: {exc}")
+        result, clean = make_result(step, rendered, out, started_at, time.monotonic() - t0)
+        await listener.step_finished(handle, result)
+        return result, (out.data if out.data is not None else clean)
+
+    async def diagnose_host(self, runbook: Runbook, host: Host, params: Mapping[str, Any],
+                            listener: StepListener) -> HostReport:
+        report = HostReport(host=host, params=params)
+        done: dict[str, StepResult] = {}
+        facts: dict[str, str] = {}
+        for step in runbook.steps:
+            context = render_context(host, params, facts, done)
+            if step.when:
+                try:
+                    wanted = evaluate(step.when, context)
+                except TemplateError as exc:
+                    wanted, report.error = False, f"step {step.id}: condition failed: {exc}"
+                if not wanted:
+                    continue
+            try:
+                rendered = render_step(step, Phase.DIAGNOSTIC, host, context)
+            except TemplateError as exc:
+                report.error = f"step {step.id}: cannot render: {exc}"
+                continue
+            result, evidence = await self.execute(step, rendered, host, listener)
+            done[step.id] = result
+            facts.update(result.facts)
+            report.results.append(result)
+            if result.status is not StepStatus.ERROR:
+                report.evidence[step.id] = evidence
+        if runbook.rules is not None:
+            from bot.diagnosis import diagnose
+
+            report.causes = list(diagnose(runbook.rules, report.evidence, params))
+        self._propose(runbook, report, context=render_context(host, params, facts, done))
+        return report
+
+    def _propose(self, runbook: Runbook, report: HostReport, context: Mapping[str, Any]) -> None:
+        if not report.causes:
+            return
+        top = report.causes[0]
+        wanted = [r for r in top.remediation if runbook.remediation_step(r)]
+        wanted += [s.id for s in runbook.remediation if top.cause in s.fixes and s.id not in wanted]
+        report.advice = [r for r in top.remediation if not runbook.remediation_step(r)]
+        for step_id in wanted:
+            try:
+                report.proposals.append(self.propose(runbook, step_id, report.host,
+                                                     report.params, top.cause, context))
+            except TemplateError as exc:
+                report.advice.append(f"{step_id} could not be rendered: {exc}")
+
+    def propose(self, runbook: Runbook, step_id: str, host: Host, params: Mapping[str, Any],
+                cause: str, context: Mapping[str, Any] | None = None) -> Proposal:
+        step = runbook.remediation_step(step_id)
+        if step is None or step.verify is None:
+            raise KeyError(step_id)
+        context = context or render_context(host, params, {}, {})
+        return Proposal(step=render_step(step, Phase.REMEDIATION, host, context),
+                        verify=render_step(step.verify, Phase.VERIFY, host, context),
+                        cause=cause, params=params)
+
+    async def diagnose(self, runbook: Runbook, targets: list[tuple[Host, Mapping[str, Any]]],
+                       listener: StepListener) -> list[HostReport]:
+        return list(await asyncio.gather(*(self.diagnose_host(runbook, host, params, listener)
+                                           for host, params in targets)))
+
+    async def remediate(self, runbook: Runbook, proposal: Proposal, host: Host,
+                        listener: StepListener) -> tuple[StepResult, StepResult | None]:
+        """Run an approved remediation step, then its verify step (with retries)."""
+        step = runbook.remediation_step(proposal.step.step_id)
+        assert step is not None and step.verify is not None
+        result, _ = await self.execute(step, proposal.step, host, listener)
+        if result.status is not StepStatus.OK:
+            return result, None
+        return result, await self.verify(step.verify, proposal.verify, host, listener)
+
+    async def verify(self, step: Step, rendered: RenderedStep, host: Host,
+                     listener: StepListener) -> StepResult:
+        attempts = step.retries + 1
+        quiet = NullListener()
+        handle = await listener.step_started(rendered)
+        result: StepResult | None = None
+        for attempt in range(1, attempts + 1):
+            result, _ = await self.execute(step, rendered, host, quiet)
+            if result.ok or attempt == attempts:
+                break
+            await asyncio.sleep(step.interval)
+        assert result is not None
+        result = StepResult(**{**result.__dict__,
+                               "facts": {**result.facts, "attempts": f"{attempt}/{attempts}"}})
+        await listener.step_finished(handle, result)
+        return result

@@ -1,0 +1,160 @@
+"""The HTTP server: Alertmanager webhooks, Slack requests, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from bot.app import Runtime, build
+from bot.config import Settings
+from bot.errors import IngestError
+from bot.ingest import MAX_PAYLOAD, parse_alertmanager
+
+log = logging.getLogger("opsbot.server")
+RUNTIME = web.AppKey("runtime", Runtime)
+EXPIRY_INTERVAL = 15.0  # seconds between checks for expired approvals
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+async def alertmanager(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    expected = rt.settings.alert_token
+    if not expected:
+        return _error(401, "alert webhooks are refused: OPSBOT_ALERT_TOKEN is not set")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        return _error(401, "missing or wrong bearer token")
+    if (request.content_length or 0) > MAX_PAYLOAD:
+        return _error(413, f"payload over {MAX_PAYLOAD} bytes")
+    body = await request.content.read(MAX_PAYLOAD + 1)
+    if len(body) > MAX_PAYLOAD:
+        return _error(413, f"payload over {MAX_PAYLOAD} bytes")
+    remote = request.remote or ""
+    webhook_id = await rt.store.record_webhook("alertmanager", body, remote)
+    try:
+        group = parse_alertmanager(body)
+    except IngestError as exc:
+        await rt.store.webhook_outcome(webhook_id, f"rejected: {exc}")
+        return _error(400, str(exc))
+    rt.bot.spawn(rt.bot.handle_alert_group(group, webhook_id))
+    return web.json_response({"status": "accepted", "webhook": webhook_id,
+                              "alerts": len(group.alerts)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    ok = await rt.store.writable()
+    body: dict[str, Any] = {
+        "status": "ok" if ok else "error",
+        "store": str(rt.settings.db) if ok else "not writable",
+        "slack": "socket" if rt.settings.socket_mode else "http" if rt.settings.slack_enabled
+        else "console",
+        "runbooks": sorted(rt.bot.catalog.runbooks),
+        "runbook_errors": list(rt.bot.catalog.errors),
+        "hosts": len(rt.bot.inventory.hosts),
+    }
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    counts = await rt.store.metrics()
+    lines = []
+    for name, value in sorted(counts.items()):
+        kind = "gauge" if name.endswith(("_open", "_pending")) else "counter"
+        metric = f"opsbot_{name}"
+        lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
+    extra = {"opsbot_runbooks_loaded": len(rt.bot.catalog.runbooks),
+             "opsbot_runbook_errors": len(rt.bot.catalog.errors),
+             "opsbot_background_tasks": len(rt.bot.tasks),
+             "opsbot_ssh_connects_total": rt.ctx.ssh.connects if rt.ctx._ssh else 0}
+    for metric, value in extra.items():
+        kind = "counter" if metric.endswith("_total") else "gauge"
+        lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def slack_disabled(request: web.Request) -> web.Response:
+    return _error(404, "Slack is not configured (SLACK_BOT_TOKEN is unset), or runs in "
+                       "Socket Mode")
+
+
+def web_app(rt: Runtime, bolt: Any = None) -> web.Application:
+    app = web.Application(client_max_size=2 * MAX_PAYLOAD)
+    app[RUNTIME] = rt
+    routes = [web.post("/alerts/alertmanager", alertmanager), web.get("/healthz", healthz),
+              web.get("/metrics", metrics)]
+    if bolt is not None and not rt.settings.socket_mode:
+        from bot.adapters.slack import slack_route
+
+        routes.append(slack_route(bolt))
+    else:
+        routes.append(web.post("/slack/events", slack_disabled))
+    app.add_routes(routes)
+    return app
+
+
+async def _expiry_loop(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(EXPIRY_INTERVAL)
+        try:
+            await rt.bot.expire_approvals()
+        except Exception:  # keep the loop alive; the next round tries again
+            log.exception("expiring approvals failed")
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or until `stop` is set, for tests)."""
+    rt = build(settings)
+    interrupted = await rt.store.interrupt_stale_runs("opsbot")
+    if interrupted:
+        log.warning("%d run(s) were left unfinished by an earlier process", interrupted)
+    bolt = None
+    socket_handler = None
+    if settings.slack_enabled:
+        from bot.adapters.slack import bolt_app, start_socket_mode
+
+        bolt = bolt_app(rt.bot, settings, rt.client)
+        if settings.socket_mode:
+            socket_handler = await start_socket_mode(bolt, settings.slack_app_token or "")
+    runner = web.AppRunner(web_app(rt, bolt), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+    await site.start()
+    mode = "Socket Mode" if settings.socket_mode else "HTTP" if settings.slack_enabled \
+        else "console (no SLACK_BOT_TOKEN)"
+    log.info("opsbot listening on http://%s:%d (Slack: %s; %d runbook(s), %d host(s))",
+             settings.listen_host, settings.listen_port, mode, len(rt.bot.catalog.runbooks),
+             len(rt.bot.inventory.hosts))
+    expiry = asyncio.create_task(_expiry_loop(rt))
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("opsbot stopping")
+        expiry.cancel()
+        if socket_handler is not None:
+            await socket_handler.close_async()
+        await runner.cleanup()
+        try:
+            await asyncio.wait_for(rt.close(), 30)
+        except TimeoutError:
+            log.warning("background work did not finish in 30 s; stopping anyway")

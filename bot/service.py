@@ -1,0 +1,368 @@
+"""The incident loop: alert -> incident -> runbook run -> diagnosis -> approvals -> remediation.
+
+Speaks Alert, Incident, Runbook and StepResult; how people are told is the Reporter's business,
+and how the alert or command arrived is the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bot.adapters.store import AsyncStore, Row
+from bot.config import Settings
+from bot.errors import BotError, InventoryError, NotFound, ParamInvalid
+from bot.ingest import alert_host
+from bot.inventory import Inventory
+from bot.models import AlertGroup, Host, Incident, IncidentStatus
+from bot.notify import Reporter
+from bot.runbooks import Catalog, Runbook, resolve_params
+from bot.runner import HostReport, Proposal, Runner
+
+log = logging.getLogger("opsbot")
+
+# An approver sees a pending approval and its proposal; it answers (approved?, who) or None
+# to leave it pending for someone to click in the thread.
+Approver = Callable[[Row, Proposal], Awaitable[tuple[bool, str] | None]]
+
+
+async def ask_in_thread(approval: Row, proposal: Proposal) -> tuple[bool, str] | None:
+    return None
+
+
+def approve_as(user: str) -> Approver:
+    async def approver(approval: Row, proposal: Proposal) -> tuple[bool, str] | None:
+        return True, user
+
+    return approver
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    incident: Incident
+    reports: list[HostReport]
+    pending: list[Row]
+
+
+class Opsbot:
+    def __init__(self, settings: Settings, store: AsyncStore, catalog: Catalog,
+                 inventory: Inventory, runner: Runner, reporter: Reporter) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.inventory = inventory
+        self.runner = runner
+        self.reporter = reporter
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._group_locks: dict[str, asyncio.Lock] = {}
+
+    # -- background work ------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
+        """Run work after the HTTP answer went back; failures are logged and told."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.tasks.discard(t)
+            if t.cancelled() or t.exception() is None:
+                return
+            exc = t.exception()
+            log.error("background work failed: %r", exc, exc_info=exc)
+            if incident_id is not None:
+                why = str(exc) if isinstance(exc, BotError) else f"internal error: {exc!r}"
+                self.spawn(self.reporter.note(incident_id, f"⚠️ {why}"))
+
+        task.add_done_callback(done)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    # -- alerts ---------------------------------------------------------------------------
+    async def handle_alert_group(self, group: AlertGroup, webhook_id: int) -> Incident | None:
+        """Notifications of one group are handled one at a time, in the order they came."""
+        lock = self._group_locks.setdefault(group.group_key, asyncio.Lock())
+        async with lock:
+            return await self._handle_alert_group(group, webhook_id)
+
+    async def _handle_alert_group(self, group: AlertGroup, webhook_id: int) -> Incident | None:
+        if group.status == "resolved" or not group.firing:
+            incident = await self.store.incident_for_group(group.group_key)
+            if incident is None:
+                await self.store.webhook_outcome(webhook_id, "resolved, no incident")
+                return None
+            await self._record_alerts(incident.id, webhook_id, group)
+            if incident.status is IncidentStatus.OPEN:
+                await self.resolve(incident.id, "alertmanager", "the alert resolved")
+            await self.store.webhook_outcome(webhook_id, "resolved", incident.id)
+            return incident
+
+        first = group.firing[0]
+        labels = {**group.common_labels, **first.labels}
+        host_name = alert_host(first)
+        host = self.inventory.find(host_name) if host_name else None
+        runbook = self.catalog.select(labels)
+        notes = []
+        if host_name is None:
+            notes.append("The alert names no host (no host or instance label).")
+        elif host is None:
+            notes.append(f"No inventory host matches {host_name!r} (checked host names and "
+                         "ansible_host); nothing was run.")
+        if runbook is None:
+            notes.append("No runbook's matchers fit this alert's labels; nothing was run.")
+        title = first.annotations.get("summary") or \
+            f"{first.name} on {host.name if host else host_name or 'unknown host'}"
+        incident, how = await self.store.open_or_join(
+            group.group_key, title=title[:200], labels=labels,
+            runbook=runbook.name if runbook else None, hosts=[host.name] if host else [],
+            notes=notes, actor="alertmanager")
+        await self._record_alerts(incident.id, webhook_id, group)
+        await self.store.webhook_outcome(webhook_id, how, incident.id)
+        await self.reporter.refresh_root(incident.id)
+        if how == "joined":  # a repeated notification of an open group: no second run
+            return incident
+        if how == "reopened":
+            await self.reporter.note(incident.id, "🔁 The alert is firing again: incident "
+                                                  "reopened, running the diagnosis again.")
+        for note in notes:
+            await self.reporter.note(incident.id, f"⚠️ {note}")
+        if runbook and host:
+            self.spawn(self.run(incident, runbook, [host], labels=labels,
+                                requested_by="alertmanager", source="alert",
+                                approver=ask_in_thread), incident.id)
+        return incident
+
+    async def _record_alerts(self, incident_id: int, webhook_id: int, group: AlertGroup) -> None:
+        await self.store.record_alerts(incident_id, webhook_id, [
+            {"fingerprint": a.fingerprint, "name": a.name, "status": a.status,
+             "labels": dict(a.labels), "annotations": dict(a.annotations),
+             "starts_at": a.starts_at, "ends_at": a.ends_at} for a in group.alerts])
+
+    # -- runs -----------------------------------------------------------------------------
+    def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
+                explicit: Mapping[str, str]) -> tuple[list[tuple[Host, dict[str, Any]]], list[str]]:
+        """Parameters per host: defaults < host vars (opsbot_*) < alert labels < explicit.
+        An invalid alert label is dropped with a note; an invalid explicit value is an error."""
+        out, notes = [], []
+        for host in hosts:
+            layers: list[Mapping[str, Any]] = [host.opsbot_vars()]
+            good_labels = {}
+            for key, value in labels.items():
+                if key in runbook.params:
+                    try:
+                        resolve_params(runbook, {key: value})
+                        good_labels[key] = value
+                    except ParamInvalid as exc:
+                        notes.append(f"Ignored alert label: {exc}")
+            layers += [good_labels, explicit]
+            out.append((host, resolve_params(runbook, *layers)))
+        return out, notes
+
+    async def run_target(self, runbook_name: str, target: str, explicit: Mapping[str, str], *,
+                         requested_by: str, source: str, approver: Approver,
+                         dry_run: bool = False) -> RunOutcome | list[tuple[Host, list[str]]]:
+        """A run asked for by a person (terminal or chat): join the target's open incident or
+        open one, then run. With dry_run, only the rendered commands per host."""
+        runbook = self.catalog.get(runbook_name)
+        hosts = self.inventory.resolve(target)
+        targets, _ = self.targets(runbook, hosts, {}, explicit)
+        if dry_run:
+            return [(host, self.plan(runbook, host, params)) for host, params in targets]
+        incident = None
+        for host in hosts:
+            incident = await self.store.open_incident_for_host(host.name)
+            if incident:
+                break
+        if incident is None:
+            incident, _ = await self.store.open_or_join(
+                f"run:{runbook.name}:{target}:{secrets.token_hex(8)}",
+                title=f"{runbook.name} on {target} (manual run)", labels={},
+                runbook=runbook.name, hosts=[h.name for h in hosts], notes=[],
+                actor=requested_by)
+            await self.reporter.refresh_root(incident.id)
+        else:
+            await self.reporter.note(incident.id, f"▶️ {requested_by} runs {runbook.name} on "
+                                                  f"{target} ({source}), joining {incident.ref}.")
+        return await self.run(incident, runbook, hosts, labels={}, explicit=explicit,
+                              requested_by=requested_by, source=source, approver=approver)
+
+    def plan(self, runbook: Runbook, host: Host, params: Mapping[str, Any]) -> list[str]:
+        from jinja2 import TemplateError
+
+        from bot.models import Phase
+        from bot.runner import render_context, render_step
+
+        lines = []
+        context = render_context(host, params, {}, {})
+        for phase, steps in ((Phase.DIAGNOSTIC, runbook.steps),
+                             (Phase.REMEDIATION, runbook.remediation)):
+            for step in steps:
+                try:
+                    shown = render_step(step, phase, host, context).display
+                except TemplateError as exc:
+                    shown = f"(rendered at run time: {exc})"
+                cond = f"  [when {step.when}]" if step.when else ""
+                approval = "  [needs approval]" if phase is Phase.REMEDIATION else ""
+                lines.append(f"{phase}/{step.id}: {shown}{cond}{approval}")
+        return lines
+
+    async def run(self, incident: Incident, runbook: Runbook, hosts: list[Host], *,
+                  labels: Mapping[str, str], requested_by: str, source: str,
+                  approver: Approver, explicit: Mapping[str, str] | None = None) -> RunOutcome:
+        targets, notes = self.targets(runbook, hosts, labels, explicit or {})
+        for note in notes:
+            await self.reporter.note(incident.id, f"⚠️ {note}")
+        await self.void_pending(incident.id, "superseded by a new run of the incident")
+        run_id = await self.store.start_run(incident.id, runbook.name,
+                                            ",".join(h.name for h in hosts), requested_by,
+                                            source, {h.name: p for h, p in targets})
+        await self.store.update_incident(incident.id, requested_by, phase="diagnosing",
+                                         runbook=runbook.name)
+        await self.reporter.refresh_root(incident.id)
+        recorder = self.reporter.recorder(incident.id, run_id, requested_by)
+        reports = await self.runner.diagnose(runbook, targets, recorder)
+        summaries = getattr(runbook.rules, "summaries", {}) if runbook.rules else {}
+        best = None
+        for report in reports:
+            if report.error:
+                await self.reporter.note(incident.id, f"⚠️ {report.host.name}: {report.error}")
+            await self.reporter.diagnosis(incident.id, run_id, report, summaries)
+            if report.causes and (best is None or report.causes[0].confidence > best.confidence):
+                best = report.causes[0]
+        await self.store.update_incident(incident.id, "opsbot", phase="diagnosed",
+                                         cause=best.cause if best else None)
+        pending: list[Row] = []
+        for report in reports:
+            for proposal in report.proposals:
+                row = await self.propose(incident.id, run_id, runbook, proposal, requested_by)
+                decision = await approver(row, proposal)
+                if decision is None:
+                    pending.append(row)
+                    continue
+                approved, who = decision
+                await self.decide(row["token"], approved, who, via=source, background=False)
+        if pending:
+            await self.store.update_incident(incident.id, "opsbot", phase="awaiting approval")
+        await self.store.finish_run(run_id, incident.id,
+                                    "awaiting approval" if pending else "done", requested_by)
+        incident = await self.reporter.refresh_root(incident.id)
+        return RunOutcome(incident, reports, pending)
+
+    # -- approvals ------------------------------------------------------------------------
+    async def propose(self, incident_id: int, run_id: int, runbook: Runbook,
+                      proposal: Proposal, requested_by: str) -> Row:
+        row = await self.store.create_approval(
+            incident_id=incident_id, run_id=run_id, runbook=runbook.name,
+            step_id=proposal.step.step_id, host=proposal.step.host,
+            params=dict(proposal.params), digest=proposal.step.digest(),
+            display=proposal.step.display, requested_by=requested_by,
+            ttl=self.settings.approval_ttl)
+        row["cause"] = proposal.cause
+        await self.reporter.approval(row, verify=proposal.verify.display,
+                                     how_to_approve=f"approve: opsbot approve {row['token']}")
+        return row
+
+    async def decide(self, token: str, approved: bool, user: str, *, via: str,
+                     check_authority: bool = False, background: bool = True) -> str:
+        """Record a decision (first one wins) and run the step if approved. Returns one line
+        for the person who decided."""
+        approval = await self.store.get_approval(token)
+        if check_authority:
+            if user not in self.settings.approvers:
+                await self.store.audit("approval.refused", user, approval["incident_id"],
+                                       approval_id=approval["id"], reason="not an approver")
+                return "You are not allowed to approve or reject remediation (not in " \
+                       "OPSBOT_APPROVERS). Nothing was run."
+            if user == approval["requested_by"] and not self.settings.allow_self_approval:
+                await self.store.audit("approval.refused", user, approval["incident_id"],
+                                       approval_id=approval["id"], reason="two-person rule")
+                return "You asked for this run, so someone else must approve its remediation " \
+                       "(two-person rule). Nothing was run."
+        status = "approved" if approved else "rejected"
+        if not await self.store.decide(token, status, user, f"via {via}"):
+            current = await self.store.get_approval(token)
+            return f"This was already {current['status']}" + \
+                (f" by {current['decided_by']}" if current.get("decided_by") else "") + \
+                "; nothing more was done."
+        approval = await self.store.get_approval(token)
+        await self.reporter.approval(approval)
+        if not approved:
+            await self.store.update_incident(approval["incident_id"], user, phase="rejected")
+            await self.reporter.refresh_root(approval["incident_id"])
+            return f"Rejected {approval['step_id']} on {approval['host']}."
+        if background:
+            self.spawn(self.execute(approval, user), approval["incident_id"])
+        else:
+            await self.execute(approval, user)
+        return f"Approved {approval['step_id']} on {approval['host']}: running it now."
+
+    async def execute(self, approval: Row, actor: str) -> bool:
+        """Run an approved remediation step and its verify step, if it is still what was
+        approved (same digest); True when the verify step passed."""
+        incident_id = approval["incident_id"]
+        try:
+            runbook = self.catalog.get(approval["runbook"])
+            host = self.inventory.find(approval["host"])
+            if host is None:
+                raise InventoryError(f"host {approval['host']} is no longer in the inventory")
+            proposal = self.runner.propose(runbook, approval["step_id"], host,
+                                           approval["params"], cause="")
+        except (BotError, KeyError) as exc:
+            await self.reporter.note(incident_id, f"🚫 Not run: {exc}")
+            return False
+        if proposal.step.digest() != approval["digest"]:
+            await self.reporter.note(incident_id, f"🚫 {approval['step_id']} on {host.name} was "
+                                                  "not run: the step changed since it was "
+                                                  "approved. Run the runbook again.")
+            await self.store.audit("approval.void", "opsbot", incident_id,
+                                   approval_id=approval["id"], reason="digest changed")
+            return False
+        await self.store.update_incident(incident_id, actor, phase="remediating")
+        await self.reporter.refresh_root(incident_id)
+        recorder = self.reporter.recorder(incident_id, approval["run_id"], actor)
+        result, verified = await self.runner.remediate(runbook, proposal, host, recorder)
+        ok = verified is not None and verified.ok
+        phase = "verified" if ok else "remediation failed" if verified is None else \
+            "verify failed"
+        await self.store.update_incident(incident_id, actor, phase=phase)
+        await self.reporter.note(incident_id, f"{'✅' if ok else '❌'} {approval['step_id']} on "
+                                              f"{host.name}: {phase}.")
+        await self.reporter.refresh_root(incident_id)
+        return ok
+
+    async def void_pending(self, incident_id: int, reason: str,
+                           status: str = "void") -> None:
+        for row in await self.store.approvals_of(incident_id, "pending"):
+            if await self.store.decide(row["token"], status, "opsbot", reason):
+                await self.reporter.approval(await self.store.get_approval(row["token"]))
+
+    async def expire_approvals(self) -> int:
+        rows = await self.store.expired_approvals()
+        for row in rows:
+            if await self.store.decide(row["token"], "expired", "opsbot", "not decided in time"):
+                await self.reporter.approval(await self.store.get_approval(row["token"]))
+                await self.reporter.refresh_root(row["incident_id"])
+        return len(rows)
+
+    # -- incidents ------------------------------------------------------------------------
+    async def resolve(self, incident_id: int, actor: str, why: str) -> Incident:
+        incident = await self.store.get_incident(incident_id)
+        if incident.status is IncidentStatus.RESOLVED:
+            return incident
+        await self.void_pending(incident_id, f"cancelled: {why}", status="cancelled")
+        await self.store.update_incident(incident_id, actor, status="resolved",
+                                         phase="resolved")
+        await self.reporter.note(incident_id, f"🟢 Resolved: {why}.")
+        return await self.reporter.refresh_root(incident_id)
+
+    async def incident(self, ref: str) -> Incident:
+        from bot.models import parse_incident_ref
+
+        number = parse_incident_ref(ref)
+        if number is None:
+            raise NotFound(f"{ref!r} is not an incident reference (like INC-42)")
+        return await self.store.get_incident(number)

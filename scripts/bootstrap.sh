@@ -1,0 +1,63 @@
+# Shared set-up for scripts/start and scripts/test (sourced, not run). Debian 12 or newer.
+# Installs only what is missing, so a second run takes seconds.
+
+RUN_PACKAGES=(python3 python3-venv python3-pip openssh-client curl)
+TEST_PACKAGES=(openssh-server nginx supervisor prometheus prometheus-alertmanager
+               prometheus-blackbox-exporter docker.io busybox-static sqlite3 iproute2 procps)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_packages() {
+  local wanted=("${RUN_PACKAGES[@]}")
+  [ "${1:-}" = test ] && wanted+=("${TEST_PACKAGES[@]}")
+  local missing=()
+  for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  # python3/venv may come from elsewhere (pyenv); only ask apt when a tool is really absent
+  if command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    local keep=()
+    for pkg in "${missing[@]}"; do
+      case "$pkg" in python3|python3-venv|python3-pip) ;; *) keep+=("$pkg") ;; esac
+    done
+    missing=("${keep[@]}")
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_venv() {
+  local extra="${1:-}"
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  local stamp=".venv/.installed${extra:+-$extra}"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    if [ -n "$extra" ]; then
+      .venv/bin/python -m pip install -q -e ".[$extra]"
+    else
+      .venv/bin/python -m pip install -q -e .
+    fi
+    touch "$stamp"
+  fi
+}
+
+ensure_dockerd() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  echo "starting dockerd" >&2
+  as_root sh -c 'nohup dockerd >/tmp/opsbot-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "dockerd did not start; see /tmp/opsbot-dockerd.log" >&2
+  tail -n 20 /tmp/opsbot-dockerd.log >&2 || true
+  return 1
+}

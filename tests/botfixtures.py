@@ -1,0 +1,140 @@
+"""A running opsbot (in this test process) wired to the real lab and the Slack stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.adapters.store import Store
+from bot.config import Settings, load_settings
+from bot.server import serve
+from tests.fakeslack import FakeSlack, Msg
+from tests.lab import free_port
+from tests.slacksign import click_body, sign, slash_command_body
+
+ROOT = Path(__file__).resolve().parents[1]
+CHANNEL = "C0INCIDENT"
+ALERT_TOKEN = "alert-token-for-tests"
+SIGNING_SECRET = "signing-secret-for-tests"
+APPROVERS = ("U0ALICE", "U0BOB")
+
+
+def alert_payload(status: str = "firing", *, host: str = "web01", name: str = "NginxBadGateway",
+                  group_key: str | None = None, extra_labels: dict[str, str] | None = None,
+                  starts_at: str = "2026-11-22T03:00:00.000Z") -> dict[str, Any]:
+    """An Alertmanager webhook (version 4) exactly as Alertmanager sends it."""
+    labels = {"alertname": name, "host": host, "instance": "http://127.0.0.1/healthcheck",
+              "job": "blackbox", "severity": "critical", **(extra_labels or {})}
+    ends_at = "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-22T03:10:00.000Z"
+    return {
+        "receiver": "opsbot", "status": status, "version": "4",
+        "groupKey": group_key or f'{{}}:{{alertname="{name}", host="{host}"}}',
+        "truncatedAlerts": 0, "externalURL": "http://127.0.0.1:9093",
+        "groupLabels": {"alertname": name, "host": host},
+        "commonLabels": labels, "commonAnnotations": {"summary": f"nginx answers 502 on {host}"},
+        "alerts": [{"status": status, "labels": labels,
+                    "annotations": {"summary": f"nginx answers 502 on {host}"},
+                    "startsAt": starts_at, "endsAt": ends_at,
+                    "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": "4f2c1a9b0d3e"}],
+    }
+
+
+@dataclass
+class RunningBot:
+    url: str
+    settings: Settings
+    slack: FakeSlack
+    session: aiohttp.ClientSession
+    env: dict[str, str] = field(default_factory=dict)
+
+    def store(self) -> Store:
+        return Store(self.settings.db)
+
+    async def post_alert(self, payload: Any, *, token: str | None = ALERT_TOKEN,
+                         raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        body = raw if raw is not None else json.dumps(payload).encode()
+        async with self.session.post(f"{self.url}/alerts/alertmanager", data=body,
+                                     headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def slack_request(self, body: bytes, *, timestamp: int | None = None,
+                            secret: str = SIGNING_SECRET) -> tuple[int, str]:
+        async with self.session.post(f"{self.url}/slack/events", data=body,
+                                     headers=sign(secret, body, timestamp)) as resp:
+            return resp.status, await resp.text()
+
+    async def slash(self, text: str, user: str = "U0CAROL") -> tuple[int, str]:
+        url = self.slack.response_url(channel=CHANNEL, user=user)
+        return await self.slack_request(slash_command_body(text, user_id=user, response_url=url))
+
+    async def click(self, msg: Msg, action_id: str, user: str) -> tuple[int, str]:
+        url = self.slack.response_url(channel=CHANNEL, user=user, message_ts=msg.ts)
+        return await self.slack_request(click_body(msg, action_id, user_id=user,
+                                                   response_url=url))
+
+    def roots(self) -> list[Msg]:
+        return self.slack.messages(CHANNEL)
+
+    def thread(self, root: Msg | None = None) -> list[Msg]:
+        root = root or self.roots()[0]
+        return self.slack.thread(CHANNEL, root.ts)
+
+    def thread_text(self, root: Msg | None = None) -> str:
+        return "\n".join(m.plain() for m in self.thread(root))
+
+    async def wait(self, predicate: Any, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s; thread so far:\n"
+                             + "\n---\n".join(m.plain() for r in self.roots()
+                                               for m in [r, *self.thread(r)]))
+
+
+def bot_env(db: Path, slack_url: str, inventory: Path, known_hosts: Path,
+            port: int) -> dict[str, str]:
+    return {
+        "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack_url, "OPSBOT_CHANNEL": CHANNEL,
+        "OPSBOT_APPROVERS": ",".join(APPROVERS), "OPSBOT_LISTEN": f"127.0.0.1:{port}",
+        "OPSBOT_DB": str(db), "OPSBOT_RUNBOOKS": os.environ.get("TEST_RUNBOOKS", str(ROOT / "runbooks")),
+        "OPSBOT_INVENTORY": str(inventory), "OPSBOT_KNOWN_HOSTS": str(known_hosts),
+        "OPSBOT_ALERT_TOKEN": ALERT_TOKEN,
+    }
+
+
+@pytest.fixture
+async def running_bot(tmp_path: Path, inventory_file: Path,
+                      known_hosts_file: Path) -> AsyncIterator[RunningBot]:
+    slack = FakeSlack(channels=(CHANNEL,))
+    slack_url = await slack.start()
+    port = free_port()
+    env = bot_env(tmp_path / "opsbot.db", slack_url, inventory_file, known_hosts_file, port)
+    settings = load_settings(env, serving=True)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, ready=ready, stop=stop))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([waiter, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raises what stopped the server
+    assert ready.is_set(), "opsbot did not start within 30 s"
+    async with aiohttp.ClientSession() as session:
+        yield RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
+    stop.set()
+    await asyncio.wait_for(task, 60)
+    await slack.stop()

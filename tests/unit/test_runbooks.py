@@ -1,0 +1,131 @@
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ParamInvalid, RunbookInvalid
+from bot.inventory import parse_inventory
+from bot.models import Phase
+from bot.runbooks import load_catalog, load_runbook, resolve_params
+from bot.runner import render_context, render_step
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = """\
+name: demo
+match: ['alertname="Demo"', 'env!~"dev|test"']
+params:
+  program: {type: name, default: "ds:docservice"}
+  port: {type: port, default: 8000}
+  mode: {type: str, choices: [fast, slow], default: fast}
+steps:
+  - id: status
+    kind: ssh
+    command: supervisorctl status {{ program }}
+    capture: {state: '(RUNNING|STOPPED)'}
+  - id: check
+    kind: ssh
+    when: "facts.state == 'STOPPED'"
+    command: curl -sS http://127.0.0.1:{{ port }}/
+remediation:
+  - id: start
+    kind: ssh
+    command: supervisorctl start {{ program }}
+    fixes: [upstream_down]
+    verify: {kind: ssh, command: 'true', retries: 1, interval: 0}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "rb.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_runbooks_are_valid() -> None:
+    catalog = load_catalog(ROOT / "runbooks")
+    assert not catalog.errors, catalog.errors
+    assert "nginx-502" in catalog.runbooks
+    rb = catalog.get("nginx-502")
+    ids = [s.id for s in rb.steps]
+    for needed in ("healthcheck", "proxy_check", "listening_ports", "supervisorctl_status",
+                   "nginx_error_log", "nginx_config_test", "memory", "kernel_log", "disk",
+                   "app_logs"):
+        assert needed in ids
+    assert all(s.verify is not None for s in rb.remediation)
+    assert rb.rules is not None
+
+
+def test_matchers_select_runbook(tmp_path: Path) -> None:
+    write(tmp_path, MINIMAL)
+    catalog = load_catalog(tmp_path)
+    assert catalog.select({"alertname": "Demo"}).name == "demo"
+    assert catalog.select({"alertname": "Demo", "env": "dev"}) is None
+    assert catalog.select({"alertname": "Other"}) is None
+
+
+def test_errors_name_file_and_line(tmp_path: Path) -> None:
+    broken = MINIMAL.replace("    command: curl", "    comand: curl") \
+                    .replace("kind: ssh\n    when", "kind: shh\n    when") \
+                    .replace("fixes: [upstream_down]", "fixes: [upstream_dwn]")
+    path = write(tmp_path, broken)
+    with pytest.raises(RunbookInvalid) as err:
+        load_runbook(path)
+    lines = str(err.value).splitlines()
+    assert any(line.startswith(f"{path}:13: steps.1.kind: unknown step kind 'shh'")
+               for line in lines), lines
+    assert any(f"{path}:23: remediation.0.fixes.0: unknown cause 'upstream_dwn'" in line
+               for line in lines), lines
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("command: supervisorctl status {{ program }}", "command: echo {{ progrm }}"),
+     "unknown parameter 'progrm'"),
+    (("command: supervisorctl status {{ program }}", "command: echo '{{ program }}'"),
+     "do not quote"),
+    (("command: supervisorctl status {{ program }}", "command: echo {{ program "),
+     "template error"),
+    (("timeout: 30", "timeout: 30"), None),
+    (("port: {type: port, default: 8000}", "port: {type: port, default: 99999}"),
+     "between 1 and 65535"),
+    (("capture: {state: '(RUNNING|STOPPED)'}", "capture: {state: '(RUNNING'}"), "bad regex"),
+    (("  - id: check\n", "  - id: status\n"), "duplicate step id 'status'"),
+])
+def test_typos_fail_at_load(tmp_path: Path, change: tuple[str, str], message: str | None) -> None:
+    path = write(tmp_path, MINIMAL.replace(*change))
+    if message is None:
+        load_runbook(path)
+        return
+    with pytest.raises(RunbookInvalid, match=message):
+        load_runbook(path)
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("    kind: ssh\n    command: supervisorctl status",
+                                           "    kind: ssh\n    kind: ssh\n    command: x"))
+    with pytest.raises(RunbookInvalid, match=r"rb.yaml:\d+: duplicate key 'kind'"):
+        load_runbook(path)
+
+
+def test_params_layers_and_validation(tmp_path: Path) -> None:
+    rb = load_runbook(write(tmp_path, MINIMAL))
+    assert resolve_params(rb, {"port": 9000}, {"port": "9001"}) == \
+        {"program": "ds:docservice", "port": 9001, "mode": "fast"}
+    with pytest.raises(ParamInvalid, match="parameter port: must be a whole number"):
+        resolve_params(rb, {"port": "80; rm -rf /"})
+    with pytest.raises(ParamInvalid, match="must be one of fast, slow"):
+        resolve_params(rb, {"mode": "medium"})
+    with pytest.raises(ParamInvalid, match="unknown parameter 'prot'.*accepted: mode, port, "
+                                           "program"):
+        resolve_params(rb, {"prot": "1"})
+    with pytest.raises(ParamInvalid, match="program"):
+        resolve_params(rb, {"program": "web01; touch /tmp/pwned"})
+    # unknown keys in earlier layers (host vars, alert labels) are ignored
+    assert resolve_params(rb, {"severity": "critical"}, {})["port"] == 8000
+
+
+def test_untrusted_text_is_shell_quoted_when_rendered(tmp_path: Path) -> None:
+    rb = load_runbook(write(tmp_path, MINIMAL.replace("type: name", "type: str")))
+    host = parse_inventory({"all": {"hosts": {"web01": {}}}}).hosts["web01"]
+    params = resolve_params(rb, {"program": "x; touch /tmp/pwned $(id)"})
+    step = render_step(rb.steps[0], Phase.DIAGNOSTIC, host, render_context(host, params, {}, {}))
+    assert step.display == "supervisorctl status 'x; touch /tmp/pwned $(id)'"
