@@ -105,8 +105,9 @@ def web_app(rt: Runtime, bolt: Any = None) -> web.Application:
 
 
 async def _expiry_loop(rt: Runtime) -> None:
+    interval = min(EXPIRY_INTERVAL, max(0.5, rt.settings.approval_ttl / 4))
     while True:
-        await asyncio.sleep(EXPIRY_INTERVAL)
+        await asyncio.sleep(interval)
         try:
             await rt.bot.expire_approvals()
         except Exception:  # keep the loop alive; the next round tries again

@@ -1,0 +1,128 @@
+"""Slack requests to the bot, signed as Slack signs them: slash commands and approval clicks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.botfixtures import RunningBot, alert_payload
+from tests.fakeslack import Msg
+from tests.lab import WebLab
+
+pytestmark = pytest.mark.lab
+
+
+async def incident_with_pending_approval(bot: RunningBot, web: WebLab, *,
+                                         via_slash: str | None = None) -> Msg:
+    web.stop_backend()
+    if via_slash:
+        status, text = await bot.slash("run nginx-502 web01", user=via_slash)
+        assert status == 200 and "Running nginx-502 on web01" in text
+    else:
+        await bot.post_alert(alert_payload())
+    return await bot.wait(lambda: next((m for m in bot.thread() if "[Approve](opsbot.approve)"
+                                        in m.plain()), None) if bot.roots() else None)
+
+
+def ephemeral_texts(bot: RunningBot, user: str) -> list[str]:
+    return [r.text for r in bot.slack.responses if r.user == user] + \
+        [m.text for m in bot.slack.ephemerals if m.recipient == user]
+
+
+async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    # a non-approver's click changes nothing, and is told so
+    status, _ = await bot.click(approval, "opsbot.approve", "U0MALLORY")
+    assert status == 200
+    await bot.wait(lambda: any("not allowed" in t for t in ephemeral_texts(bot, "U0MALLORY")))
+    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    assert healthy_web.program_state() == "STOPPED"
+    # an approver clicks twice and a second approver at once: one run
+    clicks = [bot.click(approval, "opsbot.approve", "U0ALICE"),
+              bot.click(approval, "opsbot.approve", "U0ALICE"),
+              bot.click(approval, "opsbot.approve", "U0BOB")]
+    assert [s for s, _ in await asyncio.gather(*clicks)] == [200, 200, 200]
+    await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=40)
+    assert healthy_web.proxy_status() == 200
+    steps = [s["step_id"] for s in bot.store().steps_of(1) if s["phase"] == "remediation"]
+    assert steps == ["start_program"]
+    decided = bot.store().approvals_of(1)[0]
+    assert decided["status"] == "approved" and decided["decided_by"] in ("U0ALICE", "U0BOB")
+    await bot.wait(lambda: "approved by" in approval.plain())
+    assert "opsbot.approve" not in approval.plain()
+    root = bot.roots()[0].plain()
+    assert "approved by <@" in root and "verified" in root
+    assert "(`verify_proxy`) on `web01` — *ok*" in bot.thread_text()
+    # a replay of the signed click (within the 5 minutes Slack allows) runs nothing more
+    status, _ = await bot.click(approval, "opsbot.approve", "U0ALICE")
+    await asyncio.sleep(1)
+    assert [s["step_id"] for s in bot.store().steps_of(1) if s["phase"] == "remediation"] == \
+        ["start_program"]
+    actions = [r["action"] for r in bot.store().audit_records(1)]
+    assert "approval.refused" in actions and actions.count("approval.approved") == 1
+
+
+async def test_two_person_rule_and_reject(running_bot: RunningBot, healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web, via_slash="U0ALICE")
+    await bot.click(approval, "opsbot.approve", "U0ALICE")
+    await bot.wait(lambda: any("two-person rule" in t for t in ephemeral_texts(bot, "U0ALICE")))
+    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    await bot.click(approval, "opsbot.reject", "U0BOB")
+    await bot.wait(lambda: bot.store().approvals_of(1)[0]["status"] == "rejected")
+    await bot.wait(lambda: "rejected by <@U0BOB>" in approval.plain())
+    assert healthy_web.program_state() == "STOPPED"
+
+
+async def test_forged_and_stale_requests_get_401(running_bot: RunningBot,
+                                                 healthy_web: WebLab) -> None:
+    from tests.slacksign import click_body, slash_command_body
+
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    body = click_body(approval, "opsbot.approve", user_id="U0ALICE")
+    status, _ = await bot.slack_request(body, secret="not-the-secret")
+    assert status == 401
+    status, _ = await bot.slack_request(body, timestamp=int(time.time()) - 600)
+    assert status == 401
+    status, _ = await bot.slack_request(slash_command_body("resolve INC-1"),
+                                        secret="not-the-secret")
+    assert status == 401
+    await asyncio.sleep(1)
+    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    assert bot.store().get_incident(1).status == "open"
+
+
+async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> None:
+    bot = running_bot
+    status, text = await bot.slash("help")
+    assert status == 200 and "timeline <INC-n>" in text
+    _, text = await bot.slash("runbooks")
+    assert "nginx-502" in text
+    _, text = await bot.slash("run nginx-502 web09")
+    assert "no host or group named 'web09'" in text
+    _, text = await bot.slash("run nginx-502 web01 upstream_port=http")
+    assert "parameter upstream_port" in text
+    _, text = await bot.slash("run nope web01")
+    assert "no runbook named 'nope'" in text and "nginx-502" in text
+    _, text = await bot.slash("run nginx-502 web --plan")
+    assert "web01" in text and "web02" in text and "supervisorctl -c" in text
+    assert bot.store().list_incidents() == []
+    _, text = await bot.slash("frobnicate")
+    assert "Unknown command" in text
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    assert approval
+    _, text = await bot.slash("incidents")
+    assert "INC-1" in text
+    _, text = await bot.slash("status INC-1")
+    assert "awaiting approval" in text and "start_program" in text
+    _, text = await bot.slash("timeline INC-1 md")
+    await bot.wait(lambda: bot.slack.files)
+    upload = bot.slack.files[0]
+    assert upload.name == "INC-1-timeline.md" and "## Timeline (UTC)" in upload.text
+    _, text = await bot.slash("resolve INC-1")
+    await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
+    assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
