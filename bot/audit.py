@@ -55,6 +55,7 @@ def verify_chain(records: Iterable[Mapping[str, Any]], *, anchor_seq: int, ancho
             return VerifyReport(False, checked, seq, "content does not match its hash")
         prev, expected_seq, checked = rec["hash"], seq + 1, checked + 1
     if head_seq is not None and (expected_seq - 1 != head_seq or prev != head_hash):
-        return VerifyReport(False, checked, expected_seq if expected_seq - 1 < head_seq else head_seq,
+        bad = expected_seq if expected_seq - 1 < head_seq else head_seq
+        return VerifyReport(False, checked, bad,
                             f"chain ends at {expected_seq - 1} but the head says {head_seq}")
     return VerifyReport(True, checked)

@@ -79,7 +79,8 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     alerts = store.alerts_of(incident.id)
     yield "\n## Alerts\n\n"
     if alerts:
-        yield "| received (UTC) | alert | status | started | ended | labels |\n|---|---|---|---|---|---|\n"
+        yield ("| received (UTC) | alert | status | started | ended | labels |\n"
+               "|---|---|---|---|---|---|\n")
         for a in alerts:
             labels = ", ".join(f"{k}={v}" for k, v in (a["labels"] or {}).items())
             yield (f"| {a['received_at']} | {_md_cell(a['name'])} | {a['status']} | "
@@ -128,7 +129,8 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
             yield (f"- `{a['step_id']}` on {a['host']}: {a['status']}{who} at "
                    f"{a['decided_at'] or '—'} — `$ {a['display']}`\n")
         for s in store.iter_steps(incident.id, phases=("remediation", "verify")):
-            yield f"- {s['phase']} `{s['step_id']}` on {s['host']}: {s['status']} at {s['started_at']}\n"
+            yield (f"- {s['phase']} `{s['step_id']}` on {s['host']}: {s['status']} at "
+                   f"{s['started_at']}\n")
     else:
         yield "No remediation was proposed.\n"
     yield "\n## Open questions\n\n"

@@ -76,7 +76,7 @@ class Host:
         return str(value) if value else None
 
     def opsbot_vars(self) -> dict[str, Any]:
-        """Host variables under the `opsbot_` prefix, prefix removed (runbook parameter overrides)."""
+        """Host variables under the `opsbot_` prefix, prefix removed (parameter overrides)."""
         return {k[len("opsbot_"):]: v for k, v in self.vars.items() if k.startswith("opsbot_")}
 
 
@@ -94,7 +94,7 @@ class RenderedStep:
     kind: str
     phase: Phase
     host: str
-    action: Mapping[str, Any]  # kind-specific, e.g. {"command": "..."} or {"action": "inspect", ...}
+    action: Mapping[str, Any]  # kind-specific: {"command": ...} or {"action": "inspect", ...}
     display: str  # the command exactly as run, or the API action with its parameters
     timeout: float
     title: str = ""

@@ -36,7 +36,8 @@ def _code(text: str, limit: int = CODE_LIMIT) -> str:
     text = text.replace("```", "ˋˋˋ")
     if len(text) > limit:
         keep = limit - 40
-        text = text[: keep // 3] + "\n… [cut: see the audit log / export] …\n" + text[-(keep - keep // 3):]
+        head, tail = text[: keep // 3], text[-(keep - keep // 3):]
+        text = f"{head}\n… [cut: see the audit log / export] …\n{tail}"
     return f"```{_esc(text) or ' '}```"
 
 
@@ -52,7 +53,9 @@ def _context(*texts: str) -> dict[str, Any]:
 
 
 def _size(n: int) -> str:
-    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def incident_title(incident: Incident) -> str:
@@ -93,7 +96,8 @@ def root_message(incident: Incident, *, approvals: Sequence[Mapping[str, Any]] =
 
 
 def approval_line(a: Mapping[str, Any]) -> str:
-    who = f"<@{a['decided_by']}>" if a.get("decided_by", "").startswith("U") else a.get("decided_by") or "opsbot"
+    decider = a.get("decided_by") or "opsbot"
+    who = f"<@{decider}>" if decider.startswith("U") else decider
     verb = {"approved": "✅ approved", "rejected": "❌ rejected", "expired": "⌛ expired",
             "void": "🚫 voided", "cancelled": "🚫 cancelled"}.get(a["status"], a["status"])
     by = f" by {who}" if a["status"] in ("approved", "rejected") else ""

@@ -312,7 +312,8 @@ def resolve_params(runbook: Runbook, *layers: Mapping[str, Any],
 # -- loading ------------------------------------------------------------------------------
 class _Errors:
     def __init__(self, path: Path, raw: Any) -> None:
-        self.path, self.raw, self.lines = path, raw, []  # type: list[str]
+        self.path, self.raw = path, raw
+        self.lines: list[str] = []
 
     def add(self, loc: Iterable[Any], message: str) -> None:
         loc = list(loc)
@@ -347,7 +348,7 @@ def _build_step(spec_cls: type[StepSpec], raw: Any, loc: list[Any], errs: _Error
         params = kind.Params.model_validate(extra)
     except ValidationError as exc:
         for err in exc.errors():
-            msg = err["msg"]
+            msg: str = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = f"unknown field for kind {spec.kind!r} " \
                       f"(its fields: {', '.join(kind.Params.model_fields)})"
@@ -376,10 +377,10 @@ def _build_step(spec_cls: type[StepSpec], raw: Any, loc: list[Any], errs: _Error
             errs.add([*loc, "capture", name], f"bad regex: {exc}")
             ok = False
     for regex_field in ("output", "not_output"):
-        pattern = getattr(spec.expect, regex_field, None) if spec.expect else None
-        if pattern:
+        wanted = getattr(spec.expect, regex_field, None) if spec.expect else None
+        if wanted:
             try:
-                re.compile(pattern)
+                re.compile(wanted)
             except re.error as exc:
                 errs.add([*loc, "expect", regex_field], f"bad regex: {exc}")
                 ok = False

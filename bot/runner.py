@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -17,8 +17,17 @@ from typing import Any, Protocol
 from jinja2 import TemplateError
 
 from bot.executors import KINDS, ExecContext, StepKind
-from bot.models import Cause, ExecOutput, Host, Phase, RenderedStep, StepResult, StepStatus, \
-    canonical_json, sha256_hex
+from bot.models import (
+    Cause,
+    ExecOutput,
+    Host,
+    Phase,
+    RenderedStep,
+    StepResult,
+    StepStatus,
+    canonical_json,
+    sha256_hex,
+)
 from bot.redact import bound, redact
 from bot.runbooks import Runbook, Step
 from bot.templates import evaluate
@@ -205,7 +214,8 @@ class Runner:
                         verify=render_step(step.verify, Phase.VERIFY, host, context),
                         cause=cause, params=params)
 
-    async def diagnose(self, runbook: Runbook, targets: list[tuple[Host, Mapping[str, Any]]],
+    async def diagnose(self, runbook: Runbook,
+                       targets: Sequence[tuple[Host, Mapping[str, Any]]],
                        listener: StepListener) -> list[HostReport]:
         return list(await asyncio.gather(*(self.diagnose_host(runbook, host, params, listener)
                                            for host, params in targets)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ def bot_env(db: Path, slack_url: str, inventory: Path, known_hosts: Path,
         "SLACK_BOT_TOKEN": "xoxb-test-token", "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_API_URL": slack_url, "OPSBOT_CHANNEL": CHANNEL,
         "OPSBOT_APPROVERS": ",".join(APPROVERS), "OPSBOT_LISTEN": f"127.0.0.1:{port}",
-        "OPSBOT_DB": str(db), "OPSBOT_RUNBOOKS": os.environ.get("TEST_RUNBOOKS", str(ROOT / "runbooks")),
+        "OPSBOT_DB": str(db), "OPSBOT_RUNBOOKS": str(ROOT / "runbooks"),
         "OPSBOT_INVENTORY": str(inventory), "OPSBOT_KNOWN_HOSTS": str(known_hosts),
         "OPSBOT_ALERT_TOKEN": ALERT_TOKEN,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.executors.base import ExecContext, KindParams, StepKind
+from bot.executors.docker import DockerStep
 from bot.executors.http import HttpStep
 from bot.executors.local import LocalStep
 from bot.executors.ssh import SshStep
@@ -11,6 +12,7 @@ KINDS: dict[str, type[StepKind]] = {
     "ssh": SshStep,
     "http": HttpStep,
     "local": LocalStep,
+    "docker": DockerStep,
 }
 
 __all__ = ["KINDS", "ExecContext", "KindParams", "StepKind"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +32,7 @@ class ExecContext:
     ssh_idle: float = 300.0
     connect_timeout: float = 10.0
     _ssh: SshPool | None = field(default=None, repr=False)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
 
     @property
     def ssh(self) -> SshPool:
@@ -42,7 +43,14 @@ class ExecContext:
                                 connect_timeout=self.connect_timeout)
         return self._ssh
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Call `closer` (idempotent) on every close, before the SSH pool closes: e.g. the
+        Docker clients whose engines are reached through SSH connections of the pool."""
+        self._closers.append(closer)
+
     async def close(self) -> None:
+        for closer in reversed(self._closers):
+            await closer()
         if self._ssh is not None:
             await self._ssh.close()
 

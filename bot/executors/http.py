@@ -38,7 +38,7 @@ class HttpStep(StepKind):
         try:
             async with aiohttp.ClientSession(timeout=client_timeout) as session:
                 async with session.request(action["method"], url,
-                                           ssl=None if action["verify_tls"] else False,
+                                           ssl=bool(action["verify_tls"]),
                                            allow_redirects=False) as resp:
                     body = await resp.content.read(BODY_LIMIT)
                     text = body.decode("utf-8", "replace")

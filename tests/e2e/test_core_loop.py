@@ -21,13 +21,17 @@ DIAGNOSTIC_STEPS = ("healthcheck", "proxy_check", "listening_ports", "supervisor
                     "app_logs")
 
 
-def opsbot(bot: RunningBot, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **bot.env}
-    proc = subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+async def opsbot(bot: RunningBot, *args: str, check: bool = True,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The `opsbot` command in a child process (the bot and Slack stand-in keep serving)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env={**os.environ, **bot.env, **(env or {})},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    done = subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
     if check:
-        assert proc.returncode == 0, proc.stderr + proc.stdout
-    return proc
+        assert done.returncode == 0, done.stderr + done.stdout
+    return done
 
 
 def finished_steps(bot: RunningBot) -> list[str]:
@@ -75,7 +79,7 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
     assert len(bot.store().list_incidents()) == 1 and len(bot.roots()) == 1
 
     # the terminal joins the open incident, restarts the backend, verifies a 200
-    proc = opsbot(bot, "run", "nginx-502", "web01", "--yes")
+    proc = await opsbot(bot, "run", "nginx-502", "web01", "--yes")
     assert "INC-1" in proc.stdout and "verified" in proc.stdout
     assert healthy_web.proxy_status() == 200
     await bot.wait(lambda: "verified" in bot.roots()[0].plain())
@@ -85,7 +89,7 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
     assert len(bot.roots()) == 1
 
     # the export reads as a postmortem of exactly that
-    md = opsbot(bot, "export", "INC-1", "--format", "md").stdout
+    md = (await opsbot(bot, "export", "INC-1", "--format", "md")).stdout
     assert "NginxBadGateway" in md and "## Timeline (UTC)" in md
     for step in DIAGNOSTIC_STEPS:
         assert f"### `{step}` on web01" in md
@@ -99,7 +103,7 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
     actions = [r["action"] for r in bot.store().audit_records(1)]
     assert actions.count("step.start") == actions.count("step.end") >= 2 * len(DIAGNOSTIC_STEPS)
     assert "approval.approved" in actions and "incident.opened" in actions
-    assert "audit log OK" in opsbot(bot, "audit", "verify").stdout
+    assert "audit log OK" in (await opsbot(bot, "audit", "verify")).stdout
 
 
 async def test_resolved_alert_resolves_incident_and_cancels_approvals(
@@ -160,8 +164,7 @@ async def test_changed_host_key_refuses_and_runs_nothing(
         f"{marker}\n")
     env = {**bot.env, "OPSBOT_KNOWN_HOSTS": str(bad), "OPSBOT_RUNBOOKS": str(runbook),
            "SLACK_BOT_TOKEN": "", "OPSBOT_DB": str(lab_dir / "hostkey.db")}
-    proc = subprocess.run([sys.executable, "-m", "bot", "run", "touch", "web01", "--json"],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    proc = await opsbot(bot, "run", "touch", "web01", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     step = result["hosts"][0]["steps"][0]

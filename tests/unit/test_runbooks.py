@@ -73,7 +73,7 @@ def test_errors_name_file_and_line(tmp_path: Path) -> None:
     lines = str(err.value).splitlines()
     assert any(line.startswith(f"{path}:13: steps.1.kind: unknown step kind 'shh'")
                for line in lines), lines
-    assert any(f"{path}:23: remediation.0.fixes.0: unknown cause 'upstream_dwn'" in line
+    assert any(f"{path}:20: remediation.0.fixes.0: unknown cause 'upstream_dwn'" in line
                for line in lines), lines
 
 
