@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from tests.botfixtures import RunningBot, alert_payload
+from tests.botfixtures import CHANNEL, RunningBot, alert_payload
 from tests.fakeslack import Msg
 from tests.lab import WebLab
+from tests.slacksign import click_body
 
 pytestmark = pytest.mark.lab
 
@@ -41,7 +42,10 @@ async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web
     assert bot.store().approvals_of(1)[0]["status"] == "pending"
     assert healthy_web.program_state() == "STOPPED"
     # an approver clicks twice and a second approver at once: one run
-    clicks = [bot.click(approval, "opsbot.approve", "U0ALICE"),
+    replay = click_body(approval, "opsbot.approve", user_id="U0ALICE",
+                        response_url=bot.slack.response_url(channel=CHANNEL, user="U0ALICE"))
+    signed_at = int(time.time())
+    clicks = [bot.slack_request(replay, timestamp=signed_at),
               bot.click(approval, "opsbot.approve", "U0ALICE"),
               bot.click(approval, "opsbot.approve", "U0BOB")]
     assert [s for s, _ in await asyncio.gather(*clicks)] == [200, 200, 200]
@@ -57,7 +61,8 @@ async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web
     assert "approved by <@" in root and "verified" in root
     assert "(`verify_proxy`) on `web01` — *ok*" in bot.thread_text()
     # a replay of the signed click (within the 5 minutes Slack allows) runs nothing more
-    status, _ = await bot.click(approval, "opsbot.approve", "U0ALICE")
+    status, _ = await bot.slack_request(replay, timestamp=signed_at)
+    assert status == 200
     await asyncio.sleep(1)
     assert [s["step_id"] for s in bot.store().steps_of(1) if s["phase"] == "remediation"] == \
         ["start_program"]
@@ -79,7 +84,7 @@ async def test_two_person_rule_and_reject(running_bot: RunningBot, healthy_web: 
 
 async def test_forged_and_stale_requests_get_401(running_bot: RunningBot,
                                                  healthy_web: WebLab) -> None:
-    from tests.slacksign import click_body, slash_command_body
+    from tests.slacksign import slash_command_body
 
     bot = running_bot
     approval = await incident_with_pending_approval(bot, healthy_web)

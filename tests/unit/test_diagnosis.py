@@ -1,0 +1,304 @@
+"""The 502 diagnosis engine against the shipped rules and the corpus of genuine evidence."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bot.diagnosis import (
+    LABELS,
+    MAX_QUOTES,
+    EvidenceInvalid,
+    diagnose,
+    load_evidence,
+    load_rules,
+)
+from bot.errors import BotError, RunbookInvalid
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
+CORPUS = sorted((ROOT / "tests" / "data" / "evidence").glob("*.json"))
+
+# Genuine output of the healthy lab (nginx 1.22.1 -> supervisord program), no fault injected.
+HEALTHY = {
+    "healthcheck": "true\nHTTP 200\n",
+    "proxy_check": "true\nHTTP 200\n",
+    "supervisorctl_status": "ds:docservice                    RUNNING   pid 6153, uptime 0:00:01\n",
+}
+PARAMS = {"upstream_port": 18000, "upstream_host": "127.0.0.1", "program": "ds:docservice"}
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules(RULES_FILE)
+
+
+def load_case(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def input_lines(evidence: dict) -> set[str]:
+    """Every line a quote may be taken from: raw text, or JSON pretty-printed with indent=2."""
+    lines: set[str] = set()
+    for value in evidence.values():
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+        lines.update(line.rstrip() for line in text.splitlines())
+    return lines
+
+
+# ---------------------------------------------------------------- the corpus
+
+
+def test_corpus_covers_every_label_at_least_three_times():
+    counts = Counter(load_case(path)["label"] for path in CORPUS)
+    assert len(CORPUS) >= 45
+    assert {label: counts[label] for label in LABELS if counts[label] < 3} == {}
+    assert set(counts) <= set(LABELS)
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_case_is_well_formed(path):
+    case = load_case(path)
+    assert set(case) == {"label", "source", "params", "evidence"}
+    assert case["source"].strip() and case["evidence"]
+    assert path.stem.startswith(case["label"] + "--")
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_top_cause_is_the_labelled_one(rules, path):
+    case = load_case(path)
+    causes = diagnose(rules, case["evidence"], case["params"])
+    assert causes, "no cause at all"
+    assert causes[0].cause == case["label"], [(c.cause, c.confidence) for c in causes]
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_quotes_are_verbatim_lines_of_the_input(rules, path):
+    case = load_case(path)
+    lines = input_lines(case["evidence"])
+    causes = diagnose(rules, case["evidence"], case["params"])
+    for cause in causes:
+        assert 0.0 <= cause.confidence <= 1.0
+        assert len(cause.evidence) <= MAX_QUOTES
+        assert len(set(cause.evidence)) == len(cause.evidence)
+        assert all(quote in lines for quote in cause.evidence), cause.evidence
+        assert cause.remediation and cause.summary
+    assert [c.confidence for c in causes] == sorted((c.confidence for c in causes), reverse=True)
+
+
+def test_remediation_names_steps_the_host_has(rules):
+    docker = load_case(ROOT / "tests/data/evidence/upstream_timeout--docker-unhealthy-hung.json")
+    supervised = load_case(ROOT / "tests/data/evidence/upstream_timeout--slow-backend.json")
+    assert "docker_restart" in diagnose(rules, docker["evidence"], docker["params"])[0].remediation
+    top = diagnose(rules, supervised["evidence"], supervised["params"])[0]
+    assert "restart_program" in top.remediation and "docker_restart" not in top.remediation
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+def test_refused_with_program_stopped_is_upstream_down_but_running_is_wrong_port(rules):
+    stopped = load_case(ROOT / "tests/data/evidence/upstream_down--supervisor-stopped.json")
+    running = load_case(ROOT / "tests/data/evidence"
+                        / "wrong_proxy_config--wrong-port-program-running.json")
+    down = diagnose(rules, stopped["evidence"], stopped["params"])
+    assert down[0].cause == "upstream_down" and down[0].confidence > 0.9
+    assert "start_program" in down[0].remediation
+    assert any("STOPPED" in quote for quote in down[0].evidence)
+    wrong = diagnose(rules, running["evidence"], running["params"])
+    assert wrong[0].cause == "wrong_proxy_config"
+    assert all(c.cause != "upstream_down" or c.confidence < 0.2 for c in wrong)
+
+
+def test_unknown_when_a_502_has_no_explanation(rules):
+    causes = diagnose(rules, {"proxy_check": "<html>\n</html>\n\nHTTP 502\n"})
+    assert [c.cause for c in causes] == ["unknown"]
+    assert causes[0].confidence <= 0.5
+    assert causes[0].evidence == ("HTTP 502",)
+
+
+def test_healthy_host_yields_nothing(rules):
+    assert diagnose(rules, HEALTHY, PARAMS) == []
+
+
+def test_parameters_are_escaped_and_signals_needing_a_missing_one_are_skipped(rules):
+    evidence = {"supervisorctl_status": "dsXdocservice        STOPPED   Nov 22 03:04 AM\n"}
+    named = diagnose(rules, evidence, {"program": "ds:docservice"})
+    generic = {c.cause: c.confidence for c in named}
+    assert generic.get("upstream_down", 0) < 0.5  # only the generic STOPPED signal fired
+    ports = {"listening_ports": "LISTEN 0      5          127.0.0.1:180001     0.0.0.0:*\n"}
+    assert diagnose(rules, ports, {}) == []  # the absent-listener signal needs upstream_port
+    down = diagnose(rules, ports, {"upstream_port": 18000})
+    assert down and down[0].cause == "upstream_down" and down[0].evidence == ()
+
+
+def test_weak_agreeing_signals_beat_a_strong_contradicted_one(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "causes:\n"
+        "  upstream_down:\n"
+        "    summary: down\n"
+        "    signals:\n"
+        "      - {step: a, pattern: 'weak one', weight: 0.5}\n"
+        "      - {step: a, pattern: 'weak two', weight: 0.5}\n"
+        "      - {step: a, pattern: 'weak three', weight: 0.5}\n"
+        "  oom_killed:\n"
+        "    summary: oom\n"
+        "    signals:\n"
+        "      - {step: a, pattern: 'strong', weight: 0.95}\n"
+        "      - {step: a, pattern: 'but running', role: against, weight: 0.8}\n"
+        "  upstream_timeout:\n"
+        "    summary: timeout\n"
+        "    signals:\n"
+        "      - {step: a, pattern: 'timed out', weight: 0.9, contradicts: [upstream_down]}\n",
+        encoding="utf-8")
+    rules = load_rules(path)
+    text = "weak one\nweak two\nweak three\nstrong\nbut running\n"
+    causes = diagnose(rules, {"a": text})
+    assert [c.cause for c in causes] == ["upstream_down", "oom_killed"]
+    assert causes[0].confidence == pytest.approx(1 - 0.5**3)
+    assert causes[1].confidence == pytest.approx(0.95 * 0.2)
+    assert causes[0].evidence == ("weak one", "weak two", "weak three")
+    contradicted = diagnose(rules, {"a": text + "timed out\n"})
+    assert [c.cause for c in contradicted] == ["upstream_timeout", "oom_killed"]
+    # upstream_down fell to 0.875 * (1 - 0.9) = 0.0875, under the report floor (0.15)
+
+
+@pytest.mark.parametrize("evidence", [
+    {},
+    {"nginx_error_log": None, "proxy_check": None},
+    {"nginx_error_log": 502, "healthcheck": 3.5, "docker_inspect": True},
+    {"docker_inspect": {"State": {"OOMKilled": True}}, "docker_ps": ["not", {"a": object()}]},
+    {"kernel_log": b"\xff\xfe Out of memory: Killed process 1 (x)\n"},
+    {7: "numbers as keys", "unknown_step": "HTTP 502"},
+    {"nginx_error_log": "x" * 20_000 + "\n" + "\x00\udcff\n"},
+])
+def test_odd_input_does_not_crash(rules, evidence):
+    causes = diagnose(rules, evidence, {"upstream_port": None, "program": object()})
+    assert isinstance(causes, list)
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_values_that_cannot_be_read_are_skipped(rules):
+    causes = diagnose(rules, {"proxy_check": Unprintable(), "nginx_error_log": "HTTP 502"},
+                      {"program": Unprintable()})
+    assert causes == []
+
+
+@pytest.mark.parametrize("evidence", [None, "HTTP 502", ["HTTP 502"], 42])
+def test_evidence_that_is_not_a_mapping_yields_nothing(rules, evidence):
+    assert diagnose(rules, evidence, ["not", "a", "mapping"]) == []
+
+
+def test_huge_output_is_bounded(rules):
+    line = ('2026/11/22 03:04:34 [error] 6152#6152: *3 connect() failed (111: Connection refused) '
+            'while connecting to upstream, client: 127.0.0.1, server: docs.lab.test\n')
+    huge = "noise line that matches nothing in particular\n" * 230_000 + line  # ~10 MB
+    assert len(huge) > 10_000_000
+    started = time.monotonic()
+    causes = diagnose(rules, {"nginx_error_log": huge, "app_logs": "y" * 10_000_000}, PARAMS)
+    assert time.monotonic() - started < 10
+    assert causes[0].cause == "upstream_down"
+    assert causes[0].evidence == (line.rstrip(),)
+
+
+# ---------------------------------------------------------------- rule validation
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD_CAUSE = ("causes:\n"
+              "  upstream_down:\n"
+              "    summary: down\n"
+              "    remediation: [start_program]\n"
+              "    signals:\n"
+              "      - {step: healthcheck, pattern: 'curl: \\(7\\)', weight: 0.5}\n")
+
+
+def test_shipped_rules_cover_every_label(rules):
+    assert set(rules.causes) == set(LABELS)
+
+
+def test_minimal_rules_load(tmp_path):
+    assert set(load_rules(write(tmp_path, GOOD_CAUSE)).causes) == {"upstream_down"}
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    (GOOD_CAUSE.replace("    summary: down\n", "    summary: down\n    sumary: typo\n"),
+     4, "unknown field 'sumary'"),
+    (GOOD_CAUSE + "      - step: healthcheck\n"
+                  "        pattern: 'HTTP (5\\d\\d'\n        weight: 0.3\n",
+     8, "bad regex"),
+    (GOOD_CAUSE + "  upstream_gone:\n    summary: x\n"
+                  "    signals: [{step: a, pattern: b, weight: 0.1}]\n",
+     7, "unknown cause label 'upstream_gone'"),
+    (GOOD_CAUSE.replace("[start_program]", "[start_programme]"),
+     4, "unknown remediation step 'start_programme'"),
+    (GOOD_CAUSE.replace("'curl: \\(7\\)'", "':{upstream_prot}\\b'"),
+     6, "unknown parameter {upstream_prot}"),
+    (GOOD_CAUSE.replace("weight: 0.5", "weight: 1.5"), 6, "less than or equal to 1"),
+    (GOOD_CAUSE.replace("      - {step: healthcheck", "      - {stepp: healthcheck"),
+     6, "unknown field 'stepp'"),
+    (GOOD_CAUSE.replace("    summary: down\n", ""), 2, "summary: Field required"),
+    (GOOD_CAUSE + "      - step: a\n        pattern: b\n        weight: 0.2\n        also:\n"
+     "          - {step: c, patern: d}\n", 11, "also.0.patern: unknown field"),
+    ("causes:\n  upstream_down: {summary: [unclosed\n", 3, "YAML syntax error"),
+    (GOOD_CAUSE + "  upstream_down:\n    summary: again\n", 7, "duplicate key 'upstream_down'"),
+    ("- just\n- a list\n", 1, "mapping"),
+])
+def test_rule_errors_name_file_and_line(tmp_path, text, line, words):
+    path = write(tmp_path, text)
+    with pytest.raises(RunbookInvalid) as caught:
+        load_rules(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_missing_rules_file_is_a_runbook_error(tmp_path):
+    with pytest.raises(RunbookInvalid, match=r"nope\.yaml:1: cannot read rules"):
+        load_rules(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------- evidence files
+
+
+def test_load_evidence_reads_an_object_and_unwraps_a_corpus_case(tmp_path):
+    plain = tmp_path / "e.json"
+    plain.write_text('{"proxy_check": "HTTP 502\\n"}', encoding="utf-8")
+    assert load_evidence(plain) == {"proxy_check": "HTTP 502\n"}
+    case = CORPUS[0]
+    assert load_evidence(case) == load_case(case)["evidence"]
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('{"proxy_check": "HTTP 502"', "not valid JSON"),
+    ('["HTTP 502"]', "must be a JSON object"),
+    ("", "not valid JSON"),
+])
+def test_bad_evidence_is_one_clear_line(tmp_path, text, words):
+    path = tmp_path / "e.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(EvidenceInvalid) as caught:
+        load_evidence(path)
+    assert isinstance(caught.value, BotError)
+    assert str(caught.value).startswith(str(path)) and words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_evidence_file(tmp_path):
+    with pytest.raises(EvidenceInvalid, match="cannot read evidence"):
+        load_evidence(tmp_path / "missing.json")
