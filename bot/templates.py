@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -36,8 +36,7 @@ def check_template(text: str, *, shell: bool) -> str | None:
 
 def template_names(text: str) -> set[str]:
     """Top-level names a template reads (to check them against the runbook's parameters)."""
-    tree = _plain.parse(text)
-    return {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"}
+    return set(meta.find_undeclared_variables(_plain.parse(text)))
 
 
 def render(text: str, context: Mapping[str, Any], *, shell: bool) -> str:

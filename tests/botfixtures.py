@@ -54,6 +54,11 @@ class RunningBot:
     slack: FakeSlack
     session: aiohttp.ClientSession
     env: dict[str, str] = field(default_factory=dict)
+    process: Any = None  # the BotProcess, to restart the bot
+
+    async def restart(self) -> None:
+        await self.process.stop()
+        await self.process.start()
 
     def store(self) -> Store:
         return Store(self.settings.db)
@@ -117,23 +122,48 @@ def bot_env(db: Path, slack_url: str, inventory: Path, known_hosts: Path,
     }
 
 
+class BotProcess:
+    """`opsbot serve` inside this test's event loop; start() and stop() may repeat (restart)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.task: asyncio.Task[None] | None = None
+        self.stop_event = asyncio.Event()
+
+    async def start(self) -> Settings:
+        settings = load_settings(self.env, serving=True)
+        ready, self.stop_event = asyncio.Event(), asyncio.Event()
+        self.task = asyncio.create_task(serve(settings, ready=ready, stop=self.stop_event))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait([waiter, self.task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            self.task.result()  # raises what stopped the server
+        assert ready.is_set(), "opsbot did not start within 30 s"
+        return settings
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.stop_event.set()
+            await asyncio.wait_for(self.task, 60)
+            self.task = None
+
+
 @pytest.fixture
-async def running_bot(tmp_path: Path, inventory_file: Path,
+async def running_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory_file: Path,
                       known_hosts_file: Path) -> AsyncIterator[RunningBot]:
+    """A serving bot. `@pytest.mark.bot_env(OPSBOT_X="...")` adds or changes settings."""
     slack = FakeSlack(channels=(CHANNEL,))
     slack_url = await slack.start()
     port = free_port()
     env = bot_env(tmp_path / "opsbot.db", slack_url, inventory_file, known_hosts_file, port)
-    settings = load_settings(env, serving=True)
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, ready=ready, stop=stop))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait([waiter, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # raises what stopped the server
-    assert ready.is_set(), "opsbot did not start within 30 s"
+    marker = request.node.get_closest_marker("bot_env")
+    if marker:
+        env.update(marker.kwargs)
+    process = BotProcess(env)
+    settings = await process.start()
     async with aiohttp.ClientSession() as session:
-        yield RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
-    stop.set()
-    await asyncio.wait_for(task, 60)
+        bot = RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
+        bot.process = process
+        yield bot
+    await process.stop()
     await slack.stop()

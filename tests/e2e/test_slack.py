@@ -131,3 +131,59 @@ async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> N
     _, text = await bot.slash("resolve INC-1")
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
     assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
+
+
+@pytest.mark.bot_env(OPSBOT_APPROVAL_TTL="2")
+async def test_pending_approval_expires(running_bot: RunningBot, healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    late_click = click_body(approval, "opsbot.approve", user_id="U0BOB",
+                            response_url=bot.slack.response_url(channel=CHANNEL, user="U0BOB"))
+    await bot.wait(lambda: bot.store().approvals_of(1)[0]["status"] == "expired", timeout=15)
+    await bot.wait(lambda: "expired" in approval.plain())
+    assert "opsbot.approve" not in approval.plain()
+    # a click on the old buttons after expiry runs nothing, and says why
+    status, _ = await bot.slack_request(late_click)
+    assert status == 200
+    await bot.wait(lambda: any("already expired" in t for t in ephemeral_texts(bot, "U0BOB")))
+    assert healthy_web.program_state() == "STOPPED"
+
+
+async def test_approval_is_bound_to_what_was_shown(running_bot: RunningBot,
+                                                   healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    body = click_body(approval, "opsbot.approve", user_id="U0BOB",
+                      response_url=bot.slack.response_url(channel=CHANNEL, user="U0BOB"))
+    # the parameters behind the pending approval change (as if someone edited the record)
+    db = bot.store().db.conn
+    db.execute("UPDATE approvals SET params = json_set(params, '$.program', 'ds:converter')")
+    status, _ = await bot.slack_request(body)
+    assert status == 200
+    await bot.wait(lambda: "the step changed since it was approved" in bot.thread_text())
+    assert healthy_web.program_state() == "STOPPED"
+    assert not [s for s in bot.store().steps_of(1) if s["phase"] == "remediation"]
+
+
+async def test_restarted_bot_keeps_incident_and_pending_approval(
+        running_bot: RunningBot, healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    await bot.restart()
+    # a repeated notification after the restart joins the same incident
+    await bot.post_alert(alert_payload())
+    await bot.wait(lambda: len(bot.store().alerts_of(1)) == 2)
+    await bot.click(approval, "opsbot.approve", "U0BOB")
+    await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=40)
+    assert len(bot.roots()) == 1 and healthy_web.proxy_status() == 200
+
+
+async def test_slack_rate_limits_are_waited_out(running_bot: RunningBot,
+                                                healthy_web: WebLab) -> None:
+    bot = running_bot
+    bot.slack.rate_limit("chat.postMessage", 2, retry_after=1)
+    bot.slack.rate_limit("chat.update", 2, retry_after=1)
+    await incident_with_pending_approval(bot, healthy_web)
+    assert len(bot.slack.rate_limited) == 4
+    assert "Likely cause on `web01`: *upstream_down*" in bot.thread_text()
+    assert "message.failed" not in [r["action"] for r in bot.store().audit_records(1)]
