@@ -1,0 +1,115 @@
+"""The acceptance path, as a new user would walk it: `opsbot serve` as its own process, the
+contract's environment pointing at the Slack stand-in, a real blackbox probe + Prometheus +
+Alertmanager firing on nginx's real 502, then `opsbot run … --yes` and `opsbot export`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.botfixtures import ALERT_TOKEN, CHANNEL, bot_env
+from tests.fakeslack import FakeSlack
+from tests.lab import WebLab, free_port
+
+pytestmark = pytest.mark.lab
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def wait_for(predicate, timeout: float, what: str, slack: FakeSlack):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    dump = "\n---\n".join(m.plain() for r in slack.messages(CHANNEL)
+                          for m in [r, *slack.thread(CHANNEL, r.ts)])
+    raise AssertionError(f"{what}: not within {timeout}s. Channel:\n{dump}")
+
+
+async def test_alert_to_fixed_incident_as_a_new_user(
+        tmp_path: Path, healthy_web: WebLab, inventory_file: Path, known_hosts_file: Path,
+        alerting_factory) -> None:  # type: ignore[no-untyped-def]
+    slack = FakeSlack(channels=(CHANNEL,))
+    slack_url = await slack.start()
+    port = free_port()
+    env = {**os.environ, **bot_env(tmp_path / "opsbot.db", slack_url, inventory_file,
+                                   known_hosts_file, port)}
+    log = (tmp_path / "serve.log").open("w")
+    serve = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "serve", env=env,
+                                                 stdout=log, stderr=log)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("opsbot serve did not start:\n"
+                                     + (tmp_path / "serve.log").read_text())
+        alerting_factory(f"http://127.0.0.1:{port}/alerts/alertmanager", ALERT_TOKEN)
+        await asyncio.to_thread(healthy_web.stop_backend)
+        broke_at = time.monotonic()
+
+        def thread_text() -> str:
+            roots = slack.messages(CHANNEL)
+            return "\n".join(m.plain() for r in roots for m in slack.thread(CHANNEL, r.ts))
+
+        await wait_for(lambda: "[Approve](opsbot.approve)" in thread_text(), 60,
+                       "the approve/reject buttons", slack)
+        took = time.monotonic() - broke_at
+        roots = slack.messages(CHANNEL)
+        assert len(roots) == 1 and "INC-1" in roots[0].plain()
+        text = thread_text()
+        for step in ("healthcheck", "proxy_check", "listening_ports", "supervisorctl_status",
+                     "nginx_error_log", "nginx_config_test", "memory", "kernel_log", "disk",
+                     "app_logs"):
+            assert f"(`{step}`) on `web01`" in text
+        assert "Likely cause on `web01`: *upstream_down*" in text
+        assert "connect() failed (111: Connection refused)" in text
+        assert "[Reject](opsbot.reject)" in text
+        # the alert pipeline adds a few seconds of its own (scrape, rule, group_wait)
+        assert took < 30 + 10, f"took {took:.1f}s from the fault to the buttons"
+
+        code, out, err = await run_cli(env, "run", "nginx-502", "web01", "--yes")
+        assert code == 0, err
+        assert "INC-1: verified" in out
+        assert healthy_web.proxy_status() == 200
+        await wait_for(lambda: "verified" in slack.messages(CHANNEL)[0].plain(), 15,
+                       "the root message showing verified", slack)
+        assert len(slack.messages(CHANNEL)) == 1
+
+        # Alertmanager sends the resolution once the probe sees 200 again
+        await wait_for(lambda: "resolved" in slack.messages(CHANNEL)[0].plain(), 60,
+                       "the resolved root message", slack)
+
+        code, md, err = await run_cli(env, "export", "INC-1", "--format", "md")
+        assert code == 0, err
+        assert "NginxBadGateway" in md and "| firing |" in md and "| resolved |" in md
+        assert "$ supervisorctl -c" in md and "approved by local:" in md
+        assert "### `verify_proxy` on web01 — ok" in md
+        code, out, _ = await run_cli(env, "audit", "verify")
+        assert code == 0 and "chain intact" in out
+    finally:
+        serve.terminate()
+        await asyncio.wait_for(serve.wait(), 30)
+        log.close()
+        await slack.stop()
+    assert serve.returncode == 0, (tmp_path / "serve.log").read_text()
