@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.lab.fixtures", "tests.botfixtures"]
+pytest_plugins = ["tests.lab.fixtures", "tests.lab.docker_fixtures", "tests.botfixtures"]
