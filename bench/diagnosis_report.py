@@ -40,7 +40,7 @@ def measure(rules_path: Path) -> list[dict]:
 
 def origin(source: str) -> str:
     """'lab' (captured here), 'quoted' (from a public issue or page) or 'mixed'."""
-    if source.startswith("Reproduced for real"):
+    if source.startswith(("Reproduced for real", "live lab:")):
         return "lab"
     lab = any(w in source for w in ("Reproduced for real", "run for real", "captured in the lab"))
     return "mixed" if lab else "quoted"

@@ -3,7 +3,8 @@
 
 RUN_PACKAGES=(python3 python3-venv python3-pip openssh-client curl)
 TEST_PACKAGES=(openssh-server nginx supervisor prometheus prometheus-alertmanager
-               prometheus-blackbox-exporter docker.io busybox-static sqlite3 iproute2 procps)
+               prometheus-blackbox-exporter docker.io busybox-static redis-server sqlite3
+               iproute2 procps)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -1,5 +1,7 @@
 """`ssh`: a shell command on the host over SSH (asyncssh), host key always verified.
 
+The command runs in the login user's POSIX shell with stderr joined to stdout (`exec 2>&1`).
+
 One pooled connection per host serves every step of every incident; it closes when idle.
 """
 
@@ -100,9 +102,9 @@ class SshPool:
                     return ExecOutput(None, "", error=(
                         f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
                 try:
-                    done = await conn.run(command, check=False, timeout=timeout,
-                                          stderr=asyncssh.STDOUT, encoding="utf-8",
-                                          errors="replace")
+                    # stderr joins stdout on the host, so lines are never split between them
+                    done = await conn.run(f"exec 2>&1\n{command}", check=False,
+                                          timeout=timeout, encoding="utf-8", errors="replace")
                     return ExecOutput(done.exit_status, str(done.stdout or ""))
                 except asyncssh.TimeoutError as exc:
                     return ExecOutput(None, str(exc.stdout or ""),

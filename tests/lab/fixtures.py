@@ -25,7 +25,7 @@ from .alerting import Alerting
 from .alerting import start_alerting as _start_alerting
 from .process import LabError, make_lab_dir, port_open, reap_stale_labs, stop_all
 from .sshd import LAB_USER, SSH_PORT, SshServer, start_sshd
-from .web import WebLab, start_web
+from .web import WebLab, start_web, unmount_stale_labs
 
 _timings: dict[str, float] = {}
 
@@ -65,6 +65,7 @@ def lab_dir() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.fail("the test lab must run as root (it starts sshd, nginx, supervisord)",
                     pytrace=False)
+    unmount_stale_labs()
     reap_stale_labs()
     root = make_lab_dir()
     yield root
@@ -96,13 +97,13 @@ def lab_hosts(sshd_host: SshServer, sshd_host2: SshServer) -> dict[str, SshServe
 
 @pytest.fixture(scope="session")
 def web_lab(lab_dir: Path) -> Iterator[WebLab]:
-    """nginx -> docservice (ds:docservice under supervisord), healthy at start."""
+    """nginx -> docservice (ds:docservice under supervisord) -> Redis, healthy at start."""
     started = time.monotonic()
     try:
         lab = start_web(lab_dir / "web")
     except LabError as exc:
         _lab_failure(exc)
-    _timings["web lab (supervisord + docservice + nginx)"] = time.monotonic() - started
+    _timings["web lab (redis + supervisord + docservice + nginx)"] = time.monotonic() - started
     yield lab
     lab.stop()
 
@@ -128,7 +129,8 @@ def known_hosts_file(lab_dir: Path, lab_hosts: dict[str, SshServer]) -> Path:
 def inventory_file(
     lab_dir: Path, lab_hosts: dict[str, SshServer], web_lab: WebLab
 ) -> Path:
-    """Ansible YAML inventory: group `web` = web01 + web02, with the lab's real paths."""
+    """Ansible YAML inventory: group `web` = web01 + web02, with the lab's real paths, its
+    supervisord log and its Redis as the one dependency (`redis:127.0.0.1:<port>`)."""
     lab_vars = {
         "opsbot_supervisor_conf": str(web_lab.supervisor_conf),
         "opsbot_nginx_error_log": str(web_lab.nginx_error_log),
@@ -138,6 +140,8 @@ def inventory_file(
         "opsbot_upstream_port": web_lab.backend_port,
         "opsbot_program": web_lab.program,
         "opsbot_app_log": str(web_lab.app_log),
+        "opsbot_supervisor_log": str(web_lab.supervisor_log),
+        "opsbot_dependencies": f"redis:{web_lab.redis.address}",
     }
     hosts = {
         name: {
@@ -205,6 +209,6 @@ def start_alerting_fixture(alerting_factory: AlertingFactory) -> AlertingFactory
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if _timings:
-        terminalreporter.write_sep("-", "opsbot test lab start-up times")
+        terminalreporter.write_sep("-", "opsbot test lab timings")
         for what, seconds in _timings.items():
             terminalreporter.write_line(f"{what}: {seconds:.2f}s")

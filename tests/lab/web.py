@@ -4,7 +4,15 @@ Layout of the lab folder (world-readable, so the lab user reads logs over ssh):
 
     nginx/nginx.conf  nginx/error.log  nginx/access.log  nginx/nginx.pid  nginx/temp/...
     supervisor/supervisord.conf  supervisor/supervisor.sock (0777)  supervisor/supervisord.log
-    docservice/out.log  docservice/err.log  docservice/mode
+    docservice/out.log  docservice/err.log  docservice/mode  docservice/docservice.sock (0666)
+    docservice/data/      a 1 MiB tmpfs: the backend writes its state file there at start-up
+    redis/redis.conf  redis/redis.log    the backend's Redis (see deps.py)
+
+The backend (backend.py) needs its Redis and a writable data dir at start-up, and listens on TCP
+and on a unix socket; nginx proxies over TCP, except in the permission_denied fault. Faults:
+stop_backend, crashloop, slow_backend, wrong_port, dependency_down (Redis stopped), disk_full
+(the data tmpfs filled) and permission_denied (proxy_pass to the unix socket, made 0600); heal()
+undoes any of them.
 
 nginx runs as root (workers as www-data) with `daemon off`, so its master is our child. The
 nginx folder, its logs and its pid file belong to the lab user, so `nginx -t -c <conf>` works for
@@ -18,6 +26,7 @@ process runs with super-user privileges, ignored in <conf>:2` (harmless; not in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -25,7 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .deps import RedisServer, start_redis
 from .process import (
+    LAB_PREFIX,
     LabError,
     LabProcess,
     free_port,
@@ -45,6 +56,8 @@ PROGRAM = "ds:docservice"
 SYSTEM_PYTHON = "/usr/bin/python3"
 PROXY_TIMEOUT_S = 2
 SLOW_SECONDS = 6
+DATA_DIR_SIZE = "1m"  # the backend's data tmpfs; disk_full() fills it
+FILLER = "fill"  # the file disk_full() writes into the data dir until ENOSPC
 
 _TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -96,7 +109,7 @@ http {{
 """
 
 
-def render_supervisor_conf(root: Path, backend_port: int) -> str:
+def render_supervisor_conf(root: Path, backend_port: int, redis_address: str) -> str:
     sup = root / "supervisor"
     ds = root / "docservice"
     return f"""\
@@ -120,7 +133,8 @@ serverurl=unix://{sup / 'supervisor.sock'}
 
 [program:docservice]
 command={SYSTEM_PYTHON} {BACKEND_SCRIPT} --port {backend_port} --mode-file {ds / 'mode'}
-    --slow-seconds {SLOW_SECONDS}
+    --slow-seconds {SLOW_SECONDS} --redis {redis_address} --data-dir {ds / 'data'}
+    --unix-socket {ds / 'docservice.sock'}
 directory={ds}
 autostart=true
 autorestart=true
@@ -157,7 +171,12 @@ class WebLab:
     mode_file: Path
     health_url: str
     proxy_url: str
-    upstream_port: int  # the port nginx's proxy_pass points at right now
+    upstream_port: int  # the TCP port nginx's proxy_pass points at right now (0: unix socket)
+    supervisor_log: Path  # supervisord's own log (spawned, exited, gave up)
+    data_dir: Path  # a small tmpfs the backend writes to at start-up
+    unix_socket: Path  # the backend listens here too
+    redis: RedisServer  # the backend's dependency
+    proxy_pass: str = ""  # nginx's proxy_pass target right now
     _nginx: LabProcess | None = field(default=None, repr=False)
     _supervisord: LabProcess | None = field(default=None, repr=False)
 
@@ -200,6 +219,13 @@ class WebLab:
                 return line
         return None
 
+    def truncate_logs(self) -> None:
+        """Empty nginx's error log, supervisord's log and the program's logs (what logrotate's
+        copytruncate does; every writer appends), so what they show next is only what follows."""
+        for path in (self.nginx_error_log, self.supervisor_log, self.app_log, self.app_err_log):
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(path, 0)
+
     def nginx_test(self) -> str:
         """Output of `nginx -t -c <conf>` (as root)."""
         result = run([require_binary("nginx"), "-t", "-c", str(self.nginx_conf)])
@@ -208,7 +234,12 @@ class WebLab:
     # --- faults ------------------------------------------------------------------------------
 
     def heal(self) -> None:
-        """Normal mode, proxy_pass to the backend, program RUNNING, nginx answers 200."""
+        """Redis up, data dir freed, normal mode, proxy_pass to the backend over TCP, unix
+        socket 0666, program RUNNING, nginx answers 200."""
+        self.redis.start()
+        (self.data_dir / FILLER).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.unix_socket.chmod(0o666)
         self._point_proxy_at(self.backend_port)
         if self._mode() != "normal" or self.program_state() != "RUNNING":
             self._restart_program("normal")
@@ -231,13 +262,7 @@ class WebLab:
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("crash")
-        self.supervisorctl("stop", self.program)
-        self._wait_port_closed()
-        # `start` returns once the first attempt failed ("ERROR (spawn error)"); supervisord
-        # keeps retrying in the background until FATAL.
-        self.supervisorctl("start", self.program)
-        self._wait_state({until} if until == "FATAL" else {"BACKOFF", "FATAL"}, timeout=30)
-        self._wait_proxy(lambda status: status == 502, "502 through nginx")
+        self._start_failing_program(until)
 
     def slow_backend(self) -> None:
         """Backend sleeps past proxy_read_timeout: nginx 504, upstream timed out (110)."""
@@ -258,14 +283,54 @@ class WebLab:
         self._point_proxy_at(port)
         self._wait_proxy(lambda status: status == 502, "502 through nginx")
 
+    def dependency_down(self, until: str = "BACKOFF") -> None:
+        """Redis stopped, then the program restarted: it exits at start-up with
+        `Error: connect ECONNREFUSED 127.0.0.1:<redis port>`; BACKOFF, then FATAL; nginx 502.
+
+        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~7 s).
+        """
+        self._point_proxy_at(self.backend_port)
+        self._set_mode("normal")
+        self.redis.stop()
+        self._start_failing_program(until)
+
+    def disk_full(self, until: str = "BACKOFF") -> None:
+        """The data tmpfs filled to 100%, then the program restarted: it exits at start-up with
+        `[Errno 28] No space left on device: '<data dir>/docservice.state.tmp'`; nginx 502.
+
+        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~7 s).
+        """
+        self._point_proxy_at(self.backend_port)
+        self._set_mode("normal")
+        self.supervisorctl("stop", self.program)
+        self._wait_port_closed()
+        self._fill_data_dir()
+        self._start_failing_program(until)
+
+    def permission_denied(self) -> None:
+        """proxy_pass to the backend's unix socket (+ reload), the socket made 0600 root: nginx's
+        workers get `(13: Permission denied) while connecting to upstream`; program RUNNING; 502.
+        """
+        if self._mode() != "normal" or self.program_state() != "RUNNING":
+            self._restart_program("normal")
+        self._wait_backend_up()
+        wait_until(self.unix_socket.exists, 10, f"{self.unix_socket} to exist")
+        self.unix_socket.chmod(0o600)
+        self._set_proxy_pass(f"http://unix:{self.unix_socket}:", 0)
+        self._wait_proxy(lambda status: status == 502, "502 through nginx")
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop nginx and supervisord (which stops docservice); leaves no process behind."""
+        """Stop nginx, supervisord (which stops docservice) and Redis; unmount the data tmpfs.
+
+        Leaves no process and no mount behind."""
         if self._nginx is not None:
             self._nginx.stop()
         if self._supervisord is not None:
             self._supervisord.stop(timeout=15)
+        self.redis.stop()
+        unmount(self.data_dir)
         wait_until(
             lambda: not port_open("127.0.0.1", self.backend_port), 10, "docservice to exit"
         )
@@ -280,6 +345,30 @@ class WebLab:
 
     def _set_mode(self, mode: str) -> None:
         self.mode_file.write_text(mode + "\n")
+
+    def _start_failing_program(self, until: str) -> None:
+        """(Re)start the program, which is bound to fail at start-up; wait for `until`."""
+        self.supervisorctl("stop", self.program)
+        self._wait_port_closed()
+        # `start` returns once the first attempt failed ("ERROR (spawn error)"); supervisord
+        # keeps retrying in the background until FATAL.
+        self.supervisorctl("start", self.program)
+        self._wait_state({until} if until == "FATAL" else {"BACKOFF", "FATAL"}, timeout=30)
+        self._wait_proxy(lambda status: status == 502, "502 through nginx")
+
+    def _fill_data_dir(self) -> None:
+        """Write the filler into the data tmpfs until the kernel says ENOSPC (df: 100%)."""
+        fd = os.open(self.data_dir / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for chunk in (b"\0" * 65536, b"\0" * 4096):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, chunk)
+        finally:
+            os.close(fd)
+        free = os.statvfs(self.data_dir).f_bavail
+        if free:
+            raise LabError(f"{self.data_dir} still has {free} free blocks after filling it")
 
     def _restart_program(self, mode: str) -> None:
         self._set_mode(mode)
@@ -326,19 +415,61 @@ class WebLab:
         )
 
     def _point_proxy_at(self, port: int) -> None:
-        if port == self.upstream_port:
+        self._set_proxy_pass(f"http://127.0.0.1:{port}", port)
+
+    def _set_proxy_pass(self, target: str, port: int) -> None:
+        """Rewrite the proxy_pass line to `target` and reload nginx (port: 0 for a unix socket)."""
+        if target == self.proxy_pass:
             return
         text = self.nginx_conf.read_text()
-        text, count = re.subn(
-            r"proxy_pass http://127\.0\.0\.1:\d+;", f"proxy_pass http://127.0.0.1:{port};", text
-        )
+        text, count = re.subn(r"proxy_pass \S+;", f"proxy_pass {target};", text)
         if count != 1:
             raise LabError(f"no proxy_pass line to rewrite in {self.nginx_conf}")
         self.nginx_conf.write_text(text)
         run([require_binary("nginx"), "-c", str(self.nginx_conf), "-s", "reload"], check=True)
         self.upstream_port = port
+        self.proxy_pass = target
         # the reload is asynchronous: wait until a new worker serves the new upstream
         time.sleep(0.2)
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    """Mount a fresh tmpfs of `size` at path (0755, nosuid, nodev, noexec)."""
+    path.mkdir(parents=True, exist_ok=True)
+    run([require_binary("mount"), "-t", "tmpfs", "-o",
+         f"size={size},mode=0755,nosuid,nodev,noexec", "tmpfs", str(path)], check=True)
+
+
+def unmount(path: Path) -> None:
+    """Unmount path if something is mounted there (lazily, so a busy mount goes too)."""
+    if os.path.ismount(path):
+        run([require_binary("umount"), "-l", str(path)], check=True)
+
+
+def unmount_stale_labs(base: str = "/tmp") -> list[Path]:
+    """Unmount what a lab whose owning pytest is gone left mounted (before its folder goes)."""
+    unmounted: list[Path] = []
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return unmounted
+    prefix = f"{base.rstrip('/')}/{LAB_PREFIX}"
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 2 or not fields[1].startswith(prefix):
+            continue
+        mount_point = Path(fields[1].replace("\\040", " "))
+        root = Path(base) / mount_point.relative_to(base).parts[0]
+        try:
+            owner = int((root / "owner.pid").read_text().strip())
+            os.kill(owner, 0)
+            continue  # its pytest still runs
+        except (OSError, ValueError):
+            pass
+        with contextlib.suppress(LabError):
+            unmount(mount_point)
+            unmounted.append(mount_point)
+    return unmounted
 
 
 def start_web(workdir: Path) -> WebLab:
@@ -353,6 +484,7 @@ def start_web(workdir: Path) -> WebLab:
     root = workdir
     for folder in (root, root / "nginx", root / "supervisor", root / "docservice"):
         make_world_traversable(folder)
+    data_dir = root / "docservice" / "data"
     for kind in _TEMP_PATHS:
         (root / "nginx" / "temp" / kind).mkdir(parents=True, exist_ok=True)
 
@@ -362,8 +494,6 @@ def start_web(workdir: Path) -> WebLab:
         backend_port = free_port()
     nginx_conf = root / "nginx" / "nginx.conf"
     nginx_conf.write_text(render_nginx_conf(root, nginx_port, backend_port))
-    supervisor_conf = root / "supervisor" / "supervisord.conf"
-    supervisor_conf.write_text(render_supervisor_conf(root, backend_port))
     mode_file = root / "docservice" / "mode"
     mode_file.write_text("normal\n")
 
@@ -375,6 +505,15 @@ def start_web(workdir: Path) -> WebLab:
             os.chown(path, lab_user.pw_uid, lab_user.pw_gid)
     for path in (root / "docservice").iterdir():
         path.chmod(0o644)
+
+    redis = start_redis(root / "redis")
+    supervisor_conf = root / "supervisor" / "supervisord.conf"
+    supervisor_conf.write_text(render_supervisor_conf(root, backend_port, redis.address))
+    try:
+        mount_tmpfs(data_dir, DATA_DIR_SIZE)
+    except LabError as exc:
+        redis.stop()
+        raise LabError(f"cannot mount the backend's data tmpfs (needs root): {exc}") from None
 
     lab = WebLab(
         root=root,
@@ -392,6 +531,11 @@ def start_web(workdir: Path) -> WebLab:
         health_url=f"http://127.0.0.1:{backend_port}/healthcheck",
         proxy_url=f"http://127.0.0.1:{nginx_port}/healthcheck",
         upstream_port=backend_port,
+        supervisor_log=root / "supervisor" / "supervisord.log",
+        data_dir=data_dir,
+        unix_socket=root / "docservice" / "docservice.sock",
+        redis=redis,
+        proxy_pass=f"http://127.0.0.1:{backend_port}",
     )
     try:
         lab._supervisord = spawn(
