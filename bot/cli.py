@@ -14,6 +14,7 @@ from typing import Any
 
 from bot.config import Settings, load_settings
 from bot.errors import BotError
+from bot.runbooks import parse_assignments
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -80,16 +81,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _kv(pairs: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BotError(f"--param wants key=value, got {pair!r}")
-        out[key] = value
-    return out
-
-
 def cmd_runbooks(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runbooks import load_catalog, load_runbook, runbook_files
 
@@ -127,7 +118,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     if rb.rules is None:
         raise BotError(f"runbook {rb.name} names no diagnosis rules")
     evidence = load_evidence(args.evidence)
-    params = resolve_params(rb, _kv(args.param))
+    params = resolve_params(rb, parse_assignments(args.param))
     causes = diagnose(rb.rules, evidence, params)
     if args.json:
         print(json.dumps({"causes": [c.to_json() for c in causes]}, indent=2))
@@ -171,7 +162,7 @@ async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     user = local_user()
-    params = _kv(args.param)
+    params = parse_assignments(args.param)
 
     async def go(rt: Any) -> int:
         outcome = await rt.bot.run_target(args.runbook, args.target, params, requested_by=user,

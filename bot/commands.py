@@ -7,8 +7,9 @@ import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bot.errors import BotError, ParamInvalid
+from bot.errors import BotError
 from bot.models import IncidentStatus
+from bot.runbooks import parse_assignments
 from bot.service import Opsbot, ask_in_thread
 
 Respond = Callable[[str], Awaitable[None]]
@@ -29,16 +30,6 @@ HELP = """*opsbot* — incident response in this channel
 class Answer:
     now: str  # said at once (within Slack's 3 seconds), to the user only
     later: Callable[[Respond], Awaitable[None]] | None = None  # work that continues after
-
-
-def _kv(args: list[str]) -> dict[str, str]:
-    out = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ParamInvalid(f"expected key=value, got {arg!r}")
-        out[key] = value
-    return out
 
 
 async def handle(bot: Opsbot, text: str, user: str) -> Answer:
@@ -73,7 +64,7 @@ async def _run(bot: Opsbot, args: list[str], user: str) -> Answer:
     args = [a for a in args if a != "--plan"]
     if len(args) < 2:
         return Answer("Usage: `run <runbook> <host|group> [--plan] [key=value ...]`")
-    runbook, target, params = args[0], args[1], _kv(args[2:])
+    runbook, target, params = args[0], args[1], parse_assignments(args[2:])
     if plan:
         plans = await bot.run_target(runbook, target, params, requested_by=user,
                                      source="slack", approver=ask_in_thread, dry_run=True)

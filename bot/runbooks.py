@@ -7,6 +7,7 @@ table in `bot.executors`; each kind validates its own fields.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -283,6 +284,17 @@ def coerce_param(name: str, spec: ParamSpec, value: Any) -> Any:
     return out
 
 
+def parse_assignments(words: Iterable[str]) -> dict[str, str]:
+    """`key=value` words (from chat or `--param`) -> a mapping; values are checked later."""
+    out = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ParamInvalid(f"expected key=value, got {word!r}")
+        out[key] = value
+    return out
+
+
 def resolve_params(runbook: Runbook, *layers: Mapping[str, Any],
                    strict_last: bool = True) -> dict[str, Any]:
     """Defaults, then each layer in order (later wins). Layers hold untrusted values: each is
@@ -350,8 +362,10 @@ def _build_step(spec_cls: type[StepSpec], raw: Any, loc: list[Any], errs: _Error
         for err in exc.errors():
             msg: str = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = f"unknown field for kind {spec.kind!r} " \
-                      f"(its fields: {', '.join(kind.Params.model_fields)})"
+                fields = list(kind.Params.model_fields)
+                near = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"its fields: {', '.join(fields)}"
+                msg = f"unknown field for kind {spec.kind!r} ({hint})"
             errs.add([*loc, *err["loc"]], msg)
         return None
     ok = True

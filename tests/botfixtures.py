@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +48,16 @@ def alert_payload(status: str = "firing", *, host: str = "web01", name: str = "N
                     "startsAt": starts_at, "endsAt": ends_at,
                     "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": "4f2c1a9b0d3e"}],
     }
+
+
+async def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `opsbot` command in a child process, so the bot and the Slack stand-in in this
+    process keep serving while it runs."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env={**os.environ, **env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
 
 
 @dataclass

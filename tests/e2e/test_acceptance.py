@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,19 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.botfixtures import ALERT_TOKEN, CHANNEL, bot_env
+from tests.botfixtures import ALERT_TOKEN, CHANNEL, bot_env, run_cli
 from tests.fakeslack import FakeSlack
 from tests.lab import WebLab, free_port
 
 pytestmark = pytest.mark.lab
-
-
-async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def wait_for(predicate, timeout: float, what: str, slack: FakeSlack):  # type: ignore[no-untyped-def]
@@ -88,9 +79,9 @@ async def test_alert_to_fixed_incident_as_a_new_user(
         # the alert pipeline adds a few seconds of its own (scrape, rule, group_wait)
         assert took < 30 + 10, f"took {took:.1f}s from the fault to the buttons"
 
-        code, out, err = await run_cli(env, "run", "nginx-502", "web01", "--yes")
-        assert code == 0, err
-        assert "INC-1: verified" in out
+        done = await run_cli(env, "run", "nginx-502", "web01", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert "INC-1: verified" in done.stdout
         assert healthy_web.proxy_status() == 200
         await wait_for(lambda: "(`verify_proxy`) on `web01` — *ok*" in thread_text(), 15,
                        "the passing verify step in the thread", slack)
@@ -102,13 +93,14 @@ async def test_alert_to_fixed_incident_as_a_new_user(
         await wait_for(lambda: "resolved" in slack.messages(CHANNEL)[0].plain(), 60,
                        "the resolved root message", slack)
 
-        code, md, err = await run_cli(env, "export", "INC-1", "--format", "md")
-        assert code == 0, err
+        done = await run_cli(env, "export", "INC-1", "--format", "md")
+        assert done.returncode == 0, done.stderr
+        md = done.stdout
         assert "NginxBadGateway" in md and "| firing |" in md and "| resolved |" in md
         assert "$ supervisorctl -c" in md and "approved by local:" in md
         assert "### `verify_proxy` on web01 — ok" in md
-        code, out, _ = await run_cli(env, "audit", "verify")
-        assert code == 0 and "chain intact" in out
+        done = await run_cli(env, "audit", "verify")
+        assert done.returncode == 0 and "chain intact" in done.stdout
     finally:
         serve.terminate()
         await asyncio.wait_for(serve.wait(), 30)

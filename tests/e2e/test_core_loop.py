@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.botfixtures import RunningBot, alert_payload
+from tests.botfixtures import RunningBot, alert_payload, run_cli
 from tests.lab import WebLab
 
 pytestmark = pytest.mark.lab
@@ -23,12 +21,7 @@ DIAGNOSTIC_STEPS = ("healthcheck", "proxy_check", "listening_ports", "supervisor
 
 async def opsbot(bot: RunningBot, *args: str, check: bool = True,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The `opsbot` command in a child process (the bot and Slack stand-in keep serving)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env={**os.environ, **bot.env, **(env or {})},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    done = subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
+    done = await run_cli({**bot.env, **(env or {})}, *args)
     if check:
         assert done.returncode == 0, done.stderr + done.stdout
     return done

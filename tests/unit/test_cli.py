@@ -1,0 +1,106 @@
+"""The `opsbot` command as a user runs it (no services needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CASE = ROOT / "tests/data/evidence/upstream_down--live-lab-stop-backend.json"
+
+
+def opsbot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPSBOT_", "SLACK_"))}
+    base.update({"OPSBOT_DB": str(tmp_path / "opsbot.db"),
+                 "OPSBOT_RUNBOOKS": str(ROOT / "runbooks"),
+                 "OPSBOT_INVENTORY": str(tmp_path / "inventory.yaml"), **env})
+    return subprocess.run([sys.executable, "-m", "bot", *args], env=base, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_validate_reports_file_and_line(tmp_path: Path) -> None:
+    ok = opsbot(tmp_path, "runbooks", "validate")
+    assert ok.returncode == 0 and "runbook(s) valid, 0 error(s)" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsteps:\n  - id: a\n    kind: ssh\n    comand: uptime\n")
+    out = opsbot(tmp_path, "runbooks", "validate", str(bad))
+    assert out.returncode == 1
+    assert f"{bad}:3: steps.0.command: Field required" in out.stderr
+    assert f"{bad}:5: steps.0.comand: unknown field for kind 'ssh' (did you mean 'command'?)" \
+        in out.stderr
+
+
+def test_analyze_quotes_only_input_lines(tmp_path: Path) -> None:
+    case = json.loads(CASE.read_text())
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps(case["evidence"]))
+    params = [f"--param={k}={v}" for k, v in case.get("params", {}).items()]
+    out = opsbot(tmp_path, "analyze", "nginx-502", "--evidence", str(evidence), "--json", *params)
+    assert out.returncode == 0, out.stderr
+    causes = json.loads(out.stdout)["causes"]
+    assert causes[0]["cause"] == "upstream_down" and 0 < causes[0]["confidence"] <= 1
+    lines = {line.rstrip() for text in case["evidence"].values() if isinstance(text, str)
+             for line in text.splitlines()}
+    assert causes[0]["evidence"] and set(causes[0]["evidence"]) <= lines
+    assert "start_program" in causes[0]["remediation"]
+    human = opsbot(tmp_path, "analyze", "nginx-502", "--evidence", str(evidence), *params)
+    assert human.stdout.startswith("1. upstream_down")
+    evidence.write_text("{not json")
+    bad = opsbot(tmp_path, "analyze", "nginx-502", "--evidence", str(evidence))
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_shows_every_rendered_command_per_host(tmp_path: Path) -> None:
+    (tmp_path / "inventory.yaml").write_text(
+        "web:\n  hosts:\n    web01: {ansible_host: 10.9.9.1, opsbot_upstream_port: 8123}\n"
+        "    web02: {ansible_host: 10.9.9.2}\n")
+    out = opsbot(tmp_path, "run", "nginx-502", "web", "--dry-run", "--param", "log_lines=7")
+    assert out.returncode == 0, out.stderr
+    assert "# web01 (10.9.9.1:22)" in out.stdout and "# web02 (10.9.9.2:22)" in out.stdout
+    assert "diagnostic/nginx_error_log: tail -n 7 /var/log/nginx/error.log" in out.stdout
+    assert "remediation/start_program: supervisorctl -c /etc/supervisor/supervisord.conf " \
+           "start ds:docservice  [needs approval]" in out.stdout
+    assert not (tmp_path / "opsbot.db").exists() or \
+        "INC-" not in opsbot(tmp_path, "incidents").stdout
+    typo = opsbot(tmp_path, "run", "nginx-502", "web01", "--param", "log_lines=many")
+    assert typo.returncode == 1
+    assert typo.stderr.strip() == "opsbot: parameter log_lines: must be a whole number, " \
+                                  "got 'many'"
+
+
+def test_audit_verify_fails_after_sqlite3_edits_a_row(tmp_path: Path) -> None:
+    from bot.adapters.store import Store
+
+    store = Store(tmp_path / "opsbot.db")
+    store.open_or_join("g", title="t", labels={}, runbook=None, hosts=[], notes=[], actor="me")
+    for i in range(3):
+        store.audit("test", "me", 1, n=i)
+    store.close()
+    ok = opsbot(tmp_path, "audit", "verify")
+    assert ok.returncode == 0 and "audit log OK: 4 records" in ok.stdout
+    subprocess.run(["sqlite3", str(tmp_path / "opsbot.db"),
+                    "UPDATE audit SET actor = 'mallory' WHERE seq = 3"], check=True)
+    bad = opsbot(tmp_path, "audit", "verify")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "audit log ALTERED at record 3: content does not match its hash"
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"SLACK_BOT_TOKEN": "xoxb-1"}, "opsbot: OPSBOT_CHANNEL is required when SLACK_BOT_TOKEN "
+                                    "is set"),
+    ({"OPSBOT_LISTEN": "nowhere"}, "opsbot: OPSBOT_LISTEN must be host:port, got 'nowhere'"),
+])
+def test_bad_settings_stop_with_one_line(tmp_path: Path, env: dict[str, str], line: str) -> None:
+    out = opsbot(tmp_path, "incidents", **env)
+    assert out.returncode == 1 and out.stderr.strip() == line
+
+
+def test_incidents_and_export_of_unknown(tmp_path: Path) -> None:
+    assert opsbot(tmp_path, "incidents", "--json").stdout.strip() == "[]"
+    out = opsbot(tmp_path, "export", "INC-7", "--format", "csv")
+    assert out.returncode == 1 and out.stderr.strip() == "opsbot: no incident INC-7"
