@@ -1,0 +1,89 @@
+"""The SSH executor against real sshd: pooling, idle close, failures kept as clear results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.executors.ssh import SshPool
+from bot.inventory import load_inventory
+from bot.models import Host, StepStatus
+from bot.runbooks import load_runbook, resolve_params
+from bot.runner import NullListener, Runner
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_ts(text: str) -> float:
+    from bot.adapters.store import parse_ts as parse
+
+    return parse(text).timestamp()
+
+
+def web01(inventory_file: Path) -> Host:
+    return load_inventory(inventory_file).hosts["web01"]
+
+
+async def test_one_connection_serves_many_commands_then_closes_when_idle(
+        inventory_file: Path, known_hosts_file: Path) -> None:
+    pool = SshPool(known_hosts_file, idle=0.5)
+    host = web01(inventory_file)
+    outs = await asyncio.gather(*(pool.run(host, f"echo {i}", 10) for i in range(20)))
+    assert [o.output for o in outs] == [f"{i}\n" for i in range(20)]
+    assert pool.connects == 1
+    await asyncio.sleep(1.0)
+    assert all(e.conn is None for e in pool._entries.values())
+    assert (await pool.run(host, "echo again", 10)).output == "again\n"
+    assert pool.connects == 2
+    await pool.close()
+
+
+async def test_failures_are_results_not_exceptions(inventory_file: Path,
+                                                   known_hosts_file: Path) -> None:
+    pool = SshPool(known_hosts_file, connect_timeout=3)
+    host = web01(inventory_file)
+    out = await pool.run(host, "echo partial; sleep 10", 1)
+    assert out.timed_out and out.output == "partial\n" and out.exit_status is None
+    out = await pool.run(host, "echo to stderr >&2; exit 3", 10)
+    assert (out.exit_status, out.output) == (3, "to stderr\n")
+    nowhere = Host("ghost", "127.0.0.9", 2222, "opsbot-lab", host.key_file)
+    started = time.monotonic()
+    out = await pool.run(nowhere, "true", 10)
+    assert out.error and out.error.startswith("cannot reach ghost at 127.0.0.9:2222")
+    assert time.monotonic() - started < 5
+    wrong_user = Host("web01", host.address, host.port, "nobody-here", host.key_file)
+    out = await pool.run(wrong_user, "true", 10)
+    assert out.error and "was refused" in out.error
+    missing = SshPool(known_hosts_file.parent / "no-such-known-hosts")
+    out = await missing.run(host, "true", 10)
+    assert out.error and "refusing to connect without verifying the host key" in out.error
+    await pool.close()
+
+
+async def test_a_group_runs_its_hosts_in_parallel(inventory_file: Path, known_hosts_file: Path,
+                                                  healthy_web) -> None:  # type: ignore[no-untyped-def]
+    from bot.executors import ExecContext
+
+    runbook = load_runbook(ROOT / "runbooks/nginx-502.yaml")
+    inventory = load_inventory(inventory_file)
+    ctx = ExecContext(known_hosts=known_hosts_file)
+    runner = Runner(ctx)
+    targets = [(h, resolve_params(runbook, h.opsbot_vars())) for h in inventory.resolve("web")]
+    reports = await runner.diagnose(runbook, targets, NullListener())
+    assert [r.host.name for r in reports] == ["web01", "web02"]
+    for report in reports:
+        statuses = {r.step.step_id: r.status for r in report.results}
+        assert statuses["healthcheck"] is StepStatus.OK
+        assert statuses["proxy_check"] is StepStatus.OK
+        assert not [c for c in report.causes if c.confidence > 0.5]
+    # side by side, not one after the other: web02 began before web01 was done
+    web01_end = max(parse_ts(r.started_at) + r.duration for r in reports[0].results)
+    web02_start = min(parse_ts(r.started_at) for r in reports[1].results)
+    assert web02_start < web01_end
+    await runner.diagnose(runbook, targets[:1], NullListener())
+    assert ctx.ssh.connects == 2  # one per host, reused by every step and both runs
+    await ctx.close()
