@@ -93,8 +93,8 @@ def render_step(step: Step, phase: Phase, host: Host, context: Mapping[str, Any]
     kind = KINDS[step.kind]
     action = kind.render(step.params, context)
     return RenderedStep(step_id=step.id, kind=step.kind, phase=phase, host=host.name,
-                        action=action, display=kind.display(action), timeout=step.timeout,
-                        title=step.title or step.id)
+                        action=action, display=redact(kind.display(action)),
+                        timeout=step.timeout, title=step.title or step.id)
 
 
 def judge(step: Step, kind: str, out: ExecOutput) -> StepStatus:

@@ -25,6 +25,7 @@ import sqlite_utils
 from bot.audit import GENESIS, VerifyReport, record_hash, verify_chain
 from bot.errors import BotError, NotFound
 from bot.models import Incident, IncidentStatus, StepResult, canonical_json
+from bot.redact import redact
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -100,6 +101,15 @@ def _decode(row: Row) -> Row:
             except json.JSONDecodeError:
                 pass
     return row
+
+
+def redacted_json(value: Mapping[str, Any]) -> Any:
+    """A step's action as stored: secrets in it masked (the run itself used the real values)."""
+    text = redact(canonical_json(dict(value)))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def incident_from_row(row: Row) -> Incident:
@@ -354,14 +364,15 @@ class Store:
     # -- runs and steps -------------------------------------------------------------------
     def start_run(self, incident_id: int, runbook: str, target: str, requested_by: str,
                   source: str, params: Mapping[str, Any]) -> int:
+        shown = redacted_json(params)
         with self.tx() as conn:
             run_id = self._insert(conn, "runs", {
                 "incident_id": incident_id, "runbook": runbook, "target": target,
-                "requested_by": requested_by, "source": source, "params": dict(params),
+                "requested_by": requested_by, "source": source, "params": shown,
                 "started_at": utcnow(), "status": "running"})
             self._audit(conn, "run.started", requested_by, incident_id,
                         {"run_id": run_id, "runbook": runbook, "target": target,
-                         "source": source, "params": dict(params)})
+                         "source": source, "params": shown})
             return run_id
 
     def finish_run(self, run_id: int, incident_id: int, status: str, actor: str) -> None:
@@ -371,15 +382,16 @@ class Store:
                         {"run_id": run_id, "status": status})
 
     def start_step(self, run_id: int | None, incident_id: int, step: Any, actor: str) -> int:
+        action = redacted_json(step.action)
         with self.tx() as conn:
             self._audit(conn, "step.start", actor, incident_id,
                         {"run_id": run_id, "step": step.step_id, "phase": str(step.phase),
                          "kind": step.kind, "host": step.host, "command": step.display,
-                         "action": dict(step.action)})
+                         "action": action})
             return self._insert(conn, "step_runs", {
                 "run_id": run_id, "incident_id": incident_id, "step_id": step.step_id,
                 "phase": str(step.phase), "kind": step.kind, "host": step.host,
-                "command": step.display, "action": dict(step.action), "status": "running",
+                "command": step.display, "action": action, "status": "running",
                 "started_at": utcnow(), "title": step.title})
 
     def finish_step(self, step_run_id: int, incident_id: int, result: StepResult,

@@ -1,0 +1,90 @@
+"""Console mode (no Slack token), and what long or secret-bearing output looks like in Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.botfixtures import ALERT_TOKEN, RunningBot, alert_payload, run_cli
+from tests.lab import WebLab, free_port
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_console_mode_alert_approve_and_audit(
+        tmp_path: Path, healthy_web: WebLab, inventory_file: Path,
+        known_hosts_file: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+    env.update({"OPSBOT_LISTEN": f"127.0.0.1:{port}", "OPSBOT_DB": str(tmp_path / "o.db"),
+                "OPSBOT_RUNBOOKS": str(ROOT / "runbooks"),
+                "OPSBOT_INVENTORY": str(inventory_file),
+                "OPSBOT_KNOWN_HOSTS": str(known_hosts_file), "OPSBOT_ALERT_TOKEN": ALERT_TOKEN})
+    out_path = tmp_path / "terminal.txt"
+    with out_path.open("w") as out:
+        serve = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "serve",
+                                                     env=env, stdout=out, stderr=out)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        health = await resp.json()
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            assert health["slack"] == "console"
+            healthy_web.stop_backend()
+            async with http.post(f"http://127.0.0.1:{port}/alerts/alertmanager",
+                                 data=json.dumps(alert_payload()),
+                                 headers={"Authorization": f"Bearer {ALERT_TOKEN}"}) as resp:
+                assert resp.status == 200
+        for _ in range(300):
+            terminal = out_path.read_text()
+            if "opsbot approve " in terminal:
+                break
+            await asyncio.sleep(0.1)
+        assert "[INC-1] INC-1 · nginx answers 502 on web01" in terminal
+        assert "[INC-1] ✅ supervisorctl_status on web01" in terminal or \
+            "supervisorctl_status on web01" in terminal
+        assert "likely cause upstream_down" in terminal
+        assert "connect() failed (111: Connection refused)" in terminal
+        token = re.search(r"opsbot approve (\S+)", terminal)[1]
+        done = await run_cli(env, "approve", token)
+        assert done.returncode == 0 and "Approved start_program on web01" in done.stdout
+        assert healthy_web.proxy_status() == 200
+        incidents = json.loads((await run_cli(env, "incidents", "--json")).stdout)
+        assert incidents[0]["phase"] == "verified" and incidents[0]["cause"] == "upstream_down"
+        assert "chain intact" in (await run_cli(env, "audit", "verify")).stdout
+    finally:
+        serve.terminate()
+        await asyncio.wait_for(serve.wait(), 30)
+    assert serve.returncode == 0
+
+
+@pytest.mark.bot_env(OPSBOT_RUNBOOKS=str(ROOT / "tests/data/runbooks"))
+async def test_long_and_secret_output_is_bounded_and_redacted(running_bot: RunningBot) -> None:
+    bot = running_bot
+    await bot.post_alert(alert_payload(name="NoisyTest"))
+    msg = await bot.wait(lambda: next((m for m in bot.thread() if "(`big_output`)" in m.plain()
+                                       and "running" not in m.plain()), None)
+                         if bot.roots() else None)
+    shown = msg.plain()
+    assert "line 0 of noise" in shown and "the end" in shown and "cut" in shown
+    assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in msg.blocks)
+    step = bot.store().steps_of(1)[0]
+    assert step["output_bytes"] > 300_000 and step["truncated"] == 1
+    assert len(step["excerpt"]) <= 16_000
+    everything = json.dumps(bot.slack.state()) + json.dumps(list(bot.store().audit_records()))
+    everything += step["excerpt"]
+    for secret in ("hunter2", "xoxb-1234567890", "s3cr3t-t0ken-value"):
+        assert secret not in everything
+    assert "password=[REDACTED]" in shown
