@@ -187,3 +187,21 @@ async def test_slack_rate_limits_are_waited_out(running_bot: RunningBot,
     assert len(bot.slack.rate_limited) == 4
     assert "Likely cause on `web01`: *upstream_down*" in bot.thread_text()
     assert "message.failed" not in [r["action"] for r in bot.store().audit_records(1)]
+
+
+@pytest.mark.bot_env(OPSBOT_ALLOW_SELF_APPROVAL="true")
+async def test_small_team_may_approve_its_own_run(running_bot: RunningBot,
+                                                  healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web, via_slash="U0ALICE")
+    await bot.click(approval, "opsbot.approve", "U0ALICE")
+    await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=40)
+    assert bot.store().approvals_of(1)[0]["decided_by"] == "U0ALICE"
+
+
+async def test_alert_no_runbook_fits_still_opens_an_incident(running_bot: RunningBot) -> None:
+    bot = running_bot
+    await bot.post_alert(alert_payload(name="DiskAlmostFull"))
+    await bot.wait(lambda: bot.roots() and "No runbook's matchers fit" in bot.thread_text())
+    assert "none matched" in bot.roots()[0].plain()
+    assert bot.store().steps_of(1) == []
