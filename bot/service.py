@@ -13,15 +13,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
+
 from bot.adapters.store import AsyncStore, Row
 from bot.config import Settings
 from bot.errors import BotError, InventoryError, NotFound, ParamInvalid
 from bot.ingest import alert_host
 from bot.inventory import Inventory
-from bot.models import AlertGroup, Host, Incident, IncidentStatus
+from bot.models import AlertGroup, Host, Incident, IncidentStatus, Phase, parse_incident_ref
 from bot.notify import Reporter
 from bot.runbooks import Catalog, Runbook, resolve_params
-from bot.runner import HostReport, Proposal, Runner
+from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")
 
@@ -191,11 +193,6 @@ class Opsbot:
                               requested_by=requested_by, source=source, approver=approver)
 
     def plan(self, runbook: Runbook, host: Host, params: Mapping[str, Any]) -> list[str]:
-        from jinja2 import TemplateError
-
-        from bot.models import Phase
-        from bot.runner import render_context, render_step
-
         lines = []
         context = render_context(host, params, {}, {})
         for phase, steps in ((Phase.DIAGNOSTIC, runbook.steps),
@@ -360,8 +357,6 @@ class Opsbot:
         return await self.reporter.refresh_root(incident_id)
 
     async def incident(self, ref: str) -> Incident:
-        from bot.models import parse_incident_ref
-
         number = parse_incident_ref(ref)
         if number is None:
             raise NotFound(f"{ref!r} is not an incident reference (like INC-42)")
