@@ -32,6 +32,7 @@ from bot.inventory import load_inventory
 from bot.models import Host
 from bot.runbooks import Runbook, load_runbook, resolve_params
 from bot.runner import HostReport, NullListener, Runner
+from tests.botfixtures import RunningBot, alert_payload
 from tests.lab import WebLab
 from tests.lab.fixtures import _timings
 from tests.lab.process import run
@@ -184,3 +185,28 @@ async def test_healed_lab_names_no_cause_despite_old_errors(
                       "No space left on device", "(13: Permission denied)"):
         assert old_error in "".join(report.evidence.values()), old_error
     assert_healthy(report)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.method for f in FAULTS])
+async def test_live_fault_is_named_in_the_thread(fault: LiveFault, healthy_web: WebLab,
+                                                 running_bot: RunningBot) -> None:
+    """The same faults through the whole bot: an alert, then what the incident's thread shows."""
+    bot = running_bot
+    healthy_web.truncate_logs()
+    await asyncio.to_thread(getattr(healthy_web, fault.method))
+    await bot.post_alert(alert_payload())
+    diagnosis = await bot.wait(lambda: next((m for m in bot.thread() if "🩺" in m.text), None)
+                               if bot.roots() else None, timeout=60)
+    shown = diagnosis.plain()
+    assert f"Likely cause on `web01`: *{fault.label}*" in shown
+    assert "*Evidence*" in shown
+    steps_text = "\n".join(m.plain() for m in bot.thread() if "(`" in m.plain())
+    evidence = shown.split("*Evidence*", 1)[1].split("```")[1]
+    for line in evidence.strip().splitlines():
+        assert line.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") \
+            in steps_text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    await bot.wait(lambda: any("Proposed remediation" in m.plain() for m in bot.thread()))
+    proposed = [m.plain() for m in bot.thread() if "Proposed remediation" in m.plain()]
+    assert any(f"*{step}*" in p for p in proposed for step in fault.steps), proposed
+    if fault.advice:
+        assert re.search(fault.advice, shown), shown
