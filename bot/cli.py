@@ -14,7 +14,6 @@ from typing import Any
 
 from bot.config import Settings, load_settings
 from bot.errors import BotError
-from bot.runbooks import parse_assignments
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -111,7 +110,7 @@ def cmd_runbooks(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from bot.diagnosis import diagnose, load_evidence
-    from bot.runbooks import load_catalog, resolve_params
+    from bot.runbooks import load_catalog, parse_assignments, resolve_params
 
     catalog = load_catalog(settings.runbooks)
     rb = catalog.get(args.runbook)
@@ -161,6 +160,8 @@ async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> 
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.runbooks import parse_assignments
+
     user = local_user()
     params = parse_assignments(args.param)
 

@@ -104,3 +104,35 @@ def test_incidents_and_export_of_unknown(tmp_path: Path) -> None:
     assert opsbot(tmp_path, "incidents", "--json").stdout.strip() == "[]"
     out = opsbot(tmp_path, "export", "INC-7", "--format", "csv")
     assert out.returncode == 1 and out.stderr.strip() == "opsbot: no incident INC-7"
+
+
+def _first_case_per_label() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests/data/evidence").glob("*.json")):
+        seen.setdefault(json.loads(path.read_text())["label"], path)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("case_path", _first_case_per_label(), ids=lambda p: p.stem)
+def test_analyze_names_each_label(tmp_path: Path, case_path: Path) -> None:
+    from bot.runbooks import load_catalog
+
+    case = json.loads(case_path.read_text())
+    keys = set(case["evidence"])
+    runbook = "onlyoffice-docker-502" if keys & {"docker_ps", "docker_inspect", "docker_logs"} \
+        else "systemd-502" if "systemctl_status" in keys else "nginx-502"
+    accepted = load_catalog(ROOT / "runbooks").get(runbook).params
+    params = [f"--param={k}={v}" for k, v in (case.get("params") or {}).items() if k in accepted]
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps(case["evidence"]))
+    out = opsbot(tmp_path, "analyze", runbook, "--evidence", str(evidence), "--json", *params)
+    assert out.returncode == 0, out.stderr
+    causes = json.loads(out.stdout)["causes"]
+    assert causes and causes[0]["cause"] == case["label"], causes
+    lines = set()
+    for value in case["evidence"].values():
+        text = value if isinstance(value, str) else json.dumps(value, indent=2,
+                                                               ensure_ascii=False)
+        lines.update(line.rstrip() for line in (text or "").splitlines())
+    for cause in causes:
+        assert set(cause["evidence"]) <= lines
