@@ -40,11 +40,13 @@ ensure_venv() {
   fi
   local stamp=".venv/.installed${extra:+-$extra}"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    if [ -n "$extra" ]; then
-      .venv/bin/python -m pip install -q -e ".[$extra]"
-    else
-      .venv/bin/python -m pip install -q -e .
+    local log=.venv/pip-install.log target=.
+    [ -n "$extra" ] && target=".[$extra]"
+    echo "installing opsbot${extra:+ with its $extra dependencies} into .venv" >&2
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e "$target"; } >"$log" 2>&1; then
+      cat "$log" >&2
+      return 1
     fi
     touch "$stamp"
   fi
