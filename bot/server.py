@@ -7,10 +7,12 @@ import contextlib
 import hmac
 import logging
 import signal
+import sqlite3
 from typing import Any
 
 from aiohttp import web
 
+from bot.adapters.store import StoreError
 from bot.app import Runtime, build
 from bot.config import Settings
 from bot.errors import IngestError
@@ -89,8 +91,25 @@ async def slack_disabled(request: web.Request) -> web.Response:
                        "Socket Mode")
 
 
+@web.middleware
+async def one_line_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """No traceback reaches a caller: the store failing is a 503 (senders retry), anything
+    else unexpected a 500; the details go to opsbot's own log."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (sqlite3.Error, StoreError) as exc:
+        log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
+        return _error(503, f"the store cannot be written ({exc}); nothing was accepted, "
+                           "retry later")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error; see opsbot's log")
+
+
 def web_app(rt: Runtime, bolt: Any = None) -> web.Application:
-    app = web.Application(client_max_size=2 * MAX_PAYLOAD)
+    app = web.Application(client_max_size=2 * MAX_PAYLOAD, middlewares=[one_line_errors])
     app[RUNTIME] = rt
     routes = [web.post("/alerts/alertmanager", alertmanager), web.get("/healthz", healthz),
               web.get("/metrics", metrics)]

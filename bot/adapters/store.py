@@ -150,10 +150,11 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         conn = self.db.conn
