@@ -280,8 +280,11 @@ class Response:
 
 class FakeSlack:
     def __init__(self, token: str = "xoxb-test-token", channels: tuple[str, ...] = ("C0INCIDENT",),
-                 bot_user_id: str = "U0BOT", team_id: str = "T0TEST"):
-        self.token, self.channels = token, list(channels)
+                 bot_user_id: str = "U0BOT", team_id: str = "T0TEST",
+                 app_token: str = "xapp-test-token"):
+        self.token, self.channels, self.app_token = token, list(channels), app_token
+        self.sockets: list[web.WebSocketResponse] = []  # Socket Mode connections
+        self.socket_acks: dict[str, dict] = {}  # envelope_id -> what the app acked
         self.bot_user_id, self.team_id, self.bot_id = bot_user_id, team_id, "B0BOT"
         self.calls: list[tuple[str, dict]] = []
         self.rate_limited: list[tuple[str, dict]] = []  # the calls that got a 429
@@ -303,6 +306,7 @@ class FakeSlack:
         app.router.add_post("/_fake/upload/{file_id}", self._upload)
         app.router.add_post("/_fake/respond/{n}", self._respond)
         app.router.add_get("/_fake/state", self._state)
+        app.router.add_get("/_fake/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -373,6 +377,40 @@ class FakeSlack:
 
     # -- HTTP handlers
 
+    # -- Socket Mode: apps.connections.open hands out this websocket
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": len(self.sockets),
+                            "debug_info": {"host": "fakeslack"},
+                            "connection_info": {"app_id": "A0TEST"}})
+        try:
+            async for frame in ws:
+                if frame.type == web.WSMsgType.TEXT:
+                    data = json.loads(frame.data)
+                    if "envelope_id" in data:
+                        self.socket_acks[data["envelope_id"]] = data
+        finally:
+            self.sockets.remove(ws)
+        return ws
+
+    async def socket_send(self, kind: str, payload: dict) -> str:
+        """Deliver an envelope (`slash_commands`, `interactive`, `events_api`) over Socket Mode
+        as Slack does; returns its envelope_id (the app's ack lands in `socket_acks`)."""
+        await self.wait_for(lambda fake: fake.sockets, timeout=15)
+        self._seq += 1
+        envelope_id = f"env-{self._seq}"
+        await self.sockets[-1].send_json({
+            "envelope_id": envelope_id, "type": kind, "payload": payload,
+            "accepts_response_payload": kind != "events_api", "retry_attempt": 0,
+            "retry_reason": ""})
+        return envelope_id
+
+    def _connections_open(self, p: dict) -> dict:
+        return {"url": f"ws://{self.root.split('://', 1)[1]}_fake/socket"}
+
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         try:
@@ -393,7 +431,7 @@ class FakeSlack:
         try:
             if not token:
                 raise SlackError("not_authed")
-            if token != self.token:
+            if token != (self.app_token if method == "apps.connections.open" else self.token):
                 raise SlackError("invalid_auth")
             body = {"ok": True, **handler(self, params)}
         except SlackError as e:
@@ -573,6 +611,7 @@ class FakeSlack:
 
     METHODS: dict[str, Callable[[FakeSlack, dict], dict]] = {
         "auth.test": _auth_test,
+        "apps.connections.open": _connections_open,
         "chat.postMessage": _post_message,
         "chat.update": _update,
         "chat.delete": _delete,
