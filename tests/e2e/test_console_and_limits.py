@@ -88,3 +88,24 @@ async def test_long_and_secret_output_is_bounded_and_redacted(running_bot: Runni
     for secret in ("hunter2", "xoxb-1234567890", "s3cr3t-t0ken-value"):
         assert secret not in everything
     assert "password=[REDACTED]" in shown
+
+
+async def test_terminal_run_asks_before_remediation(running_bot: RunningBot,
+                                                    healthy_web: WebLab) -> None:
+    """Without --yes, `opsbot run` asks on the terminal; `n` leaves the backend alone, `y` fixes
+    it. `script` gives the command a real pseudo-terminal, as a person's shell would."""
+    bot = running_bot
+    healthy_web.stop_backend()
+    command = f"{sys.executable} -m bot run nginx-502 web01"
+    env = {**os.environ, **bot.env}
+    for answer, fixed in (("n", False), ("y", True)):
+        proc = await asyncio.create_subprocess_exec(
+            "script", "-qfec", command, "/dev/null", env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(f"{answer}\n".encode()), 120)
+        text = out.decode()
+        assert "Approve start_program on web01?" in text and "[y/N]" in text, text
+        assert (healthy_web.proxy_status() == 200) is fixed, text
+    decisions = [(a["status"], a["decided_by"]) for a in bot.store().approvals_of(1)]
+    assert [d[0] for d in decisions] == ["rejected", "approved"]
+    assert all(d[1].startswith("local:") for d in decisions)
