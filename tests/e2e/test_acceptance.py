@@ -13,23 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.botfixtures import ALERT_TOKEN, CHANNEL, bot_env, run_cli
+from bot.config import load_settings
+from tests.botfixtures import ALERT_TOKEN, CHANNEL, RunningBot, bot_env, run_cli
 from tests.fakeslack import FakeSlack
 from tests.lab import WebLab, free_port
 
 pytestmark = pytest.mark.lab
-
-
-async def wait_for(predicate, timeout: float, what: str, slack: FakeSlack):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    dump = "\n---\n".join(m.plain() for r in slack.messages(CHANNEL)
-                          for m in [r, *slack.thread(CHANNEL, r.ts)])
-    raise AssertionError(f"{what}: not within {timeout}s. Channel:\n{dump}")
 
 
 async def test_alert_to_fixed_incident_as_a_new_user(
@@ -55,16 +44,15 @@ async def test_alert_to_fixed_incident_as_a_new_user(
             else:
                 raise AssertionError("opsbot serve did not start:\n"
                                      + (tmp_path / "serve.log").read_text())
-        alerting_factory(f"http://127.0.0.1:{port}/alerts/alertmanager", ALERT_TOKEN)
+        bot = RunningBot(f"http://127.0.0.1:{port}", load_settings(env), slack, http, env)
+        alerting_factory(f"{bot.url}/alerts/alertmanager", ALERT_TOKEN)
         await asyncio.to_thread(healthy_web.stop_backend)
         broke_at = time.monotonic()
 
         def thread_text() -> str:
-            roots = slack.messages(CHANNEL)
-            return "\n".join(m.plain() for r in roots for m in slack.thread(CHANNEL, r.ts))
+            return bot.thread_text() if bot.roots() else ""
 
-        await wait_for(lambda: "[Approve](opsbot.approve)" in thread_text(), 60,
-                       "the approve/reject buttons", slack)
+        await bot.wait(lambda: "[Approve](opsbot.approve)" in thread_text(), 60)
         took = time.monotonic() - broke_at
         roots = slack.messages(CHANNEL)
         assert len(roots) == 1 and "INC-1" in roots[0].plain()
@@ -83,15 +71,13 @@ async def test_alert_to_fixed_incident_as_a_new_user(
         assert done.returncode == 0, done.stderr
         assert "INC-1: verified" in done.stdout
         assert healthy_web.proxy_status() == 200
-        await wait_for(lambda: "(`verify_proxy`) on `web01` — *ok*" in thread_text(), 15,
-                       "the passing verify step in the thread", slack)
+        await bot.wait(lambda: "(`verify_proxy`) on `web01` — *ok*" in thread_text(), 15)
         root = slack.messages(CHANNEL)[0].plain()  # verified, or already resolved by the alert
         assert "approved by local:" in root and ("verified" in root or "resolved" in root)
         assert len(slack.messages(CHANNEL)) == 1
 
         # Alertmanager sends the resolution once the probe sees 200 again
-        await wait_for(lambda: "resolved" in slack.messages(CHANNEL)[0].plain(), 60,
-                       "the resolved root message", slack)
+        await bot.wait(lambda: "resolved" in slack.messages(CHANNEL)[0].plain(), 60)
 
         done = await run_cli(env, "export", "INC-1", "--format", "md")
         assert done.returncode == 0, done.stderr

@@ -27,34 +27,15 @@ from .docker import (
     reap_stale_containers,
     start_front_nginx,
 )
-from .fixtures import _timings
-from .process import LabError, port_open
-from .sshd import LAB_USER, SSH_PORT, SshServer, ensure_lab_user, start_sshd
+from .fixtures import _timings, start_host
+from .process import LabError
+from .sshd import LAB_USER, SshServer, ensure_lab_user
 
 NODOCKER_USER = "opsbot-lab-nodocker"
 
 
 def _fail(exc: Exception) -> None:
     pytest.fail(f"docker lab could not start: {exc}", pytrace=False)
-
-
-def _sshd(lab_dir: Path, name: str, last_octet: int, user: str) -> SshServer:
-    started, last_error = time.monotonic(), None
-    for second_octet in range(40):
-        address = f"127.0.{second_octet}.{last_octet}"
-        if port_open(address, SSH_PORT):
-            continue
-        try:
-            server = start_sshd(lab_dir, address=address, port=SSH_PORT, user=user, name=name)
-        except LabError as exc:
-            last_error = exc
-            if "not found" in str(exc):
-                break
-            continue
-        _timings[f"sshd {name} ({address}:{SSH_PORT}, {user})"] = time.monotonic() - started
-        return server
-    _fail(last_error or LabError(f"no free 127.0.x.{last_octet}:{SSH_PORT} for sshd"))
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +76,7 @@ def docker_sshd(lab_dir: Path, docker_engine: str) -> Iterator[SshServer]:
         grant_docker_socket(ensure_lab_user(LAB_USER))
     except LabError as exc:
         _fail(exc)
-    server = _sshd(lab_dir, "dock01", 4, LAB_USER)
+    server = start_host(lab_dir, "dock01", 4, LAB_USER)
     yield server
     server.stop()
 
@@ -107,7 +88,7 @@ def nodocker_sshd(lab_dir: Path, docker_engine: str) -> Iterator[SshServer]:
         deny_docker_socket(ensure_lab_user(NODOCKER_USER))
     except LabError as exc:
         _fail(exc)
-    server = _sshd(lab_dir, "dock02", 5, NODOCKER_USER)
+    server = start_host(lab_dir, "dock02", 5, NODOCKER_USER)
     yield server
     server.stop()
 

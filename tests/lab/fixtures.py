@@ -38,7 +38,8 @@ def _ssh_port() -> int:
     return int(os.environ.get("OPSBOT_LAB_SSH_PORT", SSH_PORT))
 
 
-def _start_host(lab_dir: Path, name: str, last_octet: int) -> SshServer:
+def start_host(lab_dir: Path, name: str, last_octet: int, user: str = LAB_USER) -> SshServer:
+    """sshd for test host `name` on 127.0.0.<last_octet> (or the next free 127.0.x.<octet>)."""
     port = _ssh_port()
     started = time.monotonic()
     last_error: Exception | None = None
@@ -47,13 +48,13 @@ def _start_host(lab_dir: Path, name: str, last_octet: int) -> SshServer:
         if port_open(address, port):
             continue
         try:
-            server = start_sshd(lab_dir, address=address, port=port, user=LAB_USER, name=name)
+            server = start_sshd(lab_dir, address=address, port=port, user=user, name=name)
         except LabError as exc:  # lost a race for the address, or sshd is missing / broken
             last_error = exc
             if "not found" in str(exc):
                 break
             continue
-        _timings[f"sshd {name} ({address}:{port})"] = time.monotonic() - started
+        _timings[f"sshd {name} ({address}:{port}, {user})"] = time.monotonic() - started
         return server
     _lab_failure(last_error or LabError(f"no free 127.0.x.{last_octet}:{port} for sshd"))
     raise AssertionError("unreachable")
@@ -77,7 +78,7 @@ def lab_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def sshd_host(lab_dir: Path) -> Iterator[SshServer]:
     """Test host web01: a real sshd on 127.0.0.2:2222 for user opsbot-lab."""
-    server = _start_host(lab_dir, "web01", 2)
+    server = start_host(lab_dir, "web01", 2)
     yield server
     server.stop()
 
@@ -85,7 +86,7 @@ def sshd_host(lab_dir: Path) -> Iterator[SshServer]:
 @pytest.fixture(scope="session")
 def sshd_host2(lab_dir: Path) -> Iterator[SshServer]:
     """Test host web02: a second sshd on 127.0.0.3:2222 (same machine, same web lab)."""
-    server = _start_host(lab_dir, "web02", 3)
+    server = start_host(lab_dir, "web02", 3)
     yield server
     server.stop()
 
