@@ -9,9 +9,9 @@ from typing import Any, TextIO
 from bot.adapters.store import AsyncStore, Store
 from bot.config import Settings
 from bot.executors import ExecContext
-from bot.inventory import load_inventory
+from bot.inventory import Inventory, load_inventory
 from bot.notify import ConsoleTransport, Reporter, Transport
-from bot.runbooks import load_catalog
+from bot.runbooks import Catalog, load_catalog
 from bot.runner import Runner
 from bot.service import Opsbot
 
@@ -34,13 +34,19 @@ class Runtime:
         self.store.close()
 
 
-def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
-    """Everything one process needs. Must be called inside a running event loop."""
-    store = AsyncStore(Store(settings.db, audit_key=settings.audit_key))
+def load_definitions(settings: Settings) -> tuple[Catalog, Inventory]:
+    """The runbooks (invalid ones left out, their errors logged) and the inventory."""
+    inventory = load_inventory(settings.inventory)
     catalog = load_catalog(settings.runbooks)
     for line in catalog.errors:
         log.error("runbook left out: %s", line)
-    inventory = load_inventory(settings.inventory)
+    return catalog, inventory
+
+
+def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
+    """Everything one process needs. Must be called inside a running event loop."""
+    catalog, inventory = load_definitions(settings)
+    store = AsyncStore(Store(settings.db, audit_key=settings.audit_key))
     ctx = ExecContext(known_hosts=settings.known_hosts, ssh_idle=settings.ssh_idle)
     client = None
     transport: Transport

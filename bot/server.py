@@ -13,9 +13,9 @@ from typing import Any
 from aiohttp import web
 
 from bot.adapters.store import StoreError
-from bot.app import Runtime, build
+from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
-from bot.errors import IngestError
+from bot.errors import BotError, IngestError
 from bot.ingest import MAX_PAYLOAD, parse_alertmanager
 
 log = logging.getLogger("opsbot.server")
@@ -133,6 +133,18 @@ async def _expiry_loop(rt: Runtime) -> None:
             log.exception("expiring approvals failed")
 
 
+def reload(rt: Runtime) -> None:
+    """SIGHUP: read the runbooks and the inventory again. Open incidents and pending approvals
+    stay; an approval whose step now renders differently is refused when clicked (digest)."""
+    try:
+        catalog, inventory = load_definitions(rt.settings)
+    except BotError as exc:
+        log.error("reload failed, nothing changed: %s", exc)
+        return
+    rt.bot.catalog, rt.bot.inventory = catalog, inventory
+    log.info("reloaded: %d runbook(s), %d host(s)", len(catalog.runbooks), len(inventory.hosts))
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or until `stop` is set, for tests)."""
@@ -164,6 +176,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, reload, rt)
     if ready is not None:
         ready.set()
     try:
