@@ -1,4 +1,8 @@
-"""One small hierarchy. Every message is one line a user can act on."""
+"""One small hierarchy. Every message is one line a user can act on.
+
+A step that fails on its target (unreachable, host key refused, timeout, engine down) is not an
+exception: executors return it as a result whose `error` says what happened.
+"""
 
 from __future__ import annotations
 
@@ -25,22 +29,6 @@ class ParamInvalid(BotError):
 
 class IngestError(BotError):
     """A webhook payload is malformed or has the wrong shape."""
-
-
-class StepFailed(BotError):
-    """A step could not run (connection refused, host key mismatch, engine down, ...)."""
-
-
-class StepTimeout(StepFailed):
-    """A step ran past its timeout; any partial output is kept."""
-
-
-class HostKeyError(StepFailed):
-    """The host's key is unknown or differs from OPSBOT_KNOWN_HOSTS: nothing was run."""
-
-
-class ApprovalDenied(BotError):
-    """An approval was rejected, expired, voided, or asked for by someone not allowed."""
 
 
 class NotFound(BotError):

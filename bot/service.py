@@ -36,13 +36,6 @@ async def ask_in_thread(approval: Row, proposal: Proposal) -> tuple[bool, str] |
     return None
 
 
-def approve_as(user: str) -> Approver:
-    async def approver(approval: Row, proposal: Proposal) -> tuple[bool, str] | None:
-        return True, user
-
-    return approver
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     incident: Incident

@@ -423,9 +423,6 @@ class Store:
                                  f"({marks}) ORDER BY id", (incident_id, *phases)):
             yield _decode(row)
 
-    def runs_of(self, incident_id: int) -> list[Row]:
-        return self._all("SELECT * FROM runs WHERE incident_id = ? ORDER BY id", (incident_id,))
-
     def record_diagnosis(self, run_id: int, incident_id: int, host: str,
                          causes: list[dict[str, Any]]) -> None:
         with self.tx() as conn:
