@@ -110,7 +110,8 @@ def cmd_runbooks(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from bot.diagnosis import diagnose, load_evidence
-    from bot.runbooks import load_catalog, parse_assignments, resolve_params
+    from bot.params import parse_assignments, resolve_params
+    from bot.runbooks import load_catalog
 
     catalog = load_catalog(settings.runbooks)
     rb = catalog.get(args.runbook)
@@ -160,7 +161,7 @@ async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> 
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.runbooks import parse_assignments
+    from bot.params import parse_assignments
 
     user = local_user()
     params = parse_assignments(args.param)

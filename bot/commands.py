@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bot.errors import BotError
 from bot.models import IncidentStatus
-from bot.runbooks import parse_assignments
+from bot.params import parse_assignments
 from bot.service import Opsbot, ask_in_thread
 
 Respond = Callable[[str], Awaitable[None]]

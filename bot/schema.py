@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 from bot.executors import KINDS
-from bot.runbooks import CAUSES, Expect, ParamSpec, RemediationSpec, StepSpec, VerifySpec
+from bot.params import ParamSpec
+from bot.runbooks import CAUSES, Expect, RemediationSpec, StepSpec, VerifySpec
 
 
 def _common(spec: type[StepSpec]) -> dict[str, Any]:

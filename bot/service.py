@@ -22,7 +22,8 @@ from bot.ingest import alert_host
 from bot.inventory import Inventory
 from bot.models import AlertGroup, Host, Incident, IncidentStatus, Phase, parse_incident_ref
 from bot.notify import Reporter
-from bot.runbooks import Catalog, Runbook, resolve_params
+from bot.params import resolve_params
+from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")

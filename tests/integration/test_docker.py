@@ -24,7 +24,8 @@ from bot.errors import RunbookInvalid
 from bot.executors.base import ExecContext
 from bot.executors.docker import DockerParams, DockerStep
 from bot.models import ExecOutput, Host, Phase, StepResult, StepStatus
-from bot.runbooks import Runbook, Step, load_runbook, resolve_params
+from bot.params import resolve_params
+from bot.runbooks import Runbook, Step, load_runbook
 from bot.runner import NullListener, Runner, render_context, render_step
 from tests.lab.docker import IMAGE, AppContainer, DockerLab
 from tests.lab.process import free_port, http_get

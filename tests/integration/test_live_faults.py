@@ -30,7 +30,8 @@ import pytest
 from bot.executors import ExecContext
 from bot.inventory import load_inventory
 from bot.models import Host
-from bot.runbooks import Runbook, load_runbook, resolve_params
+from bot.params import resolve_params
+from bot.runbooks import Runbook, load_runbook
 from bot.runner import HostReport, NullListener, Runner
 from tests.botfixtures import RunningBot, alert_payload
 from tests.lab import WebLab

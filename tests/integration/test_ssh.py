@@ -11,7 +11,8 @@ import pytest
 from bot.executors.ssh import SshPool
 from bot.inventory import load_inventory
 from bot.models import Host, StepStatus
-from bot.runbooks import load_runbook, resolve_params
+from bot.params import resolve_params
+from bot.runbooks import load_runbook
 from bot.runner import NullListener, Runner
 
 pytestmark = pytest.mark.lab

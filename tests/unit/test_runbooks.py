@@ -5,7 +5,8 @@ import pytest
 from bot.errors import ParamInvalid, RunbookInvalid
 from bot.inventory import parse_inventory
 from bot.models import Phase
-from bot.runbooks import load_catalog, load_runbook, resolve_params
+from bot.params import resolve_params
+from bot.runbooks import load_catalog, load_runbook
 from bot.runner import render_context, render_step
 
 ROOT = Path(__file__).resolve().parents[2]
