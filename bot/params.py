@@ -107,8 +107,7 @@ def parse_assignments(words: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def resolve_params(runbook: Runbook, *layers: Mapping[str, Any],
-                   strict_last: bool = True) -> dict[str, Any]:
+def resolve_params(runbook: Runbook, *layers: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults, then each layer in order (later wins). Layers hold untrusted values: each is
     validated. Unknown keys in the last layer (what a person typed) are errors; in earlier
     layers (host variables, alert labels) they are ignored."""
@@ -118,7 +117,7 @@ def resolve_params(runbook: Runbook, *layers: Mapping[str, Any],
         last = index == len(layers) - 1
         for key, value in layer.items():
             if key not in runbook.params:
-                if last and strict_last:
+                if last:
                     accepted = ", ".join(sorted(runbook.params)) or "none"
                     raise ParamInvalid(f"unknown parameter {key!r} for runbook {runbook.name}"
                                        f" (accepted: {accepted})")

@@ -304,7 +304,7 @@ def _build_step(spec_cls: type[StepSpec], raw: Any, loc: list[Any], errs: _Error
                 line=line_of(errs.raw, loc))
 
 
-def _check_ids(raw: Any, steps: list[tuple[list[Any], Step | None]], errs: _Errors) -> None:
+def _check_ids(steps: list[tuple[list[Any], Step | None]], errs: _Errors) -> None:
     seen: set[str] = set()
     for loc, step in steps:
         if step is None:
@@ -353,7 +353,7 @@ def load_runbook(path: Path) -> Runbook:
     for i, item in enumerate(spec.remediation):
         loc = ["remediation", i]
         built.append((loc, _build_step(RemediationSpec, item, loc, errs, names)))
-    _check_ids(raw, built, errs)
+    _check_ids(built, errs)
     rules = None
     if spec.diagnosis:
         from bot.diagnosis import load_rules

@@ -22,7 +22,7 @@ from bot.ingest import alert_host
 from bot.inventory import Inventory
 from bot.models import AlertGroup, Host, Incident, IncidentStatus, Phase, parse_incident_ref
 from bot.notify import Reporter
-from bot.params import resolve_params
+from bot.params import coerce_param, resolve_params
 from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
@@ -143,19 +143,15 @@ class Opsbot:
                 explicit: Mapping[str, str]) -> tuple[list[tuple[Host, dict[str, Any]]], list[str]]:
         """Parameters per host: defaults < host vars (opsbot_*) < alert labels < explicit.
         An invalid alert label is dropped with a note; an invalid explicit value is an error."""
-        out, notes = [], []
-        for host in hosts:
-            layers: list[Mapping[str, Any]] = [host.opsbot_vars()]
-            good_labels = {}
-            for key, value in labels.items():
-                if key in runbook.params:
-                    try:
-                        resolve_params(runbook, {key: value})
-                        good_labels[key] = value
-                    except ParamInvalid as exc:
-                        notes.append(f"Ignored alert label: {exc}")
-            layers += [good_labels, explicit]
-            out.append((host, resolve_params(runbook, *layers)))
+        good_labels, notes = {}, []
+        for key, value in labels.items():
+            if key in runbook.params:
+                try:
+                    good_labels[key] = coerce_param(key, runbook.params[key], value)
+                except ParamInvalid as exc:
+                    notes.append(f"Ignored alert label: {exc}")
+        out = [(host, resolve_params(runbook, host.opsbot_vars(), good_labels, explicit))
+               for host in hosts]
         return out, notes
 
     async def run_target(self, runbook_name: str, target: str, explicit: Mapping[str, str], *,

@@ -48,41 +48,41 @@ class StoreError(BotError):
 
 def _m1(db: sqlite_utils.Database) -> None:
     db.table("webhooks").create({"id": int, "received_at": str, "source": str, "remote": str,
-                           "body": str, "outcome": str, "incident_id": int}, pk="id")
+                                 "body": str, "outcome": str, "incident_id": int}, pk="id")
     db.table("incidents").create({"id": int, "group_key": str, "status": str, "phase": str,
-                            "title": str, "runbook": str, "hosts": str, "labels": str,
-                            "notes": str, "cause": str, "opened_at": str, "resolved_at": str,
-                            "updated_at": str, "channel": str, "thread_ts": str}, pk="id")
+                                  "title": str, "runbook": str, "hosts": str, "labels": str,
+                                  "notes": str, "cause": str, "opened_at": str, "resolved_at": str,
+                                  "updated_at": str, "channel": str, "thread_ts": str}, pk="id")
     db.table("incidents").create_index(["group_key"])
     db.table("incidents").create_index(["status"])
     db.table("alerts").create({"id": int, "incident_id": int, "webhook_id": int, "fingerprint": str,
-                         "name": str, "status": str, "labels": str, "annotations": str,
-                         "starts_at": str, "ends_at": str, "received_at": str}, pk="id")
+                               "name": str, "status": str, "labels": str, "annotations": str,
+                               "starts_at": str, "ends_at": str, "received_at": str}, pk="id")
     db.table("alerts").create_index(["incident_id"])
     db.table("runs").create({"id": int, "incident_id": int, "runbook": str, "target": str,
-                       "requested_by": str, "source": str, "params": str, "started_at": str,
-                       "ended_at": str, "status": str}, pk="id")
+                             "requested_by": str, "source": str, "params": str, "started_at": str,
+                             "ended_at": str, "status": str}, pk="id")
     db.table("step_runs").create({"id": int, "run_id": int, "incident_id": int, "step_id": str,
-                            "phase": str, "kind": str, "host": str, "command": str,
-                            "action": str, "status": str, "exit_status": int,
-                            "started_at": str, "duration": float, "excerpt": str,
-                            "output_bytes": int, "digest": str, "truncated": int,
-                            "error": str, "facts": str, "title": str}, pk="id")
+                                  "phase": str, "kind": str, "host": str, "command": str,
+                                  "action": str, "status": str, "exit_status": int,
+                                  "started_at": str, "duration": float, "excerpt": str,
+                                  "output_bytes": int, "digest": str, "truncated": int,
+                                  "error": str, "facts": str, "title": str}, pk="id")
     db.table("step_runs").create_index(["incident_id"])
     db.table("diagnoses").create({"id": int, "run_id": int, "incident_id": int, "host": str,
-                            "causes": str, "created_at": str}, pk="id")
+                                  "causes": str, "created_at": str}, pk="id")
     db.table("approvals").create({"id": int, "token": str, "incident_id": int, "run_id": int,
-                            "runbook": str, "step_id": str, "host": str, "params": str,
-                            "digest": str, "display": str, "status": str,
-                            "requested_by": str, "requested_at": str, "expires_at": str,
-                            "decided_by": str, "decided_at": str, "reason": str}, pk="id")
+                                  "runbook": str, "step_id": str, "host": str, "params": str,
+                                  "digest": str, "display": str, "status": str,
+                                  "requested_by": str, "requested_at": str, "expires_at": str,
+                                  "decided_by": str, "decided_at": str, "reason": str}, pk="id")
     db.table("approvals").create_index(["token"], unique=True)
     db.table("messages").create({"id": int, "incident_id": int, "kind": str, "ref": str,
-                           "channel": str, "ts": str, "created_at": str}, pk="id")
+                                 "channel": str, "ts": str, "created_at": str}, pk="id")
     db.table("messages").create_index(["incident_id", "kind", "ref"])
     db.table("audit").create({"seq": int, "ts": str, "actor": str, "action": str,
-                        "incident_id": int, "detail": str, "prev_hash": str, "hash": str},
-                       pk="seq")
+                              "incident_id": int, "detail": str, "prev_hash": str, "hash": str},
+                             pk="seq")
     db.table("audit").create_index(["incident_id"])
     db.table("meta").create({"key": str, "value": str}, pk="key")
 

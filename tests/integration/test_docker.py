@@ -35,22 +35,12 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "runbooks" / "onlyoffice-docker-502.yaml"
-RULES = ROOT / "runbooks" / "rules" / "http-502.yaml"
 LOCAL = Host("local", "127.0.0.1", vars={"opsbot_docker": "local"})
 
 
 def ssh_host(server: SshServer, docker: str = "ssh") -> Host:
     return Host(server.name, server.address, server.port, server.user, str(server.key_file),
                 vars={"opsbot_docker": docker})
-
-
-def load_docker_runbook(tmp_path: Path) -> Runbook:
-    """The shipped runbook; without its rules file (not written yet), a copy without diagnosis."""
-    if RULES.exists():
-        return load_runbook(RUNBOOK)
-    copy = tmp_path / RUNBOOK.name
-    copy.write_text(re.sub(r"(?m)^diagnosis:.*$", "", RUNBOOK.read_text()))
-    return load_runbook(copy)
 
 
 def as_step(step_id: str = "step", **fields: Any) -> Step:
@@ -378,8 +368,8 @@ async def test_the_ssh_forward_follows_the_pooled_connection(
 
 # --- the runbook -------------------------------------------------------------------------------
 
-def test_the_runbook_validates_and_reads_like_docker_commands(tmp_path: Path) -> None:
-    runbook = load_docker_runbook(tmp_path)
+def test_the_runbook_validates_and_reads_like_docker_commands() -> None:
+    runbook = load_runbook(RUNBOOK)
     params = resolve_params(runbook, {})
     context = render_context(LOCAL, params, {}, {})
     shown = {s.id: render_step(s, Phase.DIAGNOSTIC, LOCAL, context).display
@@ -438,12 +428,12 @@ def _params(runbook: Runbook, host: Host, app: AppContainer, **more: Any) -> dic
 
 
 async def test_the_runbook_diagnoses_a_real_oom_kill_and_a_restart_heals_it(
-        tmp_path: Path, runner: Runner, docker_sshd: SshServer, docker_lab: DockerLab,
+        runner: Runner, docker_sshd: SshServer, docker_lab: DockerLab,
         front_nginx: Any) -> None:
     app = docker_lab.oom_killed()
     front = front_nginx(app.port)
     dock01 = ssh_host(docker_sshd)
-    runbook = load_docker_runbook(tmp_path)
+    runbook = load_runbook(RUNBOOK)
     params = _params(runbook, dock01, app, proxy_url=front.proxy_url,
                      nginx_error_log=str(front.error_log))
 
@@ -461,12 +451,9 @@ async def test_the_runbook_diagnoses_a_real_oom_kill_and_a_restart_heals_it(
     assert "hunter2" not in results["docker_logs"].output
     assert all(r.status is not StepStatus.ERROR for r in report.results), \
         [(r.step.step_id, r.error) for r in report.results if r.error]
-    if runbook.rules is not None:
-        assert report.causes[0].cause == "oom_killed", report.causes
-        assert '"OOMKilled": true' in "\n".join(report.causes[0].evidence)
-        proposal = next(p for p in report.proposals if p.step.step_id == "docker_restart")
-    else:
-        proposal = runner.propose(runbook, "docker_restart", dock01, params, "oom_killed")
+    assert report.causes[0].cause == "oom_killed", report.causes
+    assert '"OOMKilled": true' in "\n".join(report.causes[0].evidence)
+    proposal = next(p for p in report.proposals if p.step.step_id == "docker_restart")
 
     app.set_mode("healthy")  # what was eating memory is gone: a restart behaves
     done, verified = await runner.remediate(runbook, proposal, dock01, NullListener())
@@ -479,23 +466,20 @@ async def test_the_runbook_diagnoses_a_real_oom_kill_and_a_restart_heals_it(
 
 
 async def test_the_runbook_starts_a_stopped_container_and_verifies_it(
-        tmp_path: Path, runner: Runner, docker_sshd: SshServer, docker_lab: DockerLab,
+        runner: Runner, docker_sshd: SshServer, docker_lab: DockerLab,
         front_nginx: Any) -> None:
     app = docker_lab.stopped()
     front = front_nginx(app.port)
     dock01 = ssh_host(docker_sshd, docker="local")  # the bot runs on the Docker host
-    runbook = load_docker_runbook(tmp_path)
+    runbook = load_runbook(RUNBOOK)
     params = _params(runbook, dock01, app, proxy_url=front.proxy_url,
                      nginx_error_log=str(front.error_log))
 
     report, results = await _diagnose(runner, runbook, dock01, params)
 
     assert report.evidence["docker_inspect"]["State"]["Status"] == "exited"
-    if runbook.rules is not None:
-        assert report.causes[0].cause == "upstream_down", report.causes
-        proposal = next(p for p in report.proposals if p.step.step_id == "docker_start")
-    else:
-        proposal = runner.propose(runbook, "docker_start", dock01, params, "upstream_down")
+    assert report.causes[0].cause == "upstream_down", report.causes
+    proposal = next(p for p in report.proposals if p.step.step_id == "docker_start")
     done, verified = await runner.remediate(runbook, proposal, dock01, NullListener())
 
     assert done.status is StepStatus.OK and "state: running" in done.output
@@ -505,21 +489,20 @@ async def test_the_runbook_starts_a_stopped_container_and_verifies_it(
 
 
 async def test_the_runbook_names_a_crash_loop(
-        tmp_path: Path, runner: Runner, docker_sshd: SshServer, docker_lab: DockerLab,
+        runner: Runner, docker_sshd: SshServer, docker_lab: DockerLab,
         front_nginx: Any) -> None:
     app = docker_lab.crash_loop()
     front = front_nginx(app.port)
     dock01 = ssh_host(docker_sshd)
-    runbook = load_docker_runbook(tmp_path)
+    runbook = load_runbook(RUNBOOK)
 
     report, results = await _diagnose(runner, runbook, dock01, _params(
         runbook, dock01, app, proxy_url=front.proxy_url, nginx_error_log=str(front.error_log)))
 
     assert re.search(rf"Restarting \(1\) .*{app.name}$", results["docker_ps"].output, re.M)
     assert "Error: docservice failed to start" in results["docker_logs"].output
-    if runbook.rules is not None:
-        assert report.causes[0].cause == "upstream_crashloop", report.causes
-        assert "docker_restart" in [p.step.step_id for p in report.proposals]
+    assert report.causes[0].cause == "upstream_crashloop", report.causes
+    assert "docker_restart" in [p.step.step_id for p in report.proposals]
 
 
 def test_the_lab_removes_what_it_made(lab_dir: Path, busybox_image: str) -> None:
