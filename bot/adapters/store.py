@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlite_utils
 
-from bot.audit import GENESIS, VerifyReport, record_hash, verify_chain
+from bot.audit import GENESIS, PRUNED, Mark, VerifyReport, record_hash, verify_chain
 from bot.errors import BotError, NotFound
 from bot.models import Incident, IncidentStatus, StepResult, canonical_json
 from bot.redact import redact
@@ -205,20 +205,27 @@ class Store:
             return False
 
     # -- audit ----------------------------------------------------------------------------
+    def _mark(self, conn: sqlite3.Connection, which: str) -> Mark | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"audit_{which}",)).fetchone()
+        return Mark.from_meta(row[0] if row else None)
+
+    def _set_mark(self, conn: sqlite3.Connection, which: str, seq: int, hash_: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                     (f"audit_{which}", Mark.sealed(which, seq, hash_, self.audit_key).to_meta()))
+
     def _audit(self, conn: sqlite3.Connection, action: str, actor: str,
                incident_id: int | None, detail: Mapping[str, Any]) -> int:
         last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         if last is None:
-            anchor = conn.execute("SELECT value FROM meta WHERE key = 'audit_anchor'").fetchone()
-            seq, prev = (json.loads(anchor[0]) if anchor else (0, GENESIS))
+            anchor = self._mark(conn, "anchor")
+            seq, prev = (anchor.seq, anchor.hash) if anchor else (0, GENESIS)
         else:
             seq, prev = last
         rec = {"seq": seq + 1, "ts": utcnow(), "actor": actor, "action": action,
                "incident_id": incident_id, "detail": canonical_json(detail), "prev_hash": prev}
-        rec["hash"] = record_hash(rec, self.audit_key)
+        rec["hash"] = hash_ = record_hash(rec, self.audit_key)
         self._insert(conn, "audit", rec)
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)",
-                     (json.dumps([rec["seq"], rec["hash"]]),))
+        self._set_mark(conn, "head", seq + 1, hash_)
         return seq + 1
 
     def audit(self, action: str, actor: str, incident_id: int | None = None,
@@ -234,28 +241,23 @@ class Store:
                                      (incident_id,))
 
     def verify_audit(self) -> VerifyReport:
-        def meta(key: str) -> Any:
-            row = self.db.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            return json.loads(row[0]) if row else None
-
-        anchor_seq, anchor_hash = meta("audit_anchor") or (0, GENESIS)
-        head = meta("audit_head")
-        return verify_chain(self.audit_records(), anchor_seq=anchor_seq, anchor_hash=anchor_hash,
-                            head_seq=head[0] if head else None,
-                            head_hash=head[1] if head else None, key=self.audit_key)
+        conn = self.db.conn
+        return verify_chain(self.audit_records(), anchor=self._mark(conn, "anchor"),
+                            head=self._mark(conn, "head"), key=self.audit_key)
 
     def prune_audit(self, before: str) -> int:
-        """Drop records older than `before` (UTC ISO); the rest stays verifiable."""
+        """Drop records older than `before` (UTC ISO). The anchor (the last record dropped) is
+        sealed with the key, and a keyed `audit.pruned` record at the head vouches for it."""
         with self.tx() as conn:
             last = conn.execute("SELECT seq, hash FROM audit WHERE ts < ? ORDER BY seq DESC "
                                 "LIMIT 1", (before,)).fetchone()
             if last is None:
                 return 0
             count = conn.execute("DELETE FROM audit WHERE seq <= ?", (last[0],)).rowcount
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_anchor', ?)",
-                         (json.dumps([last[0], last[1]]),))
-            self._audit(conn, "audit.pruned", "opsbot", None,
-                        {"records": count, "through_seq": last[0]})
+            self._set_mark(conn, "anchor", last[0], last[1])
+            self._audit(conn, PRUNED, "opsbot", None,
+                        {"records": count, "through_seq": last[0], "anchor_hash": last[1],
+                         "before": before})
             return int(count)
 
     # -- webhooks and alerts --------------------------------------------------------------

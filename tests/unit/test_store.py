@@ -1,3 +1,4 @@
+import json
 import sqlite3
 from pathlib import Path
 
@@ -102,3 +103,83 @@ def test_keyed_chain_needs_the_key(tmp_path: Path) -> None:
     keyed.audit("x", "y")
     assert keyed.verify_audit().ok
     assert not Store(tmp_path / "k.db", audit_key="wrong").verify_audit().ok
+
+
+def _truncate_newest(path: Path, keep_through: int) -> None:
+    """What an attacker with write access does: drop the newest records, move the head back."""
+    conn = sqlite3.connect(path)
+    seq, hash_ = conn.execute("SELECT seq, hash FROM audit WHERE seq = ?",
+                              (keep_through,)).fetchone()
+    conn.execute("DELETE FROM audit WHERE seq > ?", (keep_through,))
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'",
+                 (json.dumps([seq, hash_]),))
+    conn.commit()
+
+
+def _truncate_oldest(path: Path, drop_through: int) -> None:
+    """Drop the oldest records and move the anchor forward, as if they had been pruned."""
+    conn = sqlite3.connect(path)
+    seq, hash_ = conn.execute("SELECT seq, hash FROM audit WHERE seq = ?",
+                              (drop_through,)).fetchone()
+    conn.execute("DELETE FROM audit WHERE seq <= ?", (drop_through,))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_anchor', ?)",
+                 (json.dumps([seq, hash_]),))
+    conn.commit()
+
+
+def _keyed_db(tmp_path: Path, key: str | None = "k3y") -> tuple[Store, Path]:
+    path = tmp_path / "keyed.db"
+    store = Store(path, audit_key=key)
+    open_(store)
+    for i in range(6):
+        store.audit("test.event", "tester", 1, n=i)
+    assert store.verify_audit().ok
+    return store, path
+
+
+def test_keyed_truncation_of_the_newest_records_fails_verify(tmp_path: Path) -> None:
+    store, path = _keyed_db(tmp_path)
+    _truncate_newest(path, 4)
+    report = store.verify_audit()
+    assert not report.ok
+    assert "head (the newest record) is not authenticated" in report.line()
+
+
+def test_keyed_truncation_of_the_oldest_records_fails_verify(tmp_path: Path) -> None:
+    store, path = _keyed_db(tmp_path)
+    _truncate_oldest(path, 3)
+    report = store.verify_audit()
+    assert not report.ok and "anchor" in report.reason
+
+
+def test_unkeyed_oldest_truncation_fails_but_newest_cannot_be_proven(tmp_path: Path) -> None:
+    store, path = _keyed_db(tmp_path, key=None)
+    _truncate_newest(path, 4)
+    report = store.verify_audit()
+    # honest: without a key a consistent rewrite of the head cannot be told apart
+    assert report.ok and "cannot prove" in report.line() and "OPSBOT_AUDIT_KEY" in report.line()
+    _truncate_oldest(path, 2)
+    assert not store.verify_audit().ok  # no keyed-or-not audit.pruned record vouches for it
+
+
+def test_keyed_prune_leaves_a_keyed_record_and_still_verifies(tmp_path: Path) -> None:
+    store, path = _keyed_db(tmp_path)
+    last_ts = list(store.audit_records())[3]["ts"]
+    assert store.prune_audit(last_ts + "Z") == 4
+    store.audit("after.prune", "tester", 1)
+    report = store.verify_audit()
+    assert report.ok and report.keyed and "authenticated" in report.line()
+    pruned = [r for r in store.audit_records() if r["action"] == "audit.pruned"]
+    assert len(pruned) == 1 and json.loads(pruned[0]["detail"])["through_seq"] == 4
+    assert not Store(path, audit_key="other").verify_audit().ok
+    _truncate_newest(path, pruned[0]["seq"])  # cut the record after the prune
+    assert not store.verify_audit().ok
+
+
+def test_keyed_head_deleted_outright_fails_verify(tmp_path: Path) -> None:
+    store, path = _keyed_db(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM audit WHERE seq > 5")
+    conn.execute("DELETE FROM meta WHERE key = 'audit_head'")
+    conn.commit()
+    assert "head (the newest record) is missing" in store.verify_audit().reason
