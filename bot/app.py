@@ -9,7 +9,7 @@ from typing import Any, TextIO
 from bot.adapters.store import AsyncStore, Store
 from bot.config import Settings
 from bot.executors import ExecContext
-from bot.inventory import Inventory, load_inventory
+from bot.inventory import Inventory, load_inventory, missing_inventory, unknown_opsbot_vars
 from bot.notify import ConsoleTransport, Reporter, Transport
 from bot.runbooks import Catalog, load_catalog
 from bot.runner import Runner
@@ -36,10 +36,16 @@ class Runtime:
 
 def load_definitions(settings: Settings) -> tuple[Catalog, Inventory]:
     """The runbooks (invalid ones left out, their errors logged) and the inventory."""
+    missing = missing_inventory(settings.inventory)
+    if missing:
+        log.warning("%s", missing)
     inventory = load_inventory(settings.inventory)
     catalog = load_catalog(settings.runbooks)
     for line in catalog.errors:
         log.error("runbook left out: %s", line)
+    params = {name for rb in catalog.runbooks.values() for name in rb.params}
+    for line in unknown_opsbot_vars(inventory, params):
+        log.warning("%s", line)
     return catalog, inventory
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.config import Settings, load_settings
-from bot.errors import BotError
+from bot.errors import BotError, ConfigError, InventoryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -28,7 +30,8 @@ def local_user() -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opsbot", description="ChatOps incident response: "
                                 "alerts in, diagnosed incidents, approvals and an audit log out.")
-    p.add_argument("--config", type=Path, help="TOML file with settings (environment wins)")
+    p.add_argument("--config", type=Path, help="TOML file with settings (environment wins; "
+                   "default: $OPSBOT_CONFIG, else ./opsbot.toml when it exists)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -37,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("runbooks", help="list or validate runbooks")
     rb_sub = rb.add_subparsers(dest="action", required=True)
     rb_sub.add_parser("list", help="the loaded runbooks")
+    show = rb_sub.add_parser("show", help="one runbook: parameters, defaults, who may set them "
+                                          "and the opsbot_* host variables it reads")
+    show.add_argument("name")
     val = rb_sub.add_parser("validate", help="validate runbook files (exit 1 on errors)")
     val.add_argument("path", nargs="?", type=Path, help="a file or folder (default: "
                                                          "OPSBOT_RUNBOOKS)")
@@ -61,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="an incident's timeline for a postmortem")
     ex.add_argument("incident", help="INC-n")
-    ex.add_argument("--format", choices=("md", "json", "csv"), default="md")
+    ex.add_argument("--format", choices=("md", "json", "csv", "postmortem"), default="md")
     ex.add_argument("-o", "--output", type=Path)
 
     for verb in ("approve", "reject"):
@@ -83,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_runbooks(args: argparse.Namespace, settings: Settings) -> int:
     from bot.runbooks import load_catalog, load_runbook, runbook_files
 
+    if args.action == "show":
+        return _show_runbook(load_catalog(settings.runbooks).get(args.name))
     if args.action == "list":
         catalog = load_catalog(settings.runbooks)
         for rb in catalog.runbooks.values():
@@ -106,6 +114,23 @@ def cmd_runbooks(args: argparse.Namespace, settings: Settings) -> int:
         print(line, file=sys.stderr)
     print(f"{count} runbook(s) valid, {len(errors)} error(s)")
     return EXIT_FAIL if errors else EXIT_OK
+
+
+def _show_runbook(rb: Any) -> int:
+    print(f"{rb.name}: {rb.title}\n  file: {rb.source}")
+    if rb.description:
+        print("  " + " ".join(rb.description.split()))
+    print("  match: " + (" ".join(str(m) for m in rb.matchers) or "(manual runs only)"))
+    print("  parameters (set per host as the inventory variable opsbot_<name>):")
+    for name, spec in rb.params.items():
+        default = "required" if spec.required else f"default {spec.default!r}"
+        print(f"    {name:24} {spec.type:5} {default}"
+              + (f" — {spec.description}" if spec.description else ""))
+    print("  host variables read: "
+          + ", ".join(["opsbot_docker", *(f"opsbot_{n}" for n in rb.params)]))
+    for title, steps in (("diagnostic steps", rb.steps), ("remediation", rb.remediation)):
+        print(f"  {title}: " + (", ".join(f"{s.id} ({s.kind})" for s in steps) or "none"))
+    return EXIT_OK
 
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
@@ -274,7 +299,17 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from bot.server import serve
 
-    asyncio.run(serve(settings))
+    if not settings.alert_token:
+        logging.getLogger("opsbot").warning(
+            "OPSBOT_ALERT_TOKEN is not set: alert webhooks will be refused (401)")
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(f"cannot listen on {settings.listen_host}:{settings.listen_port}: "
+                          "the address is in use (another opsbot, or Grafana on 3000?); "
+                          "set OPSBOT_LISTEN") from None
     return EXIT_OK
 
 
@@ -291,14 +326,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("asyncssh", "slack_bolt", "slack_sdk", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = args.config or (Path(os.environ["OPSBOT_CONFIG"]) if os.environ.get("OPSBOT_CONFIG")
+                             else Path("opsbot.toml") if Path("opsbot.toml").is_file() else None)
     try:
-        settings = load_settings(config_file=args.config, serving=args.command == "serve")
+        settings = load_settings(config_file=config, serving=args.command == "serve")
         return COMMANDS[args.command](args, settings)
+    except (ConfigError, InventoryError) as exc:
+        print(f"opsbot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except BotError as exc:
         print(f"opsbot: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `opsbot export ... | head`: the reader left; say nothing more (as cat does)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

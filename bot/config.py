@@ -49,13 +49,22 @@ class Settings:
         return bool(self.slack_app_token)
 
 
-def _raw(env: Mapping[str, str], file_values: Mapping[str, object]) -> dict[str, str]:
+PATHS = ("db", "runbooks", "inventory", "known_hosts")
+
+
+def _raw(env: Mapping[str, str], file_values: Mapping[str, object],
+         base: Path | None = None) -> dict[str, str]:
+    """Settings as text, environment over file. A relative path in the file is relative to the
+    file's folder, so that one opsbot.toml serves every terminal."""
     names = {key: env_name for env_name, key in PREFIXED.items()}
     names.update({name.lower(): f"OPSBOT_{name}" for name in OWN})
     out: dict[str, str] = {}
     for key, env_name in names.items():
         if env.get(env_name, "") != "":
             out[key] = env[env_name]
+        elif key in PATHS and base is not None and isinstance(file_values.get(key), str):
+            path = Path(str(file_values[key])).expanduser()
+            out[key] = str(path if path.is_absolute() else base / path)
         elif key in file_values and file_values[key] is not None:
             value = file_values[key]
             if isinstance(value, list):
@@ -113,7 +122,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     `serving` adds the checks that only `opsbot serve` needs (signing secret in HTTP mode).
     """
     env = os.environ if env is None else env
-    raw = _raw(env, _read_toml(config_file) if config_file else {})
+    raw = _raw(env, _read_toml(config_file) if config_file else {},
+               config_file.resolve().parent if config_file else None)
     token = raw.get("slack_bot_token")
     if token is not None and not token.startswith("xoxb-"):
         raise ConfigError("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")

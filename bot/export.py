@@ -11,8 +11,10 @@ from typing import Any
 
 from bot.adapters.store import Row, Store
 from bot.models import Incident
+from bot.postmortem import markdown as postmortem
+from bot.postmortem import parse_time
 
-FORMATS = ("md", "json", "csv")
+FORMATS = ("md", "json", "csv", "postmortem")
 QUIET = {"message.posted", "message.updated"}  # in the JSON/CSV record, not the Markdown table
 CSV_FIELDS = ("seq", "time", "actor", "event", "host", "step", "status", "command",
               "exit_status", "duration_s", "output_sha256", "summary")
@@ -54,8 +56,9 @@ def _summary(ev: dict[str, Any]) -> str:
 
 def _impact(store: Store, incident: Incident) -> tuple[str | None, str | None]:
     alerts = store.alerts_of(incident.id)
-    starts = [a["starts_at"] for a in alerts if a.get("starts_at")]
-    ends = [a["ends_at"] for a in alerts if a["status"] == "resolved" and a.get("ends_at")]
+    starts = [a["starts_at"] for a in alerts if parse_time(a.get("starts_at"))]
+    ends = [a["ends_at"] for a in alerts if a["status"] == "resolved"
+            and parse_time(a.get("ends_at"))]
     return (min(starts) if starts else incident.opened_at,
             max(ends) if ends else incident.resolved_at)
 
@@ -69,7 +72,9 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     diagnoses = store.diagnoses_of(incident.id)
     approvals = store.approvals_of(incident.id)
     yield f"# {incident.ref} · {incident.title}\n\n## Summary\n\n"
-    yield (f"- Status: {incident.status} ({incident.phase})\n- Runbook: {incident.runbook or '—'}"
+    state = str(incident.status) if incident.phase == str(incident.status) \
+        else f"{incident.status} ({incident.phase})"
+    yield (f"- Status: {state}\n- Runbook: {incident.runbook or '—'}"
            f"\n- Hosts: {', '.join(incident.hosts) or '—'}\n- Opened: {incident.opened_at}\n"
            f"- Resolved: {incident.resolved_at or '—'}\n"
            f"- Impact window (UTC): {start or '?'} → {end or 'ongoing'}\n"
@@ -83,8 +88,9 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
                "|---|---|---|---|---|---|\n")
         for a in alerts:
             labels = ", ".join(f"{k}={v}" for k, v in (a["labels"] or {}).items())
+            ended = a["ends_at"] if parse_time(a.get("ends_at")) else ""
             yield (f"| {a['received_at']} | {_md_cell(a['name'])} | {a['status']} | "
-                   f"{a['starts_at'] or ''} | {a['ends_at'] or ''} | {_md_cell(labels)} |\n")
+                   f"{a['starts_at'] or ''} | {ended} | {_md_cell(labels)} |\n")
     else:
         yield "No alert (a run asked for by a person).\n"
     yield "\n## Timeline (UTC)\n\n| time | actor | event | what |\n|---|---|---|---|\n"
@@ -202,7 +208,8 @@ def export(store: Store, incident_id: int, fmt: str) -> Iterator[str]:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     incident = store.get_incident(incident_id)
-    return {"md": markdown, "json": as_json, "csv": as_csv}[fmt](store, incident)
+    return {"md": markdown, "json": as_json, "csv": as_csv,
+            "postmortem": postmortem}[fmt](store, incident)
 
 
 def export_text(store: Store, incident_id: int, fmt: str) -> str:

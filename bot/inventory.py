@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,51 @@ class Inventory:
             if host.address == name:
                 return host
         return None
+
+
+# Ansible's connection variables (and their older ssh_ spellings): any other `ansible_*` name is
+# accepted as Ansible accepts it, unless it is one letter-swap away from one of these.
+ANSIBLE_VARS = frozenset({
+    "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
+    "ansible_ssh_host", "ansible_ssh_port", "ansible_ssh_user", "ansible_private_key_file",
+    "ansible_connection", "ansible_password", "ansible_ssh_pass", "ansible_become",
+    "ansible_become_user", "ansible_become_method", "ansible_become_password",
+    "ansible_become_pass", "ansible_python_interpreter", "ansible_shell_type",
+    "ansible_shell_executable", "ansible_ssh_common_args", "ansible_ssh_extra_args",
+    "ansible_ssh_executable", "ansible_network_os", "ansible_timeout",
+})
+
+
+def _first(hvars: Mapping[str, Any], *names: str) -> Any:
+    return next((hvars[n] for n in names if hvars.get(n) not in (None, "")), None)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _check_ansible_vars(source: str, host: str, hvars: Mapping[str, Any]) -> None:
+    for key in hvars:
+        if key.startswith("ansible_") and key not in ANSIBLE_VARS:
+            guess = did_you_mean(key, ANSIBLE_VARS)
+            if guess:
+                raise InventoryError(f"{source}: host {host}: unknown variable {key!r} "
+                                     f"(did you mean {guess!r}?)")
+
+
+def unknown_opsbot_vars(inventory: Inventory, known: Iterable[str]) -> list[str]:
+    """One warning per `opsbot_*` host variable that nothing reads (a typo, most often).
+    `known` are the names without the prefix: every runbook parameter, plus `docker`."""
+    names = {f"opsbot_{k}" for k in known} | {"opsbot_docker"}
+    warnings = []
+    for host in inventory.hosts.values():
+        for key in host.vars:
+            if key.startswith("opsbot_") and key not in names:
+                guess = did_you_mean(key, names)
+                warnings.append(f"inventory: host {host.name}: {key} is read by no runbook"
+                                + (f" (did you mean {guess}?)" if guess else ""))
+    return warnings
 
 
 def _as_mapping(value: Any, where: str) -> dict[str, Any]:
@@ -86,23 +132,34 @@ def parse_inventory(data: Any, source: str = "inventory") -> Inventory:
 
     hosts: dict[str, Host] = {}
     for name, hvars in host_vars.items():
-        port = hvars.get("ansible_port", 22)
+        _check_ansible_vars(source, name, hvars)
+        port = _first(hvars, "ansible_port", "ansible_ssh_port") or 22
         try:
             port = int(port)
         except (TypeError, ValueError):
             raise InventoryError(f"{source}: host {name}: ansible_port must be a number") from None
-        key = hvars.get("ansible_ssh_private_key_file")
+        key = _first(hvars, "ansible_ssh_private_key_file", "ansible_private_key_file")
+        user = _first(hvars, "ansible_user", "ansible_ssh_user")
         hosts[name] = Host(
             name=name,
-            address=str(hvars.get("ansible_host", name)),
+            address=str(_first(hvars, "ansible_host", "ansible_ssh_host") or name),
             port=port,
-            user=str(hvars["ansible_user"]) if hvars.get("ansible_user") else None,
+            user=str(user) if user else None,
             key_file=str(Path(str(key)).expanduser()) if key else None,
             vars=dict(hvars),
             groups=tuple(host_groups.get(name, ())),
         )
     groups = {g: tuple(n) for g, n in members.items() if g not in hosts}
     return Inventory(hosts=hosts, groups=groups)
+
+
+def missing_inventory(path: Path) -> str | None:
+    """One line for the log when the inventory file is absent (then it is empty: alerts still
+    open incidents, which say that no host matched)."""
+    if path.exists():
+        return None
+    where = f" (relative to {Path.cwd()})" if not path.is_absolute() else ""
+    return f"inventory {path}{where} not found: 0 hosts (set OPSBOT_INVENTORY)"
 
 
 def load_inventory(path: Path) -> Inventory:

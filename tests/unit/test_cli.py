@@ -97,7 +97,7 @@ def test_audit_verify_fails_after_sqlite3_edits_a_row(tmp_path: Path) -> None:
 ])
 def test_bad_settings_stop_with_one_line(tmp_path: Path, env: dict[str, str], line: str) -> None:
     out = opsbot(tmp_path, "incidents", **env)
-    assert out.returncode == 1 and out.stderr.strip() == line
+    assert out.returncode == 2 and out.stderr.strip() == line  # a configuration error
 
 
 def test_incidents_and_export_of_unknown(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -9,6 +12,9 @@ import pytest
 from bot.adapters.store import Store
 from bot.export import export, export_text
 from bot.models import Phase, RenderedStep, StepResult, StepStatus
+from bot.postmortem import chart_png
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -79,3 +85,30 @@ def test_hundred_thousand_events_stream_in_bounded_memory(incident: Store,
             assert sum(1 for _ in fh) > 100_000
         assert peak < 16 * 1024 * 1024, f"{fmt}: peak {peak / 1e6:.1f} MB"
     assert incident.verify_audit().ok
+
+
+def test_export_into_a_closed_pipe_says_nothing(incident: Store, tmp_path: Path) -> None:
+    db = tmp_path / "x.db"  # the fixture's store
+    env = {"OPSBOT_DB": str(db)}
+    cmd = f"{sys.executable} -m bot export INC-1 --format json | head -c 10"
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60,
+                         env={**{k: v for k, v in os.environ.items()
+                                 if not k.startswith("OPSBOT_")}, **env}, cwd=ROOT)
+    assert out.stdout.startswith("{")
+    assert out.stderr == ""
+
+
+def test_postmortem_draft_has_every_part(incident: Store) -> None:
+    store = incident
+    md = export_text(store, 1, "postmortem")
+    for part in ("# Postmortem draft: INC-1", "## Summary", "## Detection", "## The chain",
+                 "## Root cause and evidence", "## Actions", "## Verification", "## Timeline",
+                 "## Follow-up"):
+        assert part in md, part
+    assert "**web01: upstream_down**" in md
+    assert "> `connect() failed (111: Connection refused)" in md
+    assert "approved by U0ALICE" in md
+    assert "```mermaid\ngantt" in md and "section Diagnosis" in md
+    assert "nginx_error_log on web01 :done" in md
+    png = chart_png(store, store.get_incident(1))
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 500
