@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--yes", action="store_true", help="approve remediation as the local user")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout")
 
+    dis = sub.add_parser("discover", help="the chain behind a URL on a host: nginx server and "
+                                          "location, upstream, who listens or should")
+    dis.add_argument("target", help="inventory host or group")
+    dis.add_argument("--url", help="the URL that fails (default: the host's opsbot_proxy_url)")
+    dis.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+
     an = sub.add_parser("analyze", help="diagnose from recorded step outputs")
     an.add_argument("runbook")
     an.add_argument("--evidence", required=True, type=Path)
@@ -226,6 +232,32 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_runtime(settings, go, quiet=args.json))
 
 
+def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(rt: Any) -> int:
+        hosts = rt.bot.inventory.resolve(args.target)
+        chains = await asyncio.gather(*(rt.bot.discover(h, args.url) for h in hosts))
+        if args.json:
+            print(json.dumps([c.to_json() for c in chains] if len(chains) > 1
+                             else chains[0].to_json(), indent=2))
+        for chain in chains if not args.json else ():
+            print(f"{chain.host}: {chain.text()}")
+            owner = chain.owner
+            if owner is not None:
+                print(f"  owner: {owner.label}: {owner.how}")
+                for log_file in (*owner.logs, owner.supervisor_log):
+                    if log_file:
+                        print(f"  log: {log_file}")
+                if chain.dependencies():
+                    print(f"  needs: {' '.join(chain.dependencies())}")
+            for other in chain.candidates:
+                print(f"  also configured: {other.label}: {other.how}")
+            for note in chain.notes:
+                print(f"  note: {note}")
+        return EXIT_OK if all(c.reachable for c in chains) else EXIT_FAIL
+
+    return asyncio.run(_with_runtime(settings, go, quiet=args.json))
+
+
 def cmd_incidents(args: argparse.Namespace, settings: Settings) -> int:
     from bot.adapters.store import Store
 
@@ -314,6 +346,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "runbooks": cmd_runbooks, "run": cmd_run, "analyze": cmd_analyze,
+            "discover": cmd_discover,
             "incidents": cmd_incidents, "export": cmd_export, "audit": cmd_audit,
             "approve": cmd_decide, "reject": cmd_decide, "resolve": cmd_resolve}
 

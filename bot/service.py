@@ -17,16 +17,26 @@ from jinja2 import TemplateError
 
 from bot.adapters.store import AsyncStore, Row
 from bot.config import Settings
+from bot.discovery import Chain, discover
 from bot.errors import BotError, InventoryError, NotFound, ParamInvalid
 from bot.ingest import alert_host
 from bot.inventory import Inventory
-from bot.models import AlertGroup, Host, Incident, IncidentStatus, Phase, parse_incident_ref
+from bot.models import (
+    AlertGroup,
+    ExecOutput,
+    Host,
+    Incident,
+    IncidentStatus,
+    Phase,
+    parse_incident_ref,
+)
 from bot.notify import Reporter
-from bot.params import coerce_param, resolve_params
+from bot.params import ParamSpec, coerce_param, resolve_params
 from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")
+DEFAULT_URL = "http://127.0.0.1/"  # discovery's URL when neither the alert nor the host names one
 
 # An approver sees a pending approval and its proposal; it answers (approved?, who) or None
 # to leave it pending for someone to click in the thread.
@@ -137,6 +147,22 @@ class Opsbot:
             {"fingerprint": a.fingerprint, "name": a.name, "status": a.status,
              "labels": dict(a.labels), "annotations": dict(a.annotations),
              "starts_at": a.starts_at, "ends_at": a.ends_at} for a in group.alerts])
+
+    # -- discovery ------------------------------------------------------------------------
+    async def discover(self, host: Host, url: str | None = None) -> Chain:
+        """The chain behind url on host (default: the host's opsbot_proxy_url)."""
+        url = url or str(host.vars.get("opsbot_url") or host.vars.get("opsbot_proxy_url")
+                         or DEFAULT_URL)
+        url = coerce_param("url", ParamSpec(type="url"), url)
+        sudo = coerce_param("sudo", ParamSpec(type="bool"),
+                            host.vars.get("opsbot_sudo", False))
+        ssh = self.runner.ctx.ssh
+
+        async def run(command: str, timeout: float) -> ExecOutput:
+            return await ssh.run(host, command, timeout)
+
+        return await discover(run, host.name, url, sudo=sudo,
+                              nginx_conf=host.vars.get("opsbot_nginx_conf"))
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],

@@ -1,0 +1,299 @@
+"""Run discovery on a host: the fixed commands, over whatever runs commands there (SSH).
+
+Every command is a fixed string or built with shlex.quote from a value checked first (a path, a
+pid, a container id); nothing read from the host or an alert is pasted into a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+from bot.discovery.chain import Chain, Owner
+from bot.discovery.nginx import Address, NginxConfig, NginxConfigError, parse_dump, route
+from bot.discovery.owners import (
+    Container,
+    Proc,
+    Program,
+    ProgramStatus,
+    SupervisorConf,
+    ancestors,
+    container_holds,
+    mentions,
+    nginx_masters,
+    parse_cgroup,
+    parse_docker_inspect,
+    parse_ps,
+    parse_ss,
+    parse_supervisor_files,
+    parse_supervisor_status,
+    supervisord_confs,
+)
+from bot.models import ExecOutput
+
+# run(command, timeout) -> its output; never raises for a failure on the host
+Run = Callable[[str, float], Awaitable[ExecOutput]]
+
+PS = "ps -ww -eo pid=,ppid=,user=,args="
+SS = "ss -ltnpH; ss -lxnpH"
+DOCKER_IDS = "docker ps -aq --no-trunc"
+DEFAULT_SUPERVISOR_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf")
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
+             "/usr/lib/systemd/system")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+@/-]{0,1000}$")
+_SAFE_GLOB = re.compile(r"^/[A-Za-z0-9_.+@/*?\[\]-]{0,1000}$")
+_FILE_MARK = re.compile(r"^# ---- opsbot file (/.+)$", re.M)
+_RUNNING = {"RUNNING", "STARTING", "active", "running", "activating", "reloading"}
+
+
+def _path(value: str) -> str | None:
+    return value if _SAFE_PATH.match(value) and "/../" not in f"{value}/" else None
+
+
+class Prober:
+    """One discovery on one host: caches what it read, so each command runs once."""
+
+    def __init__(self, run: Run, host: str, *, sudo: bool = False, timeout: float = 20) -> None:
+        self._run, self.host, self.timeout = run, host, timeout
+        self.sudo = "sudo -n " if sudo else ""
+        self.notes: list[str] = []
+        self._supervisor: list[tuple[SupervisorConf, dict[str, ProgramStatus]]] | None = None
+        self._containers: list[Container] | None = None
+
+    async def sh(self, command: str) -> ExecOutput:
+        return await self._run(command, self.timeout)
+
+    # -- nginx --------------------------------------------------------------------------------
+    async def nginx_config(self, procs: Mapping[int, Proc], url: str,
+                           conf: str | None) -> tuple[str, NginxConfig | None]:
+        """The configuration of the nginx whose servers listen on the URL's port."""
+        tried: list[tuple[str, str, str]] = []
+        if conf:
+            tried.append(("nginx", conf, ""))
+        for m in nginx_masters(procs):
+            tried.append((m.binary, m.conf, m.prefix))
+        if not tried:
+            tried.append(("nginx", "", ""))
+        first_error = ""
+        fallback: tuple[str, NginxConfig] | None = None
+        for binary, path, prefix in dict.fromkeys(tried):
+            argv = [binary if _path(binary) else "nginx", "-T"]
+            if path and _path(path):
+                argv += ["-c", path]
+            if prefix and _path(prefix.rstrip("/") or "/"):
+                argv += ["-p", prefix]
+            out = await self.sh(self.sudo + shlex.join(argv))
+            try:
+                config = parse_dump(out.output)
+            except NginxConfigError as exc:
+                first_error = first_error or f"{shlex.join(argv)}: {exc}"
+                continue
+            if route(config, url) is not None:
+                return config.main_file, config
+            fallback = fallback or (config.main_file, config)
+        if first_error:
+            self.notes.append(first_error)
+        if fallback:
+            return fallback[0], fallback[1]
+        return "", None
+
+    # -- supervisord ----------------------------------------------------------------------------
+    async def supervisor(self, procs: Mapping[int, Proc]) -> list[tuple[SupervisorConf,
+                                                                       dict[str, ProgramStatus]]]:
+        if self._supervisor is None:
+            self._supervisor = await self._read_supervisor(procs)
+        return self._supervisor
+
+    async def _read_supervisor(self, procs: Mapping[int, Proc]
+                               ) -> list[tuple[SupervisorConf, dict[str, ProgramStatus]]]:
+        confs = [c for c in supervisord_confs(procs).values() if c]
+        confs += [c for c in DEFAULT_SUPERVISOR_CONFS if c not in confs]
+        out = []
+        for conf in dict.fromkeys(confs):
+            if not _path(conf):
+                continue
+            read = await self.sh(f"cat -- {shlex.quote(conf)}")
+            if read.exit_status != 0:
+                continue
+            parsed = parse_supervisor_files(conf, {conf: read.output})
+            globs = [g for g in parsed.includes if _SAFE_GLOB.match(g)]
+            if globs:
+                more = await self.sh("for f in " + " ".join(globs) + "; do [ -f \"$f\" ] && "
+                                     "printf '# ---- opsbot file %s\\n' \"$f\" && cat -- \"$f\";"
+                                     " done; true")
+                files = {conf: read.output}
+                marks = list(_FILE_MARK.finditer(more.output))
+                for i, m in enumerate(marks):
+                    end = marks[i + 1].start() if i + 1 < len(marks) else len(more.output)
+                    files[m.group(1)] = more.output[m.end() + 1:end]
+                parsed = parse_supervisor_files(conf, files)
+            status = await self.sh(f"{self.sudo}supervisorctl -c {shlex.quote(conf)} status")
+            statuses = parse_supervisor_status(status.output)
+            if not statuses and parsed.programs:
+                line = (status.output.strip().splitlines() or [status.error or "no output"])[0]
+                self.notes.append(f"supervisorctl -c {conf} status: {line[:200]}")
+            out.append((parsed, statuses))
+        return out
+
+    @staticmethod
+    def program_owner(conf: SupervisorConf, prog: Program, status: ProgramStatus | None,
+                      how: str) -> Owner:
+        state = status.state if status else "UNKNOWN"
+        return Owner(kind="supervisord", name=prog.name, state=state, how=how,
+                     running=state in _RUNNING, pid=status.pid if status else None,
+                     conf=conf.path, supervisor_log=conf.logfile if conf.logfile.startswith("/")
+                     else "", logs=tuple(p for p in (prog.stdout_log, prog.stderr_log) if p),
+                     command=prog.command, environment=prog.environment)
+
+    # -- Docker ------------------------------------------------------------------------------
+    async def containers(self) -> list[Container]:
+        if self._containers is None:
+            self._containers = await self._read_containers()
+        return self._containers
+
+    async def _read_containers(self) -> list[Container]:
+        ids = await self.sh(self.sudo + DOCKER_IDS)
+        if ids.exit_status != 0:
+            if ids.exit_status not in (127,) and "not found" not in ids.output:
+                line = (ids.output.strip().splitlines() or [ids.error or ""])[0]
+                self.notes.append(f"docker ps: {line[:200]}")
+            return []
+        found = [i for i in ids.output.split() if re.fullmatch(r"[0-9a-f]{12,64}", i)]
+        if not found:
+            return []
+        out = await self.sh(self.sudo + "docker inspect " + " ".join(found[:500]))
+        return parse_docker_inspect(out.output)
+
+    @staticmethod
+    def container_owner(c: Container, how: str) -> Owner:
+        return Owner(kind="docker", name=c.name, state=c.state_text, how=how,
+                     running=c.status == "running" and not c.restarting,
+                     command=" ".join(c.command), environment=" ".join(c.env))
+
+    # -- systemd -----------------------------------------------------------------------------
+    async def systemd_units(self, addr: Address) -> list[Owner]:
+        probe = await self.sh("test -d /run/systemd/system && echo systemd")
+        if "systemd" not in probe.output:
+            return []
+        needle = re.escape(addr.path) if addr.unix else \
+            rf"(^|[^0-9.]){addr.port}([^0-9]|$)"
+        globs = " ".join(f"{d}/*.service" for d in UNIT_DIRS)
+        grep = await self.sh(f"grep -lsE -- {shlex.quote(needle)} {globs}; true")
+        units = [line.rsplit("/", 1)[1] for line in grep.output.split()
+                 if re.fullmatch(r"/[\w./@-]+\.service", line)]
+        return [await self.unit_owner(u, f"its unit file names {addr}") for u in
+                dict.fromkeys(units)]
+
+    async def unit_owner(self, unit: str, how: str, pid: int | None = None) -> Owner:
+        show = await self.sh("systemctl show -p ActiveState -p SubState -p MainPID -- "
+                             + shlex.quote(unit))
+        props = dict(line.split("=", 1) for line in show.output.splitlines() if "=" in line)
+        state = props.get("ActiveState", "unknown")
+        sub = props.get("SubState", "")
+        main = props.get("MainPID", "0")
+        return Owner(kind="systemd", name=unit, state=f"{state}" + (f"/{sub}" if sub else ""),
+                     how=how, running=state in _RUNNING,
+                     pid=pid or (int(main) if main.isdigit() and main != "0" else None),
+                     logs=())
+
+    # -- the whole chain ----------------------------------------------------------------------
+    async def discover(self, url: str, *, nginx_conf: str | None = None) -> Chain:
+        chain = Chain(host=self.host, url=url)
+        ps = await self.sh(PS)
+        if ps.error is not None or ps.exit_status != 0:
+            why = ps.error or (ps.output.strip().splitlines() or ["no output"])[0]
+            return replace(chain, notes=(f"discovery could not run on {self.host}: {why}",),
+                           reachable=ps.error is None)
+        procs = parse_ps(ps.output)
+        conf_path, config = await self.nginx_config(procs, url, nginx_conf)
+        if config is None:
+            return replace(chain, notes=(*self.notes, "no nginx configuration could be read "
+                                                      "(nginx -T)"))
+        found = route(config, url)
+        chain = replace(chain, nginx_conf=conf_path, route=found)
+        if found is None:
+            port = urlsplit(url).port
+            return replace(chain, notes=(*self.notes, f"no server in {conf_path} listens on "
+                                                      f"port {port or 'the URL' + chr(39) + 's'}"))
+        self.notes.extend(found.notes)
+        if not found.addresses:
+            return replace(chain, notes=tuple(self.notes))
+        listeners = parse_ss((await self.sh(SS)).output)
+        # the first address nothing serves (an upstream with one dead server fails there)
+        served = [(a, next((li for li in listeners if li.serves(a)), None))
+                  for a in found.addresses]
+        addr, held = next(((a, h) for a, h in served if h is None), served[0])
+        chain = replace(chain, address=addr, listening=held is not None)
+        pid = min((p for _, p in held.processes), default=None) if held else None
+        owner: Owner | None = None
+        if held is not None and pid is not None:
+            name = next(n for n, p in held.processes if p == pid)
+            chain = replace(chain, listener_pid=pid, listener_name=name)
+            owner = await self.owner_of_pid(procs, pid, addr)
+        candidates = await self.configured(procs, addr)
+        if owner is None and candidates:
+            if held is not None:  # something listens, owner hidden: the running candidate
+                owner = next((c for c in candidates if c.running), candidates[0])
+            else:  # nothing listens: the candidate that is not running explains it
+                owner = next((c for c in candidates if not c.running), candidates[0])
+        rest = tuple(c for c in candidates if owner is None or
+                     (c.kind, c.name) != (owner.kind, owner.name))
+        return replace(chain, owner=owner, candidates=rest, notes=tuple(self.notes))
+
+    async def owner_of_pid(self, procs: Mapping[int, Proc], pid: int,
+                           addr: Address) -> Owner | None:
+        line = ancestors(procs, pid)
+        how = f"listens on {addr} (pid {pid})"
+        if any(posixpath.basename(w) == "supervisord" for p in line[1:]
+               for w in p.args.split(" ", 2)[:2]):
+            pids = {p.pid for p in line}
+            for conf, statuses in await self.supervisor(procs):
+                for prog in conf.programs:
+                    status = statuses.get(prog.name)
+                    if status and status.pid in pids:
+                        return self.program_owner(conf, prog, status, how)
+        if line and line[0].name == "docker-proxy" or \
+                any(p.name == "containerd-shim" or "containerd-shim" in p.args for p in line):
+            for c in await self.containers():
+                why = container_holds(c, addr)
+                if why:
+                    return self.container_owner(c, f"{how}; {why}")
+        cgroup = await self.sh(f"cat /proc/{int(pid)}/cgroup")
+        unit, container_id = parse_cgroup(cgroup.output)
+        if container_id:
+            for c in await self.containers():
+                if c.id == container_id:
+                    return self.container_owner(c, how)
+        if unit and not unit.startswith(("session-", "user@", "ssh")):
+            return await self.unit_owner(unit, how, pid)
+        proc = procs.get(pid)
+        if proc is None:
+            return None
+        return Owner(kind="process", name=proc.name, state="running", how=how, running=True,
+                     pid=pid, command=proc.args)
+
+    async def configured(self, procs: Mapping[int, Proc], addr: Address) -> list[Owner]:
+        """Programs, units and containers set up to hold addr (running or not)."""
+        out: list[Owner] = []
+        for conf, statuses in await self.supervisor(procs):
+            for prog in conf.programs:
+                if mentions(f"{prog.command} {prog.environment}", addr):
+                    out.append(self.program_owner(conf, prog, statuses.get(prog.name),
+                                                  f"its command or environment names {addr}"))
+        out += await self.systemd_units(addr)
+        for c in await self.containers():
+            why = container_holds(c, addr)
+            if why:
+                out.append(self.container_owner(c, why))
+        return out
+
+
+async def discover(run: Run, host: str, url: str, *, sudo: bool = False,
+                   nginx_conf: str | None = None) -> Chain:
+    """The chain behind url on host: nginx server and location, upstream, who holds it."""
+    return await Prober(run, host, sudo=sudo).discover(url, nginx_conf=nginx_conf)
+
