@@ -32,19 +32,32 @@ class Answer:
     later: Callable[[Respond], Awaitable[None]] | None = None  # work that continues after
 
 
-async def handle(bot: Opsbot, text: str, user: str) -> Answer:
+# what only OPSBOT_OPERATORS may do; everything else answers anyone
+OPERATOR_VERBS = frozenset({"run", "diag", "resolve", "timeline"})
+MAX_WORDS = 64
+
+
+async def handle(bot: Opsbot, text: str, user: str, *, operator: bool) -> Answer:
+    """`operator`: whether `user` is one of OPSBOT_OPERATORS (the adapter knows usergroups)."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
         return Answer(f"Could not read that: {exc}. Try `help`.")
     if not words or words[0] == "help":
         return Answer(HELP)
+    if len(words) > MAX_WORDS:
+        return Answer(f"That is {len(words)} words; a command has at most {MAX_WORDS}. "
+                      "Try `help`.")
     verb, args = words[0].lower(), words[1:]
     try:
         handler = HANDLERS.get(verb)
         if handler is None:
-            return Answer(f"Unknown command {verb!r}. Accepted: {', '.join(HANDLERS)}. "
+            return Answer(f"Unknown command {verb[:40]!r}. Accepted: {', '.join(HANDLERS)}. "
                           "Try `help`.")
+        if verb in OPERATOR_VERBS and not operator:
+            await bot.store.audit("command.refused", user, None, command=verb,
+                                  reason="not an operator")
+            return Answer(f"Only operators may `{verb}` (OPSBOT_OPERATORS); nothing was done.")
         return await handler(bot, args, user)
     except BotError as exc:
         return Answer(str(exc).splitlines()[0])

@@ -16,8 +16,9 @@ PREFIXED = {  # env name -> TOML key
     "SLACK_APP_TOKEN": "slack_app_token",
     "SLACK_API_URL": "slack_api_url",
 }
-OWN = ("CHANNEL", "APPROVERS", "LISTEN", "DB", "RUNBOOKS", "INVENTORY", "KNOWN_HOSTS",
-       "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL", "ALLOW_SELF_APPROVAL", "SSH_IDLE")
+OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
+       "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
+       "ALLOW_SELF_APPROVAL", "SSH_IDLE")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Settings:
     slack_api_url: str | None = None
     channel: str | None = None
     approvers: frozenset[str] = frozenset()
+    # Slack user (U…/W…) or usergroup (S…) IDs who may run, diag, resolve and export
+    operators: frozenset[str] = frozenset()
     listen_host: str = "127.0.0.1"
     listen_port: int = 3000
     db: Path = Path("opsbot.db")
@@ -36,6 +39,7 @@ class Settings:
     known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
     alert_token: str | None = None
     audit_key: str | None = None  # optional HMAC key for the audit chain
+    metrics_token: str | None = None  # bearer token GET /metrics (and detailed /healthz) need
     approval_ttl: float = 1800.0  # seconds a pending approval stays valid
     allow_self_approval: bool = False  # two-person rule unless set
     ssh_idle: float = 300.0  # seconds an idle pooled SSH connection is kept
@@ -97,6 +101,10 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _ids(text: str) -> frozenset[str]:
+    return frozenset(a.strip() for a in text.split(",") if a.strip())
+
+
 def _bool(name: str, text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -141,7 +149,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         raise ConfigError("OPSBOT_CHANNEL is required when SLACK_BOT_TOKEN is set")
     if token and serving and not app_token and not raw.get("slack_signing_secret"):
         raise ConfigError("SLACK_SIGNING_SECRET is required in HTTP mode (or set SLACK_APP_TOKEN)")
-    approvers = frozenset(a.strip() for a in raw.get("approvers", "").split(",") if a.strip())
+    approvers = _ids(raw.get("approvers", ""))
+    operators = _ids(raw["operators"]) if "operators" in raw else approvers
     host, port = _listen(raw.get("listen", "127.0.0.1:3000"))
     return Settings(
         slack_bot_token=token,
@@ -150,6 +159,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         slack_api_url=api_url,
         channel=channel,
         approvers=approvers,
+        operators=operators,
         listen_host=host,
         listen_port=port,
         db=Path(raw.get("db", "opsbot.db")).expanduser(),
@@ -158,6 +168,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         known_hosts=Path(raw.get("known_hosts", "~/.ssh/known_hosts")).expanduser(),
         alert_token=raw.get("alert_token"),
         audit_key=raw.get("audit_key"),
+        metrics_token=raw.get("metrics_token"),
         approval_ttl=_seconds("OPSBOT_APPROVAL_TTL", raw.get("approval_ttl", "1800")),
         allow_self_approval=_bool("OPSBOT_ALLOW_SELF_APPROVAL",
                                   raw.get("allow_self_approval", "false")),

@@ -52,6 +52,13 @@ class AlertGroup:
     common_labels: Mapping[str, str]
     common_annotations: Mapping[str, str]
     external_url: str = ""
+    truncated: int = 0  # alerts Alertmanager left out (max_alerts)
+    reason: str = ""  # notification_reason (Alertmanager >= 0.32), e.g. "repeat interval elapsed"
+
+    @property
+    def repeat(self) -> bool:
+        """A re-send of an unchanged group after repeat_interval: nothing new happened."""
+        return self.reason == "repeat interval elapsed"
 
     @property
     def firing(self) -> tuple[Alert, ...]:
@@ -186,9 +193,14 @@ class Incident:
         return f"INC-{self.id}"
 
 
+MAX_INCIDENT_DIGITS = 18  # beyond what SQLite's INTEGER holds, no incident can exist
+
+
 def parse_incident_ref(text: str) -> int | None:
-    """`INC-42`, `inc-42` or `42` -> 42."""
+    """`INC-42`, `inc-42` or `42` -> 42; anything else (`INC-²`, 30 digits) -> None."""
     text = text.strip().upper()
     if text.startswith("INC-"):
         text = text[4:]
-    return int(text) if text.isdigit() else None
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INCIDENT_DIGITS:
+        return None
+    return int(text)

@@ -4,71 +4,94 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
+import os
 import signal
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bot.adapters.store import StoreError
+from bot import edge
+from bot.adapters.store import Store, StoreError
 from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
+from bot.edge import MAX_BODY, BodyRefused, bearer_ok, error, read_body
 from bot.errors import BotError, IngestError
-from bot.ingest import MAX_PAYLOAD, parse_alertmanager
+from bot.ingest import parse_alertmanager
 
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
 EXPIRY_INTERVAL = 15.0  # seconds between checks for expired approvals
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
-
-
 async def alertmanager(request: web.Request) -> web.Response:
+    """4xx only for what is not alerts (Alertmanager drops those); our own failures are 5xx
+    (the store: 503 from the middleware), which Alertmanager retries."""
     rt = request.app[RUNTIME]
     expected = rt.settings.alert_token
     if not expected:
-        return _error(401, "alert webhooks are refused: OPSBOT_ALERT_TOKEN is not set")
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        return _error(401, "missing or wrong bearer token")
-    if (request.content_length or 0) > MAX_PAYLOAD:
-        return _error(413, f"payload over {MAX_PAYLOAD} bytes")
-    body = await request.content.read(MAX_PAYLOAD + 1)
-    if len(body) > MAX_PAYLOAD:
-        return _error(413, f"payload over {MAX_PAYLOAD} bytes")
+        return error(401, "alert webhooks are refused: OPSBOT_ALERT_TOKEN is not set")
+    if not bearer_ok(request.headers.get("Authorization"), expected):
+        return error(401, "missing or wrong bearer token")
+    try:
+        body = await read_body(request)
+    except BodyRefused as refused:
+        return refused.response
     remote = request.remote or ""
     webhook_id = await rt.store.record_webhook("alertmanager", body, remote)
     try:
         group = parse_alertmanager(body)
     except IngestError as exc:
         await rt.store.webhook_outcome(webhook_id, f"rejected: {exc}")
-        return _error(400, str(exc))
+        return error(400, str(exc))
     rt.bot.spawn(rt.bot.handle_alert_group(group, webhook_id))
     return web.json_response({"status": "accepted", "webhook": webhook_id,
                               "alerts": len(group.alerts)})
 
 
+def may_see_details(request: web.Request, settings: Settings) -> bool:
+    """/metrics and the detailed /healthz: open unless OPSBOT_METRICS_TOKEN is set."""
+    token = settings.metrics_token
+    return not token or bearer_ok(request.headers.get("Authorization"), token)
+
+
+def _store_ok(store: Store) -> bool:
+    """Readable, and its file and folder writable by us: checked without writing."""
+    try:
+        store.db.conn.execute("SELECT count(*) FROM meta").fetchone()
+    except sqlite3.Error:
+        return False
+    if store.path == ":memory:":
+        return True
+    path = Path(store.path)
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Read-only (no store write). Callers learn whether opsbot is up and its Slack mode; with
+    OPSBOT_METRICS_TOKEN set and presented, also counts (never the database path or errors)."""
     rt = request.app[RUNTIME]
-    ok = await rt.store.writable()
+    ok = await rt.store.call(_store_ok, rt.store.sync)
     body: dict[str, Any] = {
         "status": "ok" if ok else "error",
-        "store": str(rt.settings.db) if ok else "not writable",
         "slack": "socket" if rt.settings.socket_mode else "http" if rt.settings.slack_enabled
         else "console",
-        "runbooks": sorted(rt.bot.catalog.runbooks),
-        "runbook_errors": list(rt.bot.catalog.errors),
-        "hosts": len(rt.bot.inventory.hosts),
     }
+    token = rt.settings.metrics_token
+    if token and bearer_ok(request.headers.get("Authorization"), token):
+        body.update({"store": "ok" if ok else "not writable",
+                     "runbooks": sorted(rt.bot.catalog.runbooks),
+                     "runbook_errors": len(rt.bot.catalog.errors),
+                     "hosts": len(rt.bot.inventory.hosts)})
     return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    if not may_see_details(request, rt.settings):
+        return error(401, "GET /metrics needs Authorization: Bearer $OPSBOT_METRICS_TOKEN")
     counts = await rt.store.metrics()
     lines = []
     for name, value in sorted(counts.items()):
@@ -87,7 +110,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def slack_disabled(request: web.Request) -> web.Response:
-    return _error(404, "Slack is not configured (SLACK_BOT_TOKEN is unset), or runs in "
+    return error(404, "Slack is not configured (SLACK_BOT_TOKEN is unset), or runs in "
                        "Socket Mode")
 
 
@@ -101,22 +124,22 @@ async def one_line_errors(request: web.Request, handler: Any) -> web.StreamRespo
         raise
     except (sqlite3.Error, StoreError) as exc:
         log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
-        return _error(503, f"the store cannot be written ({exc}); nothing was accepted, "
+        return error(503, f"the store cannot be written ({exc}); nothing was accepted, "
                            "retry later")
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        return _error(500, "internal error; see opsbot's log")
+        return error(500, "internal error; see opsbot's log")
 
 
-def web_app(rt: Runtime, bolt: Any = None) -> web.Application:
-    app = web.Application(client_max_size=2 * MAX_PAYLOAD, middlewares=[one_line_errors])
+def web_app(rt: Runtime, inbound: Any = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[one_line_errors])
     app[RUNTIME] = rt
     routes = [web.post("/alerts/alertmanager", alertmanager), web.get("/healthz", healthz),
               web.get("/metrics", metrics)]
-    if bolt is not None and not rt.settings.socket_mode:
+    if inbound is not None and not rt.settings.socket_mode:
         from bot.adapters.slack import slack_route
 
-        routes.append(slack_route(bolt))
+        routes.append(slack_route(inbound, rt, rt.settings.slack_signing_secret or ""))
     else:
         routes.append(web.post("/slack/events", slack_disabled))
     app.add_routes(routes)
@@ -152,15 +175,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     interrupted = await rt.store.interrupt_stale_runs("opsbot")
     if interrupted:
         log.warning("%d run(s) were left unfinished by an earlier process", interrupted)
-    bolt = None
+    inbound = None
     socket_handler = None
     if settings.slack_enabled:
-        from bot.adapters.slack import bolt_app, start_socket_mode
+        from bot.adapters.slack import SlackInbound, bolt_app, start_socket_mode
 
-        bolt = bolt_app(rt.bot, settings, rt.client)
+        inbound = SlackInbound(rt.bot, settings, rt.client)
         if settings.socket_mode:
-            socket_handler = await start_socket_mode(bolt, settings.slack_app_token or "")
-    runner = web.AppRunner(web_app(rt, bolt), access_log=None)
+            socket_handler = await start_socket_mode(bolt_app(inbound, rt.client),
+                                                     settings.slack_app_token or "")
+    # keepalive_timeout closes a connection that sends no complete request in time: it bounds
+    # the wait for headers (slow or idle clients) as well as idle keep-alive connections
+    runner = web.AppRunner(web_app(rt, inbound), access_log=None,
+                            keepalive_timeout=edge.HEADER_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
     await site.start()

@@ -107,6 +107,16 @@ class Opsbot:
             await self.store.webhook_outcome(webhook_id, "resolved", incident.id)
             return incident
 
+        if group.repeat:  # Alertmanager re-sent an unchanged group: start nothing
+            incident = await self.store.incident_for_group(group.group_key)
+            joined = incident is not None and incident.status is IncidentStatus.OPEN
+            if incident is not None and joined:
+                await self._record_alerts(incident.id, webhook_id, group)
+            await self.store.webhook_outcome(webhook_id, "repeat, joined" if joined
+                                             else "repeat, nothing started",
+                                             incident.id if incident and joined else None)
+            return incident if joined else None
+
         first = group.firing[0]
         labels = {**group.common_labels, **first.labels}
         host_name = alert_host(first)
@@ -120,6 +130,9 @@ class Opsbot:
                          "ansible_host); nothing was run.")
         if runbook is None:
             notes.append("No runbook's matchers fit this alert's labels; nothing was run.")
+        if group.truncated:
+            notes.append(f"Alertmanager left {group.truncated} more alert(s) of this group out "
+                         "of the notification (max_alerts); see Alertmanager for all of them.")
         title = first.annotations.get("summary") or \
             f"{first.name} on {host.name if host else host_name or 'unknown host'}"
         incident, how = await self.store.open_or_join(
@@ -346,6 +359,19 @@ class Opsbot:
                                               f"{host.name}: {phase}.")
         await self.reporter.refresh_root(incident_id)
         return ok
+
+    async def check_origin(self, token: str, channel: str, ts: str, user: str) -> str | None:
+        """A click counts only on the approval's own message: None when (channel, ts) is
+        where it was posted, else the refusal line (audited)."""
+        approval = await self.store.get_approval(token)
+        posted = await self.store.message(approval["incident_id"], "thread",
+                                          f"approval:{approval['id']}")
+        if posted is not None and (posted["channel"], posted["ts"]) == (channel, ts):
+            return None
+        await self.store.audit("approval.refused", user, approval["incident_id"],
+                               approval_id=approval["id"], reason="clicked outside its message",
+                               channel=channel, ts=ts)
+        return "This approval belongs to another message; nothing was run."
 
     async def void_pending(self, incident_id: int, reason: str,
                            status: str = "void") -> None:

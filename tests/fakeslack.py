@@ -292,6 +292,7 @@ class FakeSlack:
         self.ephemerals: list[Msg] = []
         self.responses: list[Response] = []
         self.files: list[FakeFile] = []
+        self.usergroups: dict[str, list[str]] = {}  # usergroup ID (S…) -> member user IDs
         self.root = ""  # "http://host:port/" once started
         self._limits: dict[str, list[int]] = {}  # method -> [calls left to refuse, retry_after]
         self._response_urls: dict[str, tuple[str, str | None, str | None]] = {}
@@ -580,6 +581,14 @@ class FakeSlack:
                          "is_bot": user == self.bot_user_id, "tz": "UTC",
                          "profile": {"display_name": name, "real_name": name}}}
 
+    def _usergroup_users(self, p: dict) -> dict:
+        group = p.get("usergroup")
+        if not group:
+            raise _missing("usergroup")
+        if group not in self.usergroups:
+            raise SlackError("no_such_subteam")
+        return {"users": list(self.usergroups[group])}
+
     def _get_upload_url(self, p: dict) -> dict:
         if not p.get("filename"):
             raise _missing("filename")
@@ -619,6 +628,7 @@ class FakeSlack:
         "conversations.history": _history,
         "conversations.replies": _replies,
         "users.info": _users_info,
+        "usergroups.users.list": _usergroup_users,
         "files.getUploadURLExternal": _get_upload_url,
         "files.completeUploadExternal": _complete_upload,
     }

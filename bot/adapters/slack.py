@@ -1,19 +1,27 @@
 """Slack at the edge: the only module importing slack_bolt.
 
-Inbound: a bolt AsyncApp (HTTP on /slack/events, or Socket Mode) translating slash commands and
-button clicks into `bot.commands` and `Opsbot.decide`. Outbound: `SlackTransport`, posting the
+Inbound: every request (HTTP on /slack/events, or Socket Mode through bolt) is verified and
+checked here, then one dispatch translates slash commands and button clicks into
+`bot.commands` and `Opsbot.decide`. Outbound: `SlackTransport`, posting the
 incident's root message and thread through the Web API (rate limits retried).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -21,10 +29,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import commands
 from bot.config import Settings
-from bot.errors import BotError, NotFound
+from bot.edge import BodyRefused, error, read_body
+from bot.errors import BotError, IngestError, NotFound
+from bot.ingest import load_json
 from bot.models import Incident
 from bot.render import APPROVE, REJECT, Message
 from bot.service import Opsbot
@@ -91,60 +102,250 @@ class SlackTransport:
             await session.close()
 
 
-def bolt_app(bot: Opsbot, settings: Settings, client: AsyncWebClient) -> AsyncApp:
-    app = AsyncApp(client=client, signing_secret=settings.slack_signing_secret or "unused",
-                   process_before_response=False,
-                   request_verification_enabled=not settings.socket_mode)
+# -- inbound ------------------------------------------------------------------------------
+# Every request is checked here, before anything else reads it: signature and timestamp, a
+# replay of an already seen signature, the body's shape. What passes reaches one dispatch
+# (`SlackInbound.dispatch`), shared by HTTP and Socket Mode; the core never sees a payload.
 
-    @app.command(re.compile(r".*"))
-    async def on_command(ack: Any, command: dict[str, Any], respond: Any) -> None:
-        answer = await commands.handle(bot, command.get("text", ""), command["user_id"])
-        await ack(response_type="ephemeral", text=answer.now)
-        if answer.later is None:
-            return
-        later = answer.later
+MAX_SKEW = 300  # seconds: Slack's window for a signed request's timestamp
+MAX_SLASH_TEXT = 2000  # characters of a slash command's text
+SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+USERGROUP_TTL = 60.0  # seconds a usergroup's member list is trusted
 
-        async def say(text: str) -> None:
-            await respond(text=text, response_type="ephemeral", replace_original=False)
+
+def check_signature(secret: str, timestamp: str | None, signature: str | None, body: bytes,
+                    now: float) -> str | None:
+    """None when Slack signed `body`; else the one-line reason it is refused."""
+    if not timestamp or not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        return "X-Slack-Request-Timestamp is missing or not a number"
+    if abs(now - int(timestamp)) > MAX_SKEW:
+        return "X-Slack-Request-Timestamp is more than 5 minutes off (stale or replayed)"
+    if not signature or not SIGNATURE.fullmatch(signature):
+        return "X-Slack-Signature is missing or malformed"
+    base = b"v0:" + timestamp.encode() + b":" + body
+    expected = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        return "X-Slack-Signature does not match (wrong signing secret?)"
+    return None
+
+
+class ReplayGuard:
+    """Signatures seen while their timestamp is still acceptable: a second use is a replay.
+    In memory: a restart forgets them (at most 5 minutes' worth of exposure)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}  # signature -> when it stops being acceptable
+
+    def first_use(self, signature: str, timestamp: int, now: float) -> bool:
+        if len(self._seen) > 1000:
+            self._seen = {s: t for s, t in self._seen.items() if t >= now}
+        if self._seen.get(signature, 0.0) >= now:
+            return False
+        self._seen[signature] = timestamp + MAX_SKEW + 1
+        return True
+
+
+def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """A Slack request body: JSON (events, JSON-posted payloads), a form with `payload=` (JSON
+    of interactivity), or a plain form (slash commands). IngestError for anything else."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise IngestError("the body is not UTF-8") from None
+    if content_type == "application/json" or text.startswith("{"):
+        data = load_json(text)
+    else:
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
+                              max_num_fields=200)
+        except ValueError as exc:
+            raise IngestError(f"the form cannot be read: {exc}") from None
+        form = dict(pairs)
+        data = load_json(form["payload"], "payload") if "payload" in form else form
+    if not isinstance(data, dict):
+        raise IngestError("the payload must be a JSON object")
+    return data
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class Operators:
+    """OPSBOT_OPERATORS: user IDs, and usergroup IDs (S…) whose members are asked of Slack."""
+
+    def __init__(self, ids: frozenset[str], client: AsyncWebClient | None) -> None:
+        self.users = {i for i in ids if not i.startswith("S")}
+        self.groups = sorted(i for i in ids if i.startswith("S"))
+        self.client = client
+        self._members: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def allows(self, user: str) -> bool:
+        if user in self.users:
+            return True
+        for group in self.groups:
+            if user in await self._group(group):
+                return True
+        return False
+
+    async def _group(self, group: str) -> frozenset[str]:
+        now = time.monotonic()
+        cached = self._members.get(group)
+        if cached and cached[0] > now:
+            return cached[1]
+        members: frozenset[str] = frozenset()
+        if self.client is not None:
+            try:
+                resp = await self.client.usergroups_users_list(usergroup=group)
+                members = frozenset(u for u in resp.get("users") or () if isinstance(u, str))
+            except (SlackApiError, OSError, ValueError) as exc:  # refuse rather than guess
+                log.warning("members of usergroup %s unknown: %s", group, exc)
+                return cached[1] if cached else members
+        self._members[group] = (now + USERGROUP_TTL, members)
+        return members
+
+
+Reply = dict[str, Any] | None  # what to ack with (a JSON object), or an empty ack
+
+
+class SlackInbound:
+    """One dispatch for every verified Slack request, from HTTP or Socket Mode."""
+
+    def __init__(self, bot: Opsbot, settings: Settings, client: AsyncWebClient | None) -> None:
+        self.bot = bot
+        self.operators = Operators(settings.operators, client)
+        self.replays = ReplayGuard()
+
+    async def dispatch(self, payload: dict[str, Any]) -> Reply:
+        if payload.get("type") == "url_verification":
+            return {"challenge": _str(payload.get("challenge"))}
+        if "command" in payload:
+            return await self.command(payload)
+        if payload.get("type") == "block_actions":
+            return await self.block_actions(payload)
+        log.info("Slack request of type %r acknowledged and ignored",
+                 _str(payload.get("type"))[:40] or "event")
+        return None
+
+    async def command(self, payload: dict[str, Any]) -> Reply:
+        user, text = _str(payload.get("user_id")), payload.get("text", "")
+        if not user:
+            return _ephemeral("This request names no user (user_id), so opsbot cannot tell who "
+                              "asks. Nothing was done.")
+        if not isinstance(text, str):
+            return _ephemeral("The command's text must be text. Try `help`.")
+        if len(text) > MAX_SLASH_TEXT:
+            return _ephemeral(f"That command is {len(text)} characters long; opsbot reads at "
+                              f"most {MAX_SLASH_TEXT}. Nothing was done.")
+        answer = await commands.handle(self.bot, text, user,
+                                       operator=await self.operators.allows(user))
+        if answer.later is not None:
+            later, url = answer.later, _str(payload.get("response_url"))
+
+            async def work() -> None:
+                try:
+                    await later(lambda line: self._respond(url, line))
+                except BotError as exc:
+                    await self._respond(url, str(exc).splitlines()[0])
+
+            self.bot.spawn(work())
+        return _ephemeral(answer.now)
+
+    async def block_actions(self, payload: dict[str, Any]) -> Reply:
+        actions = payload.get("actions")
+        action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
+        action_id = _str(action.get("action_id"))
+        if action_id not in (APPROVE, REJECT):
+            return None  # not one of our buttons (or a workflow step's action): nothing to do
+        url = _str(payload.get("response_url"))
+        user = _str(_dict(payload.get("user")).get("id"))
+        if not user:
+            log.warning("approval click without a user refused")
+            self.bot.spawn(self._respond(url, "opsbot cannot tell who clicked; nothing was run."))
+            return None
+        container, message = _dict(payload.get("container")), _dict(payload.get("message"))
+        channel = _str(container.get("channel_id")) or _str(_dict(payload.get("channel")).get("id"))
+        ts = _str(container.get("message_ts")) or _str(message.get("ts"))
+        token, approve = _str(action.get("value")), action_id == APPROVE
 
         async def work() -> None:
             try:
-                await later(say)
-            except BotError as exc:
-                await say(str(exc).splitlines()[0])
-
-        bot.spawn(work())
-
-    @app.action(re.compile(rf"^({re.escape(APPROVE)}|{re.escape(REJECT)})$"))
-    async def on_click(ack: Any, body: dict[str, Any], action: dict[str, Any],
-                       respond: Any) -> None:
-        await ack()
-        user = body["user"]["id"]
-        approve = action["action_id"] == APPROVE
-
-        async def work() -> None:
-            try:
-                text = await bot.decide(action.get("value", ""), approve, user, via="slack",
-                                        check_authority=True)
+                refusal = await self.bot.check_origin(token, channel, ts, user)
+                text = refusal or await self.bot.decide(token, approve, user, via="slack",
+                                                        check_authority=True)
             except NotFound:
                 text = "This approval is unknown (it may have been pruned). Nothing was run."
             if not text.startswith(("Approved", "Rejected")):
-                await respond(text=text, response_type="ephemeral", replace_original=False)
+                await self._respond(url, text)
 
-        bot.spawn(work())
+        self.bot.spawn(work())
+        return None
 
-    @app.event(re.compile(r".*"))
-    async def on_event(ack: Any) -> None:
-        await ack()
+    async def _respond(self, url: str, text: str) -> None:
+        """An ephemeral follow-up through the request's response_url (none: logged only)."""
+        if not url:
+            log.info("no response_url to answer with: %s", text)
+            return
+        try:
+            await AsyncWebhookClient(url).send(text=text, response_type="ephemeral",
+                                               replace_original=False)
+        except (OSError, ValueError, SlackApiError) as exc:
+            log.warning("answering through response_url failed: %s", exc)
 
-    return app
+
+def _ephemeral(text: str) -> dict[str, Any]:
+    return {"response_type": "ephemeral", "text": text}
 
 
-def slack_route(app: AsyncApp) -> web.RouteDef:
+def slack_route(inbound: SlackInbound, rt: Any, secret: str) -> web.RouteDef:
     async def handle(request: web.Request) -> web.Response:
-        return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+        try:
+            body = await read_body(request)
+        except BodyRefused as refused:
+            return refused.response
+        now = time.time()
+        timestamp = request.headers.get("X-Slack-Request-Timestamp")
+        signature = request.headers.get("X-Slack-Signature")
+        problem = check_signature(secret, timestamp, signature, body, now)
+        if problem:
+            return error(401, problem)
+        assert timestamp is not None and signature is not None
+        if not inbound.replays.first_use(signature, int(timestamp), now):
+            await rt.store.audit("slack.replay_refused", "slack", None,
+                                 signature=signature[:16], timestamp=timestamp)
+            return error(401, "this signed request was already received (a replay); ignored")
+        try:
+            payload = parse_body(body, request.content_type)
+        except IngestError as exc:
+            return error(400, str(exc))
+        if payload.get("ssl_check") == "1":
+            return web.Response(status=200)
+        reply = await inbound.dispatch(payload)
+        return web.Response(status=200) if reply is None else web.json_response(reply)
 
     return web.post("/slack/events", handle)
+
+
+def bolt_app(inbound: SlackInbound, client: AsyncWebClient) -> AsyncApp:
+    """Socket Mode: bolt receives the envelopes and acks; one global middleware hands every
+    request to `inbound.dispatch`."""
+    app = AsyncApp(client=client, signing_secret="unused-in-socket-mode",
+                   process_before_response=False, request_verification_enabled=False)
+
+    async def to_inbound(req: AsyncBoltRequest, resp: BoltResponse,
+                         next: Callable[[], Awaitable[None]]) -> BoltResponse:
+        reply = await inbound.dispatch(req.body if isinstance(req.body, dict) else {})
+        if reply is None:
+            return BoltResponse(status=200, body="")
+        return BoltResponse(status=200, body=json.dumps(reply),
+                            headers={"content-type": "application/json"})
+
+    app.use(to_inbound)
+    return app
 
 
 async def start_socket_mode(app: AsyncApp, app_token: str) -> Any:

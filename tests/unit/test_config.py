@@ -49,3 +49,12 @@ def test_api_url_gets_trailing_slash_and_unknown_toml_key_fails(tmp_path: Path) 
     cfg.write_text("chanel = 'C1'\n")
     with pytest.raises(ConfigError, match="chanel"):
         load_settings({}, cfg)
+
+
+def test_operators_default_to_approvers_and_metrics_token() -> None:
+    s = load_settings({"OPSBOT_APPROVERS": "U1,U2"})
+    assert s.operators == {"U1", "U2"} and s.metrics_token is None
+    s = load_settings({"OPSBOT_APPROVERS": "U1", "OPSBOT_OPERATORS": "U3, S0ONCALL",
+                       "OPSBOT_METRICS_TOKEN": "m"})
+    assert s.operators == {"U3", "S0ONCALL"} and s.approvers == {"U1"}
+    assert s.metrics_token == "m"
