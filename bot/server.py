@@ -71,7 +71,7 @@ def _store_ok(store: Store) -> bool:
 
 async def healthz(request: web.Request) -> web.Response:
     """Read-only (no store write). Callers learn whether opsbot is up and its Slack mode; with
-    OPSBOT_METRICS_TOKEN set and presented, also counts (never the database path or errors)."""
+    OPSBOT_METRICS_TOKEN set and presented, also what is loaded (never the database path)."""
     rt = request.app[RUNTIME]
     ok = await rt.store.call(_store_ok, rt.store.sync)
     body: dict[str, Any] = {
@@ -83,7 +83,7 @@ async def healthz(request: web.Request) -> web.Response:
     if token and bearer_ok(request.headers.get("Authorization"), token):
         body.update({"store": "ok" if ok else "not writable",
                      "runbooks": sorted(rt.bot.catalog.runbooks),
-                     "runbook_errors": len(rt.bot.catalog.errors),
+                     "runbook_errors": list(rt.bot.catalog.errors),
                      "hosts": len(rt.bot.inventory.hosts)})
     return web.json_response(body, status=200 if ok else 503)
 

@@ -10,7 +10,7 @@ import pytest
 from tests.botfixtures import CHANNEL, RunningBot, alert_payload
 from tests.fakeslack import Msg
 from tests.lab import WebLab
-from tests.slacksign import click_body
+from tests.slacksign import block_actions_body, click_body, find_button
 
 pytestmark = pytest.mark.lab
 
@@ -60,14 +60,38 @@ async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web
     root = bot.roots()[0].plain()
     assert "approved by <@" in root and "verified" in root
     assert "(`verify_proxy`) on `web01` — *ok*" in bot.thread_text()
-    # a replay of the signed click (within the 5 minutes Slack allows) runs nothing more
-    status, _ = await bot.slack_request(replay, timestamp=signed_at)
-    assert status == 200
+    # a replay of the signed click (within the 5 minutes Slack allows) is refused
+    status, text = await bot.slack_request(replay, timestamp=signed_at)
+    assert status == 401 and "replay" in text
     await asyncio.sleep(1)
     assert [s["step_id"] for s in bot.store().steps_of(1) if s["phase"] == "remediation"] == \
         ["start_program"]
     actions = [r["action"] for r in bot.store().audit_records(1)]
     assert "approval.refused" in actions and actions.count("approval.approved") == 1
+    assert "slack.replay_refused" in [r["action"] for r in bot.store().audit_records()]
+
+
+async def test_a_click_counts_only_on_the_approvals_own_message(
+        running_bot: RunningBot, healthy_web: WebLab) -> None:
+    bot = running_bot
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    root = bot.roots()[0]
+    url = bot.slack.response_url(channel=CHANNEL, user="U0BOB")
+    _, button = find_button(approval.blocks, "opsbot.approve")
+    elsewhere = [  # the right token, clicked on another message, or in another channel
+        block_actions_body("opsbot.approve", button["value"], "U0BOB", CHANNEL, root.ts,
+                           response_url=url),
+        block_actions_body("opsbot.approve", button["value"], "U0BOB", "C0ELSEWHERE",
+                           approval.ts, response_url=url)]
+    for body in elsewhere:
+        status, _ = await bot.slack_request(body)
+        assert status == 200
+    await bot.wait(lambda: len([r for r in bot.slack.responses if r.user == "U0BOB"
+                                and "belongs to another message" in r.text]) == 2)
+    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    refused = [r for r in bot.store().audit_records(1) if r["action"] == "approval.refused"]
+    assert len(refused) == 2 and "clicked outside its message" in refused[0]["detail"]
+    assert healthy_web.program_state() == "STOPPED"
 
 
 async def test_two_person_rule_and_reject(running_bot: RunningBot, healthy_web: WebLab) -> None:
@@ -103,17 +127,18 @@ async def test_forged_and_stale_requests_get_401(running_bot: RunningBot,
 
 async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> None:
     bot = running_bot
+    op = "U0ALICE"  # OPSBOT_OPERATORS defaults to the approvers
     status, text = await bot.slash("help")
     assert status == 200 and "timeline <INC-n>" in text
     _, text = await bot.slash("runbooks")
     assert "nginx-502" in text
-    _, text = await bot.slash("run nginx-502 web09")
+    _, text = await bot.slash("run nginx-502 web09", user=op)
     assert "no host or group named 'web09'" in text
-    _, text = await bot.slash("run nginx-502 web01 upstream_port=http")
+    _, text = await bot.slash("run nginx-502 web01 upstream_port=http", user=op)
     assert "parameter upstream_port" in text
-    _, text = await bot.slash("run nope web01")
+    _, text = await bot.slash("run nope web01", user=op)
     assert "no runbook named 'nope'" in text and "nginx-502" in text
-    _, text = await bot.slash("run nginx-502 web --plan")
+    _, text = await bot.slash("run nginx-502 web --plan", user=op)
     assert "web01" in text and "web02" in text and "supervisorctl -c" in text
     assert bot.store().list_incidents() == []
     _, text = await bot.slash("frobnicate")
@@ -124,11 +149,18 @@ async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> N
     assert "INC-1" in text
     _, text = await bot.slash("status INC-1")
     assert "awaiting approval" in text and "start_program" in text
-    _, text = await bot.slash("timeline INC-1 md")
+    # anyone may look; only operators may act, and each refusal is audited
+    for verb in ("run nginx-502 web01", "diag web01", "timeline INC-1", "resolve INC-1"):
+        status, text = await bot.slash(verb)
+        assert status == 200 and "Only operators may" in text and "\\n" not in text
+    refused = [r for r in bot.store().audit_records() if r["action"] == "command.refused"]
+    assert len(refused) == 4 and all(r["actor"] == "U0CAROL" for r in refused)
+    assert len(bot.store().list_incidents()) == 1 and not bot.slack.files
+    _, text = await bot.slash("timeline INC-1 md", user=op)
     await bot.wait(lambda: bot.slack.files)
     upload = bot.slack.files[0]
     assert upload.name == "INC-1-timeline.md" and "## Timeline (UTC)" in upload.text
-    _, text = await bot.slash("resolve INC-1")
+    _, text = await bot.slash("resolve INC-1", user=op)
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
     assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
 

@@ -14,13 +14,15 @@ import aiohttp
 from tests.lab import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+METRICS_TOKEN = "metrics-token-for-tests"  # /healthz shows what was loaded only with it
 
 
 async def health(url: str) -> dict:  # type: ignore[type-arg]
     async with aiohttp.ClientSession() as http:
         for _ in range(100):
             try:
-                async with http.get(url) as resp:
+                async with http.get(url, headers={"Authorization":
+                                                  f"Bearer {METRICS_TOKEN}"}) as resp:
                     return await resp.json()  # type: ignore[no-any-return]
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
@@ -37,6 +39,7 @@ async def test_sighup_reloads_runbooks_and_inventory(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
     env.update({"OPSBOT_LISTEN": f"127.0.0.1:{port}", "OPSBOT_DB": str(tmp_path / "o.db"),
+                "OPSBOT_METRICS_TOKEN": METRICS_TOKEN,
                 "OPSBOT_RUNBOOKS": str(runbooks), "OPSBOT_INVENTORY": str(inventory)})
     log = (tmp_path / "serve.log").open("w")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "serve", env=env,
