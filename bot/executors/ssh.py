@@ -1,6 +1,8 @@
 """`ssh`: a shell command on the host over SSH (asyncssh), host key always verified.
 
-The command runs in the login user's POSIX shell with stderr joined to stdout (`exec 2>&1`).
+The command runs in the login user's POSIX shell with stderr joined to stdout (`exec 2>&1`) and
+the system folders added to its PATH (a non-root login's PATH often lacks /usr/sbin, where nginx,
+ss and supervisorctl live).
 
 One pooled connection per host serves every step of every incident; it closes when idle.
 """
@@ -19,6 +21,7 @@ from bot.executors.base import KindParams, StepKind
 from bot.models import ExecOutput, Host
 
 HostKey = tuple[str, int, str | None]
+PRELUDE = 'exec 2>&1\nPATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"\n'
 
 
 class _Entry:
@@ -103,7 +106,7 @@ class SshPool:
                         f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
                 try:
                     # stderr joins stdout on the host, so lines are never split between them
-                    done = await conn.run(f"exec 2>&1\n{command}", check=False,
+                    done = await conn.run(PRELUDE + command, check=False,
                                           timeout=timeout, encoding="utf-8", errors="replace")
                     return ExecOutput(done.exit_status, str(done.stdout or ""))
                 except asyncssh.TimeoutError as exc:

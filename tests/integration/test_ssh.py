@@ -88,3 +88,14 @@ async def test_a_group_runs_its_hosts_in_parallel(inventory_file: Path, known_ho
     await runner.diagnose(runbook, targets[:1], NullListener())
     assert ctx.ssh.connects == 2  # one per host, reused by every step and both runs
     await ctx.close()
+
+
+async def test_system_tools_are_found_by_a_non_root_login(inventory_file: Path,
+                                                          known_hosts_file: Path) -> None:
+    pool = SshPool(known_hosts_file)
+    try:
+        out = await pool.run(web01(inventory_file), "command -v nginx ss; id -u", 10)
+    finally:
+        await pool.close()
+    lines = out.output.split()
+    assert lines[0] == "/usr/sbin/nginx" and lines[-1] != "0", out
