@@ -184,3 +184,24 @@ async def test_odd_signed_slack_payloads_get_clear_answers(light_bot: RunningBot
     status, text = await bot.slack_request(no_actions)
     assert status == 200 and text == ""
     assert bot.store().list_incidents() == []
+
+
+@pytest.fixture
+def short_header_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(edge, "HEADER_TIMEOUT", 1.0)
+    return 1.0
+
+
+async def test_a_client_that_never_finishes_its_headers_is_dropped(
+        short_header_timeout: float, light_bot: RunningBot) -> None:
+    host, port = light_bot.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /alerts/alertmanager HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    await writer.drain()
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the bot
+    assert time.monotonic() - started < short_header_timeout + 5
+    writer.close()
+    # the bot still answers everyone else
+    async with light_bot.session.get(f"{light_bot.url}/healthz") as resp:
+        assert resp.status == 200
