@@ -77,7 +77,18 @@ def _now_iso() -> str:
 
 
 def render_context(host: Host, params: Mapping[str, Any], facts: Mapping[str, str],
-                   results: Mapping[str, StepResult]) -> dict[str, Any]:
+                   results: Mapping[str, StepResult],
+                   evidence: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    outputs = {sid: v if isinstance(v, str) else canonical_json(v)
+               for sid, v in (evidence or {}).items()}
+
+    def listed(step_id: str, name: Any) -> bool:
+        """Does the step's output name `name` as a word of its own (a program in supervisorctl
+        status, a container in docker ps)?"""
+        text, word = outputs.get(step_id, ""), str(name)
+        return bool(word) and re.search(rf"(?<![\w.:/-]){re.escape(word)}(?![\w.:/-])",
+                                        text) is not None
+
     return {
         **params,
         "params": dict(params),
@@ -86,6 +97,7 @@ def render_context(host: Host, params: Mapping[str, Any], facts: Mapping[str, st
         "facts": dict(facts),
         "steps": {sid: {"status": str(r.status), "ok": r.ok, "exit_status": r.exit_status}
                   for sid, r in results.items()},
+        "listed": listed,
     }
 
 
@@ -133,6 +145,22 @@ def make_result(step: Step, rendered: RenderedStep, out: ExecOutput, started_at:
                         output_bytes=len(full.encode("utf-8", "replace")), digest=digest,
                         truncated=truncated, error=out.error, facts=facts)
     return result, clean[-EVIDENCE_LIMIT:]
+
+
+_RETRY_OUTPUT = re.compile(r"HTTP (?:000|5\d\d)\b")
+_CURL_TRANSIENT = {6, 7, 28, 35, 52, 55, 56}  # resolve, refused, timeout, TLS, empty, send, recv
+
+
+def retryable(result: StepResult) -> bool:
+    """Can a failed verify pass later? Refused, 5xx and timeouts can; a missing program (exit
+    126/127), a missing container or a 4xx cannot."""
+    if result.exit_status in (126, 127):
+        return False
+    if result.error and re.search(r"\bno (?:such|\w+ named)\b", result.error, re.I):
+        return False
+    if result.status in (StepStatus.TIMEOUT, StepStatus.ERROR):
+        return True
+    return bool(_RETRY_OUTPUT.search(result.output)) or result.exit_status in _CURL_TRANSIENT
 
 
 class Runner:
@@ -187,7 +215,8 @@ class Runner:
             from bot.diagnosis import diagnose
 
             report.causes = list(diagnose(runbook.rules, report.evidence, params))
-        self._propose(runbook, report, context=render_context(host, params, facts, done))
+        self._propose(runbook, report,
+                      context=render_context(host, params, facts, done, report.evidence))
         return report
 
     def _propose(self, runbook: Runbook, report: HostReport, context: Mapping[str, Any]) -> None:
@@ -198,6 +227,16 @@ class Runner:
         wanted += [s.id for s in runbook.remediation if top.cause in s.fixes and s.id not in wanted]
         report.advice = [r for r in top.remediation if not runbook.remediation_step(r)]
         for step_id in wanted:
+            step = runbook.remediation_step(step_id)
+            if step is not None and step.when:  # e.g. its target must exist on the host
+                try:
+                    offered = evaluate(step.when, context)
+                except TemplateError as exc:
+                    offered, report.error = False, f"step {step_id}: condition failed: {exc}"
+                if not offered:
+                    report.advice.append(f"{step_id} is not offered: its target is not on "
+                                         f"{report.host.name} ({step.when})")
+                    continue
             try:
                 report.proposals.append(self.propose(runbook, step_id, report.host,
                                                      report.params, top.cause, context))
@@ -236,13 +275,17 @@ class Runner:
         quiet = NullListener()
         handle = await listener.step_started(rendered)
         result: StepResult | None = None
+        deadline = time.monotonic() + attempts * (step.interval + rendered.timeout)
         for attempt in range(1, attempts + 1):
             result, _ = await self.execute(step, rendered, host, quiet)
-            if result.ok or attempt == attempts:
+            if result.ok or attempt == attempts or not retryable(result) or \
+                    time.monotonic() + step.interval > deadline:
                 break
             await asyncio.sleep(step.interval)
         assert result is not None
-        result = StepResult(**{**result.__dict__,
-                               "facts": {**result.facts, "attempts": f"{attempt}/{attempts}"}})
+        facts = {**result.facts, "attempts": f"{attempt}/{attempts}"}
+        if not result.ok and attempt < attempts:
+            facts["gave_up"] = "a failure that retrying cannot fix"
+        result = StepResult(**{**result.__dict__, "facts": facts})
         await listener.step_finished(handle, result)
         return result

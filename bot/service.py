@@ -179,9 +179,12 @@ class Opsbot:
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
-                explicit: Mapping[str, str]) -> tuple[list[tuple[Host, dict[str, Any]]], list[str]]:
-        """Parameters per host: defaults < host vars (opsbot_*) < alert labels < explicit.
-        An invalid alert label is dropped with a note; an invalid explicit value is an error."""
+                explicit: Mapping[str, str],
+                discovered: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> tuple[list[tuple[Host, dict[str, Any]]], list[str]]:
+        """Parameters per host: defaults < discovered < host vars (opsbot_*) < alert labels <
+        explicit. An invalid alert label is dropped with a note; an invalid explicit value is an
+        error; a discovered value the runbook's types refuse is left out."""
         good_labels, notes = {}, []
         for key, value in labels.items():
             if key in runbook.params:
@@ -189,9 +192,65 @@ class Opsbot:
                     good_labels[key] = coerce_param(key, runbook.params[key], value)
                 except ParamInvalid as exc:
                     notes.append(f"Ignored alert label: {exc}")
-        out = [(host, resolve_params(runbook, host.opsbot_vars(), good_labels, explicit))
-               for host in hosts]
+        out = []
+        for host in hosts:
+            found: dict[str, Any] = {}
+            for key, value in (discovered or {}).get(host.name, {}).items():
+                if key in runbook.params:
+                    try:
+                        found[key] = coerce_param(key, runbook.params[key], value)
+                    except ParamInvalid as exc:
+                        notes.append(f"{host.name}: discovered value left out: {exc}")
+            out.append((host, resolve_params(runbook, found, host.opsbot_vars(), good_labels,
+                                             explicit)))
         return out, notes
+
+    def failing_url(self, runbook: Runbook, host: Host, labels: Mapping[str, str],
+                    explicit: Mapping[str, str]) -> str | None:
+        """The URL to trace: the alert's probe target (instance), else the runbook's URL
+        parameter as the user, the host or the runbook set it."""
+        for key in ("instance", "target", "url"):
+            value = labels.get(key, "")
+            if value.startswith(("http://", "https://")):
+                return value
+        for layer in (explicit, host.opsbot_vars()):
+            for key in ("url", "proxy_url"):
+                if layer.get(key):
+                    return str(layer[key])
+        spec = runbook.params.get("proxy_url")
+        return str(spec.default) if spec is not None and spec.default else None
+
+    async def trace(self, incident_id: int, runbook: Runbook, hosts: list[Host],
+                    labels: Mapping[str, str], explicit: Mapping[str, str]) -> dict[str, Chain]:
+        """Discovery on every host, before any check; each chain goes in the thread first."""
+        async def one(host: Host) -> tuple[Host, Chain | None]:
+            url = self.failing_url(runbook, host, labels, explicit)
+            if url is None:
+                return host, None
+            try:
+                return host, await self.discover(host, url)
+            except BotError as exc:
+                await self.reporter.note(incident_id, f"⚠️ {host.name}: discovery: {exc}")
+                return host, None
+
+        chains: dict[str, Chain] = {}
+        for host, chain in await asyncio.gather(*(one(h) for h in hosts)):
+            if chain is None:
+                continue
+            chains[host.name] = chain
+            notes = "".join(f"\n• {n}" for n in chain.notes)
+            await self.reporter.note(incident_id, f"🔗 {host.name}: {chain.text()}{notes}",
+                                     key=f"chain:{host.name}")
+        return chains
+
+    def backend_runbook(self, runbook: Runbook, labels: Mapping[str, str],
+                        chains: Mapping[str, Chain]) -> Runbook:
+        """An alert without a deployment label gets the runbook of the backend found behind
+        its URL (the same matchers, with deployment= what discovery found)."""
+        kinds = {c.owner.kind for c in chains.values() if c.owner is not None}
+        if "deployment" in labels or len(kinds) != 1:
+            return runbook
+        return self.catalog.select({**labels, "deployment": kinds.pop()}) or runbook
 
     async def run_target(self, runbook_name: str, target: str, explicit: Mapping[str, str], *,
                          requested_by: str, source: str, approver: Approver,
@@ -239,7 +298,18 @@ class Opsbot:
     async def run(self, incident: Incident, runbook: Runbook, hosts: list[Host], *,
                   labels: Mapping[str, str], requested_by: str, source: str,
                   approver: Approver, explicit: Mapping[str, str] | None = None) -> RunOutcome:
-        targets, notes = self.targets(runbook, hosts, labels, explicit or {})
+        explicit = explicit or {}
+        chains = await self.trace(incident.id, runbook, hosts, labels, explicit)
+        if source == "alert":
+            chosen = self.backend_runbook(runbook, labels, chains)
+            if chosen is not runbook:
+                owner = next(c.owner for c in chains.values() if c.owner is not None)
+                await self.reporter.note(incident.id, f"🧭 The backend is {owner.label}: "
+                                         f"running {chosen.name} instead of {runbook.name}.")
+                await self.store.update_incident(incident.id, "opsbot", runbook=chosen.name)
+                runbook = chosen
+        targets, notes = self.targets(runbook, hosts, labels, explicit,
+                                      {name: c.params() for name, c in chains.items()})
         for note in notes:
             await self.reporter.note(incident.id, f"⚠️ {note}")
         await self.void_pending(incident.id, "superseded by a new run of the incident")

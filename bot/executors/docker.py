@@ -1,10 +1,10 @@
 """`docker`: Docker Engine actions: ps, inspect, logs, exec, stats, networks, start/stop/restart.
 
 Each host's engine is where its `opsbot_docker` variable says: `local`, a `unix://` or `tcp://`
-URL, or `ssh`: the host's /var/run/docker.sock through the host's pooled SSH connection, forwarded
-to a unix socket in a private (0700) folder here (a TCP port would let any local user drive the
-remote engine). The docker SDK blocks: its calls run in a small pool of their own, bounded by the
-client's timeout and by the step's.
+URL, or `ssh` (the default): the host's /var/run/docker.sock through the host's pooled SSH
+connection, forwarded to a unix socket in a private (0700) folder here (a TCP port would let any
+local user drive the remote engine). The docker SDK blocks: its calls run in a small pool of their
+own, bounded by the client's timeout and by the step's.
 """
 
 from __future__ import annotations
@@ -127,10 +127,7 @@ class Engines:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def get(self, host: Host) -> _Engine:
-        spec = host.docker
-        if not spec:
-            raise EngineError(f"{host.name} has no Docker Engine configured: set its host variable"
-                              " opsbot_docker to local, ssh, unix:///PATH or tcp://HOST:PORT")
+        spec = host.docker or "ssh"  # zero configuration: the host's own engine, through SSH
         async with self._locks.setdefault(host.name, asyncio.Lock()):
             try:
                 conn = await self.ctx.ssh.connection(host) if spec == "ssh" else None

@@ -304,11 +304,14 @@ async def test_an_engine_that_is_down_fails_fast_with_a_clear_error(
         assert (result.status, result.error) == (StepStatus.ERROR, error)
 
 
-async def test_a_host_without_opsbot_docker_is_told_to_set_it(step: DockerStep) -> None:
-    out = await docker(step, Host("web09", "127.0.0.1"), action="ps")
+async def test_a_host_without_opsbot_docker_uses_its_engine_through_ssh(
+        step: DockerStep, docker_sshd: SshServer) -> None:
+    plain = ssh_host(docker_sshd)
+    plain = Host(plain.name, plain.address, plain.port, plain.user, plain.key_file)
 
-    assert out.error == ("web09 has no Docker Engine configured: set its host variable "
-                         "opsbot_docker to local, ssh, unix:///PATH or tcp://HOST:PORT")
+    out = await docker(step, plain, action="ps")
+
+    assert out.error is None and out.output.startswith("CONTAINER ID")
 
 
 async def test_an_ssh_user_outside_the_docker_group_is_told_so(

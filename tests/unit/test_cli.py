@@ -64,7 +64,8 @@ def test_dry_run_shows_every_rendered_command_per_host(tmp_path: Path) -> None:
     assert "# web01 (10.9.9.1:22)" in out.stdout and "# web02 (10.9.9.2:22)" in out.stdout
     assert "diagnostic/nginx_error_log: tail -n 7 /var/log/nginx/error.log" in out.stdout
     assert "remediation/start_program: supervisorctl -c /etc/supervisor/supervisord.conf " \
-           "start ds:docservice  [needs approval]" in out.stdout
+           "start ds:docservice  [when listed('supervisorctl_status', program)]  " \
+           "[needs approval]" in out.stdout
     assert not (tmp_path / "opsbot.db").exists() or \
         "INC-" not in opsbot(tmp_path, "incidents").stdout
     typo = opsbot(tmp_path, "run", "nginx-502", "web01", "--param", "log_lines=many")
