@@ -8,14 +8,23 @@ multiplied by (1 - weight) of every contradicting signal that fired:
     confidence = (1 - prod(1 - w_for)) * prod(1 - w_against)
 
 so several weak signals that agree beat one strong signal that something else contradicts.
+
+Evidence of now: given when the incident started (`since`), log lines whose own timestamp
+(bot/logtime.py) is older than that, less a margin, raise nothing; the lines that would have
+fired a signal are carried as `earlier` on the first cause, to be shown as history. A healthy
+answer is an answer: when every probe that ran got 2xx and no cause is named, the result is one
+`unknown` cause with detail `healthy_now`, no remediation, and the probe lines as evidence.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -23,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.errors import BotError, RunbookInvalid
+from bot.logtime import Clock, line_time
 from bot.models import Cause
 
 Label = Literal["upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
@@ -34,6 +44,13 @@ DEFAULT_STEPS = ("start_program", "restart_program", "reload_nginx", "docker_sta
 MAX_TEXT = 2_000_000  # characters of each step's output looked at: the most recent ones
 MAX_LINE = 8_000  # longer lines are skipped: they are data, not log lines
 MAX_QUOTES = 5
+MAX_EARLIER = 5
+MAX_TRIES = 50  # most recent matching lines a signal with `also` conditions tries
+PROBES = ("healthcheck", "proxy_check")  # the steps that fetch the service over HTTP
+PROBE_STATUS = re.compile(r"^HTTP (\d{3})$")
+HEALTHY_NOW = "healthy_now"
+HEALTHY_SUMMARY = ("The service answers now (every probe got 2xx) and no current log line names a "
+                   "cause; the failure the alert saw may have been brief.")
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 STEP_ID = re.compile(r"[a-z][a-z0-9_]*")
 Lines = Mapping[str, list[str]]  # step id -> its output's lines
@@ -53,6 +70,15 @@ class Condition(_Strict):
     pattern: str  # Python regex applied to each line; {param} is replaced by re.escape(value)
     absent: bool = False  # holds when the step was run but no line matches
 
+    @field_validator("step", mode="before")
+    @classmethod
+    def _flat(cls, step: Any) -> Any:
+        """A list may nest lists (a YAML alias of a shared step list): flatten it."""
+        if isinstance(step, list | tuple):
+            return tuple(s for part in step for s in (part if isinstance(part, list | tuple)
+                                                      else (part,)))
+        return step
+
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, pattern: str) -> str:
@@ -71,8 +97,11 @@ class Signal(Condition):
     weight: float = Field(gt=0, le=1)
     role: Literal["for", "against"] = "for"
     also: tuple[Condition, ...] = ()  # further conditions that must all hold for it to fire
+    unless: tuple[Condition, ...] = ()  # conditions of which none may hold for it to fire
     contradicts: tuple[Label, ...] = ()  # when it fires, also counts against these causes
     suggests: tuple[str, ...] = ()  # remediation offered when this signal fires
+    detail: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")  # a finer cause
+    source: str | None = None  # where the pattern's wording comes from (a URL or a program)
 
 
 class Remedy(_Strict):
@@ -106,11 +135,17 @@ class Rules(_Strict):
             for i, signal in enumerate(rule.signals):
                 for j, advice in enumerate(signal.suggests):
                     self._check_step(advice, f"causes.{label}.signals.{i}.suggests.{j}")
-                patterns = [signal.pattern, *(c.pattern for c in signal.also)]
-                for name in PLACEHOLDER.findall(" ".join(patterns)):
+                groups = set(_compile(PLACEHOLDER.sub("0", signal.pattern)).groupindex)
+                for name in PLACEHOLDER.findall(signal.pattern):
                     if name not in self.params:
                         raise ValueError(f"causes.{label}.signals.{i}.pattern: unknown parameter "
                                          f"{{{name}}} (declare it under params:)")
+                conditions = (*signal.also, *signal.unless)
+                for name in PLACEHOLDER.findall(" ".join(c.pattern for c in conditions)):
+                    if name not in self.params and name not in groups:
+                        raise ValueError(f"causes.{label}.signals.{i}.also: unknown parameter "
+                                         f"{{{name}}} (declare it under params: or name a group "
+                                         f"(?P<{name}>...) of the signal's pattern)")
         return self
 
     def _check_step(self, advice: str, where: str) -> None:
@@ -222,14 +257,26 @@ def load_evidence(path: Path | str) -> dict[str, Any]:
 
 
 def diagnose(rules: Rules, evidence: Mapping[str, Any],
-             params: Mapping[str, Any] | None = None) -> list[Cause]:
-    """Rank the causes the evidence supports, most likely first. Never raises on odd input."""
-    lines = _lines_by_step(evidence)
+             params: Mapping[str, Any] | None = None,
+             since: datetime | Clock | None = None) -> list[Cause]:
+    """Rank the causes the evidence supports, most likely first. Never raises on odd input.
+
+    `params` are the runbook's (or discovery's) facts: upstream_port, program, container, ...
+    `since` is when the incident started (a datetime, or a Clock that also knows the host's UTC
+    offset, its boot time and the margin): older log lines are shown as `earlier`, not counted.
+    """
+    clock = Clock(since) if isinstance(since, datetime) else since
+    lines, stale = _split_by_time(_lines_by_step(evidence), clock)
     params = _usable_params(params)
     fired: dict[str, list[tuple[Signal, str | None]]] = {label: [] for label in rules.causes}
     against: dict[str, list[float]] = {label: [] for label in rules.causes}
+    earlier: list[str] = []
     for label, rule in rules.causes.items():
         for signal in rule.signals:
+            if stale and signal.role == "for" and not signal.absent:
+                old = _holds(signal, stale, params)
+                if old and old not in earlier:
+                    earlier.append(old)
             hit = _fires(signal, lines, params)
             if hit is None:
                 continue
@@ -241,57 +288,136 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
                 if other in against:
                     against[other].append(signal.weight)
 
-    scores: dict[str, float] = {}
-    for label in rules.causes:
-        support = 1.0 - _product(1.0 - s.weight for s, _ in fired[label])
-        scores[label] = support * _product(1.0 - w for w in against[label])
+    def score(label: str, signals: list[tuple[Signal, str | None]]) -> float:
+        support = 1.0 - _product(1.0 - s.weight for s, _ in signals)
+        return support * _product(1.0 - w for w in against[label])
 
-    known = [(scores[label], rule) for label, rule in rules.causes.items() if label != "unknown"]
-    best = max((score for score, _ in known), default=0.0)
-    named = any(score >= (rule.threshold or rules.threshold) for score, rule in known)
-    if "unknown" in scores:  # a 502 whose cause nothing here explains
-        scores["unknown"] = 0.0 if named else scores["unknown"] * (1.0 - best)
+    scores: dict[str, float] = {label: min(score(label, fired[label]), rule.max_confidence)
+              for label, rule in rules.causes.items() if label != "unknown"}
+    best = max(scores.values(), default=0.0)
+    named = any(scores[label] >= (rule.threshold or rules.threshold)
+                for label, rule in rules.causes.items() if label != "unknown")
+    if "unknown" in rules.causes:
+        # `unknown` signals with a `detail` name a cause outside the labels (port in use, ...):
+        # scored like any cause. The others describe the bare symptom (a 502): reported, capped,
+        # only when no cause is named, and the less the better the best other cause fits.
+        rule = rules.causes["unknown"]
+        finer = [pair for pair in fired["unknown"] if pair[0].detail]
+        specific = score("unknown", finer)
+        symptom = 0.0 if named else min(score("unknown", fired["unknown"]) * (1.0 - best),
+                                        rule.max_confidence)
+        scores["unknown"] = max(specific, symptom)
+        named = named or specific >= (rule.threshold or rules.threshold)
+        if not finer:
+            fired["unknown"] = [pair for pair in fired["unknown"] if not pair[0].detail]
+    healthy = _probes_answer(lines)
+    if healthy and not named:
+        unknown = rules.causes.get("unknown")
+        return [Cause(cause="unknown", confidence=unknown.max_confidence if unknown else 0.45,
+                      evidence=tuple(dict.fromkeys(healthy)), remediation=(),
+                      summary=HEALTHY_SUMMARY, detail=HEALTHY_NOW,
+                      earlier=tuple(earlier[:MAX_EARLIER]))]
 
-    causes = [_cause(label, min(scores[label], rule.max_confidence), rule, fired[label], lines)
+    causes = [_cause(label, scores[label], rule, fired[label], lines)
               for label, rule in rules.causes.items()
-              if min(scores[label], rule.max_confidence) >= max(rules.report_floor, 1e-9)]
+              if scores[label] >= max(rules.report_floor, 1e-9)]
     causes.sort(key=lambda c: (-c.confidence, LABELS.index(c.cause)))
+    if earlier:
+        if not causes and "unknown" in rules.causes:  # only history: say so, name nothing
+            rule = rules.causes["unknown"]
+            causes = [Cause(cause="unknown", confidence=rules.report_floor,
+                            remediation=tuple(r for r in rule.remediation if isinstance(r, str)),
+                            summary=rule.summary)]
+        if causes:
+            causes[0] = replace(causes[0], earlier=tuple(earlier[:MAX_EARLIER]))
     return causes
 
 
+def _probes_answer(lines: Lines) -> list[str]:
+    """The probes' status lines when every probe that ran got 2xx; else []."""
+    found: list[str] = []
+    for step in PROBES:
+        if step not in lines:
+            continue
+        status = next((line for line in reversed(lines[step]) if PROBE_STATUS.match(line)), None)
+        if status is None or not status.startswith("HTTP 2"):
+            return []
+        found.append(status)
+    return found
+
+
+def _split_by_time(lines: dict[str, list[str]], clock: Clock | None
+                   ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(current, earlier) lines of each step. A line without a time of its own (a stack trace's
+    continuation) has the time of the line before it; lines before any time are current."""
+    if clock is None:
+        return lines, {}
+    current: dict[str, list[str]] = {}
+    earlier: dict[str, list[str]] = {}
+    for step, step_lines in lines.items():
+        now, old = current.setdefault(step, []), earlier.setdefault(step, [])
+        stale = False
+        for line in step_lines:
+            when = line_time(line, clock)
+            if when is not None:
+                try:
+                    stale = clock.is_earlier(when)
+                except (TypeError, OverflowError):  # a time that cannot be compared: current
+                    stale = False
+            (old if stale else now).append(line)
+    return current, {step: old for step, old in earlier.items() if old}
+
+
 def _fires(signal: Signal, lines: Lines, params: Params) -> str | None:
-    """None if the signal does not fire; else the line it rests on ('' for an absence)."""
-    hit = _holds(signal, lines, params)
-    if hit is None or any(_holds(c, lines, params) is None for c in signal.also):
-        return None
-    return hit
+    """None if the signal does not fire; else the line it rests on ('' for an absence).
+    The named groups of the line's match fill {placeholders} of the `also` conditions, so that
+    a condition can name what the line names (the address nginx dialed, its port)."""
+    for hit, groups in islice(_matches(signal, lines, params), MAX_TRIES):
+        scope = {**params, **groups}
+        if all(next(_matches(c, lines, scope), None) is not None for c in signal.also) and \
+                not any(next(_matches(c, lines, scope), None) is not None for c in signal.unless):
+            return hit
+    return None
 
 
 def _holds(cond: Condition, lines: Lines, params: Params) -> str | None:
+    return next((hit for hit, _ in _matches(cond, lines, params)), None)
+
+
+def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[str, dict[str, str]]]:
+    """The lines that satisfy a condition, most recent first, with their named groups; for an
+    absence, one ('', {}) when the step ran and no line matches."""
     present = [step for step in cond.steps if step in lines]
     if not present:
-        return None
+        return
     if any(name not in params for name in PLACEHOLDER.findall(cond.pattern)):
-        return None  # cannot be judged without the parameter
+        return  # cannot be judged without the parameter
     regex = _compile(PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), cond.pattern))
-    hit = next((line for step in present for line in reversed(lines[step]) if regex.search(line)),
-               None)  # the most recent matching line
+    found = ((line, match) for step in present for line in reversed(lines[step])
+             if (match := regex.search(line)))
     if cond.absent:
-        return "" if hit is None else None
-    return hit
+        if next(found, None) is None:
+            yield "", {}
+        return
+    for line, match in found:
+        yield line, {k: v for k, v in match.groupdict().items() if v is not None}
 
 
 def _cause(label: str, score: float, rule: CauseRule,
            fired: list[tuple[Signal, str | None]], lines: Lines) -> Cause:
     quotes: list[str] = []
-    remediation = [item if isinstance(item, str) else item.do for item in rule.remediation
-                   if isinstance(item, str) or any(step in lines for step in item.when)]
-    for signal, line in sorted(fired, key=lambda pair: -pair[0].weight):
+    ranked = sorted(fired, key=lambda pair: -pair[0].weight)
+    finer = next((signal for signal, _ in ranked if signal.detail), None)
+    remediation = list(finer.suggests) if finer else []
+    remediation += [item if isinstance(item, str) else item.do for item in rule.remediation
+                    if isinstance(item, str) or any(step in lines for step in item.when)]
+    for signal, line in ranked:
         if line and line not in quotes and len(quotes) < MAX_QUOTES:
             quotes.append(line)
         remediation.extend(s for s in signal.suggests if s not in remediation)
     return Cause(cause=label, confidence=round(score, 4), evidence=tuple(quotes),
-                 remediation=tuple(dict.fromkeys(remediation)), summary=rule.summary)
+                 remediation=tuple(dict.fromkeys(remediation)), summary=rule.summary,
+                 detail=finer.detail if finer else None)
 
 
 def _usable_params(params: Any) -> dict[str, str]:

@@ -160,10 +160,17 @@ class Cause:
     remediation: tuple[str, ...] = ()
     host: str | None = None
     summary: str = ""
+    detail: str | None = None  # a finer cause, e.g. "proxy_buffers_too_small", "healthy_now"
+    earlier: tuple[str, ...] = ()  # matching lines older than the incident: shown, not counted
 
     def to_json(self) -> JSON:
-        return {"cause": self.cause, "confidence": round(self.confidence, 3),
-                "evidence": list(self.evidence), "remediation": list(self.remediation)}
+        out: JSON = {"cause": self.cause, "confidence": round(self.confidence, 3),
+                     "evidence": list(self.evidence), "remediation": list(self.remediation)}
+        if self.detail:
+            out["detail"] = self.detail
+        if self.earlier:
+            out["earlier"] = list(self.earlier)
+        return out
 
 
 class IncidentStatus(StrEnum):

@@ -169,7 +169,8 @@ async def test_healthy_lab_names_no_cause(healthy_web: WebLab, runner: Runner,
     report = await diagnose(runner, runbook, web01)
 
     assert_healthy(report)
-    assert report.causes == [] and report.proposals == []
+    assert [(c.cause, c.detail) for c in report.causes] == [("unknown", "healthy_now")]
+    assert report.proposals == []
 
 
 async def test_healed_lab_names_no_cause_despite_old_errors(
