@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from bot.diagnosis import (
     load_rules,
 )
 from bot.errors import BotError, RunbookInvalid
+from bot.logtime import Clock, line_time
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
@@ -54,7 +56,8 @@ def malformed(path: Path) -> str | None:
     case = load_case(path)
     field = path.parent.name == "field"
     keys = set(case)
-    if not (FIELD_KEYS <= keys <= FIELD_KEYS | FIELD_OPTIONAL if field else keys == LAB_KEYS):
+    if not (FIELD_KEYS <= keys <= FIELD_KEYS | FIELD_OPTIONAL if field
+            else LAB_KEYS <= keys <= LAB_KEYS | {"since"}):
         return f"keys {sorted(keys)}"
     if case["label"] not in LABELS or not path.stem.startswith(case["label"] + "--"):
         return "label is not a contract label, or not the file name's prefix"
@@ -193,6 +196,173 @@ def test_unknown_when_a_502_has_no_explanation(rules):
     assert [c.cause for c in causes] == ["unknown"]
     assert causes[0].confidence <= 0.5
     assert causes[0].evidence == ("HTTP 502",)
+
+
+def evidence_of(name: str) -> dict:
+    """The evidence of a lab capture or a field training case, by file name."""
+    field = ROOT / "tests" / "data" / "evidence" / "field" / f"{name}.json"
+    path = field if field.exists() else ROOT / "tests" / "data" / "evidence" / f"{name}.json"
+    assert path in TRAIN, "tests use training cases only"
+    return load_case(path)["evidence"]
+
+
+def line_of(name: str, step: str, words: str) -> str:
+    """A verbatim line of a corpus case's step output."""
+    return next(line for line in evidence_of(name)[step].splitlines() if words in line)
+
+
+# ---------------------------------------------------------------- evidence of now
+
+
+@pytest.mark.parametrize(("name", "step", "words", "when"), [
+    ("upstream_down--supervisor-stopped", "nginx_error_log", "111: Connection refused",
+     datetime(2026, 11, 22, 3, 4, 34)),                                         # nginx
+    ("dependency_down--live-lab-dependency-down", "journal", "spawned",
+     datetime(2026, 11, 22, 3, 44, 13, 290000)),                                # supervisord
+    ("dependency_down--live-lab-dependency-down", "app_logs", "ECONNREFUSED",
+     datetime(2026, 11, 22, 3, 44, 13, 340000)),                                # log4js
+    ("dependency_down--docker-amqp-loop", "docker_logs", "TCPConnectWrap",
+     datetime(2023, 7, 23, 5, 20, 33, 393944, tzinfo=UTC)),                     # docker -t
+    ("dependency_down--postgres-failed-to-start", "docker_logs", "could not translate",
+     datetime(2019, 7, 10, 22, 55, 54, tzinfo=UTC)),                            # PostgreSQL
+    ("oom_killed--a-ddev-php-fpm-sigkill", "docker_logs", "SIGKILL",
+     datetime(2020, 10, 16, 17, 3, 39)),                                        # php-fpm
+    ("upstream_timeout--a-meinheld-gunicorn-worker-timeout", "docker_logs", "WORKER TIMEOUT",
+     datetime(2019, 9, 22, 9, 26, 1, tzinfo=timezone(-timedelta(hours=4)))),    # gunicorn
+    ("upstream_down--stopped-backend-earlier-oom-in-dmesg-T", "kernel_log", "Killed process",
+     datetime(2026, 11, 29, 18, 40, 53)),                                       # dmesg -T
+    ("wrong_proxy_config--a-enju-leaf-rails-too-big-header", "nginx_error_log", "too big",
+     datetime(2023, 7, 9, 2, 39, 30)),                                          # compose prefix
+])
+def test_log_lines_carry_their_time(name, step, words, when):
+    assert line_time(line_of(name, step, words)) == when
+
+
+def test_journal_and_dmesg_times_need_the_clock():
+    journal = line_of("upstream_crashloop--systemd-start-limit-hit", "systemctl_status",
+                      "Scheduled restart job")  # "Jul 18 18:47:29 host systemd[1]: ..."
+    assert line_time(journal) is None  # no year in the line
+    clock = Clock(since=datetime(2026, 8, 1, tzinfo=UTC))
+    assert line_time(journal, clock) == datetime(2026, 7, 18, 18, 47, 29)
+    january = Clock(since=datetime(2027, 1, 2, tzinfo=UTC))  # July's line read in January
+    assert line_time(journal, january) == datetime(2026, 7, 18, 18, 47, 29)
+    dmesg = line_of("oom_killed--cgroup-kills-supervisord-too", "kernel_log", "Killed process")
+    assert line_time(dmesg, clock) is None  # seconds since boot, boot time unknown
+    booted = Clock(since=clock.since, booted_at=datetime(2026, 7, 31, 23, 0, tzinfo=UTC))
+    assert line_time(dmesg, booted) == booted.booted_at + timedelta(seconds=1276.027618)
+
+
+def test_a_zone_less_time_is_earlier_only_when_it_is_under_any_zone():
+    since = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    clock = Clock(since=since, margin=timedelta(minutes=5))
+    assert not clock.is_earlier(datetime(2026, 11, 22, 3, 0))  # could be UTC+9: 18:00 UTC
+    assert clock.is_earlier(datetime(2026, 11, 21, 3, 0))  # a day before: earlier anywhere
+    assert clock.is_earlier(datetime(2026, 11, 22, 11, 54, tzinfo=UTC))
+    assert not clock.is_earlier(datetime(2026, 11, 22, 11, 56, tzinfo=UTC))  # within the margin
+    tokyo = Clock(since=since, utc_offset=timedelta(hours=9))
+    assert not tokyo.is_earlier(datetime(2026, 11, 22, 20, 59))  # 11:59 UTC
+    assert tokyo.is_earlier(datetime(2026, 11, 22, 20, 50))  # 11:50 UTC
+    naive = Clock(since=datetime(2026, 11, 22, 12, 0))  # both in the host's local time
+    assert naive.is_earlier(datetime(2026, 11, 22, 11, 50))
+
+
+def test_an_earlier_oom_kill_does_not_make_a_stopped_backend_oom_killed(rules):
+    name = "upstream_down--stopped-backend-earlier-oom-in-dmesg-T"
+    case = load_case(ROOT / "tests" / "data" / "evidence" / f"{name}.json")
+    oom = line_of(name, "kernel_log", "Memory cgroup out of memory: Killed process")
+    for since in (datetime.fromisoformat(case["since"]), None):
+        causes = diagnose(rules, case["evidence"], case["params"], since=since)
+        assert causes[0].cause == "upstream_down" and causes[0].confidence > 0.9
+        assert "oom_killed" not in [c.cause for c in causes]
+        assert (oom in causes[0].earlier) is (since is not None)
+    # the same kill, current, of a backend that was not stopped by hand: oom_killed
+    running = {"kernel_log": case["evidence"]["kernel_log"]}
+    assert diagnose(rules, running, case["params"])[0].cause == "oom_killed"
+
+
+def test_errors_older_than_the_incident_raise_nothing_and_are_shown_as_earlier(rules):
+    evidence = evidence_of("upstream_down--nginx-log-only")  # nginx: refused, 2026/11/22 03:04
+    old = evidence["nginx_error_log"].splitlines()[-1]
+    now = diagnose(rules, evidence, PARAMS, since=datetime(2026, 11, 22, 3, 5))
+    assert now[0].cause == "upstream_down" and old in now[0].evidence
+    later = diagnose(rules, evidence, PARAMS, since=datetime(2026, 11, 22, 9, 0))
+    assert [c.cause for c in later] == ["unknown"] and later[0].evidence == ()
+    assert old in later[0].earlier and later[0].to_json()["earlier"]
+    healed = {**evidence, **HEALTHY}  # and the service answers now
+    answer = diagnose(rules, healed, PARAMS, since=datetime(2026, 11, 22, 9, 0))
+    assert [(c.cause, c.detail) for c in answer] == [("unknown", HEALTHY_NOW)]
+    assert old in answer[0].earlier and answer[0].remediation == ()
+
+
+def test_a_stack_trace_line_takes_the_time_of_the_line_above(rules):
+    evidence = {"app_logs": evidence_of("tls_mismatch--b-converter-unable-to-verify-first-"
+                                        "certificate")["app_logs"]}  # [2018-04-10 ...] + Error:
+    current = diagnose(rules, evidence, since=datetime(2018, 4, 10, 14, 18))
+    assert current[0].cause == "tls_mismatch"
+    assert current[0].detail == "certificate_chain_untrusted"
+    stale = diagnose(rules, evidence, since=datetime(2018, 4, 11))
+    assert "tls_mismatch" not in [c.cause for c in stale]
+    assert "Error: unable to verify the first certificate" in stale[0].earlier
+
+
+# ---------------------------------------------------------------- misleading evidence
+
+
+def test_refused_on_ipv6_localhost_is_the_address_not_a_down_backend(rules):
+    causes = diagnose(rules, evidence_of("wrong_proxy_config--a-suse-rmt-ipv6-localhost"))
+    assert (causes[0].cause, causes[0].detail) == ("wrong_proxy_config", "ipv6_localhost")
+    assert "127.0.0.1" in causes[0].remediation[0]
+    # the same [::1] refusal where nothing listens on the port at all: the backend is down
+    snap = diagnose(rules, evidence_of("upstream_down--onlyoffice-snap-nothing-on-8000"),
+                    {"upstream_port": 8000})
+    assert snap[0].cause == "upstream_down"
+
+
+def test_a_stale_upstream_address_is_not_a_down_backend(rules):
+    moved = diagnose(rules, evidence_of("dns_or_network--a-vllm-bench-stale-upstream-ip"))
+    assert (moved[0].cause, moved[0].detail) == ("dns_or_network", "stale_upstream_address")
+    assert all(c.cause != "upstream_down" or c.confidence < 0.2 for c in moved)
+    # refused on a container address with nothing saying the container moved: down
+    down = diagnose(rules, evidence_of("upstream_down--a-flask-gunicorn-docker-wrong-dash"))
+    assert down[0].cause == "upstream_down"
+
+
+def test_an_unreachable_dependency_the_app_never_names_is_weak(rules):
+    crashloop = evidence_of("upstream_crashloop--live-lab-crashloop")
+    unused = evidence_of("dependency_down--probe-only-all-down")["dependencies"]
+    causes = diagnose(rules, {**crashloop, "dependencies": unused}, PARAMS)
+    assert causes[0].cause == "upstream_crashloop"
+    assert {c.cause: c.confidence for c in causes}.get("dependency_down", 0) < 0.5
+    assert any("local.json" in quote for quote in causes[0].evidence) or \
+        any("FATAL" in quote for quote in causes[0].evidence)
+    # the app's own complaint about the dependency outranks its crash loop
+    named = diagnose(rules, evidence_of("dependency_down--live-lab-dependency-down"), PARAMS)
+    assert named[0].cause == "dependency_down"
+    # an empty dependency list is valid evidence: nothing unreachable, nothing raised
+    empty = diagnose(rules, {**crashloop, "dependencies": ""}, PARAMS)
+    assert empty[0].cause == "upstream_crashloop"
+    assert "dependency_down" not in [c.cause for c in empty]
+
+
+@pytest.mark.parametrize(("name", "label", "detail"), [
+    ("wrong_proxy_config--a-enju-leaf-rails-too-big-header", "wrong_proxy_config",
+     "proxy_buffers_too_small"),
+    ("wrong_proxy_config--a-geonode-uwsgi-buffer-size", "wrong_proxy_config",
+     "uwsgi_buffer_size_too_small"),
+    ("unknown--b-ynh-docservice-eaddrinuse-8000", "unknown", "port_already_in_use"),
+    ("disk_full--c-tmpfs-run-full-wordops", "disk_full", "tmpfs_full"),
+    ("upstream_timeout--a-iocage-nextcloud-php-fpm-max-children", "upstream_timeout",
+     "php_fpm_max_children"),
+    ("oom_killed--a-ddev-php-fpm-sigkill", "oom_killed", "php_fpm_child_sigkill"),
+    ("dependency_down--b-proxmox-lxc-amqp-403-access-refused", "dependency_down",
+     "amqp_access_refused"),
+])
+def test_recurring_causes_outside_the_labels_carry_a_detail_and_advice(rules, name, label,
+                                                                        detail):
+    top = diagnose(rules, evidence_of(name))[0]
+    assert (top.cause, top.detail) == (label, detail)
+    assert top.remediation and (detail is None or top.to_json()["detail"] == detail)
+    assert top.evidence
 
 
 def test_healthy_is_an_answer_that_proposes_nothing(rules):
