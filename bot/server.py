@@ -120,8 +120,13 @@ async def one_line_errors(request: web.Request, handler: Any) -> web.StreamRespo
     else unexpected a 500; the details go to opsbot's own log."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:  # aiohttp's own 404, 405, 413...: the same JSON line
+        if exc.status < 400:
+            raise
+        refusal = error(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            refusal.headers["Allow"] = exc.headers["Allow"]
+        return refusal
     except (sqlite3.Error, StoreError) as exc:
         log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
         return error(503, f"the store cannot be written ({exc}); nothing was accepted, "

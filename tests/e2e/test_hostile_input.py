@@ -205,3 +205,32 @@ async def test_a_client_that_never_finishes_its_headers_is_dropped(
     # the bot still answers everyone else
     async with light_bot.session.get(f"{light_bot.url}/healthz") as resp:
         assert resp.status == 200
+
+
+@pytest.mark.bot_env(OPSBOT_METRICS_TOKEN="metrics-token")
+async def test_health_is_read_only_and_terse_and_metrics_need_the_token(
+        light_bot: RunningBot) -> None:
+    bot = light_bot
+
+    def snapshot() -> list[Any]:
+        db = bot.store().db
+        return [list(db.query("SELECT * FROM meta ORDER BY key")),
+                list(db.query("SELECT count(*) AS n FROM audit")),
+                (bot.settings.db.stat().st_mtime_ns, bot.settings.db.stat().st_size)]
+
+    before = snapshot()
+    for _ in range(5):
+        async with bot.session.get(f"{bot.url}/healthz") as resp:
+            assert resp.status == 200 and await resp.json() == {"status": "ok", "slack": "http"}
+    async with bot.session.get(f"{bot.url}/healthz",
+                               headers={"Authorization": "Bearer metrics-token"}) as resp:
+        detail = await resp.json()
+    assert detail["runbooks"] and detail["hosts"] == 1 and detail["store"] == "ok"
+    assert str(bot.settings.db) not in json.dumps(detail)
+    assert snapshot() == before  # nothing written
+    for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer \xff"}):
+        async with bot.session.get(f"{bot.url}/metrics", headers=auth) as resp:
+            assert resp.status == 401 and "OPSBOT_METRICS_TOKEN" in (await resp.json())["error"]
+    async with bot.session.get(f"{bot.url}/metrics",
+                               headers={"Authorization": "Bearer metrics-token"}) as resp:
+        assert resp.status == 200 and "opsbot_incidents_open 0" in await resp.text()
