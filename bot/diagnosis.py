@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot.errors import BotError, RunbookInvalid
 from bot.logtime import Clock, line_time
-from bot.models import Cause
+from bot.models import HEALTHY_NOW, Cause
 
 Label = Literal["upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
                 "dns_or_network", "wrong_proxy_config", "tls_mismatch", "dependency_down",
@@ -48,7 +48,6 @@ MAX_EARLIER = 5
 MAX_TRIES = 50  # most recent matching lines a signal with `also` conditions tries
 PROBES = ("healthcheck", "proxy_check")  # the steps that fetch the service over HTTP
 PROBE_STATUS = re.compile(r"^HTTP (\d{3})$")
-HEALTHY_NOW = "healthy_now"
 HEALTHY_SUMMARY = ("The service answers now (every probe got 2xx) and no current log line names a "
                    "cause; the failure the alert saw may have been brief.")
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")

@@ -150,6 +150,9 @@ class StepResult:
         return self.status is StepStatus.OK
 
 
+HEALTHY_NOW = "healthy_now"  # Cause.detail of the answer "the service answers now"
+
+
 @dataclass(frozen=True)
 class Cause:
     """A ranked root-cause candidate with the lines it rests on."""

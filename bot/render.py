@@ -9,7 +9,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.models import Cause, Incident, IncidentStatus, RenderedStep, StepResult, StepStatus
+from bot.models import (
+    HEALTHY_NOW,
+    Cause,
+    Incident,
+    IncidentStatus,
+    RenderedStep,
+    StepResult,
+    StepStatus,
+)
 
 SECTION_LIMIT = 3000
 CODE_LIMIT = 2600  # room for the fences and a note inside one section
@@ -139,12 +147,24 @@ def diagnosis_message(host: str, causes: Sequence[Cause], advice: Sequence[str],
         return Message(text=text, blocks=[_section(text + "; see the step outputs above.")])
     top = causes[0]
     summary = top.summary or (summaries or {}).get(top.cause, "")
+    earlier = (_context("Earlier, before the incident (not counted):\n"
+                        + _code("\n".join(top.earlier), 600)) if top.earlier else None)
+    if top.detail == HEALTHY_NOW:
+        text = f"✅ `{host}` answers now: every probe got 2xx and no current error names a cause"
+        blocks = [_section(f"{text}\n{_esc(summary)}" if summary else text)]
+        blocks += [earlier] if earlier else []
+        return Message(text=f"✅ {host}: answers now, nothing to fix", blocks=blocks,
+                       detail="\n".join(f"  earlier > {line}" for line in top.earlier))
     head = f"🩺 Likely cause on `{host}`: *{top.cause}* ({top.confidence:.0%})"
+    if top.detail:
+        head += f" · `{top.detail}`"
     if summary:
         head += f"\n{_esc(summary)}"
     blocks = [_section(head)]
     if top.evidence:
         blocks.append(_section("*Evidence*\n" + _code("\n".join(top.evidence))))
+    if earlier:
+        blocks.append(earlier)
     others = [f"`{c.cause}` ({c.confidence:.0%})" for c in causes[1:4]]
     if others:
         blocks.append(_context("Other candidates: " + ", ".join(others)))
