@@ -265,7 +265,8 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
     offset, its boot time and the margin): older log lines are shown as `earlier`, not counted.
     """
     clock = Clock(since) if isinstance(since, datetime) else since
-    lines, stale = _split_by_time(_lines_by_step(evidence), clock)
+    current, earlier_lines = _split_by_time(_lines_by_step(evidence), clock)
+    lines, stale = StepLines(current), StepLines(earlier_lines)
     params = _usable_params(params)
     fired: dict[str, list[tuple[Signal, str | None]]] = {label: [] for label in rules.causes}
     against: dict[str, list[float]] = {label: [] for label in rules.causes}
@@ -391,7 +392,11 @@ def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[st
         return
     if any(name not in params for name in PLACEHOLDER.findall(cond.pattern)):
         return  # cannot be judged without the parameter
-    regex = _compile(PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), cond.pattern))
+    pattern = PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), cond.pattern)
+    regex = _compile(pattern)
+    if isinstance(lines, StepLines):  # one scan of the whole text rules most steps out at once
+        whole = _compile(pattern, re.MULTILINE)
+        present = [step for step in present if whole.search(lines.text(step))]
     found = ((line, match) for step in present for line in reversed(lines[step])
              if (match := regex.search(line)))
     if cond.absent:
@@ -464,9 +469,23 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-@lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+@lru_cache(maxsize=2048)
+def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+class StepLines(dict[str, list[str]]):
+    """The lines of each step, and each step's text joined once: a regex that finds nothing in
+    the whole text finds nothing in any line, so most signals cost one scan, not one per line."""
+
+    def __init__(self, lines: Mapping[str, list[str]]) -> None:
+        super().__init__(lines)
+        self._texts: dict[str, str] = {}
+
+    def text(self, step: str) -> str:
+        if step not in self._texts:
+            self._texts[step] = "\n".join(self[step])
+        return self._texts[step]
 
 
 def _product(values: Any) -> float:
