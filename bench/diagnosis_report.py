@@ -33,6 +33,7 @@ from bot.models import Cause  # noqa: E402
 CORPUS = ROOT / "tests" / "data" / "evidence"
 FIELD = CORPUS / "field"
 Part = Literal["train", "held_out", "all"]
+LAB_STACK = "lab stand-in (nginx, supervisord/Docker)"
 
 
 # ---------------------------------------------------------------- the split (the only one)
@@ -110,8 +111,8 @@ def measure(rules: Rules, paths: Iterable[Path]) -> list[dict[str, Any]]:
             "confidences": [round(c.confidence, 2) for c in causes],
             "top1": ranked[:1] == [case["label"]] or (not ranked and case["label"] == "unknown"),
             "top3": case["label"] in ranked[:3] or (not ranked and case["label"] == "unknown"),
-            "origin": "field" if path.parent == FIELD else origin(case["source"]),
-            "stack": stack_of(case),
+            "origin": (kind := "field" if path.parent == FIELD else origin(case["source"])),
+            "stack": LAB_STACK if kind == "lab" else stack_of(case),
             "steps": sorted(case["evidence"]),
         })
     return rows
@@ -423,7 +424,8 @@ totals below.
 ### Per stack
 
 The stack is the case's `stack` field, else guessed from its text (first match of OnlyOffice,
-php-fpm, uwsgi, gunicorn, unicorn/puma, Java, Go, Node.js, Python; then Docker; else other).
+php-fpm, uwsgi, gunicorn, unicorn/puma, Java, Go, Node.js, Python; then Docker; else other); the
+lab captures run a stand-in backend under supervisord or Docker behind nginx.
 
 {stacks}
 
@@ -477,6 +479,20 @@ Held-out part (totals only):
 - **A local policy refusal looks like a permission problem**: an `ip route add prohibit` makes
   connect() fail with `(13: Permission denied) while connecting to upstream`, logged at `[crit]`,
   as SELinux does.
+- **Refused on `[::1]` is not a down backend.** nginx resolves `localhost` to `::1` first; a
+  backend bound to `127.0.0.1` refuses it there and answers on IPv4. It is a down backend only
+  when nothing listens on the port at all, or `127.0.0.1` refuses too (the rule's `unless`).
+- **A container that moved keeps failing through nginx.** nginx resolves an upstream name once,
+  at start: after `docker compose up` recreated the backend with a new address, nginx dials the
+  old one (`113: No route to host`, or refused by whoever got it) while the backend runs.
+- **Inside a container, 127.0.0.1 is the container.** nginx in a container whose clients come
+  from the bridge gateway (`client: 172.17.0.1`) and that dials `127.0.0.1:9000` reaches itself.
+- **"No space left on device" with room on `df -h`** is inode exhaustion (`df -i`).
+- **The kernel log is history.** `dmesg` keeps OOM kills of any process from any time (a `tail`
+  in another test's container, minutes before): it does not explain a backend stopped by hand,
+  and with the incident's start known it is shown as earlier, not counted.
+- **An unreachable dependency the app never names is weak.** The default probe list may name
+  services the backend does not use; the app's own connect error is what counts.
 - **systemctl ellipsizes** long journal lines (`... connect ECONNRE>` in the quoted OnlyOffice
   status), so patterns must match a prefix.
 - **A full filesystem still lets empty files be created**: with its error log on a full tmpfs,

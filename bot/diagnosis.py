@@ -292,8 +292,9 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
         support = 1.0 - _product(1.0 - s.weight for s, _ in signals)
         return support * _product(1.0 - w for w in against[label])
 
-    scores: dict[str, float] = {label: min(score(label, fired[label]), rule.max_confidence)
-              for label, rule in rules.causes.items() if label != "unknown"}
+    scores: dict[str, float] = {
+        label: min(score(label, fired[label]), rule.max_confidence)
+        for label, rule in rules.causes.items() if label != "unknown"}
     best = max(scores.values(), default=0.0)
     named = any(scores[label] >= (rule.threshold or rules.threshold)
                 for label, rule in rules.causes.items() if label != "unknown")
@@ -308,8 +309,6 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
                                         rule.max_confidence)
         scores["unknown"] = max(specific, symptom)
         named = named or specific >= (rule.threshold or rules.threshold)
-        if not finer:
-            fired["unknown"] = [pair for pair in fired["unknown"] if not pair[0].detail]
     healthy = _probes_answer(lines)
     if healthy and not named:
         unknown = rules.causes.get("unknown")
