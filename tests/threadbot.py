@@ -26,7 +26,7 @@ CHANNEL = "C0INCIDENT"
 class ThreadBot:
     url: str
     db: Path
-    requests: int = 0  # sent by the tests that use it, for the record
+    requests: int = 0  # sent by test_openapi_fuzz, for the record
 
 
 @pytest.fixture(scope="session")

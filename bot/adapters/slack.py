@@ -202,9 +202,10 @@ class Operators:
             try:
                 resp = await self.client.usergroups_users_list(usergroup=group)
                 members = frozenset(u for u in resp.get("users") or () if isinstance(u, str))
-            except (SlackApiError, OSError, ValueError) as exc:  # refuse rather than guess
+            except (SlackApiError, OSError, ValueError) as exc:
+                # keep what was known (else nobody: refuse rather than guess); ask again later
                 log.warning("members of usergroup %s unknown: %s", group, exc)
-                return cached[1] if cached else members
+                members = cached[1] if cached else members
         self._members[group] = (now + USERGROUP_TTL, members)
         return members
 

@@ -143,3 +143,21 @@ async def test_bolt_payload_shapes_get_answers(light_bot: RunningBot,
     assert "opsbot cannot tell who clicked; nothing was run." in said
     assert bot.store().list_incidents() == []
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.bot_env(OPSBOT_OPERATORS="S0ONCALL,U0ALICE,S0GONE")
+async def test_operators_may_be_usergroups(light_bot: RunningBot) -> None:
+    bot = light_bot
+    bot.slack.usergroups["S0ONCALL"] = ["U0DAVE"]  # S0GONE does not exist: nobody is in it
+    for user, allowed in (("U0DAVE", True), ("U0ALICE", True), ("U0CAROL", False),
+                          ("U0BOB", False)):  # an approver, but not an operator here
+        status, text = await bot.slash("run nginx-502 edge01 --plan", user=user)
+        answer = json.loads(text)["text"]
+        assert status == 200
+        assert ("Plan for nginx-502 on edge01" in answer) is allowed, (user, answer)
+        assert ("Only operators may `run`" in answer) is not allowed, (user, answer)
+    asked = [p for m, p in bot.slack.calls if m == "usergroups.users.list"]
+    assert {p["usergroup"] for p in asked} == {"S0ONCALL", "S0GONE"}
+    assert sorted(p["usergroup"] for p in asked) == ["S0GONE", "S0ONCALL"]  # each once: cached
+    refused = [r for r in bot.store().audit_records() if r["action"] == "command.refused"]
+    assert sorted(r["actor"] for r in refused) == ["U0BOB", "U0CAROL"]
