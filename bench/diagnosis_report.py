@@ -1,14 +1,13 @@
 """Measure the 502 diagnosis rules on the evidence corpus and write docs/diagnosis.md.
 
-    python bench/diagnosis_report.py [--rules RULES.yaml] [--out docs/diagnosis.md] [--held-out]
+    python bench/diagnosis_report.py [--rules RULES.yaml] [--out docs/diagnosis.md] [--train-only]
 
 Top-1: the labelled cause is ranked first. Top-3: it is among the first three causes returned.
 
 The corpus is the lab captures (tests/data/evidence/*.json) and the field cases quoted from public
 issue threads (tests/data/evidence/field/*.json). A fixed third of the field cases is held out
-(`is_held_out`): rules are tuned on the rest (the training part) only. Held-out cases are measured
-only with --held-out, and only as totals: this script never prints a held-out case's name or
-contents.
+(`is_held_out`): rules are tuned on the rest (the training part) only, with --train-only. Held-out
+cases are measured only as totals: this script never prints a held-out case's name or contents.
 """
 
 from __future__ import annotations
@@ -228,7 +227,7 @@ def render(train: list[dict[str, Any]], held: list[dict[str, Any]] | None,
     origins = Counter(r["origin"] for r in train)
     rel = rules_path.relative_to(ROOT) if rules_path.is_relative_to(ROOT) else rules_path
     held_matrix = (confusion_matrix(held) if held is not None
-                   else "Not measured in this run (`--held-out`).")
+                   else "Not measured in this run (`--train-only`).")
     return TEMPLATE.format(
         rules=rel, n=len(train), lab=origins["lab"], quoted=origins["quoted"],
         mixed=origins["mixed"], field=origins["field"],
@@ -388,14 +387,21 @@ Every error reads `file:line: path.in.file: what is wrong`.
 ## How to add or change a rule
 
 1. Reproduce the fault and save what each diagnostic step printed as a new case,
-   `tests/data/evidence/<label>--<what>.json`: `{{"label", "source", "params", "evidence"}}`. The
-   `source` says which program and version printed it, in which fault, or which issue it is
-   quoted from. Never write log lines by hand.
-2. Add or adjust signals in the rules file: prefer a specific pattern with a high weight plus a
-   couple of weak corroborating ones, and add `role: against` / `contradicts` for the evidence that
-   rules the cause out.
-3. Run `python -m pytest tests/unit/test_diagnosis.py -q` (every case's label must come first, every
-   quote must be a line of its input) and `python bench/diagnosis_report.py` to update this page.
+   `tests/data/evidence/<label>--<what>.json`: `{{"label", "source", "params", "evidence"}}` (and
+   `since`, the incident's start, when the case is about time). The `source` says which program
+   and version printed it, in which fault, or which issue it is quoted from. A case quoted from a
+   public thread goes to `tests/data/evidence/field/<label>--<prefix>-<slug>.json` with its
+   `source_url`, the verbatim quote that establishes the cause (`established_by`) and an optional
+   `detail`. Never write log lines by hand.
+2. Add or adjust signals in the rules file, looking only at the training part: prefer a specific
+   pattern with a high weight plus a couple of weak corroborating ones, add `role: against` /
+   `contradicts` / `unless` for the evidence that rules the cause out, and record in `source:`
+   where the wording comes from.
+3. Run `python -m pytest tests/unit/test_diagnosis.py -q -k "not held_out"` (every lab case's label
+   first, at least 90 % of the field training cases, every quote a line of its input) and
+   `python bench/diagnosis_report.py --train-only`. Measure the held-out third
+   (`python bench/diagnosis_report.py`, which rewrites this page with both figures) only when the
+   rules are done, and report the figure whatever it is: tuning on it makes it worthless.
 
 ## Evidence steps and their commands
 
@@ -510,12 +516,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", type=Path, default=ROOT / "runbooks/rules/http-502.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/diagnosis.md")
-    parser.add_argument("--held-out", action="store_true",
-                        help="also measure the held-out third (totals only)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="measure the training part only (while tuning rules: the held-out "
+                             "third is looked at only at the end, and only as totals)")
     args = parser.parse_args()
     rules = load_rules(args.rules.resolve())
     train = measure(rules, corpus_cases("train"))
-    held = measure(rules, corpus_cases("held_out")) if args.held_out else None
+    held = None if args.train_only else measure(rules, corpus_cases("held_out"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(train, held, args.rules.resolve()), encoding="utf-8")
     for name, rows in (("training", train), ("held-out", held)):
