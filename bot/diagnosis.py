@@ -264,7 +264,8 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
     `since` is when the incident started (a datetime, or a Clock that also knows the host's UTC
     offset, its boot time and the margin): older log lines are shown as `earlier`, not counted.
     """
-    clock = Clock(since) if isinstance(since, datetime) else since
+    clock = Clock(since) if isinstance(since, datetime) else \
+        since if isinstance(since, Clock) else None  # anything else: the time is unknown
     current, earlier_lines = _split_by_time(_lines_by_step(evidence), clock)
     lines, stale = StepLines(current), StepLines(earlier_lines)
     params = _usable_params(params)

@@ -447,6 +447,9 @@ def test_weak_agreeing_signals_beat_a_strong_contradicted_one(tmp_path):
 def test_odd_input_does_not_crash(rules, evidence):
     causes = diagnose(rules, evidence, {"upstream_port": None, "program": object()})
     assert isinstance(causes, list)
+    for since in ("2026-11-22", 0, datetime(1, 1, 1), datetime(9999, 12, 31, tzinfo=UTC),
+                  Clock(since=datetime(2026, 11, 22), booted_at=datetime(2026, 1, 1, tzinfo=UTC))):
+        assert isinstance(diagnose(rules, evidence, {}, since=since), list)  # type: ignore[arg-type]
 
 
 class Unprintable:
