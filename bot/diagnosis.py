@@ -156,16 +156,34 @@ class Rules(_Strict):
 # ---------------------------------------------------------------- loading
 
 
+# libyaml's parser when PyYAML has it: the rules file is large (a second of pure-Python parsing
+# at every cold start otherwise)
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_loaded: dict[str, tuple[int, int, Rules]] = {}  # path -> (mtime_ns, size, rules)
+
+
 def load_rules(path: Path) -> Rules:
-    """Read and validate a rules file; errors name the file and the YAML line."""
+    """Read and validate a rules file (once per version of the file, however many runbooks
+    name it); errors name the file and the YAML line."""
     path = Path(path)
     try:
+        stat = path.stat()
+        key, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
+        cached = _loaded.get(key)
+        if cached is not None and cached[:2] == version:
+            return cached[2]
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RunbookInvalid(f"{path}:1: cannot read rules: {exc.strerror or exc}") from None
+    rules = _load_rules(path, text)
+    _loaded[key] = (*version, rules)
+    return rules
+
+
+def _load_rules(path: Path, text: str) -> Rules:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=YAML_LOADER)
+        data = yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1

@@ -167,7 +167,9 @@ def load_inventory(path: Path) -> Inventory:
     if not path.exists():
         return Inventory()
     try:
-        data = yaml.safe_load(path.read_text())
+        # libyaml when PyYAML has it: ten times faster on a large inventory
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader",  # noqa: S506
+                                                          yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from bot import templates
+from bot.executors import sshlib  # noqa: F401 (first: imports asyncssh quickly)
 from bot.models import ExecOutput, Host
 
 if TYPE_CHECKING:

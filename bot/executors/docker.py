@@ -22,17 +22,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncssh
-import docker
-import docker.errors
-import requests.exceptions
 from pydantic import Field, model_validator
 
 from bot.executors.base import ExecContext, KindParams, StepKind
 from bot.models import ExecOutput, Host
 from bot.redact import redact
+
+if TYPE_CHECKING:  # the docker SDK (and requests) load when a docker step first runs
+    import docker
 
 API_TIMEOUT = 60.0  # seconds one Engine API request may take (ends a thread the step gave up on)
 SOCKET = "/var/run/docker.sock"
@@ -148,6 +148,8 @@ class Engines:
         if spec not in ("local", "ssh") and not spec.startswith(("unix://", "tcp://")):
             raise EngineError(f"{host.name}: opsbot_docker is {spec!r}; use local, ssh, "
                               "unix:///PATH or tcp://HOST:PORT")
+        import docker.errors
+
         engine, where = _Engine(spec, conn), engine_address(host)
         try:
             if conn is not None:
@@ -277,6 +279,8 @@ def _logs(api: Any, a: Mapping[str, Any]) -> ExecOutput:
 def _exec(api: Any, a: Mapping[str, Any]) -> ExecOutput:
     """Not the SDK's exec_start: it reads the raw socket under the HTTP reader, losing output
     that came in one packet with the response headers (it does, through an SSH forward)."""
+    import docker.errors
+
     argv = [arg for arg in a["argv"] if arg != ""]
     exec_id = api.exec_create(a["container"], argv, stdout=True, stderr=True)["Id"]
     with api.post(f"{api.base_url}/v{api.api_version}/exec/{exec_id}/start", stream=True,
@@ -380,6 +384,9 @@ class DockerStep(StepKind):
 
     async def run(self, action: Mapping[str, Any], host: Host,
                   timeout: float) -> ExecOutput:  # noqa: ASYNC109 (the StepKind interface)
+        import docker.errors
+        import requests.exceptions
+
         where, verb, container = engine_address(host), action["action"], action.get("container")
         try:
             async with asyncio.timeout(timeout):

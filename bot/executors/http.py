@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import aiohttp
 from pydantic import Field
 
 from bot.executors.base import KindParams, StepKind
@@ -31,6 +30,8 @@ class HttpStep(StepKind):
         return f"{action['method']} {action['url']}"
 
     async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
+        import aiohttp  # here: a run without http steps does not pay for importing it
+
         url = action["url"]
         if not url.startswith(("http://", "https://")):
             return ExecOutput(None, "", error=f"not an http(s) URL: {url!r}")

@@ -1,0 +1,186 @@
+"""opsbot against the tools people would use instead; writes bench/REPORT.md.
+
+    scripts/bench [--rounds 5] [--hosts 50] [--only fanout,warm,...] [--out bench/REPORT.md]
+
+Starts `--hosts` real sshd servers on loopback (tests/lab), then runs each benchmark `--rounds`
+times. Peers: ansible-core and parallel-ssh from the tools' venv (OPSBOT_BENCH_TOOLS, default
+.venv-bench). Nothing leaves 127.0.0.0/8; everything started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.report import Figure, Report, Target, machine_facts  # noqa: E402
+
+BENCHES = ("fanout", "warm", "diagnosis", "ack", "ingest", "logs", "export", "footprint")
+COLD = "Cold fan-out, one command on 50 hosts (new process, new connections)"
+
+
+def tools_bin() -> Path:
+    return Path(os.environ.get("OPSBOT_BENCH_TOOLS", ROOT / ".venv-bench")) / "bin"
+
+
+def opsbot_env(lab: object, folder: Path, **extra: str) -> dict[str, str]:
+    from bench.lab import BenchLab
+
+    assert isinstance(lab, BenchLab)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+    env.update({"OPSBOT_DB": str(folder / "opsbot.db"), "OPSBOT_RUNBOOKS": str(lab.runbooks),
+                "OPSBOT_INVENTORY": str(lab.inventory),
+                "OPSBOT_KNOWN_HOSTS": str(lab.known_hosts), "PYTHONPATH": str(ROOT),
+                **extra})
+    return env
+
+
+def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None:
+    from bench.lab import ONE_COMMAND, BenchLab
+    from bench.procs import timed
+
+    assert isinstance(lab, BenchLab)
+    n = len(lab.hosts)
+    bench = COLD.replace("50", str(n))
+    env = opsbot_env(lab, folder)
+    opsbot = [sys.executable, "-m", "bot", "run", "loadavg", "bench", "--json"]
+    first = timed(opsbot, env=env, cwd=ROOT)  # creates the store; not counted
+    if first.returncode != 0:
+        raise RuntimeError(f"opsbot run failed: {first.output[-800:]}")
+    tools = tools_bin()
+    ansible_cfg = folder / "ansible.cfg"
+    ansible_cfg.write_text("[defaults]\nhost_key_checking = True\ninterpreter_python = "
+                           "auto_silent\n")
+    results: dict[str, list[tuple[float, float]]] = {"opsbot": [], "ansible": [],
+                                                     "parallel-ssh": []}
+    for r in range(rounds):
+        done = timed(opsbot, env=env, cwd=ROOT)
+        ok = json.loads(done.output[done.output.index("{"):]) if done.returncode == 0 else {}
+        good = sum(1 for h in ok.get("hosts", ()) if all(s["status"] == "ok"
+                                                          for s in h["steps"]))
+        if good != n:
+            raise RuntimeError(f"opsbot run: {good}/{n} hosts ok: {done.output[-800:]}")
+        results["opsbot"].append((done.wall, done.cpu))
+        if (tools / "ansible").exists():
+            control = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
+            aenv = {**{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
+                    "ANSIBLE_CONFIG": str(ansible_cfg), "ANSIBLE_PIPELINING": "True",
+                    "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
+                    "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s "
+                    f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes",
+                    "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"), "ANSIBLE_FORKS": "50",
+                    "ANSIBLE_NOCOLOR": "1"}
+            done = timed([str(tools / "ansible"), "bench", "-i", str(lab.inventory), "-m", "raw",
+                          "-a", ONE_COMMAND, "-f", "50"], env=aenv)
+            _close_masters(control)
+            if done.returncode != 0 or done.output.count("CHANGED") + \
+                    done.output.count("SUCCESS") < n:
+                raise RuntimeError(f"ansible failed: {done.output[-800:]}")
+            results["ansible"].append((done.wall, done.cpu))
+        if (tools / "python").exists():
+            done = timed([str(tools / "python"), str(ROOT / "bench/pssh_fanout.py"),
+                          json.dumps(lab.pssh_hosts()), lab.hosts[0].user, str(lab.key_file),
+                          ONE_COMMAND])
+            if done.returncode != 0:
+                raise RuntimeError(f"parallel-ssh failed: {done.output[-800:]}")
+            results["parallel-ssh"].append((done.wall, done.cpu))
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f}s/{v[-1][1]:.2f}cpu"
+                                              for k, v in results.items() if v), flush=True)
+    peers = tuple(f"{k} wall" for k in ("ansible", "parallel-ssh") if results[k])
+    report.add(Figure(bench, "opsbot wall", "s", tuple(w for w, _ in results["opsbot"]),
+                      Target(limit_of="parallel-ssh wall"), peers))
+    if results["ansible"]:
+        report.add(Figure(bench, "opsbot wall vs ansible", "s",
+                          tuple(w for w, _ in results["opsbot"]),
+                          Target(limit_of="ansible wall", factor=0.75)))
+    report.add(Figure(bench, "opsbot CPU", "s", tuple(c for _, c in results["opsbot"]),
+                      Target(0.4), tuple(f"{k} CPU" for k in ("ansible", "parallel-ssh")
+                                         if results[k])))
+    for tool in ("ansible", "parallel-ssh"):
+        if results[tool]:
+            report.add(Figure(bench, f"{tool} wall", "s", tuple(w for w, _ in results[tool])))
+            report.add(Figure(bench, f"{tool} CPU", "s", tuple(c for _, c in results[tool])))
+    if not results["ansible"] or not results["parallel-ssh"]:
+        report.note(bench, f"peers missing: no {tools}/ansible or python (run scripts/bench)")
+
+
+def _close_masters(control: Path) -> None:
+    import subprocess
+
+    for sock in list(control.iterdir())[:200]:
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"],
+                       capture_output=True, timeout=10, check=False)
+    for sock in control.iterdir():
+        sock.unlink(missing_ok=True)
+    control.rmdir()
+
+
+BENCH_FUNCS: dict[str, Callable[..., None]] = {"fanout": bench_fanout}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5, help="samples per figure (1-50)")
+    p.add_argument("--hosts", type=int, default=50, help="sshd hosts on loopback (1-150)")
+    p.add_argument("--only", default=",".join(BENCHES),
+                   help=f"comma-separated benchmarks of {', '.join(BENCHES)}")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/REPORT.md")
+    args = p.parse_args(argv)
+    if not 1 <= args.rounds <= 50:
+        p.error("--rounds must be 1-50")
+    if not 1 <= args.hosts <= 150:
+        p.error("--hosts must be 1-150")
+    args.only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in args.only if b not in BENCHES]
+    if unknown:
+        p.error(f"unknown benchmark {unknown[0]!r} (one of {', '.join(BENCHES)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from bench.lab import start_lab
+
+    report = Report()
+    facts = machine_facts()
+    print(f"starting {args.hosts} sshd hosts on loopback", flush=True)
+    began = time.monotonic()
+    lab = start_lab(args.hosts)
+    facts.append(f"{args.hosts} sshd hosts on loopback (login shell /bin/sh), started in "
+                 f"{time.monotonic() - began:.1f} s")
+    try:
+        with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp:
+            for name in args.only:
+                func = BENCH_FUNCS.get(name)
+                if func is None:
+                    report.note(name, "not implemented in this version of bench/run.py")
+                    continue
+                print(f"{name} ...", flush=True)
+                folder = Path(tmp) / name
+                folder.mkdir()
+                try:
+                    func(report, lab, args.rounds, folder)
+                except Exception as exc:  # one benchmark failing leaves the others
+                    report.note(name, f"failed: {type(exc).__name__}: {exc}")
+                    print(f"  {name} failed: {exc}", flush=True)
+    finally:
+        lab.close()
+    command = "scripts/bench" + (f" --rounds {args.rounds}" if args.rounds != 5 else "") \
+        + (f" --hosts {args.hosts}" if args.hosts != 50 else "")
+    text = report.markdown(facts, command)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

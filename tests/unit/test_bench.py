@@ -1,0 +1,39 @@
+"""The benchmark's argument parsing and report writing (not its timings: those go to bench/)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.report import Figure, Report, Target, fmt
+from bench.run import parse_args
+
+BENCH = "Cold fan-out"
+
+
+def test_arguments_are_bounded_and_named() -> None:
+    args = parse_args(["--rounds", "3", "--only", "fanout,export"])
+    assert args.rounds == 3 and args.only == ["fanout", "export"] and args.hosts == 50
+    for bad in (["--rounds", "0"], ["--hosts", "500"], ["--only", "fanout,nonsense"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_the_report_gives_medians_spread_ratios_and_misses() -> None:
+    report = Report()
+    report.add(Figure(BENCH, "opsbot wall", "s", (1.0, 1.2, 3.0),
+                      Target(limit_of="parallel-ssh wall"), ("parallel-ssh wall",)))
+    report.add(Figure(BENCH, "parallel-ssh wall", "s", (0.8, 1.0, 0.9)))
+    report.add(Figure(BENCH, "ingest", "/s", (500.0, 700.0), Target(1000, at_least=True)))
+    report.note("Export", "failed: RuntimeError: no disk")
+    text = report.markdown(["a machine"], "scripts/bench")
+    assert "| opsbot wall | 1.200 s | 1.000 s–3.000 s | 3 | 1.33 × parallel-ssh wall |" in text
+    assert "missed by 0.300 s (1.33 × the limit)" in text
+    assert "ingest 600/s ❌ (missed: 600/s is 1.67 × short)" in text
+    assert "- **Export**: not measured — failed: RuntimeError: no disk" in text
+    assert "- a machine" in text
+
+
+def test_a_figure_without_samples_is_refused() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        Report().add(Figure(BENCH, "x", "s", ()))
+    assert fmt(12.34, "s") == "12.3 s" and fmt(1500, "/s") == "1,500/s"
