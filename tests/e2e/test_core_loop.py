@@ -134,8 +134,8 @@ async def test_label_injection_runs_nothing(running_bot: RunningBot, tmp_path: P
         "program": "ds:docservice; touch /tmp/pwned", "upstream_port": "$(touch /tmp/pwned)"}))
     await bot.wait(lambda: len(bot.roots()) == 2
                    and "Ignored alert label" in bot.thread_text(bot.roots()[1]))
-    await bot.wait(lambda: "Likely cause" in bot.thread_text(bot.roots()[1])
-                   or "no known cause" in bot.thread_text(bot.roots()[1]))
+    await bot.wait(lambda: any(words in bot.thread_text(bot.roots()[1]) for words in
+                               ("Likely cause", "no known cause", "answers now")))
     await asyncio.sleep(0.5)
     assert not pwned.exists()
     commands = [s["command"] for s in bot.store().steps_of(2)]
