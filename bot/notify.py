@@ -14,6 +14,7 @@ from typing import Any, Protocol, TextIO
 from bot import render
 from bot.adapters.store import AsyncStore
 from bot.models import Incident, RenderedStep, StepResult, canonical_json, sha256_hex
+from bot.redact import console_safe
 from bot.render import Message
 from bot.runner import HostReport
 
@@ -49,7 +50,7 @@ class ConsoleTransport:
             detail = detail[: self.detail_lines // 2] + [f"… {cut} lines …"] + \
                 detail[-self.detail_lines // 2:]
         lines += [f"    | {line}" for line in detail]
-        print("\n".join(lines), file=self.out, flush=True)
+        print(console_safe("\n".join(lines)), file=self.out, flush=True)
 
     async def root(self, incident: Incident, msg: Message) -> tuple[str, str] | None:
         self._print(incident, msg)

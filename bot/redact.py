@@ -1,31 +1,170 @@
-"""Secrets out, size bounded: what reaches Slack, the store and the audit log."""
+"""Secrets out, size bounded: what reaches Slack, the store, the audit log and the console.
+
+Every rule runs in time linear in the text, whatever the text is (a hostile log line must not
+stall the bot): a rule either starts with a literal, or starts only where a run of its own
+characters starts (a look-behind on the same class), and every open-ended scan is possessive or
+bounded. `bench/bench_core.py` measures the worst inputs we know of.
+
+Redact first, cut after: `bound` must only ever see redacted text, or a secret cut in half would
+slip past the rules.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 MASK = "[REDACTED]"
+OFF_LOOP = 64 * 1024  # characters above which `redact_async` runs in a worker thread
 
-# (pattern, replacement). Keep a key's name so the line still reads; mask only the secret.
-RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)",
-                re.S), f"{MASK} private key"),
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{8,}"), MASK),
-    (re.compile(r"\bxapp-[A-Za-z0-9-]{8,}"), MASK),
-    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), MASK),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), MASK),  # JWT
-    (re.compile(r"(?i)(authorization\s*[:=]\s*(?:bearer|basic|token)\s+)[^\s'\"]+"), rf"\1{MASK}"),
-    (re.compile(r"(?i)(\b[\w.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)"
-                r"[\w.-]*\"?\s*[:=]\s*\"?)([^\s\"',;&]{3,})"), rf"\1{MASK}"),
-    (re.compile(r"(?i)(://[^/\s:@]+:)[^@\s/]+@"), rf"\1{MASK}@"),  # scheme://user:pass@host
+
+@dataclass(frozen=True)
+class Rule:
+    """A pattern whose `secret` group (the first of them that took part) is masked."""
+
+    pattern: re.Pattern[str]
+    secret: tuple[str | int, ...] = (0,)
+    lower: bool = False  # searched in the lower-cased text (case-insensitive, still fast)
+    mask: str = MASK
+    needle: str = ""  # text without it cannot match: the rule is skipped (a fast substring test)
+
+
+# a value: quoted (spaces allowed, backslash escapes kept whole; the quotes stay) or bare, 3+
+_VALUE = (r"""(?:"(?P<dq>(?:[^"\\\n]|\\.){1,512})"|'(?P<sq>(?:[^'\\\n]|\\.){1,512})'"""
+          r"""|(?P<bare>[^\s"',;&<>]{3,}+))""")
+_VALUE_GROUPS = ("dq", "sq", "bare")
+# Words that make a key name a secret's, each a literal the engine can search for fast (the
+# `key` ones checked by a look-behind: api_key, access-key, private_key, ...)
+_KEY_WORDS = ("passw", "passphrase", "secret", "token", "credential",
+              "key" + "(?:" + "|".join(f"(?<={w}{sep}key)" for w in
+                                      ("api", "access", "private", "auth", "session", "client")
+                                      for sep in ("", "_", "-")) + ")")
+
+
+def _key_rules() -> list[Rule]:
+    rules = []
+    for word in _KEY_WORDS:
+        literal = re.match(r"[a-z]+", word)[0]  # type: ignore[index]
+        # key = value, key: value, "key": "value", db_password=... (from the word on: the
+        # rest of the key's name before it stays as it is); or a flag, --password X
+        rules.append(Rule(re.compile(
+            rf"{word}(?:[\w.-]{{0,40}}+\"?[ \t]{{0,8}}+[:=][ \t]{{0,8}}+"
+            rf"|(?<=-{literal})[\w-]{{0,40}}+[ \t]{{1,8}}+){_VALUE}"),
+            _VALUE_GROUPS, lower=True, needle=literal))
+    return rules
+
+
+# Patterns start with a literal (the engine then skips ahead fast); a look-behind after the
+# literal keeps a match from starting inside a run of its own characters, so that no stretch of
+# text is scanned from many starts. Every open-ended scan is possessive or bounded.
+RULES: tuple[Rule, ...] = (
+    Rule(re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----.*?"
+                    r"(?:-----END [A-Z ]{0,40}PRIVATE KEY-----|\Z)", re.S),
+         mask=f"{MASK} private key", needle="-----BEGIN "),
+    Rule(re.compile(r"xox[abposr]-(?<![A-Za-z0-9-]xox[abposr]-)[A-Za-z0-9-]{8,}+"),
+         needle="xox"),
+    Rule(re.compile(r"xapp-(?<![A-Za-z0-9-]xapp-)[A-Za-z0-9-]{8,}+"), needle="xapp-"),
+    Rule(re.compile(r"A(?:KIA|SIA)(?<![A-Za-z0-9]A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+         needle="IA"),
+    Rule(re.compile(r"gh[pousr]_(?<![A-Za-z0-9_]gh[pousr]_)[A-Za-z0-9]{30,}+"), needle="gh"),
+    Rule(re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
+                    r"\.[A-Za-z0-9_-]{8,}+"), needle="eyJ"),  # JWT
+    Rule(re.compile(r"authorization[ \t]{0,8}+[:=][ \t]{0,8}+"
+                    r"(?:(?:bearer|basic|token|digest|negotiate)[ \t]{1,8}+)?(?P<v>[^\s'\"]++)"),
+         ("v",), lower=True, needle="authorization"),
+    Rule(re.compile(r"cookie[ \t]{0,8}+:[ \t]{0,8}+(?P<v>[^\r\n]++)"), ("v",), lower=True,
+         needle="cookie"),
+    # scheme://user:password@host and scheme://:password@host
+    Rule(re.compile(r"://[^/\s:@]{0,256}+:(?P<v>[^@\s/]{1,512}+)@"), ("v",), needle="://"),
+    # mysql -pSECRET (a number after -p is a port or pid, and stays)
+    Rule(re.compile(r"-p(?<![\w-]-p)(?!\d+\b)(?P<v>[^\s\-]\S{0,511}+)"), ("v",), needle="-p"),
+    *_key_rules(),
 )
 
 
+def _lower(text: str) -> str:
+    """Lower case, one character for one (U+0130 is the only one that lowers to two)."""
+    return text.replace("\u0130", "i").lower() if "\u0130" in text else text.lower()
+
+
 def redact(text: str) -> str:
-    for pattern, replacement in RULES:
-        text = pattern.sub(replacement, text)
-    return text
+    """Mask the secrets in `text`. Linear in its length."""
+    low = ""
+    spans: list[tuple[int, int, str]] = []
+    for rule in RULES:
+        if rule.lower and not low:
+            low = _lower(text)
+        subject = low if rule.lower else text
+        if rule.needle and rule.needle not in subject:
+            continue
+        for m in rule.pattern.finditer(subject):
+            for group in rule.secret:
+                start, end = m.span(group)
+                if start >= 0:
+                    if end > start:
+                        spans.append((start, end, rule.mask))
+                    break
+    if not spans:
+        return text
+    spans.sort()
+    out, at = [], 0
+    for start, end, mask in spans:
+        if start < at:  # inside (or across the end of) a masked span: widen it
+            at = max(at, end)
+            continue
+        out.append(text[at:start])
+        out.append(mask)
+        at = end
+    out.append(text[at:])
+    return "".join(out)
+
+
+async def redact_async(text: str) -> str:
+    """`redact`, in a worker thread when the text is large: the event loop keeps answering."""
+    if len(text) <= OFF_LOOP:
+        return redact(text)
+    return await asyncio.to_thread(redact, text)
+
+
+def redact_value(value: Any) -> Any:
+    """Every string inside a JSON-like value, redacted (keys of mappings too)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact(str(k)): _redact_keyed(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
+
+
+_SECRET_KEY = re.compile("|".join(_KEY_WORDS))
+
+
+def _redact_keyed(key: str, value: Any) -> Any:
+    """A mapping's value under a key that names a secret is masked whole."""
+    if isinstance(value, str) and value and _SECRET_KEY.search(key.lower()):
+        return MASK
+    return redact_value(value)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def console_safe(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences, bidi overrides) shown as
+    `\\xNN` instead of acted on; newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                        else f"\\u{ord(m[0]):04x}", text)
+
+
+def slack_escape(text: str) -> str:
+    """Untrusted text for Slack's mrkdwn and `text`: `<!here>`, `<@U…>` and links become
+    plain text (Slack's own escaping: &, < and >)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def bound(text: str, limit: int, *, keep_head: float = 0.4) -> tuple[str, bool]:
@@ -43,3 +182,16 @@ def bound(text: str, limit: int, *, keep_head: float = 0.4) -> tuple[str, bool]:
         tail = tail[tail.index("\n") + 1:]
     cut = len(text) - len(head) - len(tail)
     return f"{head}… [{cut} characters cut] …\n{tail}", True
+
+
+class RedactingFilter(logging.Filter):
+    """On a log handler: the formatted message (and a traceback's text) redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        record.exc_info = None if record.exc_text else record.exc_info
+        return True

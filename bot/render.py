@@ -97,7 +97,7 @@ def root_message(incident: Incident, *, approvals: Sequence[Mapping[str, Any]] =
         notes.append(f"{alerts} alert notification(s) received")
     if notes:
         blocks.append(_context(*(_esc(n) for n in notes[-10:])))
-    text = f"{incident_title(incident)} — {state}"
+    text = f"{_esc(incident_title(incident))} — {state}"  # alert text: no <!here> in `text`
     if incident.cause:
         text += f" — likely cause: {incident.cause}"
     return Message(text=text, blocks=blocks)
@@ -136,7 +136,7 @@ def step_message(step: RenderedStep, result: StepResult | None) -> Message:
     text = f"{ICON[result.status]} {step.step_id} on {step.host}: {result.status} ({exit_txt}, " \
            f"{result.duration:.2f}s)"
     if result.error:
-        text += f" — {result.error}"
+        text += f" — {_esc(result.error)}"
     return Message(text=text, blocks=blocks, detail=result.output)
 
 

@@ -28,7 +28,7 @@ from bot.models import (
     canonical_json,
     sha256_hex,
 )
-from bot.redact import bound, redact
+from bot.redact import OFF_LOOP, bound, redact
 from bot.runbooks import Runbook, Step
 from bot.templates import evaluate
 
@@ -143,7 +143,8 @@ def make_result(step: Step, rendered: RenderedStep, out: ExecOutput, started_at:
                         exit_status=out.exit_status, started_at=started_at,
                         duration=duration, output=excerpt,
                         output_bytes=len(full.encode("utf-8", "replace")), digest=digest,
-                        truncated=truncated, error=out.error, facts=facts)
+                        truncated=truncated, error=redact(out.error) if out.error else None,
+                        facts=facts)
     return result, clean[-EVIDENCE_LIMIT:]
 
 
@@ -182,7 +183,12 @@ class Runner:
         except Exception as exc:  # an executor bug must not end the whole diagnosis
             out = ExecOutput(None, "", error=f"internal error in {step.kind} step: "
                                              f"{exc.__class__.__name__}: {exc}")
-        result, clean = make_result(step, rendered, out, started_at, time.monotonic() - t0)
+        duration = time.monotonic() - t0
+        if len(out.output) > OFF_LOOP:  # redacting and hashing a large output: off the loop
+            result, clean = await asyncio.to_thread(make_result, step, rendered, out, started_at,
+                                                    duration)
+        else:
+            result, clean = make_result(step, rendered, out, started_at, duration)
         await listener.step_finished(handle, result)
         return result, (out.data if out.data is not None else clean)
 

@@ -25,7 +25,7 @@ import sqlite_utils
 from bot.audit import GENESIS, PRUNED, Mark, VerifyReport, record_hash, verify_chain
 from bot.errors import BotError, NotFound
 from bot.models import Incident, IncidentStatus, StepResult, canonical_json
-from bot.redact import redact
+from bot.redact import redact, redact_value
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -222,7 +222,8 @@ class Store:
         else:
             seq, prev = last
         rec = {"seq": seq + 1, "ts": utcnow(), "actor": actor, "action": action,
-               "incident_id": incident_id, "detail": canonical_json(detail), "prev_hash": prev}
+               "incident_id": incident_id, "detail": canonical_json(redact_value(detail)),
+               "prev_hash": prev}
         rec["hash"] = hash_ = record_hash(rec, self.audit_key)
         self._insert(conn, "audit", rec)
         self._set_mark(conn, "head", seq + 1, hash_)
@@ -262,7 +263,7 @@ class Store:
 
     # -- webhooks and alerts --------------------------------------------------------------
     def record_webhook(self, source: str, body: bytes, remote: str) -> int:
-        text = body.decode("utf-8", "replace")
+        text = redact(body.decode("utf-8", "replace"))
         with self.tx() as conn:
             wid = self._insert(conn, "webhooks", {"received_at": utcnow(), "source": source,
                                                   "remote": remote, "body": text,
@@ -319,6 +320,7 @@ class Store:
                      actor: str) -> tuple[Incident, str]:
         """Atomically find the group's incident or open one. Returns (incident, how) where
         how is "opened", "joined" (already open) or "reopened" (resolved within the window)."""
+        title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
         with self.tx() as conn:
             row = conn.execute("SELECT id, status, resolved_at FROM incidents WHERE group_key = ?"
                                " ORDER BY id DESC LIMIT 1", (group_key,)).fetchone()
@@ -343,6 +345,7 @@ class Store:
 
     def update_incident(self, incident_id: int, actor: str = "opsbot", *, audit: bool = True,
                         **fields: Any) -> Incident:
+        fields = {k: redact_value(v) for k, v in fields.items()}
         fields["updated_at"] = utcnow()
         if fields.get("status") == IncidentStatus.RESOLVED:
             fields.setdefault("resolved_at", fields["updated_at"])
@@ -359,7 +362,7 @@ class Store:
             for alert in alerts:
                 self._insert(conn, "alerts", {"incident_id": incident_id,
                                               "webhook_id": webhook_id,
-                                              "received_at": utcnow(), **alert})
+                                              "received_at": utcnow(), **redact_value(alert)})
 
     def alerts_of(self, incident_id: int) -> list[Row]:
         return self._all("SELECT * FROM alerts WHERE incident_id = ? ORDER BY id", (incident_id,))

@@ -236,7 +236,7 @@ def select_inspect(raw: Mapping[str, Any]) -> dict[str, Any]:
         health = state["Health"]
         selected["Health"] = {
             "Status": health.get("Status"), "FailingStreak": health.get("FailingStreak"),
-            "Log": [{"ExitCode": p.get("ExitCode"), "Output": redact(str(p.get("Output"))[-500:])}
+            "Log": [{"ExitCode": p.get("ExitCode"), "Output": redact(str(p.get("Output")))[-500:]}
                     for p in (health.get("Log") or [])[-3:]]}
     return {
         "Name": (raw.get("Name") or "").lstrip("/"),
