@@ -1,7 +1,13 @@
-"""Runbook parameters: their types, and the checks every value passes before it is used.
+"""Runbook parameters: their types, where their values may come from, and the checks every
+value passes before it is used.
 
 Values are untrusted (alert labels, chat arguments, `--param`): each is validated against its
-declared type, pattern and choices. Shell quoting happens later, when a command is rendered.
+declared type, pattern and choices. Provenance: a runbook opens parameters to alerts and to chat
+by name (`open_to`, default: none); the host's inventory beats alert labels; and a parameter that
+picks what runs where (sudo, a path, a URL, a host, a unit/program/container name) takes a value
+from an alert or chat only when the host has it: the runbook's `choices`, the host's own
+`opsbot_<name>` variable, or its allow-list `opsbot_allowed_<name>`. Shell quoting happens later,
+when a command is rendered.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -19,6 +26,10 @@ if TYPE_CHECKING:
     from bot.runbooks import Runbook
 
 ParamType = Literal["str", "name", "int", "float", "bool", "port", "path", "url", "host"]
+Source = Literal["alert", "chat", "terminal"]
+# types whose value picks a file, a URL, a host or a program/unit/container
+SENSITIVE_TYPES = frozenset({"path", "url", "host", "name"})
+NEVER_OPEN = frozenset({"sudo"})  # no alert or chat message may turn on privileges
 
 
 class ParamSpec(BaseModel):
@@ -130,3 +141,83 @@ def resolve_params(runbook: Runbook, *layers: Mapping[str, Any]) -> dict[str, An
         else:
             values[name] = coerce_param(name, spec, values[name])
     return values
+
+
+def sensitive(name: str, spec: ParamSpec) -> bool:
+    """A parameter an alert or chat may set only to a value the host has."""
+    return spec.type in SENSITIVE_TYPES or name in NEVER_OPEN or spec.type == "bool" and \
+        "sudo" in name
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Parameters for one host, and the notes on values that were dropped."""
+
+    values: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _host_allows(name: str, spec: ParamSpec, value: Any, host_vars: Mapping[str, Any],
+                 discovered: Mapping[str, Any]) -> bool:
+    if spec.choices is not None:  # already checked against them by coerce_param
+        return True
+    allowed = host_vars.get(f"allowed_{name}")
+    allowed_values = list(allowed) if isinstance(allowed, list) else [allowed] if allowed else []
+    allowed_values += [layer[name] for layer in (host_vars, discovered) if name in layer]
+    return any(str(value) == str(a) for a in allowed_values)
+
+
+def resolve_for_host(runbook: Runbook, host_vars: Mapping[str, Any],
+                     labels: Mapping[str, Any], explicit: Mapping[str, Any], *,
+                     source: Source, discovered: Mapping[str, Any] | None = None) -> Resolved:
+    """Defaults < discovered (what opsbot found on the host) < alert labels (only those the
+    runbook opens to alerts) < the host's inventory (`opsbot_<name>`, prefix removed in
+    `host_vars`) < what a person typed (chat: only what the runbook opens to chat; terminal: any
+    parameter). A label or discovered value that fails is dropped with a note; a typed value
+    that fails is an error (ParamInvalid)."""
+    notes: list[str] = []
+    found: dict[str, Any] = {}
+    for key, value in (discovered or {}).items():
+        if key in runbook.params:
+            try:
+                found[key] = coerce_param(key, runbook.params[key], value)
+            except ParamInvalid as exc:
+                notes.append(f"discovered value left out: {exc}")
+    from_alert: dict[str, Any] = {}
+    for key, value in labels.items():
+        spec = runbook.params.get(key)
+        if spec is None:
+            continue
+        if key not in runbook.open_to_alerts:
+            notes.append(f"Ignored alert label {key}: runbook {runbook.name} does not open it to "
+                         "alerts")
+            continue
+        if key in host_vars:
+            continue  # the inventory wins
+        try:
+            typed = coerce_param(key, spec, value)
+        except ParamInvalid as exc:
+            notes.append(f"Ignored alert label: {exc}")
+            continue
+        if sensitive(key, spec) and not _host_allows(key, spec, typed, host_vars, found):
+            notes.append(f"Ignored alert label {key}: {str(value)[:80]!r} is not among the values "
+                         f"the host allows (choices, opsbot_{key}, opsbot_allowed_{key})")
+            continue
+        from_alert[key] = typed
+    typed_by_person: dict[str, Any] = {}
+    for key, value in explicit.items():
+        spec = runbook.params.get(key)
+        if spec is not None and source == "chat":
+            if key not in runbook.open_to_chat:
+                opened = ", ".join(sorted(runbook.open_to_chat)) or "none"
+                raise ParamInvalid(f"parameter {key} cannot be set from chat (runbook "
+                                   f"{runbook.name} opens: {opened})")
+            typed = coerce_param(key, spec, value)
+            if sensitive(key, spec) and not _host_allows(key, spec, typed, host_vars, found):
+                raise ParamInvalid(f"parameter {key}: {str(value)[:80]!r} is not among the "
+                                   f"values the host allows (choices, opsbot_{key}, "
+                                   f"opsbot_allowed_{key})")
+        typed_by_person[key] = value
+    inventory = {k: v for k, v in host_vars.items() if k in runbook.params}
+    values = resolve_params(runbook, found, from_alert, inventory, typed_by_person)
+    return Resolved(values, notes)

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bot import templates
 from bot.errors import ParamInvalid, RunbookInvalid
 from bot.executors import KINDS, KindParams
-from bot.params import ParamSpec, coerce_param
+from bot.models import sha256_hex
+from bot.params import NEVER_OPEN, ParamSpec, coerce_param
 
 CAUSES = ("upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
           "dns_or_network", "wrong_proxy_config", "tls_mismatch", "dependency_down",
@@ -126,12 +127,20 @@ class RemediationSpec(StepSpec):
     verify: dict[str, Any]
 
 
+class OpenTo(_Model):
+    """Which parameters alert labels and chat arguments may set (default: none)."""
+
+    alerts: list[str] = []
+    chat: list[str] = []
+
+
 class RunbookSpec(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
     title: str = ""
     description: str = ""
     match: list[str] = []
     params: dict[str, ParamSpec] = {}
+    open_to: OpenTo = OpenTo()
     diagnosis: str | None = None  # rules file, relative to the runbook's folder
     steps: list[dict[str, Any]] = Field(min_length=1)
     remediation: list[dict[str, Any]] = []
@@ -198,6 +207,9 @@ class Runbook:
     steps: tuple[Step, ...]
     remediation: tuple[Step, ...]
     rules: Any = None  # bot.diagnosis.Rules, when the runbook names a rules file
+    open_to_alerts: frozenset[str] = frozenset()  # parameters alert labels may set
+    open_to_chat: frozenset[str] = frozenset()  # parameters chat arguments may set
+    digest: str = ""  # sha256 of the runbook file as loaded (approvals are bound to it)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return bool(self.matchers) and all(m.fits(labels) for m in self.matchers)
@@ -346,6 +358,13 @@ def load_runbook(path: Path) -> Runbook:
                 coerce_param(name, pspec, pspec.default)
             except ParamInvalid as exc:
                 errs.add(["params", name, "default"], str(exc))
+    for source in ("alerts", "chat"):
+        for i, name in enumerate(getattr(spec.open_to, source)):
+            if name not in spec.params:
+                errs.add(["open_to", source, i], f"{name!r} is not a parameter of this runbook")
+            elif name in NEVER_OPEN:
+                errs.add(["open_to", source, i], f"{name!r} can never be set by {source}: it "
+                                                 "belongs in the inventory")
     names = set(spec.params)
     built: list[tuple[list[Any], Step | None]] = []
     for i, item in enumerate(spec.steps):
@@ -371,7 +390,10 @@ def load_runbook(path: Path) -> Runbook:
     remediation = tuple(s for loc, s in built if loc[0] == "remediation" and s is not None)
     return Runbook(name=spec.name, title=spec.title or spec.name, description=spec.description,
                    source=path, matchers=tuple(matchers), params=spec.params, steps=steps,
-                   remediation=remediation, rules=rules)
+                   remediation=remediation, rules=rules,
+                   open_to_alerts=frozenset(spec.open_to.alerts),
+                   open_to_chat=frozenset(spec.open_to.chat),
+                   digest=sha256_hex(path.read_bytes()))
 
 
 def runbook_files(folder: Path) -> list[Path]:

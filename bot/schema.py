@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.executors import KINDS
 from bot.params import ParamSpec
-from bot.runbooks import CAUSES, Expect, RemediationSpec, StepSpec, VerifySpec
+from bot.runbooks import CAUSES, Expect, OpenTo, RemediationSpec, StepSpec, VerifySpec
 
 
 def _common(spec: type[StepSpec]) -> dict[str, Any]:
@@ -56,6 +56,9 @@ def runbook_schema() -> dict[str, Any]:
                                                  "description": 'label="v", !=, =~ or !~'}},
             "diagnosis": {"type": "string", "description": "rules file, relative to the runbook"},
             "params": {"type": "object", "additionalProperties": ParamSpec.model_json_schema()},
+            "open_to": {**OpenTo.model_json_schema(),
+                        "description": "parameters alert labels and chat arguments may set "
+                                       "(default: none)"},
             "steps": {"type": "array", "minItems": 1,
                       "items": {"oneOf": _step_variants(StepSpec, {"expect": expect})}},
             "remediation": {"type": "array",

@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 from bot.adapters.store import AsyncStore, Row
 from bot.config import Settings
 from bot.discovery import Chain, discover
-from bot.errors import BotError, InventoryError, NotFound, ParamInvalid
+from bot.errors import BotError, InventoryError, NotFound
 from bot.ingest import alert_host
 from bot.inventory import Inventory
 from bot.models import (
@@ -31,7 +31,7 @@ from bot.models import (
     parse_incident_ref,
 )
 from bot.notify import Reporter
-from bot.params import ParamSpec, coerce_param, resolve_params
+from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
 from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
@@ -180,29 +180,20 @@ class Opsbot:
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
                 explicit: Mapping[str, str],
-                discovered: Mapping[str, Mapping[str, Any]] | None = None
-                ) -> tuple[list[tuple[Host, dict[str, Any]]], list[str]]:
-        """Parameters per host: defaults < discovered < host vars (opsbot_*) < alert labels <
-        explicit. An invalid alert label is dropped with a note; an invalid explicit value is an
-        error; a discovered value the runbook's types refuse is left out."""
-        good_labels, notes = {}, []
-        for key, value in labels.items():
-            if key in runbook.params:
-                try:
-                    good_labels[key] = coerce_param(key, runbook.params[key], value)
-                except ParamInvalid as exc:
-                    notes.append(f"Ignored alert label: {exc}")
-        out = []
+                discovered: Mapping[str, Mapping[str, Any]] | None = None, *,
+                source: str = "terminal") -> tuple[list[tuple[Host, dict[str, Any]]], list[str]]:
+        """Parameters per host (bot.params.resolve_for_host): labels set only what the runbook
+        opens to alerts and never beat the inventory; chat only what it opens to chat."""
+        origin: Source = "chat" if source == "slack" else "alert" if source == "alert" \
+            else "terminal"
+        out, notes = [], []
         for host in hosts:
-            found: dict[str, Any] = {}
-            for key, value in (discovered or {}).get(host.name, {}).items():
-                if key in runbook.params:
-                    try:
-                        found[key] = coerce_param(key, runbook.params[key], value)
-                    except ParamInvalid as exc:
-                        notes.append(f"{host.name}: discovered value left out: {exc}")
-            out.append((host, resolve_params(runbook, found, host.opsbot_vars(), good_labels,
-                                             explicit)))
+            resolved = resolve_for_host(runbook, host.opsbot_vars(), labels, explicit,
+                                        source=origin,
+                                        discovered=(discovered or {}).get(host.name))
+            out.append((host, resolved.values))
+            notes += [n if n.startswith("Ignored alert") else f"{host.name}: {n}"
+                      for n in resolved.notes if n not in notes]
         return out, notes
 
     def failing_url(self, runbook: Runbook, host: Host, labels: Mapping[str, str],
@@ -259,7 +250,7 @@ class Opsbot:
         open one, then run. With dry_run, only the rendered commands per host."""
         runbook = self.catalog.get(runbook_name)
         hosts = self.inventory.resolve(target)
-        targets, _ = self.targets(runbook, hosts, {}, explicit)
+        targets, _ = self.targets(runbook, hosts, {}, explicit, source=source)
         if dry_run:
             return [(host, self.plan(runbook, host, params)) for host, params in targets]
         incident = None
@@ -309,7 +300,8 @@ class Opsbot:
                 await self.store.update_incident(incident.id, "opsbot", runbook=chosen.name)
                 runbook = chosen
         targets, notes = self.targets(runbook, hosts, labels, explicit,
-                                      {name: c.params() for name, c in chains.items()})
+                                      {name: c.params() for name, c in chains.items()},
+                                      source=source)
         for note in notes:
             await self.reporter.note(incident.id, f"⚠️ {note}")
         await self.void_pending(incident.id, "superseded by a new run of the incident")
