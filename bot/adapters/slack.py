@@ -222,6 +222,7 @@ class SlackInbound:
         self.replays = ReplayGuard()
 
     async def dispatch(self, payload: dict[str, Any]) -> Reply:
+        """What to ack with; IngestError (one line, a 400) for a shape no Slack client sends."""
         if payload.get("type") == "url_verification":
             return {"challenge": _str(payload.get("challenge"))}
         if "command" in payload:
@@ -258,7 +259,9 @@ class SlackInbound:
 
     async def block_actions(self, payload: dict[str, Any]) -> Reply:
         actions = payload.get("actions")
-        action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
+        if "actions" in payload and not (isinstance(actions, list) and actions):
+            raise IngestError("block_actions carries no actions")
+        action = _dict(actions[0]) if isinstance(actions, list) else {}
         action_id = _str(action.get("action_id"))
         if action_id not in (APPROVE, REJECT):
             return None  # not one of our buttons (or a workflow step's action): nothing to do
@@ -325,7 +328,10 @@ def slack_route(inbound: SlackInbound, rt: Any, secret: str) -> web.RouteDef:
             return error(400, str(exc))
         if payload.get("ssl_check") == "1":
             return web.Response(status=200)
-        reply = await inbound.dispatch(payload)
+        try:
+            reply = await inbound.dispatch(payload)
+        except IngestError as exc:
+            return error(400, str(exc))
         return web.Response(status=200) if reply is None else web.json_response(reply)
 
     return web.post("/slack/events", handle)
@@ -339,7 +345,10 @@ def bolt_app(inbound: SlackInbound, client: AsyncWebClient) -> AsyncApp:
 
     async def to_inbound(req: AsyncBoltRequest, resp: BoltResponse,
                          next: Callable[[], Awaitable[None]]) -> BoltResponse:
-        reply = await inbound.dispatch(req.body if isinstance(req.body, dict) else {})
+        try:
+            reply = await inbound.dispatch(req.body if isinstance(req.body, dict) else {})
+        except IngestError as exc:
+            return BoltResponse(status=400, body=json.dumps({"error": str(exc)}))
         if reply is None:
             return BoltResponse(status=200, body="")
         return BoltResponse(status=200, body=json.dumps(reply),

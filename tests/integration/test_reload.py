@@ -19,7 +19,7 @@ METRICS_TOKEN = "metrics-token-for-tests"  # /healthz shows what was loaded only
 
 async def health(url: str) -> dict:  # type: ignore[type-arg]
     async with aiohttp.ClientSession() as http:
-        for _ in range(100):
+        for _ in range(600):  # a loaded machine may take a while to import and start
             try:
                 async with http.get(url, headers={"Authorization":
                                                   f"Bearer {METRICS_TOKEN}"}) as resp:
