@@ -32,7 +32,6 @@ LOADAVG_RUNBOOK = {
 class BenchLab:
     root: Path
     hosts: list[SshServer]
-    web_vars: dict[str, Any] = field(default_factory=dict)
     _stoppers: list[Any] = field(default_factory=list)
 
     @property
@@ -51,20 +50,50 @@ class BenchLab:
     def runbooks(self) -> Path:
         return self.root / "runbooks"
 
-    def write_files(self, web_vars: dict[str, Any] | None = None) -> None:
+    def write_files(self) -> None:
         """known_hosts, an Ansible YAML inventory (group `bench`), and a runbooks folder with
         only the one-command runbook (the whole diagnosis uses the project's runbooks/)."""
-        self.web_vars = dict(web_vars or {})
         self.known_hosts.write_text("".join(f"{h.known_hosts_line}\n" for h in self.hosts))
         hosts = {h.name: {"ansible_host": h.address, "ansible_port": h.port,
                           "ansible_user": h.user,
-                          "ansible_ssh_private_key_file": str(h.key_file), **self.web_vars}
+                          "ansible_ssh_private_key_file": str(h.key_file)}
                  for h in self.hosts}
         self.inventory.write_text(yaml.safe_dump(
             {"all": {"children": {"bench": {"hosts": hosts}}}}, sort_keys=False))
         self.runbooks.mkdir(exist_ok=True)
         (self.runbooks / "loadavg.yaml").write_text(yaml.safe_dump(LOADAVG_RUNBOOK,
                                                                    sort_keys=False))
+
+    @property
+    def web_inventory(self) -> Path:
+        return self.root / "inventory-web.yaml"
+
+    def start_web(self) -> Any:
+        """The test lab's nginx -> supervisord backend -> Redis, and an inventory whose 50
+        hosts all point at it (host variables as tests/lab/fixtures.py writes them)."""
+        from tests.lab.web import start_web
+
+        web = start_web(self.root / "web")
+        self.on_close(web.stop)
+        lab_vars = {
+            "opsbot_supervisor_conf": str(web.supervisor_conf),
+            "opsbot_nginx_error_log": str(web.nginx_error_log),
+            "opsbot_nginx_conf": str(web.nginx_conf),
+            "opsbot_health_url": web.health_url,
+            "opsbot_proxy_url": web.proxy_url,
+            "opsbot_upstream_port": web.backend_port,
+            "opsbot_program": web.program,
+            "opsbot_app_log": str(web.app_log),
+            "opsbot_supervisor_log": str(web.supervisor_log),
+            "opsbot_dependencies": f"redis:{web.redis.address}",
+        }
+        hosts = {h.name: {"ansible_host": h.address, "ansible_port": h.port,
+                          "ansible_user": h.user,
+                          "ansible_ssh_private_key_file": str(h.key_file), **lab_vars}
+                 for h in self.hosts}
+        self.web_inventory.write_text(yaml.safe_dump(
+            {"all": {"children": {"bench": {"hosts": hosts}}}}, sort_keys=False))
+        return web
 
     def pssh_hosts(self) -> list[tuple[str, int]]:
         return [(h.address, h.port) for h in self.hosts]

@@ -57,9 +57,6 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
     if first.returncode != 0:
         raise RuntimeError(f"opsbot run failed: {first.output[-800:]}")
     tools = tools_bin()
-    ansible_cfg = folder / "ansible.cfg"
-    ansible_cfg.write_text("[defaults]\nhost_key_checking = True\ninterpreter_python = "
-                           "auto_silent\n")
     results: dict[str, list[tuple[float, float]]] = {"opsbot": [], "ansible": [],
                                                      "parallel-ssh": []}
     for r in range(rounds):
@@ -71,14 +68,8 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
             raise RuntimeError(f"opsbot run: {good}/{n} hosts ok: {done.output[-800:]}")
         results["opsbot"].append((done.wall, done.cpu))
         if (tools / "ansible").exists():
-            control = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
-            aenv = {**{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-                    "ANSIBLE_CONFIG": str(ansible_cfg), "ANSIBLE_PIPELINING": "True",
-                    "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
-                    "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s "
-                    f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes",
-                    "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"), "ANSIBLE_FORKS": "50",
-                    "ANSIBLE_NOCOLOR": "1"}
+            control = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))  # new: cold masters
+            aenv = _ansible_env(lab, folder, control)
             done = timed([str(tools / "ansible"), "bench", "-i", str(lab.inventory), "-m", "raw",
                           "-a", ONE_COMMAND, "-f", "50"], env=aenv)
             _close_masters(control)
@@ -113,6 +104,23 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
         report.note(bench, f"peers missing: no {tools}/ansible or python (run scripts/bench)")
 
 
+def _ansible_env(lab: object, folder: Path, control: Path) -> dict[str, str]:
+    """ansible-core as the issue names it: -m raw, forks 50, pipelining, ControlPersist; host
+    keys checked against the lab's known_hosts, as opsbot checks them."""
+    from bench.lab import BenchLab
+
+    assert isinstance(lab, BenchLab)
+    cfg = folder / "ansible.cfg"
+    cfg.write_text("[defaults]\nhost_key_checking = True\ninterpreter_python = auto_silent\n")
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
+            "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s "
+            f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes",
+            "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"), "ANSIBLE_FORKS": "50",
+            "ANSIBLE_NOCOLOR": "1"}
+
+
 def _close_masters(control: Path) -> None:
     import subprocess
 
@@ -124,7 +132,80 @@ def _close_masters(control: Path) -> None:
     control.rmdir()
 
 
-BENCH_FUNCS: dict[str, Callable[..., None]] = {"fanout": bench_fanout}
+def _warm(lab: object, folder: Path, runbook: str, rounds: int, **env: str) -> dict:
+    from bench.procs import timed
+
+    done = timed([sys.executable, str(ROOT / "bench/warm.py"), runbook, "bench", str(rounds)],
+                 env=opsbot_env(lab, folder, **env), cwd=ROOT, timeout=300 + 300 * rounds)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/warm.py {runbook}: {done.output[-800:]}")
+    result: dict = json.loads(done.output.strip().splitlines()[-1])
+    return result
+
+
+def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
+    from bench.lab import ONE_COMMAND, BenchLab
+    from bench.procs import timed
+
+    assert isinstance(lab, BenchLab)
+    n = len(lab.hosts)
+    bench = f"Warm fan-out, one command on {n} hosts (the server's pooled connections)"
+    result = _warm(lab, folder, "loadavg", rounds)
+    if result["errors"] or result["hosts"] != n:
+        raise RuntimeError(f"warm run: {result['hosts']} hosts, errors {result['errors']}")
+    peers: tuple[str, ...] = ()
+    tools = tools_bin()
+    if (tools / "ansible").exists():  # its warm mode: ControlPersist masters kept open
+        control = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))
+        aenv = _ansible_env(lab, folder, control)
+        argv = [str(tools / "ansible"), "bench", "-i", str(lab.inventory), "-m", "raw",
+                "-a", ONE_COMMAND, "-f", "50"]
+        samples = []
+        try:
+            for _ in range(rounds + 1):
+                done = timed(argv, env=aenv)
+                if done.returncode != 0:
+                    raise RuntimeError(f"ansible failed: {done.output[-800:]}")
+                samples.append(done.wall)
+        finally:
+            _close_masters(control)
+        report.add(Figure(bench, "ansible wall, masters open", "s", tuple(samples[1:])))
+        peers = ("ansible wall, masters open",)
+    report.add(Figure(bench, "opsbot", "s", tuple(result["samples"]), Target(0.15), peers,
+                      note=f"{result['connects']} SSH connections opened for "
+                           f"{rounds + 1} runs on {n} hosts (warm-up included)."))
+    report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
+
+
+def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> None:
+    from bench.lab import BenchLab
+
+    assert isinstance(lab, BenchLab)
+    n = len(lab.hosts)
+    bench = f"The whole nginx-502 diagnosis on {n} hosts, warm"
+    web = lab.start_web()
+    web.stop_backend()  # a real 502: the backend is down behind nginx
+    rounds = min(rounds, 3)  # a run takes tens of seconds on one 2-core machine
+    result = _warm(lab, folder, "nginx-502", rounds, OPSBOT_INVENTORY=str(lab.web_inventory),
+                   OPSBOT_RUNBOOKS=str(ROOT / "runbooks"))
+    if result["hosts"] != n:
+        raise RuntimeError(f"diagnosis: {result['hosts']} hosts, errors {result['errors']}")
+    report.add(Figure(bench, "opsbot", "s", tuple(result["samples"]), Target(2.0),
+                      note=f"discovery and {result['steps'] // n} steps per host; likely "
+                           f"cause(s) found: {', '.join(result['causes']) or 'none'}; "
+                           f"{result['connects']} SSH connections for {rounds + 1} runs; "
+                           f"slowest steps (s): {result['slowest_steps']}"
+                           + (f"; step errors: {result['errors']}" if result["errors"]
+                              else "")))
+    report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
+    report.note(bench, "All 50 hosts are this one machine: every host-side command (curl, ss, "
+                "supervisorctl, a Python program, nginx -t, ...) of every host competes for "
+                "the same 2 cores, and discovery reads every supervisord it sees in `ps` "
+                "(other labs' included). Compare the wall time with opsbot's own CPU.")
+
+
+BENCH_FUNCS: dict[str, Callable[..., None]] = {
+    "fanout": bench_fanout, "warm": bench_warm, "diagnosis": bench_diagnosis}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
