@@ -101,7 +101,7 @@ def mutate(rng: random.Random, body: bytes, count: int) -> Iterator[bytes]:
         yield bytes(data)
 
 
-ENDPOINT = settings(max_examples=50, deadline=None, database=None,
+ENDPOINT = settings(max_examples=40, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 
 

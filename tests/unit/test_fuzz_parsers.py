@@ -27,9 +27,9 @@ from bot.ingest import parse_alertmanager
 from tests.botfixtures import ROOT
 from tests.slacksign import sign
 
-FAST = settings(max_examples=300, deadline=None, database=None,
+FAST = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
-SLOW = settings(FAST, max_examples=120)  # strategies that cost more per example
+SLOW = settings(FAST, max_examples=80)  # strategies that cost more per example
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
