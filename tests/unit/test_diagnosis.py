@@ -157,6 +157,18 @@ def test_held_out_cases_are_well_formed_and_quoted_verbatim(rules):
     assert (bad, misquoted) == (0, 0)
 
 
+def test_held_out_cases_never_appear_in_the_report(rules):
+    """docs/diagnosis.md shows the held-out third as totals only: no name, no line of its own."""
+    from bench.diagnosis_report import measure, render
+
+    page = render(measure(rules, TRAIN), measure(rules, HELD_OUT), RULES_FILE)
+    seen = set().union(*(input_lines(load_case(p)["evidence"]) for p in TRAIN))
+    shown = sum(p.stem in page or any(line not in seen and line in page
+                                      for line in input_lines(load_case(p)["evidence"])
+                                      if len(line.strip()) > 40) for p in HELD_OUT)
+    assert shown == 0  # a count, so that a failure prints nothing of them either
+
+
 def test_held_out_top1_is_at_least_90_percent(rules):
     """The acceptance figure of issue 9, measured once the field corpus is in."""
     field = [p for p in TRAIN + HELD_OUT if p.parent.name == "field"]
