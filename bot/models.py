@@ -129,6 +129,9 @@ class ExecOutput:
     error: str | None = None  # one line, when the step could not run or was cut short
     timed_out: bool = False
     data: Any = None  # structured result (e.g. docker inspect JSON), when there is one
+    digest: str | None = None  # sha256 of everything printed, when `output` is head and tail
+    total_bytes: int | None = None  # bytes printed in all, when `output` is head and tail
+    capped: bool = False  # the command printed more than the cap and was stopped
 
 
 @dataclass(frozen=True)

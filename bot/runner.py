@@ -131,9 +131,10 @@ def make_result(step: Step, rendered: RenderedStep, out: ExecOutput, started_at:
                 duration: float) -> tuple[StepResult, str]:
     """The stored result (redacted, bounded) and the redacted text the diagnosis reads."""
     full = out.output
-    digest = sha256_hex(full if out.data is None else full + canonical_json(out.data))
+    digest = out.digest or sha256_hex(full if out.data is None else full + canonical_json(out.data))
     clean = redact(full)
     excerpt, truncated = bound(clean, EXCERPT_LIMIT)
+    truncated = truncated or out.total_bytes is not None and out.total_bytes > len(full)
     facts: dict[str, str] = {}
     for name, pattern in step.capture.items():
         m = pattern.search(clean)
@@ -142,7 +143,8 @@ def make_result(step: Step, rendered: RenderedStep, out: ExecOutput, started_at:
     result = StepResult(step=rendered, status=judge(step, rendered.kind, out),
                         exit_status=out.exit_status, started_at=started_at,
                         duration=duration, output=excerpt,
-                        output_bytes=len(full.encode("utf-8", "replace")), digest=digest,
+                        output_bytes=out.total_bytes if out.total_bytes is not None
+                        else len(full.encode("utf-8", "replace")), digest=digest,
                         truncated=truncated, error=redact(out.error) if out.error else None,
                         facts=facts)
     return result, clean[-EVIDENCE_LIMIT:]

@@ -28,7 +28,9 @@ from bot.models import (
     Incident,
     IncidentStatus,
     Phase,
+    canonical_json,
     parse_incident_ref,
+    sha256_hex,
 )
 from bot.notify import Reporter
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
@@ -45,6 +47,17 @@ Approver = Callable[[Row, Proposal], Awaitable[tuple[bool, str] | None]]
 
 async def ask_in_thread(approval: Row, proposal: Proposal) -> tuple[bool, str] | None:
     return None
+
+
+def approval_digest(runbook: Runbook, proposal: Proposal, host: Host) -> str:
+    """What an approval is bound to: the rendered step and its verify step, where they connect
+    (address, port, user, key, Docker engine) and the runbook file as loaded. Any change voids
+    the approval."""
+    return sha256_hex(canonical_json({
+        "step": proposal.step.digest(), "verify": proposal.verify.digest(),
+        "target": {"host": host.name, "address": host.address, "port": host.port,
+                   "user": host.user, "key_file": host.key_file, "docker": host.docker},
+        "runbook": {"name": runbook.name, "sha256": runbook.digest}}))
 
 
 @dataclass(frozen=True)
@@ -326,7 +339,8 @@ class Opsbot:
         pending: list[Row] = []
         for report in reports:
             for proposal in report.proposals:
-                row = await self.propose(incident.id, run_id, runbook, proposal, requested_by)
+                row = await self.propose(incident.id, run_id, runbook, proposal, requested_by,
+                                         report.host)
                 decision = await approver(row, proposal)
                 if decision is None:
                     pending.append(row)
@@ -342,11 +356,11 @@ class Opsbot:
 
     # -- approvals ------------------------------------------------------------------------
     async def propose(self, incident_id: int, run_id: int, runbook: Runbook,
-                      proposal: Proposal, requested_by: str) -> Row:
+                      proposal: Proposal, requested_by: str, host: Host) -> Row:
         row = await self.store.create_approval(
             incident_id=incident_id, run_id=run_id, runbook=runbook.name,
             step_id=proposal.step.step_id, host=proposal.step.host,
-            params=dict(proposal.params), digest=proposal.step.digest(),
+            params=dict(proposal.params), digest=approval_digest(runbook, proposal, host),
             display=proposal.step.display, requested_by=requested_by,
             ttl=self.settings.approval_ttl)
         row["cause"] = proposal.cause
@@ -373,6 +387,8 @@ class Opsbot:
         status = "approved" if approved else "rejected"
         if not await self.store.decide(token, status, user, f"via {via}"):
             current = await self.store.get_approval(token)
+            if current["status"] == "expired":  # found expired at this decision: say so
+                await self.reporter.approval(current)
             return f"This was already {current['status']}" + \
                 (f" by {current['decided_by']}" if current.get("decided_by") else "") + \
                 "; nothing more was done."
@@ -402,10 +418,12 @@ class Opsbot:
         except (BotError, KeyError) as exc:
             await self.reporter.note(incident_id, f"🚫 Not run: {exc}")
             return False
-        if proposal.step.digest() != approval["digest"]:
+        if approval_digest(runbook, proposal, host) != approval["digest"]:
             await self.reporter.note(incident_id, f"🚫 {approval['step_id']} on {host.name} was "
                                                   "not run: the step changed since it was "
-                                                  "approved. Run the runbook again.")
+                                                  "approved (its command, its verify step, the "
+                                                  "host's address, user or Docker engine, or "
+                                                  "the runbook file). Run the runbook again.")
             await self.store.audit("approval.void", "opsbot", incident_id,
                                    approval_id=approval["id"], reason="digest changed")
             return False

@@ -477,8 +477,24 @@ class Store:
         return self._all("SELECT * FROM approvals WHERE status = 'pending' ORDER BY id")
 
     def decide(self, token: str, status: str, actor: str, reason: str = "") -> bool:
-        """Move a pending approval to `status`; True only for the one caller that did it."""
+        """Move a pending approval to `status`; True only for the one caller that did it.
+        Expiry is checked here, at the moment of the decision (a click, `opsbot approve`, after
+        a restart), not only by the sweep: a pending approval past its time becomes `expired`
+        and the decision loses."""
         with self.tx() as conn:
+            now = utcnow()
+            late = conn.execute("UPDATE approvals SET status = 'expired', decided_by = 'opsbot', "
+                                "decided_at = ?, reason = 'not decided in time' WHERE token = ? "
+                                "AND status = 'pending' AND expires_at < ?", (now, token, now))
+            if late.rowcount == 1:
+                row = conn.execute("SELECT id, incident_id, step_id, host, digest FROM approvals "
+                                   "WHERE token = ?", (token,)).fetchone()
+                self._audit(conn, "approval.expired", "opsbot", row[1],
+                            {"approval_id": row[0], "step": row[2], "host": row[3],
+                             "digest": row[4], "reason": "not decided in time",
+                             "at_decision_by": actor})
+                if status == "expired":
+                    return True
             cur = conn.execute("UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
                                " reason = ? WHERE token = ? AND status = 'pending'",
                                (status, actor, utcnow(), reason, token))

@@ -28,6 +28,7 @@ import asyncssh
 from pydantic import Field, model_validator
 
 from bot.executors.base import ExecContext, KindParams, StepKind
+from bot.executors.capture import HEAD, TAIL, Capture
 from bot.models import ExecOutput, Host
 from bot.redact import redact
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # the docker SDK (and requests) load when a docker step first
 
 API_TIMEOUT = 60.0  # seconds one Engine API request may take (ends a thread the step gave up on)
 SOCKET = "/var/run/docker.sock"
-OUTPUT_LIMIT = 8 * 2**20  # bytes of `docker exec` output read
+LOGS_CAP = 16 * 2**20  # bytes of `docker logs` read (of the `tail` lines asked for)
 ONLY_FOR = {"all": {"ps"}, "filters": {"ps"}, "tail": {"logs"}, "since": {"logs"},
             "argv": {"exec"}, "network": {"network_inspect"}, "timeout_stop": {"stop", "restart"}}
 DURATION = re.compile(r"^(?:\d+[smhd])+$")
@@ -261,8 +262,18 @@ def _logs(api: Any, a: Mapping[str, Any]) -> ExecOutput:
         tail = int(a["tail"])
     except ValueError as exc:
         raise EngineError(str(exc).replace("`", "")) from None
-    raw = api.logs(a["container"], stdout=True, stderr=True, timestamps=True, tail=tail)
-    lines = raw.decode("utf-8", "replace").splitlines(keepends=True)
+    capture = Capture(cap=LOGS_CAP)  # bytes, whatever the line count: lines can be huge
+    stream = api.logs(a["container"], stdout=True, stderr=True, timestamps=True, tail=tail,
+                      stream=True)
+    try:
+        for chunk in stream:
+            if not capture.feed(chunk):
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    lines = capture.text().splitlines(keepends=True)
     if a.get("since"):  # the Engine's own `since` reads the whole log file: filter what we read
         seconds = sum(int(n) * SECONDS[u] for n, u in re.findall(r"(\d+)([smhd])", a["since"]))
         cutoff, keep, kept = datetime.now(UTC) - timedelta(seconds=seconds), True, []
@@ -273,7 +284,10 @@ def _logs(api: Any, a: Mapping[str, Any]) -> ExecOutput:
             if keep:
                 kept.append(line)
         lines = kept
-    return ExecOutput(0, "".join(lines))
+    if capture.total <= HEAD + TAIL:  # nothing cut: the output is the whole of it
+        return ExecOutput(0, "".join(lines))
+    return ExecOutput(0, "".join(lines), digest=capture.digest, total_bytes=capture.total,
+                      capped=capture.capped)
 
 
 def _exec(api: Any, a: Mapping[str, Any]) -> ExecOutput:
@@ -287,18 +301,30 @@ def _exec(api: Any, a: Mapping[str, Any]) -> ExecOutput:
                   json={"Detach": False, "Tty": False}, timeout=API_TIMEOUT) as res:
         if res.status_code >= 400:
             raise docker.errors.APIError(res.reason, res, explanation=res.text.strip())
-        stream = res.raw.read(OUTPUT_LIMIT)  # 8-byte frame headers (stream, size), then data
-    chunks, at = [], 0
-    while at + 8 <= len(stream):
-        size = int.from_bytes(stream[at + 4:at + 8], "big")
-        chunks.append(stream[at + 8:at + 8 + size])
-        at += 8 + size
+        capture, pending = Capture(), b""  # 8-byte frame headers (stream, size), then data
+        while block := res.raw.read(65536):
+            pending += block
+            while len(pending) >= 8:
+                size = int.from_bytes(pending[4:8], "big")
+                if len(pending) < 8 + size:
+                    break
+                more = capture.feed(pending[8:8 + size])
+                pending = pending[8 + size:]
+                if not more:
+                    break
+            if capture.capped:
+                break
     for _ in range(100):  # the stream may end a moment before the Engine records the exit
         done = api.exec_inspect(exec_id)
         if not done.get("Running"):
             break
         time.sleep(0.05)
-    return ExecOutput(done.get("ExitCode"), b"".join(chunks).decode("utf-8", "replace"))
+    if capture.capped:
+        return ExecOutput(None, capture.text(), error=f"stopped: printed more than {capture.cap} "
+                          "bytes (the output cap)", digest=capture.digest,
+                          total_bytes=capture.total, capped=True)
+    return ExecOutput(done.get("ExitCode"), capture.text(), digest=capture.digest,
+                      total_bytes=capture.total)
 
 
 def _mib(n: float) -> str:

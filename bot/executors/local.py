@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from bot.executors.base import KindParams, StepKind
+from bot.executors.capture import Capture
 from bot.models import ExecOutput, Host
 
 
@@ -32,19 +33,26 @@ class LocalStep(StepKind):
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         except OSError as exc:
             return ExecOutput(None, "", error=f"cannot start {action['argv'][0]}: {exc.strerror}")
-        chunks: list[bytes] = []
+        capture = Capture()
 
         async def pump() -> None:
             assert proc.stdout is not None
             while chunk := await proc.stdout.read(65536):
-                chunks.append(chunk)
+                if not capture.feed(chunk):
+                    proc.kill()  # the output cap: stop the command
+                    return
 
+        error, timed_out, status = None, False, None
         try:
-            await asyncio.wait_for(pump(), timeout)
-            status = await asyncio.wait_for(proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await pump()
+                status = await proc.wait()
         except TimeoutError:
+            error, timed_out = f"timed out after {timeout:g}s", True
+        if proc.returncode is None:
             proc.kill()
             await proc.wait()
-            return ExecOutput(None, b"".join(chunks).decode("utf-8", "replace"),
-                              error=f"timed out after {timeout:g}s", timed_out=True)
-        return ExecOutput(status, b"".join(chunks).decode("utf-8", "replace"))
+        if capture.capped:
+            error, status = f"stopped: printed more than {capture.cap} bytes (the output cap)", None
+        return ExecOutput(status, capture.text(), error=error, timed_out=timed_out,
+                          digest=capture.digest, total_bytes=capture.total, capped=capture.capped)

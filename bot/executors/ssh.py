@@ -10,6 +10,7 @@ One pooled connection per host serves every step of every incident; it closes wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import asyncssh
 from pydantic import Field
 
 from bot.executors.base import KindParams, StepKind
+from bot.executors.capture import Capture
 from bot.models import ExecOutput, Host
 
 HostKey = tuple[str, int, str | None]
@@ -106,19 +108,23 @@ class SshPool:
                         f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
                 try:
                     # stderr joins stdout on the host, so lines are never split between them
-                    done = await conn.run(PRELUDE + command, check=False,
-                                          timeout=timeout, encoding="utf-8", errors="replace")
-                    return ExecOutput(done.exit_status, str(done.stdout or ""))
-                except asyncssh.TimeoutError as exc:
-                    return ExecOutput(None, str(exc.stdout or ""),
-                                      error=f"timed out after {timeout:g}s", timed_out=True)
-                except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost,
-                        asyncssh.DisconnectError, BrokenPipeError) as exc:
-                    # a pooled connection that died while idle: reconnect once
+                    process = await conn.create_process(PRELUDE + command, encoding=None,
+                                                        stdin=asyncssh.DEVNULL)
+                except (asyncssh.ChannelOpenError, BrokenPipeError) as exc:
+                    # the session never opened: nothing ran. A pooled connection that died
+                    # while idle: reconnect once.
                     entry.conn = None
                     if attempt == 2:
                         return ExecOutput(None, "", error=f"SSH connection to {host.name} lost: "
-                                          f"{getattr(exc, 'reason', exc)}")
+                                          f"{getattr(exc, 'reason', exc)}; nothing was run")
+                    continue
+                except (asyncssh.Error, OSError) as exc:
+                    # the command may have reached the host: never run it a second time
+                    entry.conn = None
+                    return ExecOutput(None, "", error=f"SSH connection to {host.name} lost while "
+                                      f"starting the command ({getattr(exc, 'reason', exc)}); "
+                                      "it may have run, and was not retried")
+                return await _collect(process, host, timeout)
             raise AssertionError("unreachable")
         finally:
             self._checkin(entry)
@@ -131,6 +137,45 @@ class SshPool:
                 entry.conn.close()
                 await entry.conn.wait_closed()
                 entry.conn = None
+
+
+async def _collect(process: asyncssh.SSHClientProcess[bytes], host: Host,
+                   timeout: float) -> ExecOutput:  # noqa: ASYNC109 (the step's own timeout)
+    """Stream the command's output into a bounded capture; stop it at the cap or the timeout.
+    A connection lost now is never retried: the command was delivered."""
+    capture = Capture()
+    error, timed_out = None, False
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await process.stdout.read(65536):
+                if not capture.feed(chunk):
+                    break
+            if capture.capped:
+                _stop(process)
+            else:
+                await process.wait_closed()
+    except TimeoutError:
+        _stop(process)
+        error, timed_out = f"timed out after {timeout:g}s", True
+    except (asyncssh.Error, OSError) as exc:
+        error = (f"SSH connection to {host.name} lost while the command ran "
+                 f"({getattr(exc, 'reason', exc)}); it was not retried")
+    if capture.capped:
+        error = f"stopped: printed more than {capture.cap} bytes (the output cap)"
+    elif error is None and process.exit_status is None:
+        signal = process.exit_signal
+        error = f"the command was killed by signal {signal[0]}" if signal else (
+            f"SSH connection to {host.name} lost while the command ran (no exit status); it "
+            "was not retried")
+    status = None if error else process.exit_status
+    return ExecOutput(status, capture.text(), error=error, timed_out=timed_out,
+                      digest=capture.digest, total_bytes=capture.total, capped=capture.capped)
+
+
+def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
+    with contextlib.suppress(asyncssh.Error, OSError):
+        process.send_signal("KILL")  # honoured by OpenSSH >= 7.9; closing the channel anyway
+    process.close()
 
 
 class SshParams(KindParams):

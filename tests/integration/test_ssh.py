@@ -99,3 +99,53 @@ async def test_system_tools_are_found_by_a_non_root_login(inventory_file: Path,
         await pool.close()
     lines = out.output.split()
     assert lines[0] == "/usr/sbin/nginx" and lines[-1] != "0", out
+
+
+async def test_a_flood_of_output_is_capped_and_the_command_stopped(
+        inventory_file: Path, known_hosts_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from bot.executors import capture
+
+    monkeypatch.setattr(capture, "OUTPUT_CAP", 3 * 2**20)
+    monkeypatch.setattr(capture, "HEAD", 4096)
+    monkeypatch.setattr(capture, "TAIL", 4096)
+    monkeypatch.setattr(capture.Capture.__init__, "__kwdefaults__",
+                        {"cap": 3 * 2**20, "head": 4096, "tail": 4096})
+    pool = SshPool(known_hosts_file)
+    host = web01(inventory_file)
+    marker = f"/tmp/opsbot-cap-{time.monotonic_ns()}"
+    # 1 MB lines, forever; the marker file says the command went on after the cap
+    out = await pool.run(host, f"seq 1 100000000 | awk '{{printf \"%07d\\n\", $1}}'; "
+                               f"touch {marker}", 60)
+    assert out.capped and out.total_bytes == 3 * 2**20 and out.exit_status is None
+    assert out.error and "output cap" in out.error
+    assert out.output.startswith("0000001\n") and "bytes cut" in out.output
+    assert len(out.output) < 9000
+    expected = b"".join(b"%07d\n" % i for i in range(1, 3 * 2**20 // 8 + 2))[:3 * 2**20]
+    assert out.digest == hashlib.sha256(expected).hexdigest()
+    await asyncio.sleep(1)
+    check = await pool.run(host, f"test -e {marker} && echo ran-on || echo stopped", 10)
+    assert check.output == "stopped\n"
+    await pool.close()
+
+
+async def test_a_lost_connection_is_not_retried_once_the_command_started(
+        inventory_file: Path, known_hosts_file: Path) -> None:
+    pool = SshPool(known_hosts_file)
+    host = web01(inventory_file)
+    counter = f"/tmp/opsbot-once-{time.monotonic_ns()}"
+
+    async def drop_soon() -> None:
+        await asyncio.sleep(0.5)
+        entry = next(iter(pool._entries.values()))
+        assert entry.conn is not None
+        entry.conn.abort()  # the transport dies under the running command
+
+    dropping = asyncio.create_task(drop_soon())
+    out = await pool.run(host, f"echo x >> {counter}; sleep 3", 10)
+    await dropping
+    assert out.error and "not retried" in out.error
+    lines = await pool.run(host, f"cat {counter}; rm -f {counter}", 10)
+    assert lines.output == "x\n"  # ran once, never twice
+    await pool.close()
