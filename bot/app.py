@@ -11,6 +11,7 @@ from bot.config import Settings
 from bot.executors import ExecContext
 from bot.inventory import Inventory, load_inventory, missing_inventory, unknown_opsbot_vars
 from bot.notify import ConsoleTransport, Reporter, Transport
+from bot.redact import redact_logs
 from bot.runbooks import Catalog, load_catalog
 from bot.runner import Runner
 from bot.service import Opsbot
@@ -51,6 +52,7 @@ def load_definitions(settings: Settings) -> tuple[Catalog, Inventory]:
 
 def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
     """Everything one process needs. Must be called inside a running event loop."""
+    redact_logs()
     catalog, inventory = load_definitions(settings)
     store = AsyncStore(Store(settings.db, audit_key=settings.audit_key))
     ctx = ExecContext(known_hosts=settings.known_hosts, ssh_idle=settings.ssh_idle)

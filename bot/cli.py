@@ -356,10 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    from bot.redact import RedactingFilter
+    from bot.redact import redact_logs
 
-    for handler in logging.getLogger().handlers:  # no secret reaches a log line
-        handler.addFilter(RedactingFilter())
+    redact_logs()  # no secret reaches a log line
     if not args.verbose:
         for noisy in ("asyncssh", "slack_bolt", "slack_sdk", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

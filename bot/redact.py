@@ -184,14 +184,23 @@ def bound(text: str, limit: int, *, keep_head: float = 0.4) -> tuple[str, bool]:
     return f"{head}… [{cut} characters cut] …\n{tail}", True
 
 
-class RedactingFilter(logging.Filter):
-    """On a log handler: the formatted message (and a traceback's text) redacted."""
+def redact_logs() -> None:
+    """Every log record redacted as it is made: its message, and a traceback's text (so no
+    handler, whoever installed it, sees a secret)."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacting", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        record.exc_info = None if record.exc_text else record.exc_info
-        return True
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except (TypeError, ValueError):  # a malformed format string: keep what was logged
+            record.msg = redact(str(record.msg))
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return record
+
+    factory.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
