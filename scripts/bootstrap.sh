@@ -3,7 +3,7 @@
 
 RUN_PACKAGES=(python3 python3-venv python3-pip openssh-client curl)
 TEST_PACKAGES=(openssh-server nginx supervisor prometheus prometheus-alertmanager
-               prometheus-blackbox-exporter docker.io busybox-static redis-server sqlite3
+               prometheus-blackbox-exporter docker.io busybox-static redis-server sqlite3 postgresql
                iproute2 procps)
 
 as_root() {
