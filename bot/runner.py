@@ -195,8 +195,13 @@ class Runner:
         return result, (out.data if out.data is not None else clean)
 
     async def diagnose_host(self, runbook: Runbook, host: Host, params: Mapping[str, Any],
-                            listener: StepListener) -> HostReport:
+                            listener: StepListener, *, since: Any = None,
+                            found: Mapping[str, Any] | None = None) -> HostReport:
+        """Run the checks, then rank causes. `since`: when the incident started (a datetime or
+        a bot.logtime.Clock), so older log lines do not count; `found`: evidence gathered before
+        the checks (discovery's chain)."""
         report = HostReport(host=host, params=params)
+        report.evidence.update(found or {})
         done: dict[str, StepResult] = {}
         facts: dict[str, str] = {}
         for step in runbook.steps:
@@ -222,7 +227,7 @@ class Runner:
         if runbook.rules is not None:
             from bot.diagnosis import diagnose
 
-            report.causes = list(diagnose(runbook.rules, report.evidence, params))
+            report.causes = list(diagnose(runbook.rules, report.evidence, params, since))
         self._propose(runbook, report,
                       context=render_context(host, params, facts, done, report.evidence))
         return report
@@ -263,9 +268,15 @@ class Runner:
 
     async def diagnose(self, runbook: Runbook,
                        targets: Sequence[tuple[Host, Mapping[str, Any]]],
-                       listener: StepListener) -> list[HostReport]:
-        return list(await asyncio.gather(*(self.diagnose_host(runbook, host, params, listener)
-                                           for host, params in targets)))
+                       listener: StepListener, *, since: Mapping[str, Any] | None = None,
+                       found: Mapping[str, Mapping[str, Any]] | None = None
+                       ) -> list[HostReport]:
+        """Every host at once; since and found are per host name."""
+        return list(await asyncio.gather(*(
+            self.diagnose_host(runbook, host, params, listener,
+                               since=(since or {}).get(host.name),
+                               found=(found or {}).get(host.name))
+            for host, params in targets)))
 
     async def remediate(self, runbook: Runbook, proposal: Proposal, host: Host,
                         listener: StepListener) -> tuple[StepResult, StepResult | None]:

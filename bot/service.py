@@ -11,6 +11,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import TemplateError
@@ -21,6 +22,7 @@ from bot.discovery import Chain, discover
 from bot.errors import BotError, InventoryError, NotFound
 from bot.ingest import alert_host
 from bot.inventory import Inventory
+from bot.logtime import Clock
 from bot.models import (
     AlertGroup,
     ExecOutput,
@@ -38,6 +40,18 @@ from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """An alert's startsAt (RFC 3339), aware; None when absent or unreadable."""
+    if not text or text.startswith("0001-"):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
 DEFAULT_URL = "http://127.0.0.1/"  # discovery's URL when neither the alert nor the host names one
 
 # An approver sees a pending approval and its proposal; it answers (approved?, who) or None
@@ -165,7 +179,8 @@ class Opsbot:
         if runbook and host:
             self.spawn(self.run(incident, runbook, [host], labels=labels,
                                 requested_by="alertmanager", source="alert",
-                                approver=ask_in_thread), incident.id)
+                                approver=ask_in_thread, started_at=first.starts_at),
+                       incident.id)
         return incident
 
     async def _record_alerts(self, incident_id: int, webhook_id: int, group: AlertGroup) -> None:
@@ -301,7 +316,10 @@ class Opsbot:
 
     async def run(self, incident: Incident, runbook: Runbook, hosts: list[Host], *,
                   labels: Mapping[str, str], requested_by: str, source: str,
-                  approver: Approver, explicit: Mapping[str, str] | None = None) -> RunOutcome:
+                  approver: Approver, explicit: Mapping[str, str] | None = None,
+                  started_at: str | None = None) -> RunOutcome:
+        """Trace, check, diagnose, propose. started_at: when the alert began firing (log
+        lines older than that, less a margin, are shown as earlier); default: now."""
         explicit = explicit or {}
         chains = await self.trace(incident.id, runbook, hosts, labels, explicit)
         if source == "alert":
@@ -325,7 +343,14 @@ class Opsbot:
                                          runbook=runbook.name)
         await self.reporter.refresh_root(incident.id)
         recorder = self.reporter.recorder(incident.id, run_id, requested_by)
-        reports = await self.runner.diagnose(runbook, targets, recorder)
+        began = _parse_time(started_at) or datetime.now(UTC)
+        clocks = {name: Clock(since=began, utc_offset=c.utc_offset, booted_at=c.booted_at)
+                  for name, c in chains.items()}
+        clocks.update({h.name: Clock(since=began) for h in hosts if h.name not in clocks})
+        found = {name: {"discovery": "\n".join([c.text(), *c.notes])}
+                 for name, c in chains.items()}
+        reports = await self.runner.diagnose(runbook, targets, recorder, since=clocks,
+                                             found=found)
         summaries = getattr(runbook.rules, "summaries", {}) if runbook.rules else {}
         best = None
         for report in reports:

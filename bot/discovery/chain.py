@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +66,10 @@ class Chain:
     candidates: tuple[Owner, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     reachable: bool = True
+    namesake: Owner | None = None  # nothing holds the address; this one is named like it
+    namesake_address: Address | None = None  # ... and listens here
+    utc_offset: timedelta | None = None  # the host's clock, to place its log lines in time
+    booted_at: datetime | None = None
 
     # -- how it reads ------------------------------------------------------------------------
     def links(self) -> list[str]:
@@ -96,6 +101,9 @@ class Chain:
             out.append(self.owner.label)
         elif not self.listening:
             out.append("nothing is configured to listen there")
+            if self.namesake is not None:
+                out.append(f"but {self.namesake.label} listens on {self.namesake_address}: "
+                           "nginx points elsewhere")
         return out
 
     def text(self) -> str:
@@ -118,6 +126,8 @@ class Chain:
             "listener": {"pid": self.listener_pid, "name": self.listener_name}
             if self.listener_pid else None,
             "owner": self.owner.to_json() if self.owner else None,
+            "namesake": None if self.namesake is None else {
+                **self.namesake.to_json(), "address": str(self.namesake_address)},
             "candidates": [c.to_json() for c in self.candidates],
             "dependencies": self.dependencies(),
             "params": self.params(),
@@ -162,7 +172,13 @@ class Chain:
                 out["upstream_port"] = addr.port
                 host = f"[{addr.host}]" if ":" in addr.host else addr.host
                 out["health_url"] = f"{scheme}://{host}:{addr.port}{path}"
-        o = self.owner
+        o = self.owner or self.namesake
+        where = self.namesake_address if self.owner is None else None
+        if where is not None and r is not None:  # the backend is there, not where nginx points
+            path = r.upstream_path or urlsplit(self.url).path or "/"
+            out.pop("upstream_socket", None)
+            out["upstream_host"], out["upstream_port"] = where.host, where.port
+            out["health_url"] = f"http://{where.host}:{where.port}{path}"
         if o is not None:
             out["deployment"] = o.kind
             if o.kind == "supervisord":
@@ -179,5 +195,6 @@ class Chain:
                 out["app_log"] = o.logs[0]
                 if len(o.logs) > 1:
                     out["app_err_log"] = o.logs[1]
+        if r is not None and r.directive is not None:  # traced: what it needs is what it names
             out["dependencies"] = " ".join(self.dependencies())
         return out

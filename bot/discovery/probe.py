@@ -9,14 +9,24 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.discovery.chain import Chain, Owner
-from bot.discovery.nginx import Address, NginxConfig, NginxConfigError, parse_dump, route
+from bot.discovery.nginx import (
+    Address,
+    NginxConfig,
+    NginxConfigError,
+    Route,
+    parse_dump,
+    route,
+)
 from bot.discovery.owners import (
     Container,
+    Listener,
     Proc,
     Program,
     ProgramStatus,
@@ -39,6 +49,7 @@ from bot.models import ExecOutput
 Run = Callable[[str, float], Awaitable[ExecOutput]]
 
 PS = "ps -ww -eo pid=,ppid=,user=,args="
+CLOCK = "date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime"
 SS = "ss -ltnpH; ss -lxnpH"
 DOCKER_IDS = "docker ps -aq --no-trunc"
 DEFAULT_SUPERVISOR_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf")
@@ -47,11 +58,30 @@ UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+@/-]{0,1000}$")
 _SAFE_GLOB = re.compile(r"^/[A-Za-z0-9_.+@/*?\[\]-]{0,1000}$")
 _FILE_MARK = re.compile(r"^# ---- opsbot file (/.+)$", re.M)
+_COMMON = {"http", "https", "grpc", "unix", "pool", "backend", "backends", "upstream", "server",
+           "localhost", "www", "com", "org", "net", "app", "api", "web", "sock", "socket"}
 _RUNNING = {"RUNNING", "STARTING", "active", "running", "activating", "reloading"}
 
 
 def _path(value: str) -> str | None:
     return value if _SAFE_PATH.match(value) and "/../" not in f"{value}/" else None
+
+
+def host_clock(text: str) -> dict[str, Any]:
+    """utc_offset and booted_at from `date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime`."""
+    lines = text.split()
+    if len(lines) < 3 or not lines[0].isdigit():
+        return {}
+    out: dict[str, Any] = {}
+    m = re.fullmatch(r"([+-])(\d\d)(\d\d)", lines[1])
+    if m:
+        sign = -1 if m.group(1) == "-" else 1
+        out["utc_offset"] = sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
+    try:
+        out["booted_at"] = datetime.fromtimestamp(int(lines[0]) - float(lines[2]), UTC)
+    except ValueError:
+        pass
+    return out
 
 
 class Prober:
@@ -209,6 +239,7 @@ class Prober:
             return replace(chain, notes=(f"discovery could not run on {self.host}: {why}",),
                            reachable=ps.error is None)
         procs = parse_ps(ps.output)
+        chain = replace(chain, **host_clock((await self.sh(CLOCK)).output))
         conf_path, config = await self.nginx_config(procs, url, nginx_conf)
         if config is None:
             return replace(chain, notes=(*self.notes, "no nginx configuration could be read "
@@ -242,7 +273,42 @@ class Prober:
                 owner = next((c for c in candidates if not c.running), candidates[0])
         rest = tuple(c for c in candidates if owner is None or
                      (c.kind, c.name) != (owner.kind, owner.name))
-        return replace(chain, owner=owner, candidates=rest, notes=tuple(self.notes))
+        chain = replace(chain, owner=owner, candidates=rest)
+        if owner is None and held is None:  # nginx may point at the wrong place: whose is it?
+            chain = replace(chain, **await self.namesake(procs, found, listeners))
+        return replace(chain, notes=tuple(self.notes))
+
+    async def namesake(self, procs: Mapping[int, Proc], found: Route,
+                       listeners: Sequence[Listener]) -> dict[str, Any]:
+        """The one running program or container named like the upstream (myapp_pool ->
+        myapp), and the address it listens on: where nginx was probably meant to point."""
+        words = {w for text in (found.upstream.args[0] if found.upstream else "",
+                                found.target, found.server_name)
+                 for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= 3} - _COMMON
+        if not words:
+            return {}
+        owners: list[Owner] = []
+        for conf, statuses in await self.supervisor(procs):
+            for prog in conf.programs:
+                if set(re.split(r"[^a-z0-9]+", prog.name.lower())) & words:
+                    owners.append(self.program_owner(conf, prog, statuses.get(prog.name),
+                                                     "named like the upstream"))
+        for c in await self.containers():
+            if set(re.split(r"[^a-z0-9]+", c.name.lower())) & words:
+                owners.append(self.container_owner(c, "named like the upstream"))
+        running = [o for o in owners if o.running]
+        if len(running) != 1:
+            return {}
+        owner = running[0]
+        text = f"{owner.command} {owner.environment}"
+        for li in listeners:
+            if li.port and (li.processes and owner.pid in {p for _, p in li.processes}
+                            or mentions(text, Address(li.host, li.port))):
+                host = "127.0.0.1" if li.host in ("*", "0.0.0.0", "") else li.host
+                return {"namesake": replace(owner, how=f"{owner.how}; listens on "
+                                            f"{host}:{li.port}"),
+                        "namesake_address": Address(host, li.port)}
+        return {}
 
     async def owner_of_pid(self, procs: Mapping[int, Proc], pid: int,
                            addr: Address) -> Owner | None:

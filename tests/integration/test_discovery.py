@@ -90,7 +90,9 @@ async def test_crash_loop_names_the_program_fatal(field: FieldLab, ctx: ExecCont
 
     chain = await chain_on(ctx, sshd_host, field.url)
 
-    assert chain.text().endswith("→ supervisord program myapp (FATAL)")
+    assert chain.text().endswith(f"nothing listens on 127.0.0.1:{field.app_port} → "
+                                 f"supervisord program myapp ({field.state()})")
+    assert field.state() in ("BACKOFF", "FATAL")
     assert chain.dependencies() == []  # nothing in its command or environment names one
 
 
@@ -107,15 +109,20 @@ async def test_unix_socket_upstream(field: FieldLab, ctx: ExecContext,
     assert params["health_url"] == "http://localhost/healthcheck"  # the location's prefix cut
 
 
-async def test_wrong_upstream_port_has_no_owner(field: FieldLab, ctx: ExecContext,
-                                                sshd_host: SshServer) -> None:
+async def test_wrong_upstream_port_points_at_the_namesake(field: FieldLab, ctx: ExecContext,
+                                                          sshd_host: SshServer) -> None:
     port = await asyncio.to_thread(field.wrong_port)
 
     chain = await chain_on(ctx, sshd_host, field.url)
 
-    assert chain.text().endswith(f"upstream myapp_pool (127.0.0.1:{port}) → nothing listens on "
-                                 f"127.0.0.1:{port} → nothing is configured to listen there")
-    assert chain.owner is None and "program" not in chain.params()
+    assert chain.text().endswith(
+        f"upstream myapp_pool (127.0.0.1:{port}) → nothing listens on 127.0.0.1:{port} → "
+        "nothing is configured to listen there → but supervisord program myapp (RUNNING) "
+        f"listens on 127.0.0.1:{field.app_port}: nginx points elsewhere")
+    assert chain.owner is None
+    params = chain.params()
+    assert (params["program"], params["upstream_port"]) == ("myapp", field.app_port)
+    assert params["health_url"] == f"http://127.0.0.1:{field.app_port}/healthcheck"
 
 
 async def test_a_url_no_server_listens_on(field: FieldLab, ctx: ExecContext,

@@ -221,6 +221,16 @@ class FieldLab:
         wait_until(check, timeout, f"HTTP {wanted} from {url or self.url}", interval=0.2,
                    on_timeout=lambda: f"; seen {seen[-5:]}; {tail(self.error_log, 3)}")
 
+    def truncate_logs(self) -> None:
+        """Empty nginx's, supervisord's and the programs' logs (logrotate's copytruncate), so
+        what they show next is this test's fault only."""
+        for path in (self.error_log, self.root / "nginx" / "main-error.log",
+                     self.root / "supervisor" / "supervisord.log", self.app_log,
+                     self.root / "myapp" / "app.err", self.root / "sockapp" / "app.log",
+                     self.root / "sockapp" / "app.err"):
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(path, 0)
+
     # -- faults -----------------------------------------------------------------------------
     def _mode(self, mode: str) -> None:
         (self.root / "myapp" / "mode").write_text(mode + "\n")
@@ -252,7 +262,10 @@ class FieldLab:
         self.wait_status(502)
 
     def crashloop(self) -> None:
-        self._restart("crash", {"FATAL"})
+        """Crash mode: BACKOFF, then FATAL (waited for when it comes within 45 s)."""
+        self._restart("crash", {"BACKOFF", "FATAL"})
+        with contextlib.suppress(LabError):
+            self.wait_state({"FATAL"}, timeout=45)
         self.wait_status(502)
 
     def hang(self) -> None:
