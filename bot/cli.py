@@ -191,6 +191,19 @@ async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> 
         await rt.close()
 
 
+async def run_exit_status(rt: Any, outcome: Any) -> int:
+    """0: the diagnosis ran on every host and every fix that ran verified; 1: otherwise (a fix
+    failed or did not verify, or a host could not be reached)."""
+    steps = [r for r in await rt.store.steps_of(outcome.incident.id)
+             if r["run_id"] == outcome.run_id and r["phase"] in ("remediation", "verify")]
+    fixes = [r for r in steps if r["phase"] == "remediation"]
+    verified = [r for r in steps if r["phase"] == "verify" and r["status"] == "ok"]
+    unreachable = any(r.error or (r.results and all(s.status == "error" for s in r.results))
+                      for r in outcome.reports) or \
+        any(not c.reachable for c in outcome.chains.values())
+    return EXIT_FAIL if unreachable or len(verified) < len(fixes) else EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.params import parse_assignments
 
@@ -226,8 +239,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(f"{incident.ref}: {incident.phase}"
                   + (f", likely cause {incident.cause}" if incident.cause else ""))
-        return EXIT_OK if incident.phase not in ("verify failed", "remediation failed") \
-            else EXIT_FAIL
+        return await run_exit_status(rt, outcome)
 
     return asyncio.run(_with_runtime(settings, go, quiet=args.json))
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,6 +79,8 @@ class RunOutcome:
     incident: Incident
     reports: list[HostReport]
     pending: list[Row]
+    run_id: int = 0
+    chains: Mapping[str, Chain] = field(default_factory=dict)
 
 
 class Opsbot:
@@ -377,7 +379,7 @@ class Opsbot:
         await self.store.finish_run(run_id, incident.id,
                                     "awaiting approval" if pending else "done", requested_by)
         incident = await self.reporter.refresh_root(incident.id)
-        return RunOutcome(incident, reports, pending)
+        return RunOutcome(incident, reports, pending, run_id, chains)
 
     # -- approvals ------------------------------------------------------------------------
     async def propose(self, incident_id: int, run_id: int, runbook: Runbook,
