@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from bot.discovery import Chain, discover
 from bot.executors import ExecContext
 from bot.models import ExecOutput, Host
-from tests.lab import SshServer
+from tests.lab import SshServer, free_port
 from tests.lab.docker import DockerLab
 from tests.lab.field import FieldLab
 
@@ -188,3 +189,26 @@ async def test_opsbot_discover_command(field: FieldLab, sshd_host: SshServer,
 
     code, out = await opsbot("edge01", "--url", "file:///etc/passwd")
     assert code != 0 and out.count("\n") == 1 and "parameter url" in out
+
+
+async def test_a_plain_process_the_ssh_user_started(field: FieldLab, ctx: ExecContext,
+                                                    sshd_host: SshServer) -> None:
+    port = free_port()
+    user = pwd.getpwnam(sshd_host.user)  # its uid and gid: ss -p shows its pid to that user
+    backend = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+        "/usr/bin/python3", str(ROOT / "tests/lab/backend.py"), "--port",
+        str(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(field.set_api_port, port)
+        await asyncio.to_thread(field.wait_status, 200, field.api_url)
+
+        chain = await chain_on(ctx, sshd_host, field.api_url)
+    finally:
+        backend.terminate()
+        await backend.wait()
+
+    assert chain.text().endswith(f"127.0.0.1:{port} listening (python3 pid {backend.pid}) → "
+                                 "process python3 (running)")
+    assert chain.params()["deployment"] == "process"
+    assert chain.params()["health_url"] == f"http://127.0.0.1:{port}/healthcheck"  # rewritten
