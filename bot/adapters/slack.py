@@ -129,22 +129,6 @@ def check_signature(secret: str, timestamp: str | None, signature: str | None, b
     return None
 
 
-class ReplayGuard:
-    """Signatures seen while their timestamp is still acceptable: a second use is a replay.
-    In memory: a restart forgets them (at most 5 minutes' worth of exposure)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}  # signature -> when it stops being acceptable
-
-    def first_use(self, signature: str, timestamp: int, now: float) -> bool:
-        if len(self._seen) > 1000:
-            self._seen = {s: t for s, t in self._seen.items() if t >= now}
-        if self._seen.get(signature, 0.0) >= now:
-            return False
-        self._seen[signature] = timestamp + MAX_SKEW + 1
-        return True
-
-
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
     """A Slack request body: JSON (events, JSON-posted payloads), a form with `payload=` (JSON
     of interactivity), or a plain form (slash commands). IngestError for anything else."""
@@ -219,7 +203,6 @@ class SlackInbound:
     def __init__(self, bot: Opsbot, settings: Settings, client: AsyncWebClient | None) -> None:
         self.bot = bot
         self.operators = Operators(settings.operators, client)
-        self.replays = ReplayGuard()
 
     async def dispatch(self, payload: dict[str, Any]) -> Reply:
         """What to ack with; IngestError (one line, a 400) for a shape no Slack client sends."""
@@ -318,7 +301,8 @@ def slack_route(inbound: SlackInbound, rt: Any, secret: str) -> web.RouteDef:
         if problem:
             return error(401, problem)
         assert timestamp is not None and signature is not None
-        if not inbound.replays.first_use(signature, int(timestamp), now):
+        # a signature is acceptable as long as its timestamp is: remember it that long
+        if not await rt.store.first_use(f"slack:{signature}", int(timestamp) + MAX_SKEW + 1):
             await rt.store.audit("slack.replay_refused", "slack", None,
                                  signature=signature[:16], timestamp=timestamp)
             return error(401, "this signed request was already received (a replay); ignored")

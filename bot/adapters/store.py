@@ -520,6 +520,20 @@ class Store:
         return self._one("SELECT * FROM messages WHERE incident_id = ? AND kind = ? AND ref = ? "
                          "ORDER BY id DESC LIMIT 1", (incident_id, kind, ref))
 
+    # -- signed requests seen ---------------------------------------------------------------
+    def first_use(self, key: str, until: float) -> bool:
+        """Remember `key` (a signed request's signature) until `until` (epoch seconds): True
+        the first time, False while it is remembered (a replay). Kept in the database, so a
+        restart, or another replica on the same database, still knows it."""
+        now = datetime.now(UTC).timestamp()
+        with self.tx() as conn:
+            conn.execute("DELETE FROM meta WHERE key LIKE 'seen:%' AND CAST(value AS REAL) < ?",
+                         (now,))
+            if conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"seen:{key}",)).fetchone():
+                return False
+            conn.execute("INSERT INTO meta VALUES (?, ?)", (f"seen:{key}", repr(until)))
+            return True
+
     def metrics(self) -> dict[str, int]:
         q = self.db.conn.execute
         return {

@@ -234,3 +234,18 @@ async def test_health_is_read_only_and_terse_and_metrics_need_the_token(
     async with bot.session.get(f"{bot.url}/metrics",
                                headers={"Authorization": "Bearer metrics-token"}) as resp:
         assert resp.status == 200 and "opsbot_incidents_open 0" in await resp.text()
+
+
+async def test_a_replay_is_refused_across_a_restart(light_bot: RunningBot) -> None:
+    bot = light_bot
+    body = slash_command_body("incidents")
+    signed_at = int(time.time())
+    status, _ = await bot.slack_request(body, timestamp=signed_at)
+    assert status == 200
+    await bot.restart()  # the signatures seen live in the database, not in the process
+    status, text = await bot.slack_request(body, timestamp=signed_at)
+    assert status == 401 and "replay" in text
+    status, _ = await bot.slack_request(body, timestamp=signed_at + 1)  # newly signed: fine
+    assert status == 200
+    refused = [r for r in bot.store().audit_records() if r["action"] == "slack.replay_refused"]
+    assert len(refused) == 1
