@@ -264,7 +264,7 @@ def _logs(api: Any, a: Mapping[str, Any]) -> ExecOutput:
         raise EngineError(str(exc).replace("`", "")) from None
     capture = Capture(cap=LOGS_CAP)  # bytes, whatever the line count: lines can be huge
     stream = api.logs(a["container"], stdout=True, stderr=True, timestamps=True, tail=tail,
-                      stream=True)
+                      stream=True, follow=False)
     try:
         for chunk in stream:
             if not capture.feed(chunk):
@@ -284,7 +284,7 @@ def _logs(api: Any, a: Mapping[str, Any]) -> ExecOutput:
             if keep:
                 kept.append(line)
         lines = kept
-    if capture.total <= HEAD + TAIL:  # nothing cut: the output is the whole of it
+    if capture.total <= HEAD + TAIL and not capture.capped:  # nothing cut: the whole of it
         return ExecOutput(0, "".join(lines))
     return ExecOutput(0, "".join(lines), digest=capture.digest, total_bytes=capture.total,
                       capped=capture.capped)

@@ -184,6 +184,25 @@ class TestEachAction:
         assert result.truncated and len(result.output) < 16_500 and result.output_bytes > 100_000
         assert "characters cut]" in result.output
 
+    async def test_logs_are_capped_in_bytes_and_redacted_before_the_cut(
+            self, runner: Runner, host: Host, docker_lab: DockerLab,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        from bot.executors import docker as docker_kind
+
+        monkeypatch.setattr(docker_kind, "LOGS_CAP", 64 * 1024)
+        name = docker_lab.run_sh('i=0; while [ $i -lt 4000 ]; do echo "line $i password=pw$i";'
+                                 ' i=$((i+1)); done; sleep 600')
+        deadline = time.monotonic() + 20
+        while b"line 3999" not in docker_lab.client.api.logs(name, tail=1):
+            assert time.monotonic() < deadline, "the container did not print its lines"
+            await asyncio.sleep(0.1)
+
+        result = await execute(runner, host, action="logs", container=name, tail=10000)
+
+        assert result.output_bytes == 64 * 1024 and "the output cap" in result.output
+        assert "password=pw" not in result.output and "password=[REDACTED]" in result.output
+        assert "line 3999" not in result.output  # what came after the cap was never read
+
 
     async def test_exec_runs_an_argv_without_a_shell(
             self, step: DockerStep, host: Host, zoo: dict[str, AppContainer]) -> None:
