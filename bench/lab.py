@@ -32,6 +32,7 @@ LOADAVG_RUNBOOK = {
 class BenchLab:
     root: Path
     hosts: list[SshServer]
+    web: Any = None  # the web lab, once started
     _stoppers: list[Any] = field(default_factory=list)
 
     @property
@@ -73,7 +74,9 @@ class BenchLab:
         hosts all point at it (host variables as tests/lab/fixtures.py writes them)."""
         from tests.lab.web import start_web
 
-        web = start_web(self.root / "web")
+        if self.web is not None:
+            return self.web
+        web = self.web = start_web(self.root / "web")
         self.on_close(web.stop)
         lab_vars = {
             "opsbot_supervisor_conf": str(web.supervisor_conf),
@@ -131,3 +134,16 @@ def start_lab(count: int = 50) -> BenchLab:
     lab = BenchLab(root, hosts)
     lab.write_files()
     return lab
+
+
+def log_runbooks(folder: Path, nginx_log: Path, container: str) -> None:
+    """Runbooks that read the tail of a log: a file over SSH, and a container's (json-file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "nginx-log.yaml").write_text(yaml.safe_dump({
+        "name": "nginx-log", "title": "The tail of nginx's error log (benchmark)",
+        "steps": [{"id": "nginx_error_log", "title": "nginx error log (tail)", "kind": "ssh",
+                   "command": f"tail -n 40 {nginx_log}"}]}, sort_keys=False))
+    (folder / "container-log.yaml").write_text(yaml.safe_dump({
+        "name": "container-log", "title": "The tail of a container's log (benchmark)",
+        "steps": [{"id": "docker_logs", "title": "container log (tail)", "kind": "docker",
+                   "action": "logs", "container": container, "tail": 40}]}, sort_keys=False))

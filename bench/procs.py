@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,3 +49,45 @@ def timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Pat
         out_path.unlink(missing_ok=True)
     return Timed(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
                  proc.returncode, text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(env: Mapping[str, str], log: Path, port: int, timeout: float = 60) -> Iterator[int]:
+    """`opsbot serve` as a child process until the block ends (SIGTERM, then SIGKILL); its pid
+    once /healthz answers."""
+    import sys
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env=dict(env), cwd=root,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"opsbot serve exited {proc.returncode}: "
+                                   f"{log.read_text()[-800:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("opsbot serve did not answer /healthz") from None
+                time.sleep(0.1)
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -155,6 +155,13 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:g} {unit}"
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def machine_facts() -> list[str]:
     facts = [f"{platform.system()} {platform.release()} {platform.machine()}, "
              f"Python {platform.python_version()}"]
@@ -166,8 +173,7 @@ def machine_facts() -> list[str]:
         mem = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal"))
         facts.append(f"memory {int(mem) / 2**20:.1f} GiB")
-        facts.append("load average at start: "
-                     + " ".join(Path("/proc/loadavg").read_text().split()[:3]))
+        facts.append(f"load average at start: {load_average()}")
     except (OSError, StopIteration):
         pass
     for argv in (["ssh", "-V"], ["docker", "version", "--format", "Docker {{.Server.Version}}"]):

@@ -132,10 +132,11 @@ def _close_masters(control: Path) -> None:
     control.rmdir()
 
 
-def _warm(lab: object, folder: Path, runbook: str, rounds: int, **env: str) -> dict:
+def _warm(lab: object, folder: Path, runbook: str, rounds: int, _target: str = "bench",
+          **env: str) -> dict:
     from bench.procs import timed
 
-    done = timed([sys.executable, str(ROOT / "bench/warm.py"), runbook, "bench", str(rounds)],
+    done = timed([sys.executable, str(ROOT / "bench/warm.py"), runbook, _target, str(rounds)],
                  env=opsbot_env(lab, folder, **env), cwd=ROOT, timeout=300 + 300 * rounds)
     if done.returncode != 0:
         raise RuntimeError(f"bench/warm.py {runbook}: {done.output[-800:]}")
@@ -204,8 +205,196 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
                 "(other labs' included). Compare the wall time with opsbot's own CPU.")
 
 
+def bench_logs(report: Report, lab: object, rounds: int, folder: Path) -> None:
+    """The tail of a 1 GB nginx error log over SSH, and of a container with a 200 MB
+    json-file log (the local Docker Engine), each read by its runbook step, warm."""
+    import subprocess
+
+    from bench.lab import BenchLab, log_runbooks
+
+    assert isinstance(lab, BenchLab)
+    bench = "Log excerpts: the tail of a large log"
+    log = lab.root / "big-error.log"
+    line = _real_nginx_line(lab)
+    chunk = (line * (2**20 // len(line) + 1)).encode()
+    with log.open("wb") as fh:
+        while fh.tell() < 2**30:  # 1 GiB, bounded by the size
+            fh.write(chunk)
+        fh.write(line.encode())
+    log.chmod(0o644)
+    container = f"opsbot-bench-{os.getpid()}"
+    docker_ok = _big_container(container, folder)
+    if docker_ok:
+        lab.on_close(lambda: subprocess.run(["docker", "rm", "-f", container],
+                                            capture_output=True, timeout=60, check=False))
+    log_runbooks(folder / "runbooks", log, container)
+    inventory = folder / "inventory.yaml"
+    import yaml
+
+    data = yaml.safe_load(lab.inventory.read_text())
+    for hvars in data["all"]["children"]["bench"]["hosts"].values():
+        hvars["opsbot_docker"] = "local"  # this machine's engine, where the container runs
+    inventory.write_text(yaml.safe_dump(data))
+    env = {"OPSBOT_RUNBOOKS": str(folder / "runbooks"), "OPSBOT_INVENTORY": str(inventory)}
+    host = lab.hosts[0].name
+    for runbook, what in (("nginx-log", f"1 GiB nginx error log over SSH ({host})"),
+                          ("container-log", "container with a 200 MB json-file log")):
+        if runbook == "container-log" and not docker_ok:
+            report.note(bench, f"{what}: not measured: {docker_ok!r}")
+            continue
+        result = _warm(lab, folder, runbook, max(rounds, 5), **env, _target=host)
+        if result["errors"]:
+            raise RuntimeError(f"{runbook}: {result['errors']}")
+        report.add(Figure(bench, what, "s", tuple(result["longest_step"]), Target(0.2),
+                          note="the step's own time (asked to answered); the whole run with "
+                               "its bookkeeping took a median of "
+                               f"{sorted(result['samples'])[len(result['samples']) // 2]:.3f} s"))
+
+
+def _real_nginx_line(lab: object) -> str:
+    """A line nginx itself wrote (the web lab's error log after a 502), else a fallback."""
+    from bench.lab import BenchLab
+    from tests.lab.process import http_get
+
+    assert isinstance(lab, BenchLab)
+    web = lab.web or lab.start_web()
+    web.stop_backend()
+    http_get(web.proxy_url, timeout=5)
+    lines = [x for x in web.error_log_lines() if "connect() failed" in x]
+    if not lines:
+        raise RuntimeError("nginx wrote no error line for a 502")
+    return lines[-1].rstrip("\n") + "\n"
+
+
+def _big_container(name: str, folder: Path) -> bool | str:
+    """A busybox container that wrote 200 MB to its json-file log; True, or why not."""
+    import subprocess
+
+    try:
+        from tests.lab.docker import ensure_busybox_image
+
+        image = ensure_busybox_image()
+    except Exception as exc:
+        return f"no Docker image: {exc}"
+    script = "yes 'GET /healthcheck HTTP/1.1 upstream timed out while reading response' | " \
+             "head -c 200000000; sleep 3600"
+    done = subprocess.run(["docker", "run", "-d", "--name", name, "--label", "opsbot-bench=1",
+                           "--log-driver", "json-file", image, "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        return f"docker run: {done.stderr.strip()[:200]}"
+    path = subprocess.run(["docker", "inspect", "-f", "{{.LogPath}}", name], capture_output=True,
+                          text=True, timeout=60, check=False).stdout.strip()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if Path(path).stat().st_size >= 200_000_000:
+                return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return "the container's log did not reach 200 MB in 5 minutes"
+
+
+def bench_export(report: Report, lab: object, rounds: int, folder: Path) -> None:
+    """`opsbot export` of a 100,000-event incident, per format: wall time and peak RSS."""
+    from bench.procs import timed
+    from bot.adapters.store import Store
+
+    bench = "Export of a 100,000-event incident (`opsbot export`, whole process)"
+    db = folder / "export.db"
+    store = Store(db)
+    inc, _ = store.open_or_join("bench", title="bench", labels={}, runbook=None,
+                                hosts=["web01"], notes=[], actor="bench")
+    with store.tx() as conn:
+        for i in range(100_000):
+            store._audit(conn, "step.end", "opsbot", inc.id, {
+                "step": f"s{i % 10}", "host": "web01", "status": "ok", "exit_status": 0,
+                "duration": 0.01, "output_sha256": f"{i:064x}"})
+    store.close()
+    env = {**opsbot_env(lab, folder), "OPSBOT_DB": str(db)}
+    for fmt in ("md", "json", "csv", "postmortem"):
+        walls, cpus, peaks = [], [], []
+        for _ in range(min(rounds, 3)):
+            out = folder / f"out.{fmt}"
+            done = timed([sys.executable, "-m", "bot", "export", inc.ref, "--format", fmt, "-o",
+                          str(out)], env=env, cwd=ROOT, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"export {fmt}: {done.output[-500:]}")
+            walls.append(done.wall)
+            cpus.append(done.cpu)
+            peaks.append(done.maxrss_mib)
+        size = out.stat().st_size / 2**20
+        report.add(Figure(bench, f"{fmt} time", "s", tuple(walls), Target(3.0),
+                          note=f"{size:.1f} MiB written"))
+        report.add(Figure(bench, f"{fmt} CPU", "s", tuple(cpus)))
+        report.add(Figure(bench, f"{fmt} peak RSS", "MiB", tuple(peaks), Target(150)))
+
+
+def bench_footprint(report: Report, lab: object, rounds: int, folder: Path) -> None:
+    """`opsbot serve` (console mode, the 50-host inventory, the project's runbooks): resident
+    memory idle, and with 100 open incidents (alerts no runbook matches, so nothing runs)."""
+    import urllib.request
+
+    from bench.procs import free_port, serve
+    from tests.lab.process import wait_until
+
+    bench = "Footprint of `opsbot serve`"
+    port = free_port()
+    token = "bench-token"
+    env = opsbot_env(lab, folder, OPSBOT_LISTEN=f"127.0.0.1:{port}", OPSBOT_ALERT_TOKEN=token,
+                     OPSBOT_RUNBOOKS=str(ROOT / "runbooks"))
+    idle, busy = [], []
+    for r in range(min(rounds, 3)):
+        env["OPSBOT_DB"] = str(folder / f"footprint-{r}.db")
+        with serve(env, folder / f"serve-{r}.log", port) as pid:
+            time.sleep(1.0)
+            idle.append(_rss_mib(pid))
+            for i in range(100):
+                body = json.dumps(_alert(f"BenchFootprint{r}", f"g{r}-{i}")).encode()
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/alerts/alertmanager", data=body, method="POST",
+                    headers={"Authorization": f"Bearer {token}",
+                             "Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+            wait_until(lambda: _open_incidents(port) >= 100, 60, "100 open incidents")
+            time.sleep(0.5)
+            busy.append(_rss_mib(pid))
+    report.add(Figure(bench, "RSS idle", "MiB", tuple(idle), Target(100)))
+    report.add(Figure(bench, "RSS with 100 open incidents", "MiB", tuple(busy)))
+
+
+def _alert(name: str, group: str) -> dict:
+    labels = {"alertname": name, "group": group, "severity": "warning"}
+    return {"receiver": "opsbot", "status": "firing", "version": "4",
+            "groupKey": f'{{}}:{{group="{group}"}}', "groupLabels": {"group": group},
+            "commonLabels": labels, "commonAnnotations": {},
+            "externalURL": "http://127.0.0.1:9093",
+            "alerts": [{"status": "firing", "labels": labels, "annotations": {},
+                        "startsAt": "2026-11-29T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}]}
+
+
+def _open_incidents(port: int) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("opsbot_incidents_open "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 BENCH_FUNCS: dict[str, Callable[..., None]] = {
-    "fanout": bench_fanout, "warm": bench_warm, "diagnosis": bench_diagnosis}
+    "fanout": bench_fanout, "warm": bench_warm, "diagnosis": bench_diagnosis,
+    "logs": bench_logs, "export": bench_export, "footprint": bench_footprint}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -255,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {name} failed: {exc}", flush=True)
     finally:
         lab.close()
+    from bench.report import load_average
+
+    facts.append(f"load average at the end: {load_average()} (other work on this machine "
+                 "competes for its cores: compare wall times with the CPU seconds)")
     command = "scripts/bench" + (f" --rounds {args.rounds}" if args.rounds != 5 else "") \
         + (f" --hosts {args.hosts}" if args.hosts != 50 else "")
     text = report.markdown(facts, command)

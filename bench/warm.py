@@ -41,12 +41,13 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 return outcome
 
             first = await once()
-            samples, cpu = [], []
+            samples, cpu, longest = [], [], []
             for _ in range(rounds):
                 began, began_cpu = time.perf_counter(), time.process_time()
                 outcome = await once()
                 samples.append(time.perf_counter() - began)
                 cpu.append(time.process_time() - began_cpu)
+                longest.append(max(s.duration for r in outcome.reports for s in r.results))
             errors = [f"{r.host.name}: {r.error or s.error}" for r in outcome.reports
                       for s in r.results if r.error or s.error]
             slowest: dict[str, float] = {}
@@ -54,7 +55,7 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 for s in r.results:
                     slowest[s.step.step_id] = max(slowest.get(s.step.step_id, 0.0), s.duration)
             top = dict(sorted(slowest.items(), key=lambda kv: -kv[1])[:5])
-            return {"samples": samples, "cpu": cpu, "slowest_steps": top,
+            return {"samples": samples, "cpu": cpu, "longest_step": longest, "slowest_steps": top,
                     "connects": rt.ctx.ssh.connects,
                     "hosts": len(outcome.reports), "first": len(first.reports),
                     "steps": sum(len(r.results) for r in outcome.reports),

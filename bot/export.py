@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from bot.adapters.store import Row, Store
+from bot.adapters.store import Store
 from bot.models import Incident
 from bot.postmortem import markdown as postmortem
 from bot.postmortem import parse_time
@@ -20,12 +20,23 @@ CSV_FIELDS = ("seq", "time", "actor", "event", "host", "step", "status", "comman
               "exit_status", "duration_s", "output_sha256", "summary")
 
 
-def _event(rec: Row) -> dict[str, Any]:
-    detail = rec["detail"]
-    if isinstance(detail, str):
-        detail = json.loads(detail)
-    return {"seq": rec["seq"], "time": rec["ts"], "actor": rec["actor"],
-            "event": rec["action"], "detail": detail, "hash": rec["hash"]}
+BATCH = 2000  # events per chunk yielded: few generator hops and writes, memory still flat
+
+
+def _records(store: Store, incident_id: int) -> Iterator[tuple[int, str, str, str, str, str]]:
+    """(seq, ts, actor, action, detail JSON text, hash) of an incident's audit records, in
+    order: plain tuples straight from SQLite (a dict per row costs more than the export)."""
+    yield from store.db.conn.execute(
+        "SELECT seq, ts, actor, action, detail, hash FROM audit WHERE incident_id = ? "
+        "ORDER BY seq", (incident_id,))
+
+
+def _events(store: Store, incident_id: int) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each event (seq, time, actor, event, detail parsed, hash), with its detail's stored
+    JSON text."""
+    for seq, ts, actor, action, detail, digest in _records(store, incident_id):
+        yield ({"seq": seq, "time": ts, "actor": actor, "event": action,
+                "detail": json.loads(detail) if detail else {}, "hash": digest}, detail or "{}")
 
 
 def _summary(ev: dict[str, Any]) -> str:
@@ -94,12 +105,16 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     else:
         yield "No alert (a run asked for by a person).\n"
     yield "\n## Timeline (UTC)\n\n| time | actor | event | what |\n|---|---|---|---|\n"
-    for rec in store.audit_records(incident.id):
-        ev = _event(rec)
+    rows: list[str] = []
+    for ev, _ in _events(store, incident.id):
         if ev["event"] in QUIET:
             continue
-        yield (f"| {ev['time']} | {_md_cell(ev['actor'])} | {ev['event']} | "
-               f"{_md_cell(_summary(ev))} |\n")
+        rows.append(f"| {ev['time']} | {_md_cell(ev['actor'])} | {ev['event']} | "
+                    f"{_md_cell(_summary(ev))} |\n")
+        if len(rows) >= BATCH:
+            yield "".join(rows)
+            rows.clear()
+    yield "".join(rows)
     yield "\n## Steps\n"
     for s in store.iter_steps(incident.id):
         exit_txt = s["exit_status"] if s["exit_status"] is not None else "—"
@@ -175,32 +190,38 @@ def as_json(store: Store, incident: Incident) -> Iterator[str]:
         yield ("\n  " if first else ",\n  ") + json.dumps(item)
         first = False
     yield '\n ],\n "events": ['
-    first = True
-    for rec in store.audit_records(incident.id):
-        ev = _event(rec)
-        ev["summary"] = _summary(ev)
-        yield ("\n  " if first else ",\n  ") + json.dumps(ev)
-        first = False
-    yield "\n ]\n}\n"
+    sep, out, dumps = "\n  ", [], json.dumps
+    for ev, detail in _events(store, incident.id):
+        # the stored detail is canonical JSON already: written as it is, not encoded again
+        out.append(f'{sep}{{"seq": {ev["seq"]}, "time": {dumps(ev["time"])}, "actor": '
+                   f'{dumps(ev["actor"])}, "event": {dumps(ev["event"])}, "detail": {detail}, '
+                   f'"hash": {dumps(ev["hash"])}, "summary": {dumps(_summary(ev))}}}')
+        sep = ",\n  "
+        if len(out) >= BATCH:
+            yield "".join(out)
+            out.clear()
+    yield "".join(out) + "\n ]\n}\n"
 
 
 def as_csv(store: Store, incident: Incident) -> Iterator[str]:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    for rec in store.audit_records(incident.id):
-        ev = _event(rec)
+    writer = csv.writer(buf)
+    writer.writerow(CSV_FIELDS)
+    rows: list[tuple[Any, ...]] = []
+    for ev, _ in _events(store, incident.id):
         d = ev["detail"]
-        writer.writerow({"seq": ev["seq"], "time": ev["time"], "actor": ev["actor"],
-                         "event": ev["event"], "host": d.get("host", ""),
-                         "step": d.get("step", ""), "status": d.get("status", ""),
-                         "command": d.get("command", ""), "exit_status": d.get("exit_status", ""),
-                         "duration_s": d.get("duration", ""),
-                         "output_sha256": d.get("output_sha256", ""), "summary": _summary(ev)})
-        if buf.tell() > 65536:
+        get = d.get
+        rows.append((ev["seq"], ev["time"], ev["actor"], ev["event"], get("host", ""),
+                     get("step", ""), get("status", ""), get("command", ""),
+                     get("exit_status", ""), get("duration", ""), get("output_sha256", ""),
+                     _summary(ev)))
+        if len(rows) >= BATCH:
+            writer.writerows(rows)
+            rows.clear()
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
+    writer.writerows(rows)
     yield buf.getvalue()
 
 
