@@ -140,6 +140,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        self._seen_writes = 0  # first_use calls, to prune expired keys now and then
 
     # -- plumbing -------------------------------------------------------------------------
     @contextmanager
@@ -527,11 +528,14 @@ class Store:
         restart, or another replica on the same database, still knows it."""
         now = datetime.now(UTC).timestamp()
         with self.tx() as conn:
-            conn.execute("DELETE FROM meta WHERE key LIKE 'seen:%' AND CAST(value AS REAL) < ?",
-                         (now,))
-            if conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"seen:{key}",)).fetchone():
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"seen:{key}",)).fetchone()
+            if row and float(row[0]) >= now:
                 return False
-            conn.execute("INSERT INTO meta VALUES (?, ?)", (f"seen:{key}", repr(until)))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"seen:{key}", repr(until)))
+            self._seen_writes += 1
+            if self._seen_writes % 100 == 1:  # now and then, forget what expired
+                conn.execute("DELETE FROM meta WHERE key >= 'seen:' AND key < 'seen;' "
+                             "AND CAST(value AS REAL) < ?", (now,))
             return True
 
     def metrics(self) -> dict[str, int]:
