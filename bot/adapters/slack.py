@@ -202,6 +202,7 @@ class SlackInbound:
 
     def __init__(self, bot: Opsbot, settings: Settings, client: AsyncWebClient | None) -> None:
         self.bot = bot
+        self.client = client
         self.operators = Operators(settings.operators, client)
 
     async def dispatch(self, payload: dict[str, Any]) -> Reply:
@@ -230,12 +231,16 @@ class SlackInbound:
                                        operator=await self.operators.allows(user))
         if answer.later is not None:
             later, url = answer.later, _str(payload.get("response_url"))
+            channel = _str(payload.get("channel_id"))
+
+            async def say(line: str) -> None:
+                await self._respond(url, line, channel=channel, user=user)
 
             async def work() -> None:
                 try:
-                    await later(lambda line: self._respond(url, line))
+                    await later(say)
                 except BotError as exc:
-                    await self._respond(url, str(exc).splitlines()[0])
+                    await say(str(exc).splitlines()[0])
 
             self.bot.spawn(work())
         return _ephemeral(answer.now)
@@ -272,16 +277,19 @@ class SlackInbound:
         self.bot.spawn(work())
         return None
 
-    async def _respond(self, url: str, text: str) -> None:
-        """An ephemeral follow-up through the request's response_url (none: logged only)."""
-        if not url:
-            log.info("no response_url to answer with: %s", text)
-            return
+    async def _respond(self, url: str, text: str, *, channel: str = "", user: str = "") -> None:
+        """An ephemeral follow-up through the request's response_url; without one (workflow
+        commands), chat.postEphemeral to the user in the channel; else it is only logged."""
         try:
-            await AsyncWebhookClient(url).send(text=text, response_type="ephemeral",
-                                               replace_original=False)
+            if url:
+                await AsyncWebhookClient(url).send(text=text, response_type="ephemeral",
+                                                   replace_original=False)
+            elif channel and user and self.client is not None:
+                await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
+            else:
+                log.info("no response_url to answer with: %s", text)
         except (OSError, ValueError, SlackApiError) as exc:
-            log.warning("answering through response_url failed: %s", exc)
+            log.warning("a follow-up answer could not be sent: %s", exc)
 
 
 def _ephemeral(text: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -161,3 +162,17 @@ async def test_operators_may_be_usergroups(light_bot: RunningBot) -> None:
     assert sorted(p["usergroup"] for p in asked) == ["S0GONE", "S0ONCALL"]  # each once: cached
     refused = [r for r in bot.store().audit_records() if r["action"] == "command.refused"]
     assert sorted(r["actor"] for r in refused) == ["U0BOB", "U0CAROL"]
+
+
+async def test_a_command_without_response_url_is_answered_later_in_the_channel(
+        light_bot: RunningBot) -> None:
+    bot = light_bot
+    alert = (Path(__file__).resolve().parents[1] / "data/alertmanager/zulip-alert.json")
+    status, _ = await bot.post_alert(None, raw=alert.read_bytes())
+    assert status == 200
+    await bot.wait(lambda: bot.store().list_incidents())
+    body = form(command("timeline INC-1 md", user_id="U0ALICE", channel_id="C0INCIDENT"))
+    status, text = await post(bot, body)
+    assert status == 200 and "Exporting INC-1 as md" in json.loads(text)["text"]
+    said = await bot.wait(lambda: [m for m in bot.slack.ephemerals if m.recipient == "U0ALICE"])
+    assert said[0].text == "Timeline of INC-1 uploaded to its thread." and bot.slack.files
