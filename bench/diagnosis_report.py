@@ -419,7 +419,8 @@ cases from `tests/data/evidence/field/` (verbatim logs of public issue threads, 
 Held-out part: {held_n} field cases, a fixed third chosen by the hash of the file name
 (`is_held_out` in `bench/diagnosis_report.py`, the only place the split is made; the tests use
 it too). The rules were never tuned on them; their contents and names are never printed, only the
-totals below.
+totals below. The held-out figure is taken after the rules are frozen; a rule changed after
+looking at it must say so in its commit, and the figure is then no longer out-of-sample.
 
 {summary}
 
