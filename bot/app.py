@@ -6,11 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bot.adapters.store import AsyncStore, Store
+from bot.adapters.store import AsyncStore, Store, WebhookIntake
 from bot.config import Settings
 from bot.executors import ExecContext
 from bot.inventory import Inventory, load_inventory, missing_inventory, unknown_opsbot_vars
-from bot.notify import ConsoleTransport, Reporter, Transport
+from bot.metrics import Metrics
+from bot.notify import ConsoleTransport, Reporter
+from bot.outbox import Outbox, Transport
 from bot.redact import redact_logs
 from bot.runbooks import Catalog, load_catalog
 from bot.runner import Runner
@@ -26,12 +28,28 @@ class Runtime:
     store: AsyncStore
     ctx: ExecContext
     transport: Transport
+    outbox: Outbox
+    metrics: Metrics
+    intake: WebhookIntake
     client: Any = None  # the Slack Web API client, when Slack is configured
 
-    async def close(self) -> None:
-        await self.bot.drain()
+    async def close(self, *, work_timeout: float | None = None,
+                    flush_timeout: float = 15.0) -> None:
+        """Let background work finish (cancelled past `work_timeout`: the next start resumes
+        it), send what the outbox holds as far as Slack allows, then close everything."""
+        self.bot.accepting = False
+        busy = {i for i, n in self.bot.live.items() if n}
+        cancelled = await self.bot.drain(work_timeout)
+        if cancelled:
+            interrupted = await self.store.interrupt_stale_runs("opsbot")
+            for incident_id in busy:
+                await self.store.interrupt_steps(incident_id, "opsbot")
+            log.warning("stopping: %d task(s) did not finish in time, %d run(s) marked "
+                        "interrupted; the next start takes them up", cancelled, interrupted)
+        await self.outbox.stop(flush_timeout)
         await self.ctx.close()
         await self.transport.close()
+        self.intake.close()
         self.store.close()
 
 
@@ -54,7 +72,7 @@ def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
     """Everything one process needs. Must be called inside a running event loop."""
     redact_logs()
     catalog, inventory = load_definitions(settings)
-    store = AsyncStore(Store(settings.db, audit_key=settings.audit_key))
+    store = AsyncStore(Store(settings.db, audit_key=settings.audit_key, synchronous="NORMAL"))
     ctx = ExecContext(known_hosts=settings.known_hosts, ssh_idle=settings.ssh_idle)
     client = None
     transport: Transport
@@ -62,9 +80,13 @@ def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
         from bot.adapters.slack import SlackTransport, web_client
 
         client = web_client(settings)
-        transport = SlackTransport(client, settings.channel or "")
+        transport = SlackTransport(web_client(settings, retries=False), settings.channel or "")
     else:
         transport = ConsoleTransport(out)
-    reporter = Reporter(store, transport, approvers=settings.approvers)
+    metrics = Metrics()
+    outbox = Outbox(store, transport, metrics)
+    outbox.start()
+    reporter = Reporter(store, outbox, approvers=settings.approvers)
     bot = Opsbot(settings, store, catalog, inventory, Runner(ctx), reporter)
-    return Runtime(settings, bot, store, ctx, transport, client)
+    intake = WebhookIntake(store.sync)
+    return Runtime(settings, bot, store, ctx, transport, outbox, metrics, intake, client)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bot import logs
 from bot.config import Settings, load_settings
 from bot.errors import BotError, ConfigError, InventoryError
 
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML file with settings (environment wins; "
                    "default: $OPSBOT_CONFIG, else ./opsbot.toml when it exists)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one JSON object a line (for log shippers)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("serve", help="run the bot (HTTP server; Socket Mode with SLACK_APP_TOKEN)")
@@ -365,15 +368,7 @@ COMMANDS = {"serve": cmd_serve, "runbooks": cmd_runbooks, "run": cmd_run, "analy
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    from bot.redact import redact_logs
-
-    redact_logs()  # no secret reaches a log line
-    if not args.verbose:
-        for noisy in ("asyncssh", "slack_bolt", "slack_sdk", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(verbose=args.verbose, fmt=args.log_format)
     config = args.config or (Path(os.environ["OPSBOT_CONFIG"]) if os.environ.get("OPSBOT_CONFIG")
                              else Path("opsbot.toml") if Path("opsbot.toml").is_file() else None)
     try:

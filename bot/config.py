@@ -18,7 +18,8 @@ PREFIXED = {  # env name -> TOML key
 }
 OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
        "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
-       "ALLOW_SELF_APPROVAL", "SSH_IDLE")
+       "ALLOW_SELF_APPROVAL", "SSH_IDLE",
+       "STOP_TIMEOUT")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Settings:
     approval_ttl: float = 1800.0  # seconds a pending approval stays valid
     allow_self_approval: bool = False  # two-person rule unless set
     ssh_idle: float = 300.0  # seconds an idle pooled SSH connection is kept
+    stop_timeout: float = 20.0  # seconds running steps get to finish on SIGTERM
 
     @property
     def slack_enabled(self) -> bool:
@@ -173,4 +175,5 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         allow_self_approval=_bool("OPSBOT_ALLOW_SELF_APPROVAL",
                                   raw.get("allow_self_approval", "false")),
         ssh_idle=_seconds("OPSBOT_SSH_IDLE", raw.get("ssh_idle", "300")),
+        stop_timeout=_seconds("OPSBOT_STOP_TIMEOUT", raw.get("stop_timeout", "20")),
     )

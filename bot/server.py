@@ -14,12 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from bot import edge
-from bot.adapters.store import Store, StoreError
+from bot.adapters.store import Store, StoreError, WebhookIn
 from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
 from bot.edge import MAX_BODY, BodyRefused, bearer_ok, error, read_body
 from bot.errors import BotError, IngestError
 from bot.ingest import parse_alertmanager
+from bot.metrics import CONTENT_TYPE
 
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -39,13 +40,18 @@ async def alertmanager(request: web.Request) -> web.Response:
         body = await read_body(request)
     except BodyRefused as refused:
         return refused.response
+    if not rt.bot.accepting:
+        return error(503, "opsbot is stopping; retry later")
     remote = request.remote or ""
-    webhook_id = await rt.store.record_webhook("alertmanager", body, remote)
     try:
         group = parse_alertmanager(body)
-    except IngestError as exc:
-        await rt.store.webhook_outcome(webhook_id, f"rejected: {exc}")
+    except IngestError as exc:  # kept all the same, with why it was refused
+        await rt.intake.record(WebhookIn("alertmanager", body, remote, rejected=str(exc)))
         return error(400, str(exc))
+    # on disk (with its work row) before the answer: a crash after the 200 loses nothing
+    webhook_id = await rt.intake.record(WebhookIn("alertmanager", body, remote))
+    rt.metrics.payloads_received.inc()
+    rt.metrics.alerts_received.inc(len(group.alerts))
     rt.bot.spawn(rt.bot.handle_alert_group(group, webhook_id))
     return web.json_response({"status": "accepted", "webhook": webhook_id,
                               "alerts": len(group.alerts)})
@@ -92,21 +98,18 @@ async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if not may_see_details(request, rt.settings):
         return error(401, "GET /metrics needs Authorization: Bearer $OPSBOT_METRICS_TOKEN")
-    counts = await rt.store.metrics()
-    lines = []
-    for name, value in sorted(counts.items()):
-        kind = "gauge" if name.endswith(("_open", "_pending")) else "counter"
-        metric = f"opsbot_{name}"
-        lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
-    extra = {"opsbot_runbooks_loaded": len(rt.bot.catalog.runbooks),
-             "opsbot_runbook_errors": len(rt.bot.catalog.errors),
-             "opsbot_background_tasks": len(rt.bot.tasks),
-             "opsbot_ssh_connects_total": rt.ctx.ssh.connects if rt.ctx._ssh else 0}
-    for metric, value in extra.items():
-        kind = "counter" if metric.endswith("_total") else "gauge"
-        lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    text = await rt.store.call(rt.metrics.render)  # reads the store: on its thread
+    return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE,
+                                            "X-Content-Type-Options": "nosniff"})
+
+
+def _process_figures(rt: Runtime) -> dict[str, float]:
+    return {"runbooks_loaded": len(rt.bot.catalog.runbooks),
+            "runbook_errors": len(rt.bot.catalog.errors),
+            "background_tasks": len(rt.bot.tasks),
+            "live_incidents": sum(1 for n in rt.bot.live.values() if n),
+            "ssh_connects": rt.ctx.ssh.connects if rt.ctx._ssh else 0,
+            "webhook_batches": rt.intake.batches}
 
 
 async def slack_disabled(request: web.Request) -> web.Response:
@@ -175,11 +178,11 @@ def reload(rt: Runtime) -> None:
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (or until `stop` is set, for tests)."""
+    """Serve until SIGINT/SIGTERM (or until `stop` is set, for tests). Stopping: no new work
+    is taken, running steps get `stop_timeout` seconds to finish, the rest is marked
+    interrupted (the next start takes it up), and the outbox is flushed as far as Slack allows."""
     rt = build(settings)
-    interrupted = await rt.store.interrupt_stale_runs("opsbot")
-    if interrupted:
-        log.warning("%d run(s) were left unfinished by an earlier process", interrupted)
+    rt.metrics.watch_store(rt.store.sync.metrics, lambda: _process_figures(rt))
     inbound = None
     socket_handler = None
     if settings.slack_enabled:
@@ -189,10 +192,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         if settings.socket_mode:
             socket_handler = await start_socket_mode(bolt_app(inbound, rt.client),
                                                      settings.slack_app_token or "")
+    earlier_work = await rt.store.last_work_id()  # what earlier processes left is resumed
     # keepalive_timeout closes a connection that sends no complete request in time: it bounds
     # the wait for headers (slow or idle clients) as well as idle keep-alive connections
     runner = web.AppRunner(web_app(rt, inbound), access_log=None,
-                            keepalive_timeout=edge.HEADER_TIMEOUT)
+                            keepalive_timeout=edge.HEADER_TIMEOUT,
+                            shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
     await site.start()
@@ -201,6 +206,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     log.info("opsbot listening on http://%s:%d (Slack: %s; %d runbook(s), %d host(s))",
              settings.listen_host, settings.listen_port, mode, len(rt.bot.catalog.runbooks),
              len(rt.bot.inventory.hosts))
+    resume = asyncio.create_task(rt.bot.resume(earlier_work))
     expiry = asyncio.create_task(_expiry_loop(rt))
     if stop is None:
         stop = asyncio.Event()
@@ -215,12 +221,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     try:
         await stop.wait()
     finally:
-        log.info("opsbot stopping")
+        log.info("opsbot stopping: no new work; running steps get %gs to finish",
+                 settings.stop_timeout)
+        rt.bot.accepting = False
         expiry.cancel()
+        if not resume.done():
+            resume.cancel()
         if socket_handler is not None:
             await socket_handler.close_async()
         await runner.cleanup()
-        try:
-            await asyncio.wait_for(rt.close(), 30)
-        except TimeoutError:
-            log.warning("background work did not finish in 30 s; stopping anyway")
+        await rt.close(work_timeout=settings.stop_timeout,
+                       flush_timeout=max(1.0, settings.stop_timeout / 2))
+        log.info("opsbot stopped")

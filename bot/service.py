@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,6 +95,8 @@ class Opsbot:
         self.reporter = reporter
         self.tasks: set[asyncio.Task[Any]] = set()
         self._group_locks: dict[str, asyncio.Lock] = {}
+        self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
+        self.accepting = True  # False once stopping: no new work is started
 
     # -- background work ------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
@@ -113,9 +116,130 @@ class Opsbot:
 
         task.add_done_callback(done)
 
-    async def drain(self) -> None:
+    def hold(self, incident_id: int, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
+        """Count the incident as live from now (before the coroutine starts) until it ends."""
+        self.live[incident_id] += 1
+
+        async def held() -> Any:
+            try:
+                return await coro
+            finally:
+                self.live[incident_id] -= 1
+
+        return held()
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Wait for background work; past `timeout`, cancel what is left (it is marked
+        interrupted and resumed at the next start). Returns how many were cancelled."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if left is not None and left <= 0:
+                pending = list(self.tasks)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return len(pending)
+            await asyncio.wait(list(self.tasks), timeout=left)
+        return 0
+
+    # -- work from the store ----------------------------------------------------------------
+    async def submit(self, kind: str, payload: dict[str, Any],
+                     job: Callable[[], Awaitable[Any]]) -> None:
+        """A command or click: recorded before it is answered, done in the background, and
+        done again at the next start if this process dies first."""
+        work_id = await self.store.add_work(kind, payload)
+
+        async def tracked() -> None:
+            try:
+                await job()
+            finally:
+                await self.store.finish_work(work_id, "done")
+
+        self.spawn(tracked())
+
+    async def resume(self, up_to: int) -> None:
+        """At start-up: finish what earlier processes accepted but did not do (work rows up to
+        `up_to`, taken before this one accepts anything), and make sure no open incident stays
+        in a running phase without a run."""
+        interrupted = await self.store.interrupt_stale_runs("opsbot")
+        if interrupted:
+            log.warning("%d run(s) were left unfinished by an earlier process", interrupted)
+        from bot.ingest import parse_alertmanager
+
+        work = await self.store.pending_work(up_to)
+        if work:
+            log.warning("resuming %d accepted webhook(s), command(s) and click(s)", len(work))
+        for row in work:
+            try:
+                if row["kind"] == "alert":
+                    body = await self.store.webhook_body(row["webhook_id"])
+                    await self.handle_alert_group(parse_alertmanager(body), row["webhook_id"])
+                elif row["kind"] == "click":
+                    p = row["payload"]
+                    answer = await self.check_origin(p["token"], p.get("channel", ""),
+                                                     p.get("ts", ""), p["user"]) or \
+                        await self.decide(p["token"], p["approve"], p["user"], via=p["via"],
+                                          check_authority=True)
+                    log.info("resumed click of %s: %s", p["user"], answer)
+                    await self.store.finish_work(row["id"], answer)
+                elif row["kind"] == "command":
+                    await self._replay_command(row)
+                else:
+                    await self.store.finish_work(row["id"], "unknown kind", "failed")
+            except BotError as exc:
+                await self.store.finish_work(row["id"], str(exc), "failed")
+        await self.recover_incidents()
+
+    async def _replay_command(self, row: Row) -> None:
+        from bot import commands
+
+        p = row["payload"]
+        answer = await commands.handle(self, p["text"], p["user"],
+                                       operator=bool(p.get("operator")))
+
+        async def say(text: str) -> None:
+            log.info("resumed command of %s: %s", p["user"], text)
+
+        if answer.later is not None:
+            await answer.later(say)
+        await self.store.finish_work(row["id"], answer.now)
+
+    async def recover_incidents(self) -> int:
+        """Open incidents in a running phase with no run going on: a diagnosis runs again; an
+        interrupted remediation is never run again (it is said so, and needs a new approval,
+        which the new diagnosis asks for). Returns how many were taken up."""
+        count = 0
+        for incident in await self.store.stuck_incidents():
+            if self.live[incident.id] > 0 or await self.store.live_run_elsewhere(incident.id):
+                continue
+            count += 1
+            steps = await self.store.interrupt_steps(incident.id, "opsbot")
+            if incident.phase == "remediating":
+                fixes = [s for s in steps if s["phase"] in ("remediation", "verify")]
+                what = ", ".join(f"{s['step_id']} on {s['host']}" for s in fixes) or \
+                    "the approved step"
+                await self.store.update_incident(incident.id, "opsbot",
+                                                 phase="remediation interrupted")
+                await self.reporter.note(incident.id, f"⚠️ opsbot stopped during the "
+                                         f"remediation ({what}). It is not run again: whether "
+                                         "it took effect is unknown. The diagnosis runs again; "
+                                         "a fix needs a new approval.")
+            else:
+                await self.reporter.note(incident.id, "🔁 opsbot restarted before the diagnosis "
+                                         "finished: running it again.")
+            runbook = self.catalog.runbooks.get(incident.runbook or "")
+            hosts = [h for h in (self.inventory.find(n) for n in incident.hosts) if h]
+            if runbook is None or not hosts:
+                await self.store.update_incident(incident.id, "opsbot", phase="not diagnosed")
+                await self.reporter.note(incident.id, "⚠️ The runbook or its hosts are no "
+                                                      "longer loaded; nothing was run.")
+                await self.reporter.refresh_root(incident.id)
+                continue
+            self.spawn(self.hold(incident.id, self.run(
+                incident, runbook, hosts, labels=incident.labels, requested_by="opsbot",
+                source="resumed", approver=ask_in_thread)), incident.id)
+        return count
 
     # -- alerts ---------------------------------------------------------------------------
     async def handle_alert_group(self, group: AlertGroup, webhook_id: int) -> Incident | None:
@@ -164,32 +288,39 @@ class Opsbot:
                          "of the notification (max_alerts); see Alertmanager for all of them.")
         title = first.annotations.get("summary") or \
             f"{first.name} on {host.name if host else host_name or 'unknown host'}"
-        incident, how = await self.store.open_or_join(
-            group.group_key, title=title[:200], labels=labels,
+        incident, how = await self.store.ingest_alerts(
+            webhook_id, group.group_key, title=title[:200], labels=labels,
             runbook=runbook.name if runbook else None, hosts=[host.name] if host else [],
-            notes=notes, actor="alertmanager")
-        await self._record_alerts(incident.id, webhook_id, group)
-        await self.store.webhook_outcome(webhook_id, how, incident.id)
-        await self.reporter.refresh_root(incident.id)
+            notes=notes, alerts=self._alert_rows(group), actor="alertmanager",
+            idle_phase=None if runbook and host else "not diagnosed")
         if how == "joined":  # a repeated notification of an open group: no second run
+            await self.reporter.refresh_root(incident.id)
             return incident
+        if runbook and host:  # held before any await: a recovery sweep must not run it too
+            run = self.hold(incident.id, self.run(incident, runbook, [host], labels=labels,
+                                                  requested_by="alertmanager", source="alert",
+                                                  approver=ask_in_thread,
+                                                  started_at=first.starts_at))
+        else:
+            run = None
+        await self.reporter.refresh_root(incident.id)
         if how == "reopened":
             await self.reporter.note(incident.id, "🔁 The alert is firing again: incident "
                                                   "reopened, running the diagnosis again.")
         for note in notes:
             await self.reporter.note(incident.id, f"⚠️ {note}")
-        if runbook and host:
-            self.spawn(self.run(incident, runbook, [host], labels=labels,
-                                requested_by="alertmanager", source="alert",
-                                approver=ask_in_thread, started_at=first.starts_at),
-                       incident.id)
+        if run is not None:
+            self.spawn(run, incident.id)
         return incident
 
     async def _record_alerts(self, incident_id: int, webhook_id: int, group: AlertGroup) -> None:
-        await self.store.record_alerts(incident_id, webhook_id, [
-            {"fingerprint": a.fingerprint, "name": a.name, "status": a.status,
-             "labels": dict(a.labels), "annotations": dict(a.annotations),
-             "starts_at": a.starts_at, "ends_at": a.ends_at} for a in group.alerts])
+        await self.store.record_alerts(incident_id, webhook_id, self._alert_rows(group))
+
+    @staticmethod
+    def _alert_rows(group: AlertGroup) -> list[dict[str, Any]]:
+        return [{"fingerprint": a.fingerprint, "name": a.name, "status": a.status,
+                 "labels": dict(a.labels), "annotations": dict(a.annotations),
+                 "starts_at": a.starts_at, "ends_at": a.ends_at} for a in group.alerts]
 
     # -- discovery ------------------------------------------------------------------------
     async def discover(self, host: Host, url: str | None = None) -> Chain:
@@ -322,6 +453,22 @@ class Opsbot:
                   started_at: str | None = None) -> RunOutcome:
         """Trace, check, diagnose, propose. started_at: when the alert began firing (log
         lines older than that, less a margin, are shown as earlier); default: now."""
+        self.live[incident.id] += 1
+        try:
+            return await self._run(incident, runbook, hosts, labels=labels,
+                                   requested_by=requested_by, source=source, approver=approver,
+                                   explicit=explicit, started_at=started_at)
+        except Exception:
+            await self.store.update_incident(incident.id, "opsbot", phase="diagnosis failed")
+            await self.reporter.refresh_root(incident.id)
+            raise
+        finally:
+            self.live[incident.id] -= 1
+
+    async def _run(self, incident: Incident, runbook: Runbook, hosts: list[Host], *,
+                   labels: Mapping[str, str], requested_by: str, source: str,
+                   approver: Approver, explicit: Mapping[str, str] | None = None,
+                   started_at: str | None = None) -> RunOutcome:
         explicit = explicit or {}
         chains = await self.trace(incident.id, runbook, hosts, labels, explicit)
         if source == "alert":
@@ -420,13 +567,16 @@ class Opsbot:
                 (f" by {current['decided_by']}" if current.get("decided_by") else "") + \
                 "; nothing more was done."
         approval = await self.store.get_approval(token)
+        if approved:  # from here on, a restart reports it interrupted and never re-runs it
+            await self.store.update_incident(approval["incident_id"], user, phase="remediating")
         await self.reporter.approval(approval)
         if not approved:
             await self.store.update_incident(approval["incident_id"], user, phase="rejected")
             await self.reporter.refresh_root(approval["incident_id"])
             return f"Rejected {approval['step_id']} on {approval['host']}."
         if background:
-            self.spawn(self.execute(approval, user), approval["incident_id"])
+            self.spawn(self.hold(approval["incident_id"], self.execute(approval, user)),
+                       approval["incident_id"])
         else:
             await self.execute(approval, user)
         return f"Approved {approval['step_id']} on {approval['host']}: running it now."
@@ -434,6 +584,18 @@ class Opsbot:
     async def execute(self, approval: Row, actor: str) -> bool:
         """Run an approved remediation step and its verify step, if it is still what was
         approved (same digest); True when the verify step passed."""
+        incident_id = approval["incident_id"]
+        self.live[incident_id] += 1
+        try:
+            return await self._execute(approval, actor)
+        except Exception:
+            await self.store.update_incident(incident_id, "opsbot", phase="remediation failed")
+            await self.reporter.refresh_root(incident_id)
+            raise
+        finally:
+            self.live[incident_id] -= 1
+
+    async def _execute(self, approval: Row, actor: str) -> bool:
         incident_id = approval["incident_id"]
         try:
             runbook = self.catalog.get(approval["runbook"])
@@ -443,6 +605,7 @@ class Opsbot:
             proposal = self.runner.propose(runbook, approval["step_id"], host,
                                            approval["params"], cause="")
         except (BotError, KeyError) as exc:
+            await self.store.update_incident(incident_id, "opsbot", phase="remediation not run")
             await self.reporter.note(incident_id, f"🚫 Not run: {exc}")
             return False
         if approval_digest(runbook, proposal, host) != approval["digest"]:
@@ -453,6 +616,8 @@ class Opsbot:
                                                   "the runbook file). Run the runbook again.")
             await self.store.audit("approval.void", "opsbot", incident_id,
                                    approval_id=approval["id"], reason="digest changed")
+            await self.store.update_incident(incident_id, "opsbot", phase="remediation not run")
+            await self.reporter.refresh_root(incident_id)
             return False
         await self.store.update_incident(incident_id, actor, phase="remediating")
         await self.reporter.refresh_root(incident_id)

@@ -213,6 +213,7 @@ class Msg:
     broadcast: bool = False
     deleted: bool = False
     history: list[dict] = field(default_factory=list)  # every version: {"text", "blocks", ...}
+    metadata: dict | None = None  # chat.postMessage's `metadata` (event_type, event_payload)
 
     def __post_init__(self) -> None:
         self.history.append(self._version())
@@ -243,6 +244,8 @@ class Msg:
             out["edited"] = {"user": self.user, "ts": self.ts}
         if self.files:
             out["files"] = [f.to_slack() for f in self.files]
+        if self.metadata:
+            out["metadata"] = self.metadata
         return {k: v for k, v in out.items() if v != []}
 
     def to_state(self) -> dict:
@@ -298,6 +301,10 @@ class FakeSlack:
         self._response_urls: dict[str, tuple[str, str | None, str | None]] = {}
         self._seq = 0
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._outage: tuple[str, float] | None = None  # (mode, loop time it ends)
+        self._lose: dict[str, int] = {}  # method -> answers to lose after doing the call
+        self.outage_answers: list[tuple[str, int]] = []  # (method, HTTP status) during outages
 
     # -- lifecycle
 
@@ -312,6 +319,7 @@ class FakeSlack:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
+        self._site = site
         bound_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.root = f"http://{host}:{bound_port}/"
         return self.base_url
@@ -330,6 +338,36 @@ class FakeSlack:
     def rate_limit(self, method: str, times: int, retry_after: int = 1) -> None:
         """Answer the next `times` calls of `method` with HTTP 429 and Retry-After."""
         self._limits[method] = [times, retry_after]
+
+    def outage(self, seconds: float, mode: str = "503") -> None:
+        """Slack is down for `seconds`: every Web API call answers HTTP 503 (mode "503", as a
+        load balancer in front of Slack does, body not JSON) or 429 with Retry-After 1 ("429")."""
+        self._outage = (mode, asyncio.get_running_loop().time() + seconds)
+
+    async def refuse_connections(self, seconds: float) -> None:
+        """Stop listening (connections are refused, open ones are closed) for `seconds`,
+        then listen again on the same address. Returns at once."""
+        assert self._site is not None and self._runner is not None
+        host, port = self.root.split("://", 1)[1].rstrip("/").rsplit(":", 1)
+        await self._site.stop()
+        server = self._runner.server
+        for handler in list(getattr(server, "connections", [])):
+            handler.force_close()
+            if handler.transport is not None:
+                handler.transport.close()
+
+        async def reopen() -> None:
+            await asyncio.sleep(seconds)
+            assert self._runner is not None
+            self._site = web.TCPSite(self._runner, host, int(port))
+            await self._site.start()
+
+        self._reopen = asyncio.create_task(reopen())
+
+    def lose_answers(self, method: str, times: int) -> None:
+        """Do the next `times` calls of `method`, then drop the connection instead of
+        answering (the caller cannot know whether it was done)."""
+        self._lose[method] = times
 
     def response_url(self, channel: str | None = None, user: str | None = None,
                      message_ts: str | None = None) -> str:
@@ -418,6 +456,17 @@ class FakeSlack:
             params, token = await _read_params(request)
         except ValueError:
             return web.json_response({"ok": False, "error": "invalid_json"})
+        if self._outage is not None:
+            mode, until = self._outage
+            if asyncio.get_running_loop().time() < until:
+                status = 429 if mode == "429" else 503
+                self.outage_answers.append((method, status))
+                if status == 429:
+                    return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                             headers={"Retry-After": "1"})
+                return web.Response(status=503, text="<html><body>503 Service Unavailable"
+                                    "</body></html>", content_type="text/html")
+            self._outage = None
         self.calls.append((method, params))
         limit = self._limits.get(method)
         if limit and limit[0] > 0:
@@ -437,6 +486,10 @@ class FakeSlack:
             body = {"ok": True, **handler(self, params)}
         except SlackError as e:
             body = {"ok": False, "error": e.error, **e.extra}
+        if self._lose.get(method, 0) > 0:
+            self._lose[method] -= 1
+            if request.transport is not None:
+                request.transport.abort()
         return web.json_response(body)
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -520,9 +573,10 @@ class FakeSlack:
     def _post_message(self, p: dict) -> dict:
         channel = self._channel(p)
         text, blocks, attachments = _content(p, required=True)
+        metadata = p.get("metadata") if isinstance(p.get("metadata"), dict) else None
         msg = self._store(Msg(channel, self._next_ts(), self.bot_user_id, text or "", blocks or [],
                               attachments or [], thread_ts=_thread_ts(p),
-                              broadcast=_truthy(p.get("reply_broadcast"))))
+                              broadcast=_truthy(p.get("reply_broadcast")), metadata=metadata))
         return {"channel": channel, "ts": msg.ts, "message": msg.to_slack()}
 
     def _update(self, p: dict) -> dict:

@@ -3,7 +3,7 @@
 Inbound: every request (HTTP on /slack/events, or Socket Mode through bolt) is verified and
 checked here, then one dispatch translates slash commands and button clicks into
 `bot.commands` and `Opsbot.decide`. Outbound: `SlackTransport`, posting the
-incident's root message and thread through the Web API (rate limits retried).
+incident's root message and thread through the Web API for the outbox (which retries).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import ClientConnectorError, web
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
@@ -36,7 +36,7 @@ from bot.config import Settings
 from bot.edge import BodyRefused, error, read_body
 from bot.errors import BotError, IngestError, NotFound
 from bot.ingest import load_json
-from bot.models import Incident
+from bot.outbox import Delivered, DeliveryError, Outgoing
 from bot.render import APPROVE, REJECT, Message
 from bot.service import Opsbot
 
@@ -44,15 +44,48 @@ log = logging.getLogger("opsbot.slack")
 FALLBACK_ERRORS = {"invalid_blocks", "invalid_blocks_format", "msg_too_long"}
 
 
-def web_client(settings: Settings) -> AsyncWebClient:
-    kwargs: dict[str, Any] = {"token": settings.slack_bot_token}
+TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                    "request_timeout"}
+METADATA_TYPE = "opsbot_message"
+
+
+def web_client(settings: Settings, *, retries: bool = True) -> AsyncWebClient:
+    """The Web API client. The outbox's client has no retries of its own: the outbox retries,
+    and must see each failure to keep order and not post twice."""
+    kwargs: dict[str, Any] = {"token": settings.slack_bot_token, "timeout": 15}
     if settings.slack_api_url:
         kwargs["base_url"] = settings.slack_api_url
     client = AsyncWebClient(**kwargs)
-    client.retry_handlers.extend([AsyncRateLimitErrorRetryHandler(max_retry_count=5),
-                                  AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                                  AsyncServerErrorRetryHandler(max_retry_count=2)])
+    if retries:
+        client.retry_handlers.extend([AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+                                      AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                                      AsyncServerErrorRetryHandler(max_retry_count=2)])
+    else:
+        client.retry_handlers.clear()
     return client
+
+
+def _delivery_error(exc: Exception) -> DeliveryError:
+    """What a failed Web API call means for the outbox: wait, back off, or give up."""
+    if isinstance(exc, SlackApiError):
+        resp = exc.response
+        status = getattr(resp, "status_code", 200)
+        data = resp.data if isinstance(getattr(resp, "data", None), dict) else {}
+        error = str(data.get("error") or f"HTTP {status}")
+        if status == 429 or error == "ratelimited":
+            headers = {k.lower(): v for k, v in (getattr(resp, "headers", None) or {}).items()}
+            raw = headers.get("retry-after")
+            retry = raw[0] if isinstance(raw, list) else raw
+            after = float(retry) if retry and str(retry).isdigit() else 1.0
+            return DeliveryError(f"rate limited, Retry-After {after:g}s", retry_after=after,
+                                 kind="ratelimited")
+        if status >= 500 or error in TRANSIENT_ERRORS:
+            return DeliveryError(f"Slack answered {error}", maybe_sent=True, kind="server")
+        return DeliveryError(f"Slack refused it: {error}", permanent=True, kind="refused")
+    if isinstance(exc, ClientConnectorError):  # never reached Slack
+        return DeliveryError(f"cannot connect to Slack: {exc}", kind="connection")
+    return DeliveryError(f"connection to Slack failed: {exc.__class__.__name__}: {exc}",
+                         maybe_sent=True, kind="connection")
 
 
 class SlackTransport:
@@ -72,29 +105,62 @@ class SlackTransport:
             return await call(text=f"{msg.text}\n(details: see the audit log; Slack said "
                                    f"{error})"[:3000], blocks=[], **kwargs)
 
-    async def root(self, incident: Incident, msg: Message) -> tuple[str, str] | None:
-        if incident.thread_ts and incident.channel:
-            await self._send("chat_update", msg, channel=incident.channel, ts=incident.thread_ts)
-            return None
-        resp = await self._send("chat_postMessage", msg, channel=self.channel,
-                                unfurl_links=False)
-        return str(resp["channel"]), str(resp["ts"])
+    async def deliver(self, item: Outgoing) -> Delivered:
+        try:
+            return await self._deliver(item)
+        except DeliveryError:
+            raise
+        except Exception as exc:  # the Web API or the network: the outbox decides what next
+            raise _delivery_error(exc) from None
 
-    async def post(self, incident: Incident, key: str, msg: Message,
-                   existing: str | None) -> str | None:
-        if not incident.thread_ts or not incident.channel:
-            raise BotError(f"{incident.ref} has no root message to thread under")
-        if existing:
-            await self._send("chat_update", msg, channel=incident.channel, ts=existing)
-            return existing
-        resp = await self._send("chat_postMessage", msg, channel=incident.channel,
-                                thread_ts=incident.thread_ts, unfurl_links=False)
-        return str(resp["ts"])
+    async def _deliver(self, item: Outgoing) -> Delivered:
+        incident = item.incident
+        if item.upload is not None:
+            filename, content, title = item.upload
+            await self.client.files_upload_v2(channel=incident.channel or self.channel,
+                                              thread_ts=incident.thread_ts, content=content,
+                                              filename=filename, title=title)
+            return Delivered(incident.channel or self.channel, None, updated=False)
+        msg = item.message
+        assert msg is not None
+        if item.ts:  # posted before: an update, idempotent (the latest state wins)
+            channel = incident.channel or self.channel
+            await self._send("chat_update", msg, channel=channel, ts=item.ts)
+            return Delivered(channel, item.ts, updated=True)
+        if item.is_root:
+            channel, thread_ts = self.channel, None
+        else:
+            if not incident.thread_ts or not incident.channel:
+                raise DeliveryError(f"{incident.ref} has no root message to thread under",
+                                    permanent=True, kind="refused")
+            channel, thread_ts = incident.channel, incident.thread_ts
+        if item.maybe_sent:
+            found = await self._find_posted(item.id, channel, thread_ts)
+            if found:
+                log.info("%s: %s had been posted already (ts %s); not posted again",
+                         incident.ref, item.key, found)
+                return Delivered(channel, found, updated=False)
+        metadata = {"event_type": METADATA_TYPE, "event_payload": {"outbox_id": item.id,
+                                                                   "incident": incident.ref}}
+        resp = await self._send("chat_postMessage", msg, channel=channel, thread_ts=thread_ts,
+                                unfurl_links=False, metadata=metadata)
+        return Delivered(str(resp["channel"]), str(resp["ts"]), updated=False)
 
-    async def upload(self, incident: Incident, filename: str, content: str, title: str) -> None:
-        await self.client.files_upload_v2(channel=incident.channel or self.channel,
-                                          thread_ts=incident.thread_ts, content=content,
-                                          filename=filename, title=title)
+    async def _find_posted(self, outbox_id: int, channel: str, thread_ts: str | None) -> str | None:
+        """The ts of a message this outbox row already posted (its answer was lost), if any:
+        recognised by the metadata every post carries."""
+        if thread_ts:
+            resp = await self.client.conversations_replies(channel=channel, ts=thread_ts,
+                                                           limit=200, include_all_metadata=True)
+        else:
+            resp = await self.client.conversations_history(channel=channel, limit=100,
+                                                           include_all_metadata=True)
+        for m in resp.get("messages") or []:
+            meta = m.get("metadata") or {}
+            if meta.get("event_type") == METADATA_TYPE and \
+                    (meta.get("event_payload") or {}).get("outbox_id") == outbox_id:
+                return str(m["ts"])
+        return None
 
     async def close(self) -> None:
         session = getattr(self.client, "session", None)
@@ -227,8 +293,8 @@ class SlackInbound:
         if len(text) > MAX_SLASH_TEXT:
             return _ephemeral(f"That command is {len(text)} characters long; opsbot reads at "
                               f"most {MAX_SLASH_TEXT}. Nothing was done.")
-        answer = await commands.handle(self.bot, text, user,
-                                       operator=await self.operators.allows(user))
+        operator = await self.operators.allows(user)
+        answer = await commands.handle(self.bot, text, user, operator=operator)
         if answer.later is not None:
             later, url = answer.later, _str(payload.get("response_url"))
             channel = _str(payload.get("channel_id"))
@@ -242,7 +308,9 @@ class SlackInbound:
                 except BotError as exc:
                     await say(str(exc).splitlines()[0])
 
-            self.bot.spawn(work())
+            # recorded before the ack: if opsbot dies now, the next start does it
+            await self.bot.submit("command", {"text": text, "user": user,
+                                              "operator": operator}, work)
         return _ephemeral(answer.now)
 
     async def block_actions(self, payload: dict[str, Any]) -> Reply:
@@ -274,7 +342,9 @@ class SlackInbound:
             if not text.startswith(("Approved", "Rejected")):
                 await self._respond(url, text)
 
-        self.bot.spawn(work())
+        # recorded before the ack: if opsbot dies now, the next start does it
+        await self.bot.submit("click", {"token": token, "approve": approve, "user": user,
+                                        "via": "slack", "channel": channel, "ts": ts}, work)
         return None
 
     async def _respond(self, url: str, text: str, *, channel: str = "", user: str = "") -> None:

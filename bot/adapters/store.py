@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -44,6 +46,30 @@ def parse_ts(text: str) -> datetime:
 
 class StoreError(BotError):
     """The database cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class WebhookIn:
+    """A webhook as received: recorded before it is answered."""
+
+    source: str
+    body: bytes
+    remote: str
+    rejected: str | None = None  # why it cannot be read as alerts (kept all the same)
+
+
+def owner_alive(pid: int | None) -> bool:
+    """The process that owns a run or outbox row still runs (not this one: an earlier
+    server in this process is gone by the time a new one looks)."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _m1(db: sqlite_utils.Database) -> None:
@@ -87,10 +113,27 @@ def _m1(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1,)
+def _m2(db: sqlite_utils.Database) -> None:
+    """Work from the store (every accepted webhook, command and click until done) and the
+    Slack outbox; runs say which process runs them."""
+    db.table("work").create({"id": int, "kind": str, "webhook_id": int, "payload": str,
+                             "status": str, "created_at": str, "done_at": str, "outcome": str,
+                             "attempts": int}, pk="id")
+    db.table("work").create_index(["status"])
+    db.table("outbox").create({"id": int, "incident_id": int, "key": str, "kind": str,
+                               "content": str, "status": str, "version": int, "attempts": int,
+                               "maybe_sent": int, "owner": int, "created_at": str,
+                               "sent_at": str, "error": str}, pk="id")
+    db.table("outbox").create_index(["status", "owner"])
+    db.table("outbox").create_index(["incident_id", "key", "status"])
+    db.table("runs").add_column("owner", int)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1, _m2)
 
 JSON_COLUMNS = {"hosts", "labels", "notes", "annotations", "params", "action", "facts",
-                "causes", "detail"}
+                "causes", "detail", "payload", "content"}
+RUNNING_PHASES = ("investigating", "reopened", "diagnosing", "remediating")
 
 
 def _decode(row: Row) -> Row:
@@ -124,7 +167,13 @@ def incident_from_row(row: Row) -> Incident:
 
 
 class Store:
-    def __init__(self, path: Path | str, *, audit_key: str | None = None) -> None:
+    def __init__(self, path: Path | str, *, audit_key: str | None = None,
+                 synchronous: str = "FULL", lock: threading.RLock | None = None) -> None:
+        """`synchronous`: FULL syncs the WAL at every commit; NORMAL (for the server's
+        processing) leaves that to the next FULL commit or checkpoint: it survives the
+        process being killed, and WAL order keeps what survives a power loss a whole prefix.
+        `lock`: shared by connections of one process, so they hand the write lock over
+        instead of polling for it."""
         self.path = str(path)
         self.audit_key = audit_key
         try:
@@ -136,10 +185,11 @@ class Store:
             self.db = sqlite_utils.Database(conn)
             if self.path != ":memory:":
                 self.db.enable_wal()
+            conn.execute(f"PRAGMA synchronous = {'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
             self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from None
-        self._lock = threading.RLock()
+        self._lock = lock or threading.RLock()
         self._seen_writes = 0  # first_use calls, to prune expired keys now and then
 
     # -- plumbing -------------------------------------------------------------------------
@@ -264,20 +314,72 @@ class Store:
 
     # -- webhooks and alerts --------------------------------------------------------------
     def record_webhook(self, source: str, body: bytes, remote: str) -> int:
-        text = redact(body.decode("utf-8", "replace"))
+        return self.record_webhooks([WebhookIn(source, body, remote)])[0]
+
+    def record_webhooks(self, batch: Sequence[WebhookIn]) -> list[int]:
+        """Several webhooks in one transaction (a group commit): each row, its audit record and,
+        for an accepted one, its work row. Nothing is answered before this returns."""
+        ids = []
         with self.tx() as conn:
-            wid = self._insert(conn, "webhooks", {"received_at": utcnow(), "source": source,
-                                                  "remote": remote, "body": text,
-                                                  "outcome": "received"})
-            self._audit(conn, "webhook.received", f"webhook:{source}", None,
-                        {"webhook_id": wid, "remote": remote, "bytes": len(body)})
-            return wid
+            for item in batch:
+                now = utcnow()
+                wid = self._insert(conn, "webhooks", {
+                    "received_at": now, "source": item.source, "remote": item.remote,
+                    "body": redact(item.body.decode("utf-8", "replace")),
+                    "outcome": f"rejected: {item.rejected}" if item.rejected else "received"})
+                self._audit(conn, "webhook.received", f"webhook:{item.source}", None,
+                            {"webhook_id": wid, "remote": item.remote, "bytes": len(item.body)})
+                if not item.rejected:
+                    self._insert(conn, "work", {"kind": "alert", "webhook_id": wid,
+                                                "status": "pending", "created_at": now,
+                                                "attempts": 0})
+                ids.append(wid)
+        return ids
 
     def webhook_outcome(self, webhook_id: int, outcome: str,
                         incident_id: int | None = None) -> None:
         with self.tx() as conn:
-            self._update(conn, "webhooks", webhook_id,
-                         {"outcome": outcome, "incident_id": incident_id})
+            self._webhook_done(conn, webhook_id, outcome, incident_id)
+
+    def _webhook_done(self, conn: sqlite3.Connection, webhook_id: int, outcome: str,
+                      incident_id: int | None) -> None:
+        self._update(conn, "webhooks", webhook_id, {"outcome": outcome, "incident_id": incident_id})
+        conn.execute("UPDATE work SET status = 'done', done_at = ?, outcome = ? "
+                     "WHERE webhook_id = ? AND status = 'pending'", (utcnow(), outcome, webhook_id))
+
+    def webhook_body(self, webhook_id: int) -> bytes:
+        row = self.db.conn.execute("SELECT body FROM webhooks WHERE id = ?",
+                                   (webhook_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no webhook {webhook_id}")
+        return str(row[0]).encode("utf-8")
+
+    # -- work: what was accepted and is not done yet ---------------------------------------
+    def add_work(self, kind: str, payload: Mapping[str, Any]) -> int:
+        with self.tx() as conn:
+            return self._insert(conn, "work", {"kind": kind, "payload": dict(payload),
+                                               "status": "pending", "created_at": utcnow(),
+                                               "attempts": 0})
+
+    def finish_work(self, work_id: int, outcome: str, status: str = "done") -> None:
+        with self.tx() as conn:
+            conn.execute("UPDATE work SET status = ?, done_at = ?, outcome = ? WHERE id = ?",
+                         (status, utcnow(), outcome[:500], work_id))
+
+    def last_work_id(self) -> int:
+        return int(self.db.conn.execute("SELECT coalesce(max(id), 0) FROM work").fetchone()[0])
+
+    def pending_work(self, up_to: int) -> list[Row]:
+        """Unfinished work up to id `up_to` (what earlier processes accepted), oldest first;
+        each try is counted, and a row that failed three starts is given up."""
+        with self.tx() as conn:
+            conn.execute("UPDATE work SET status = 'failed', done_at = ?, outcome = "
+                         "'gave up after 3 tries' WHERE status = 'pending' AND attempts >= 3 "
+                         "AND id <= ?", (utcnow(), up_to))
+            conn.execute("UPDATE work SET attempts = attempts + 1 WHERE status = 'pending' "
+                         "AND id <= ?", (up_to,))
+        return self._all("SELECT * FROM work WHERE status = 'pending' AND id <= ? ORDER BY id",
+                         (up_to,))
 
     # -- incidents ------------------------------------------------------------------------
     def get_incident(self, incident_id: int) -> Incident:
@@ -300,11 +402,42 @@ class Store:
         return incident_from_row(row) if row else None
 
     def interrupt_stale_runs(self, actor: str) -> int:
-        """Runs left `running` by a process that stopped: say so, once, at start-up."""
-        rows = self._all("SELECT id, incident_id FROM runs WHERE status = 'running'")
-        for row in rows:
+        """Runs left `running` by a process that is gone (or by an earlier server in this
+        process): marked interrupted, once. A run of a live `opsbot run` is left alone."""
+        rows = self._all("SELECT id, incident_id, owner FROM runs WHERE status = 'running'")
+        stale = [r for r in rows if not owner_alive(r["owner"])]
+        for row in stale:
             self.finish_run(row["id"], row["incident_id"], "interrupted", actor)
-        return len(rows)
+        return len(stale)
+
+    def live_run_elsewhere(self, incident_id: int) -> bool:
+        """A run of this incident is going on in another live process."""
+        rows = self._all("SELECT owner FROM runs WHERE incident_id = ? AND status = 'running'",
+                         (incident_id,))
+        return any(owner_alive(r["owner"]) for r in rows)
+
+    def stuck_incidents(self) -> list[Incident]:
+        """Open incidents in a running phase (a live run must exist for each)."""
+        marks = ", ".join("?" for _ in RUNNING_PHASES)
+        return [incident_from_row(r) for r in self._all(
+            f"SELECT * FROM incidents WHERE status = 'open' AND phase IN ({marks}) ORDER BY id",
+            RUNNING_PHASES)]
+
+    def interrupt_steps(self, incident_id: int, actor: str) -> list[Row]:
+        """Steps of the incident left `running`: marked interrupted (with their audit record);
+        returns them."""
+        with self.tx() as conn:
+            rows = [_decode(dict(zip([d[0] for d in cur.description], r, strict=True)))
+                    for cur in [conn.execute("SELECT * FROM step_runs WHERE incident_id = ? AND "
+                                             "status = 'running' ORDER BY id", (incident_id,))]
+                    for r in cur.fetchall()]
+            for row in rows:
+                self._update(conn, "step_runs", row["id"], {
+                    "status": "interrupted", "error": "opsbot stopped while it ran"})
+                self._audit(conn, "step.end", actor, incident_id, {
+                    "step_run_id": row["id"], "step": row["step_id"], "host": row["host"],
+                    "status": "interrupted", "error": "opsbot stopped while it ran"})
+        return rows
 
     def expired_approvals(self) -> list[Row]:
         return self._all("SELECT * FROM approvals WHERE status = 'pending' AND expires_at < ?",
@@ -323,26 +456,51 @@ class Store:
         how is "opened", "joined" (already open) or "reopened" (resolved within the window)."""
         title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
         with self.tx() as conn:
-            row = conn.execute("SELECT id, status, resolved_at FROM incidents WHERE group_key = ?"
-                               " ORDER BY id DESC LIMIT 1", (group_key,)).fetchone()
-            now = utcnow()
-            if row and row[1] == IncidentStatus.OPEN:
-                how, incident_id = "joined", row[0]
-            elif row and row[2] and parse_ts(now) - parse_ts(row[2]) < REOPEN_WINDOW:
-                how, incident_id = "reopened", row[0]
-                self._update(conn, "incidents", incident_id,
-                             {"status": "open", "phase": "reopened", "resolved_at": None,
-                              "updated_at": now, "cause": None})
-            else:
-                how = "opened"
-                incident_id = self._insert(conn, "incidents", {
-                    "group_key": group_key, "status": "open", "phase": "investigating",
-                    "title": title, "runbook": runbook, "hosts": hosts, "labels": dict(labels),
-                    "notes": notes, "opened_at": now, "updated_at": now})
-            self._audit(conn, f"incident.{how}", actor, incident_id,
-                        {"group_key": group_key, "title": title, "runbook": runbook,
-                         "hosts": hosts, "notes": notes})
+            incident_id, how = self._open_or_join(conn, group_key, title=title, labels=labels,
+                                                  runbook=runbook, hosts=hosts, notes=notes,
+                                                  actor=actor)
         return self.get_incident(incident_id), how
+
+    def ingest_alerts(self, webhook_id: int, group_key: str, *, title: str,
+                      labels: Mapping[str, str], runbook: str | None, hosts: list[str],
+                      notes: list[str], alerts: list[Mapping[str, Any]],
+                      actor: str, idle_phase: str | None = None) -> tuple[Incident, str]:
+        """One firing notification, in one transaction: its incident (opened, joined or
+        reopened; put in `idle_phase` when new and nothing will run), its alerts, and its
+        webhook and work rows marked done."""
+        with self.tx() as conn:
+            incident_id, how = self._open_or_join(conn, group_key, title=title, labels=labels,
+                                                  runbook=runbook, hosts=hosts, notes=notes,
+                                                  actor=actor)
+            if idle_phase and how != "joined":
+                self._update(conn, "incidents", incident_id, {"phase": idle_phase})
+            self._insert_alerts(conn, incident_id, webhook_id, alerts)
+            self._webhook_done(conn, webhook_id, how, incident_id)
+        return self.get_incident(incident_id), how
+
+    def _open_or_join(self, conn: sqlite3.Connection, group_key: str, *, title: str,
+                      labels: Mapping[str, str], runbook: str | None, hosts: list[str],
+                      notes: list[str], actor: str) -> tuple[int, str]:
+        row = conn.execute("SELECT id, status, resolved_at FROM incidents WHERE group_key = ?"
+                           " ORDER BY id DESC LIMIT 1", (group_key,)).fetchone()
+        now = utcnow()
+        if row and row[1] == IncidentStatus.OPEN:
+            return row[0], "joined"
+        if row and row[2] and parse_ts(now) - parse_ts(row[2]) < REOPEN_WINDOW:
+            how, incident_id = "reopened", row[0]
+            self._update(conn, "incidents", incident_id,
+                         {"status": "open", "phase": "reopened", "resolved_at": None,
+                          "updated_at": now, "cause": None})
+        else:
+            how = "opened"
+            incident_id = self._insert(conn, "incidents", {
+                "group_key": group_key, "status": "open", "phase": "investigating",
+                "title": title, "runbook": runbook, "hosts": hosts, "labels": dict(labels),
+                "notes": notes, "opened_at": now, "updated_at": now})
+        self._audit(conn, f"incident.{how}", actor, incident_id,
+                    {"group_key": group_key, "title": title, "runbook": runbook,
+                     "hosts": hosts, "notes": notes})
+        return incident_id, how
 
     def update_incident(self, incident_id: int, actor: str = "opsbot", *, audit: bool = True,
                         **fields: Any) -> Incident:
@@ -360,10 +518,23 @@ class Store:
     def record_alerts(self, incident_id: int, webhook_id: int | None,
                       alerts: list[Mapping[str, Any]]) -> None:
         with self.tx() as conn:
-            for alert in alerts:
-                self._insert(conn, "alerts", {"incident_id": incident_id,
-                                              "webhook_id": webhook_id,
-                                              "received_at": utcnow(), **redact_value(alert)})
+            self._insert_alerts(conn, incident_id, webhook_id, alerts)
+
+    def _insert_alerts(self, conn: sqlite3.Connection, incident_id: int, webhook_id: int | None,
+                       alerts: list[Mapping[str, Any]]) -> None:
+        now = utcnow()
+        for alert in alerts:
+            self._insert(conn, "alerts", {"incident_id": incident_id, "webhook_id": webhook_id,
+                                          "received_at": now, **redact_value(alert)})
+
+    def root_view(self, incident_id: int) -> tuple[Incident, list[Row], list[Row], int]:
+        """What the root message shows, in one call: incident, approvals, diagnoses, alerts."""
+        return (self.get_incident(incident_id), self.approvals_of(incident_id),
+                self.diagnoses_of(incident_id), self.alert_count(incident_id))
+
+    def alert_count(self, incident_id: int) -> int:
+        return int(self.db.conn.execute("SELECT count(*) FROM alerts WHERE incident_id = ?",
+                                        (incident_id,)).fetchone()[0])
 
     def alerts_of(self, incident_id: int) -> list[Row]:
         return self._all("SELECT * FROM alerts WHERE incident_id = ? ORDER BY id", (incident_id,))
@@ -376,7 +547,7 @@ class Store:
             run_id = self._insert(conn, "runs", {
                 "incident_id": incident_id, "runbook": runbook, "target": target,
                 "requested_by": requested_by, "source": source, "params": shown,
-                "started_at": utcnow(), "status": "running"})
+                "started_at": utcnow(), "status": "running", "owner": os.getpid()})
             self._audit(conn, "run.started", requested_by, incident_id,
                         {"run_id": run_id, "runbook": runbook, "target": target,
                          "source": source, "params": shown})
@@ -538,17 +709,120 @@ class Store:
                              "AND CAST(value AS REAL) < ?", (now,))
             return True
 
-    def metrics(self) -> dict[str, int]:
+    # -- the Slack outbox -------------------------------------------------------------------
+    def enqueue(self, incident_id: int, key: str, kind: str, content: Mapping[str, Any]) -> int:
+        """A message (or file) to send. A message whose earlier version is still waiting is
+        replaced in place: it keeps its place in the thread and only the latest state goes."""
+        with self.tx() as conn:
+            if kind == "message":
+                row = conn.execute("SELECT id FROM outbox WHERE incident_id = ? AND key = ? AND "
+                                   "status = 'pending' AND kind = 'message' ORDER BY id DESC "
+                                   "LIMIT 1", (incident_id, key)).fetchone()
+                if row is not None:
+                    conn.execute("UPDATE outbox SET content = ?, version = version + 1 "
+                                 "WHERE id = ?", (canonical_json(dict(content)), row[0]))
+                    return int(row[0])
+            return self._insert(conn, "outbox", {
+                "incident_id": incident_id, "key": key, "kind": kind, "content": dict(content),
+                "status": "pending", "version": 1, "attempts": 0, "maybe_sent": 0,
+                "owner": os.getpid(), "created_at": utcnow()})
+
+    def outbox_pending(self, limit: int = 100) -> list[Row]:
+        """This process's waiting rows, oldest first (one sender keeps every thread's order)."""
+        return self._all("SELECT * FROM outbox WHERE status = 'pending' AND owner = ? "
+                         "ORDER BY id LIMIT ?", (os.getpid(), limit))
+
+    def adopt_outbox(self) -> int:
+        """Rows left by processes that are gone (a killed server, a finished `opsbot run`)."""
+        owners = [r[0] for r in self.db.conn.execute(
+            "SELECT DISTINCT owner FROM outbox WHERE status = 'pending'")]
+        dead = [o for o in owners if o != os.getpid() and not owner_alive(o)]
+        if not dead:
+            return 0
+        with self.tx() as conn:
+            marks = ", ".join("?" for _ in dead)
+            return int(conn.execute(f"UPDATE outbox SET owner = ? WHERE status = 'pending' AND "
+                                    f"owner IN ({marks})", (os.getpid(), *dead)).rowcount)
+
+    def outbox_sent(self, row: Mapping[str, Any], channel: str | None, ts: str | None,
+                    updated: bool, audit: Mapping[str, Any]) -> None:
+        """Slack took it: remember where the message is, and audit it, in one transaction.
+        A row whose content changed meanwhile stays pending (its latest state goes next)."""
+        incident_id, key = row["incident_id"], row["key"]
+        with self.tx() as conn:
+            conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, error = NULL "
+                         "WHERE id = ? AND version = ?", (utcnow(), row["id"], row["version"]))
+            if ts and not updated:
+                if key == "root":
+                    conn.execute("UPDATE incidents SET channel = ?, thread_ts = ? WHERE id = ?",
+                                 (channel, ts, incident_id))
+                elif row["kind"] == "message":
+                    self._insert(conn, "messages", {"incident_id": incident_id,
+                                                    "kind": "thread", "ref": key,
+                                                    "channel": channel, "ts": ts,
+                                                    "created_at": utcnow()})
+            action = "file.uploaded" if row["kind"] == "upload" else \
+                "message.updated" if updated else "message.posted"
+            self._audit(conn, action, "opsbot", incident_id, dict(audit))
+
+    def outbox_target(self, row: Mapping[str, Any]) -> tuple[Incident, str | None]:
+        """The row's incident, and the ts of its message when it was posted before."""
+        incident = self.get_incident(row["incident_id"])
+        if row["key"] == "root":
+            return incident, incident.thread_ts
+        known = self.message(incident.id, "thread", row["key"]) if row["kind"] == "message" \
+            else None
+        return incident, known["ts"] if known else None
+
+    def outbox_retry(self, row_id: int, error: str, maybe_sent: bool) -> None:
+        with self.tx() as conn:
+            conn.execute("UPDATE outbox SET attempts = attempts + 1, error = ?, "
+                         "maybe_sent = max(maybe_sent, ?) WHERE id = ?",
+                         (error[:300], int(maybe_sent), row_id))
+
+    def outbox_failed(self, row: Mapping[str, Any], error: str) -> None:
+        """Slack will never take it (e.g. the channel is gone): said once in the audit log."""
+        with self.tx() as conn:
+            conn.execute("UPDATE outbox SET status = 'failed', error = ? WHERE id = ?",
+                         (error[:300], row["id"]))
+            self._audit(conn, "message.failed", "opsbot", row["incident_id"],
+                        {"key": row["key"], "error": error[:300]})
+
+    # -- what /metrics shows ---------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
         q = self.db.conn.execute
+
+        def oldest(sql: str) -> float:
+            row = q(sql).fetchone()
+            if not row or not row[0]:
+                return 0.0
+            return max(0.0, (datetime.now(UTC) - parse_ts(row[0])).total_seconds())
+
         return {
             "incidents_open": q("SELECT count(*) FROM incidents WHERE status='open'").fetchone()[0],
             "incidents_total": q("SELECT count(*) FROM incidents").fetchone()[0],
+            "incidents_by_phase": dict(q("SELECT CASE WHEN status = 'resolved' THEN 'resolved' "
+                                         "ELSE phase END, count(*) FROM incidents GROUP BY 1")
+                                       .fetchall()),
+            "steps_by_kind_status": [tuple(r) for r in q(
+                "SELECT kind, status, count(*) FROM step_runs GROUP BY kind, status")],
             "steps_total": q("SELECT count(*) FROM step_runs").fetchone()[0],
             "approvals_pending": q("SELECT count(*) FROM approvals WHERE status='pending'")
             .fetchone()[0],
             "audit_records": q("SELECT count(*) FROM audit").fetchone()[0],
             "webhooks_total": q("SELECT count(*) FROM webhooks").fetchone()[0],
+            "alerts_total": q("SELECT count(*) FROM alerts").fetchone()[0],
+            "work_pending": q("SELECT count(*) FROM work WHERE status='pending'").fetchone()[0],
+            "oldest_work_seconds": oldest("SELECT min(created_at) FROM work "
+                                          "WHERE status='pending'"),
+            "outbox_depth": q("SELECT count(*) FROM outbox WHERE status='pending'").fetchone()[0],
+            "oldest_outbox_seconds": oldest("SELECT min(created_at) FROM outbox "
+                                            "WHERE status='pending'"),
+            "outbox_failed": q("SELECT count(*) FROM outbox WHERE status='failed'").fetchone()[0],
         }
+
+    def integrity_check(self) -> str:
+        return str(self.db.conn.execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
         self.db.conn.close()
@@ -578,3 +852,49 @@ class AsyncStore:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.sync.close()
+
+
+class WebhookIntake:
+    """Webhooks recorded by group commit: requests that arrive while a transaction is being
+    written wait together for the next one, so a storm costs one fsync per batch, not one per
+    payload. It has its own connection and thread, so a queue of other store work never delays
+    an answer to Alertmanager; each caller is answered only once its row is on disk."""
+
+    MAX_BATCH = 500
+
+    def __init__(self, store: Store) -> None:
+        """A connection of its own to `store`'s file, syncing every commit (FULL)."""
+        self.store = AsyncStore(Store(store.path, audit_key=store.audit_key, synchronous="FULL",
+                                      lock=store._lock))
+        self._queue: list[tuple[WebhookIn, asyncio.Future[int]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def record(self, item: WebhookIn) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
+            try:
+                ids = await self.store.call(self.store.sync.record_webhooks,
+                                            [item for item, _ in batch])
+            except BaseException as exc:  # every waiting caller hears it (a 503 each)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception)
+                                             else StoreError("stopped"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self.batches += 1
+            for (_, future), webhook_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result(webhook_id)
+
+    def close(self) -> None:
+        self.store.close()

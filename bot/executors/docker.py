@@ -408,6 +408,11 @@ class DockerStep(StepKind):
         stop = f"-t {action['timeout_stop']} " if action.get("timeout_stop") is not None else ""
         return f"docker {verb} {stop}{name}"
 
+    def _held(self, host: Host) -> contextlib.AbstractAsyncContextManager[None]:
+        """Docker over SSH: the pooled connection is held for the whole call, so its idle
+        timer cannot close it in the middle of a `docker restart`."""
+        return self.ctx.ssh.hold(host) if host.docker == "ssh" else contextlib.nullcontext()
+
     async def run(self, action: Mapping[str, Any], host: Host,
                   timeout: float) -> ExecOutput:  # noqa: ASYNC109 (the StepKind interface)
         import docker.errors
@@ -415,7 +420,7 @@ class DockerStep(StepKind):
 
         where, verb, container = engine_address(host), action["action"], action.get("container")
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._held(host):
                 engine = await self.engines.get(host)
                 api = engine.client.api  # type: ignore[union-attr]
                 return await self.engines.call(ACTIONS[verb], api, action)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,16 @@ class SshPool:
                 entry.conn = await self._connect(host)
             return entry.conn
 
+    @contextlib.asynccontextmanager
+    async def hold(self, host: Host) -> AsyncIterator[None]:
+        """Keep the host's pooled connection from closing as idle while something other
+        than `run` uses it (e.g. Docker over SSH, for the whole of a `docker restart`)."""
+        entry = self._checkout(host)
+        try:
+            yield
+        finally:
+            self._checkin(entry)
+
     def _checkout(self, host: Host) -> _Entry:
         entry = self._entries.setdefault(self._key(host), _Entry())
         entry.in_use += 1
@@ -101,6 +111,10 @@ class SshPool:
                     return ExecOutput(None, "", error=(
                         f"SSH login to {host.user or '(default user)'}@{host.address}:"
                         f"{host.port} was refused (check ansible_user and the key)"))
+                except TimeoutError:
+                    return ExecOutput(None, "", error=(
+                        f"cannot reach {host.name} at {host.address}:{host.port}: no SSH answer "
+                        f"within {self.connect_timeout:g}s"))
                 except (OSError, asyncssh.Error) as exc:
                     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) \
                         or str(exc) or exc.__class__.__name__
@@ -108,8 +122,19 @@ class SshPool:
                         f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
                 try:
                     # stderr joins stdout on the host, so lines are never split between them
-                    process = await conn.create_process(PRELUDE + command, encoding=None,
-                                                        stdin=asyncssh.DEVNULL)
+                    # bounded: a host that stopped answering on a pooled connection never
+                    # confirms the session
+                    process = await asyncio.wait_for(
+                        conn.create_process(PRELUDE + command, encoding=None,
+                                            stdin=asyncssh.DEVNULL), timeout)
+                except TimeoutError:  # this connection is not trusted again
+                    if entry.conn is conn:
+                        entry.conn = None
+                    conn.abort()
+                    return ExecOutput(None, "", error=(
+                        f"timed out after {timeout:g}s: {host.name} stopped answering on its SSH "
+                        "connection; the command may have reached it, and was not retried"),
+                        timed_out=True)
                 except (asyncssh.ChannelOpenError, BrokenPipeError) as exc:
                     # the session never opened: nothing ran. A pooled connection that died
                     # while idle: reconnect once.
