@@ -52,7 +52,7 @@ async def alertmanager(request: web.Request) -> web.Response:
     webhook_id = await rt.intake.record(WebhookIn("alertmanager", body, remote))
     rt.metrics.payloads_received.inc()
     rt.metrics.alerts_received.inc(len(group.alerts))
-    rt.bot.spawn(rt.bot.handle_alert_group(group, webhook_id))
+    rt.bot.spawn(rt.bot.accept_alert(group, webhook_id))
     return web.json_response({"status": "accepted", "webhook": webhook_id,
                               "alerts": len(group.alerts)})
 
@@ -183,6 +183,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     interrupted (the next start takes it up), and the outbox is flushed as far as Slack allows."""
     rt = build(settings)
     rt.metrics.watch_store(rt.store.sync.metrics, lambda: _process_figures(rt))
+    rt.bot.intake_busy = rt.intake.busy
     inbound = None
     socket_handler = None
     if settings.slack_enabled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")
+ALERT_WORKERS = 4  # webhooks processed at once (each group's in order, under its lock)
+MAX_DEFER = 2.0  # seconds an answered webhook may wait for a burst to pass
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -52,6 +55,7 @@ def _parse_time(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
 
 DEFAULT_URL = "http://127.0.0.1/"  # discovery's URL when neither the alert nor the host names one
 
@@ -97,6 +101,8 @@ class Opsbot:
         self._group_locks: dict[str, asyncio.Lock] = {}
         self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
         self.accepting = True  # False once stopping: no new work is started
+        self.intake_busy: Callable[[], bool] = lambda: False  # webhooks are being answered
+        self._alert_slots = asyncio.Semaphore(ALERT_WORKERS)
 
     # -- background work ------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
@@ -242,6 +248,18 @@ class Opsbot:
         return count
 
     # -- alerts ---------------------------------------------------------------------------
+    async def accept_alert(self, group: AlertGroup, webhook_id: int) -> Incident | None:
+        """An answered webhook, processed in the background: a few at a time, and during a
+        burst only once the intake is quiet (or the payload waited MAX_DEFER), so answering
+        Alertmanager always comes first. Its work row makes it survive a crash meanwhile."""
+        deadline = time.monotonic() + MAX_DEFER
+        async with self._alert_slots:
+            for _ in range(int(MAX_DEFER / 0.02)):  # polled: cheap, only ALERT_WORKERS wait
+                if not self.intake_busy() or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+            return await self.handle_alert_group(group, webhook_id)
+
     async def handle_alert_group(self, group: AlertGroup, webhook_id: int) -> Incident | None:
         """Notifications of one group are handled one at a time, in the order they came."""
         lock = self._group_locks.setdefault(group.group_key, asyncio.Lock())

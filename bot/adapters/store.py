@@ -14,6 +14,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -868,10 +869,16 @@ class WebhookIntake:
                                       lock=store._lock))
         self._queue: list[tuple[WebhookIn, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._last = 0.0  # monotonic time of the last webhook
         self.batches = 0
+
+    def busy(self) -> bool:
+        """Webhooks are waiting or were just answered (a burst is going on)."""
+        return bool(self._queue) or time.monotonic() - self._last < 0.03
 
     async def record(self, item: WebhookIn) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._last = time.monotonic()
         self._queue.append((item, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
