@@ -45,7 +45,8 @@ class Serve:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", env={**os.environ, **self.env},
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
-        for _ in range(300):
+        deadline = time.monotonic() + 180  # a busy CI machine starts Python slowly
+        while time.monotonic() < deadline:
             try:
                 async with http.get(f"{self.url}/healthz") as resp:
                     if resp.status == 200:
