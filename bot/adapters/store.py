@@ -455,7 +455,6 @@ class Store:
                      actor: str) -> tuple[Incident, str]:
         """Atomically find the group's incident or open one. Returns (incident, how) where
         how is "opened", "joined" (already open) or "reopened" (resolved within the window)."""
-        title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
         with self.tx() as conn:
             incident_id, how = self._open_or_join(conn, group_key, title=title, labels=labels,
                                                   runbook=runbook, hosts=hosts, notes=notes,
@@ -482,6 +481,7 @@ class Store:
     def _open_or_join(self, conn: sqlite3.Connection, group_key: str, *, title: str,
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
                       notes: list[str], actor: str) -> tuple[int, str]:
+        title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
         row = conn.execute("SELECT id, status, resolved_at FROM incidents WHERE group_key = ?"
                            " ORDER BY id DESC LIMIT 1", (group_key,)).fetchone()
         now = utcnow()
