@@ -33,6 +33,7 @@ class BenchLab:
     root: Path
     hosts: list[SshServer]
     web: Any = None  # the web lab, once started
+    big_container: str | None = None  # a container with a 200 MB log, once made
     _stoppers: list[Any] = field(default_factory=list)
 
     @property

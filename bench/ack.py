@@ -1,0 +1,123 @@
+"""Ack latency of signed Slack requests under load, and the server's event-loop lag.
+
+    python bench/ack.py serve LAG_JSON     # opsbot serve in-process, its loop watched
+    (the driver, `drive`, is called by bench/run.py)
+
+`serve` runs the same server as `opsbot serve` (settings from OPSBOT_*/SLACK_* in the
+environment) with one more task on its loop: a 5 ms ticker recording how late each tick came.
+On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON.
+
+`drive` starts the load (one slash command running the whole nginx-502 diagnosis on the bench
+group, and 20 that fetch a container's log), then sends signed slash commands and button clicks
+at `rate` requests/s for `seconds`, timing each answer (the ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TICK = 0.005
+SECRET = "bench-signing-secret"
+USER = "U0ALICE"
+
+
+async def _watch(lags: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + TICK
+        await asyncio.sleep(TICK)
+        lags.append(max(0.0, loop.time() - due) * 1e3)
+        if len(lags) > 2_000_000:  # bounded: ~3 hours of ticks
+            del lags[:1_000_000]
+
+
+async def serve_watched(out: Path) -> None:
+    from bot.config import load_settings
+    from bot.server import serve
+
+    lags: list[float] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watcher = asyncio.create_task(_watch(lags))
+    try:
+        await serve(load_settings(serving=True), stop=stop)
+    finally:
+        watcher.cancel()
+        out.write_text(json.dumps(lags))  # noqa: ASYNC240 (once, at exit)
+
+
+async def drive(url: str, fake_root: str, seconds: float, rate: float,
+                load: list[str]) -> dict[str, Any]:
+    """Signed requests at `rate`/s for `seconds` after starting `load` (slash command texts);
+    returns the ack latencies (ms) of slash commands and of clicks, and the statuses."""
+    import aiohttp
+
+    from tests.slacksign import block_actions_body, sign, slash_command_body
+
+    respond = f"{fake_root}_fake/respond/bench"
+    n = 0
+
+    def unique() -> str:
+        nonlocal n
+        n += 1
+        return f"{time.time():.6f}.{n}.bench"
+
+    async with aiohttp.ClientSession() as http:
+        async def post(body: bytes) -> tuple[float, int]:
+            began = time.perf_counter()
+            async with http.post(f"{url}/slack/events", data=body,
+                                 headers=sign(SECRET, body)) as resp:
+                await resp.read()
+                return (time.perf_counter() - began) * 1e3, resp.status
+
+        started = [await post(slash_command_body(text, USER, response_url=respond,
+                                                 trigger_id=unique())) for text in load]
+        slash: list[float] = []
+        clicks: list[float] = []
+        statuses: dict[int, int] = {}
+        tasks = []
+
+        async def one(i: int) -> None:
+            if i % 2:
+                body = block_actions_body("opsbot.approve", f"bench-token-{i}", USER,
+                                          "C0INCIDENT", f"{time.time():.6f}",
+                                          response_url=respond, trigger_id=unique())
+            else:
+                body = slash_command_body("help", USER, response_url=respond,
+                                          trigger_id=unique())
+            ms, status = await post(body)
+            (clicks if i % 2 else slash).append(ms)
+            statuses[status] = statuses.get(status, 0) + 1
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(int(seconds * rate)):
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    return {"slash_ms": slash, "click_ms": clicks, "statuses": statuses,
+            "load_acks": [s for _, s in started]}
+
+
+def main() -> int:
+    if len(sys.argv) != 3 or sys.argv[1] != "serve":
+        raise SystemExit("usage: bench/ack.py serve LAG_JSON")
+    asyncio.run(serve_watched(Path(sys.argv[2])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
