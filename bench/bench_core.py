@@ -1,6 +1,6 @@
-"""Speed and memory of opsbot's hot paths, with a report in docs/bench.md.
+"""Speed and memory of opsbot's hot paths, in-process, with a report in bench/CORE.md.
 
-    python bench/bench_core.py            # writes docs/bench.md
+    python bench/bench_core.py            # writes bench/CORE.md
 
 Measures: diagnosis per evidence case, audit-log appends (hash chain, SQLite WAL), and the
 streamed export of a 100,000-event incident (time and peak Python memory per format).
@@ -141,7 +141,7 @@ def main() -> None:
         "", "Target: linear time (ratio about 4), a 1 MB line of ordinary shape in under 50 ms. "
         "Lines where nearly every word is a secret cost one mask each.", "",
     ]
-    (ROOT / "docs/bench.md").write_text("\n".join(lines))
+    (ROOT / "bench/CORE.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 from bench.report import Figure, Report, Target, machine_facts  # noqa: E402
 
-BENCHES = ("fanout", "warm", "diagnosis", "ack", "ingest", "logs", "export", "footprint")
+BENCHES = ("fanout", "warm", "logs", "export", "footprint", "ingest", "ack", "diagnosis")
 COLD = "Cold fan-out, one command on 50 hosts (new process, new connections)"
 
 
@@ -577,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report()
     facts = machine_facts()
+    command = "scripts/bench" + (f" --rounds {args.rounds}" if args.rounds != 5 else "") \
+        + (f" --hosts {args.hosts}" if args.hosts != 50 else "") \
+        + (f" --only {','.join(args.only)}" if args.only != list(BENCHES) else "")
     print(f"starting {args.hosts} sshd hosts on loopback", flush=True)
     began = time.monotonic()
     lab = start_lab(args.hosts)
@@ -597,14 +600,14 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # one benchmark failing leaves the others
                     report.note(name, f"failed: {type(exc).__name__}: {exc}")
                     print(f"  {name} failed: {exc}", flush=True)
+                # written after each benchmark: an interrupted run keeps what it measured
+                args.out.write_text(report.markdown(facts, command + " (in progress)"))
     finally:
         lab.close()
     from bench.report import load_average
 
     facts.append(f"load average at the end: {load_average()} (other work on this machine "
                  "competes for its cores: compare wall times with the CPU seconds)")
-    command = "scripts/bench" + (f" --rounds {args.rounds}" if args.rounds != 5 else "") \
-        + (f" --hosts {args.hosts}" if args.hosts != 50 else "")
     text = report.markdown(facts, command)
     args.out.write_text(text)
     print(text)
