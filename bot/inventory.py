@@ -73,8 +73,11 @@ def _check_ansible_vars(source: str, host: str, hvars: Mapping[str, Any]) -> Non
 
 def unknown_opsbot_vars(inventory: Inventory, known: Iterable[str]) -> list[str]:
     """One warning per `opsbot_*` host variable that nothing reads (a typo, most often).
-    `known` are the names without the prefix: every runbook parameter, plus `docker`."""
-    names = {f"opsbot_{k}" for k in known} | {"opsbot_docker"}
+    `known` are the names without the prefix: every runbook parameter, plus `docker`; each
+    parameter may also have an allow-list, `opsbot_allowed_<param>` (bot.params)."""
+    known = set(known)
+    names = {f"opsbot_{k}" for k in known} | {f"opsbot_allowed_{k}" for k in known} | \
+        {"opsbot_docker"}
     warnings = []
     for host in inventory.hosts.values():
         for key in host.vars:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from bot.errors import ParamInvalid
+from bot.redact import redact
 
 if TYPE_CHECKING:
     from bot.runbooks import Runbook
@@ -49,11 +50,16 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z
 _URL = re.compile(r"^https?://[^\s'\"`\\<>]+$")
 
 
+def _shown(value: Any) -> str:
+    """An untrusted value as an error message quotes it: redacted first, then cut."""
+    return redact(str(value))[:80]
+
+
 def coerce_param(name: str, spec: ParamSpec, value: Any) -> Any:
     """Validate one parameter value (untrusted) against its spec; return it typed."""
 
     def bad(why: str) -> ParamInvalid:
-        return ParamInvalid(f"parameter {name}: {why}, got {str(value)[:80]!r}")
+        return ParamInvalid(f"parameter {name}: {why}, got {_shown(value)!r}")
 
     text = str(value)
     if any(c in text for c in "\x00\n\r"):
@@ -200,7 +206,7 @@ def resolve_for_host(runbook: Runbook, host_vars: Mapping[str, Any],
             notes.append(f"Ignored alert label: {exc}")
             continue
         if sensitive(key, spec) and not _host_allows(key, spec, typed, host_vars, found):
-            notes.append(f"Ignored alert label {key}: {str(value)[:80]!r} is not among the values "
+            notes.append(f"Ignored alert label {key}: {_shown(value)!r} is not among the values "
                          f"the host allows (choices, opsbot_{key}, opsbot_allowed_{key})")
             continue
         from_alert[key] = typed
@@ -214,7 +220,7 @@ def resolve_for_host(runbook: Runbook, host_vars: Mapping[str, Any],
                                    f"{runbook.name} opens: {opened})")
             typed = coerce_param(key, spec, value)
             if sensitive(key, spec) and not _host_allows(key, spec, typed, host_vars, found):
-                raise ParamInvalid(f"parameter {key}: {str(value)[:80]!r} is not among the "
+                raise ParamInvalid(f"parameter {key}: {_shown(value)!r} is not among the "
                                    f"values the host allows (choices, opsbot_{key}, "
                                    f"opsbot_allowed_{key})")
         typed_by_person[key] = value

@@ -38,6 +38,7 @@ from bot.models import (
 )
 from bot.notify import Reporter
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
+from bot.redact import redact
 from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
@@ -117,7 +118,8 @@ class Opsbot:
             exc = t.exception()
             log.error("background work failed: %r", exc, exc_info=exc)
             if incident_id is not None:
-                why = str(exc) if isinstance(exc, BotError) else f"internal error: {exc!r}"
+                why = redact(str(exc) if isinstance(exc, BotError)
+                             else f"internal error: {exc!r}")
                 self.spawn(self.reporter.note(incident_id, f"⚠️ {why}"))
 
         task.add_done_callback(done)

@@ -109,3 +109,21 @@ def test_sudo_can_never_be_opened(tmp_path: Path) -> None:
         _opened(tmp_path, "{alerts: [sudo]}")
     with pytest.raises(RunbookInvalid, match="'nope' is not a parameter"):
         _opened(tmp_path, "{chat: [nope]}")
+
+
+def test_an_allow_list_in_the_inventory_is_a_known_variable() -> None:
+    from bot.inventory import Inventory, unknown_opsbot_vars
+
+    host = Host("web01", "10.0.0.5", vars={"opsbot_allowed_container": ["web", "db"],
+                                           "opsbot_allowed_contaner": ["x"]})
+    warnings = unknown_opsbot_vars(Inventory({"web01": host}), ["container"])
+    assert warnings == ["inventory: host web01: opsbot_allowed_contaner is read by no runbook "
+                        "(did you mean opsbot_allowed_container?)"]
+
+
+def test_an_error_quoting_a_value_redacts_it_before_cutting(tmp_path: Path) -> None:
+    runbook = _opened(tmp_path, "{chat: [log_lines]}")
+    with pytest.raises(ParamInvalid) as caught:
+        resolve_for_host(runbook, {}, {}, {"log_lines": "x" * 50 + " password=hunter22"},
+                         source="chat")
+    assert "hunter22" not in str(caught.value) and "hunt" not in str(caught.value)
