@@ -6,6 +6,7 @@ pid, a container id); nothing read from the host or an alert is pasted into a sh
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import re
 import shlex
@@ -91,7 +92,8 @@ class Prober:
         self._run, self.host, self.timeout = run, host, timeout
         self.sudo = "sudo -n " if sudo else ""
         self.notes: list[str] = []
-        self._supervisor: list[tuple[SupervisorConf, dict[str, ProgramStatus]]] | None = None
+        self._supervisor: list[SupervisorConf] | None = None
+        self._statuses: dict[str, dict[str, ProgramStatus]] = {}
         self._containers: list[Container] | None = None
 
     async def sh(self, command: str) -> ExecOutput:
@@ -132,42 +134,54 @@ class Prober:
         return "", None
 
     # -- supervisord ----------------------------------------------------------------------------
-    async def supervisor(self, procs: Mapping[int, Proc]) -> list[tuple[SupervisorConf,
-                                                                       dict[str, ProgramStatus]]]:
+    async def supervisor(self, procs: Mapping[int, Proc]) -> list[SupervisorConf]:
+        """The configuration of every supervisord running (and of the default paths)."""
         if self._supervisor is None:
-            self._supervisor = await self._read_supervisor(procs)
+            confs = [c for c in supervisord_confs(procs).values() if c]
+            confs += [c for c in DEFAULT_SUPERVISOR_CONFS if c not in confs]
+            read = await asyncio.gather(*(self._read_supervisor(c) for c in
+                                          dict.fromkeys(confs) if _path(c)))
+            self._supervisor = [c for c in read if c is not None]
         return self._supervisor
 
-    async def _read_supervisor(self, procs: Mapping[int, Proc]
-                               ) -> list[tuple[SupervisorConf, dict[str, ProgramStatus]]]:
-        confs = [c for c in supervisord_confs(procs).values() if c]
-        confs += [c for c in DEFAULT_SUPERVISOR_CONFS if c not in confs]
-        out = []
-        for conf in dict.fromkeys(confs):
-            if not _path(conf):
-                continue
-            read = await self.sh(f"cat -- {shlex.quote(conf)}")
-            if read.exit_status != 0:
-                continue
-            parsed = parse_supervisor_files(conf, {conf: read.output})
-            globs = [g for g in parsed.includes if _SAFE_GLOB.match(g)]
-            if globs:
-                more = await self.sh("for f in " + " ".join(globs) + "; do [ -f \"$f\" ] && "
-                                     "printf '# ---- opsbot file %s\\n' \"$f\" && cat -- \"$f\";"
-                                     " done; true")
-                files = {conf: read.output}
-                marks = list(_FILE_MARK.finditer(more.output))
-                for i, m in enumerate(marks):
-                    end = marks[i + 1].start() if i + 1 < len(marks) else len(more.output)
-                    files[m.group(1)] = more.output[m.end() + 1:end]
-                parsed = parse_supervisor_files(conf, files)
-            status = await self.sh(f"{self.sudo}supervisorctl -c {shlex.quote(conf)} status")
-            statuses = parse_supervisor_status(status.output)
-            if not statuses and parsed.programs:
+    async def _read_supervisor(self, conf: str) -> SupervisorConf | None:
+        read = await self.sh(f"cat -- {shlex.quote(conf)}")
+        if read.exit_status != 0:
+            return None
+        parsed = parse_supervisor_files(conf, {conf: read.output})
+        globs = [g for g in parsed.includes if _SAFE_GLOB.match(g)]
+        if not globs:
+            return parsed
+        more = await self.sh("for f in " + " ".join(globs) + "; do [ -f \"$f\" ] && "
+                             "printf '# ---- opsbot file %s\\n' \"$f\" && cat -- \"$f\";"
+                             " done; true")
+        files = {conf: read.output}
+        marks = list(_FILE_MARK.finditer(more.output))
+        for i, m in enumerate(marks):
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(more.output)
+            files[m.group(1)] = more.output[m.end() + 1:end]
+        return parse_supervisor_files(conf, files)
+
+    async def statuses(self, conf: SupervisorConf) -> dict[str, ProgramStatus]:
+        """`supervisorctl status` of one supervisord (asked once: each call starts Python)."""
+        if conf.path not in self._statuses:
+            status = await self.sh(f"{self.sudo}supervisorctl -c {shlex.quote(conf.path)} "
+                                   "status")
+            parsed = parse_supervisor_status(status.output)
+            if not parsed and conf.programs:
                 line = (status.output.strip().splitlines() or [status.error or "no output"])[0]
-                self.notes.append(f"supervisorctl -c {conf} status: {line[:200]}")
-            out.append((parsed, statuses))
-        return out
+                self.notes.append(f"supervisorctl -c {conf.path} status: {line[:200]}")
+            self._statuses[conf.path] = parsed
+        return self._statuses[conf.path]
+
+    async def programs(self, procs: Mapping[int, Proc], wanted: Callable[[Program], bool],
+                       how: str) -> list[Owner]:
+        """Owners of the supervisord programs `wanted` picks, with their states."""
+        picked = [(c, p) for c in await self.supervisor(procs) for p in c.programs if wanted(p)]
+        confs = {c.path: c for c, _ in picked}
+        states = dict(zip(confs, await asyncio.gather(*(self.statuses(c)
+                                                         for c in confs.values())), strict=True))
+        return [self.program_owner(c, p, states[c.path].get(p.name), how) for c, p in picked]
 
     @staticmethod
     def program_owner(conf: SupervisorConf, prog: Program, status: ProgramStatus | None,
@@ -275,11 +289,11 @@ class Prober:
                      (c.kind, c.name) != (owner.kind, owner.name))
         chain = replace(chain, owner=owner, candidates=rest)
         if owner is None and held is None:  # nginx may point at the wrong place: whose is it?
-            chain = replace(chain, **await self.namesake(procs, found, listeners))
+            chain = replace(chain, **await self.namesake(procs, found, listeners, conf_path))
         return replace(chain, notes=tuple(self.notes))
 
     async def namesake(self, procs: Mapping[int, Proc], found: Route,
-                       listeners: Sequence[Listener]) -> dict[str, Any]:
+                       listeners: Sequence[Listener], nginx_conf: str) -> dict[str, Any]:
         """The one running program or container named like the upstream (myapp_pool ->
         myapp), and the address it listens on: where nginx was probably meant to point."""
         words = {w for text in (found.upstream.args[0] if found.upstream else "",
@@ -287,16 +301,18 @@ class Prober:
                  for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= 3} - _COMMON
         if not words:
             return {}
-        owners: list[Owner] = []
-        for conf, statuses in await self.supervisor(procs):
-            for prog in conf.programs:
-                if set(re.split(r"[^a-z0-9]+", prog.name.lower())) & words:
-                    owners.append(self.program_owner(conf, prog, statuses.get(prog.name),
-                                                     "named like the upstream"))
+        owners = await self.programs(
+            procs, lambda p: bool(set(re.split(r"[^a-z0-9]+", p.name.lower())) & words),
+            "named like the upstream")
         for c in await self.containers():
             if set(re.split(r"[^a-z0-9]+", c.name.lower())) & words:
                 owners.append(self.container_owner(c, "named like the upstream"))
         running = [o for o in owners if o.running]
+        if len(running) > 1:  # several supervisords: the one set up beside this nginx
+            near = {o: len(posixpath.commonpath([o.conf, nginx_conf]))
+                    if o.conf.startswith("/") and nginx_conf.startswith("/") else 0
+                    for o in running}
+            running = [o for o in running if near[o] == max(near.values())]
         if len(running) != 1:
             return {}
         owner = running[0]
@@ -317,7 +333,12 @@ class Prober:
         if any(posixpath.basename(w) == "supervisord" for p in line[1:]
                for w in p.args.split(" ", 2)[:2]):
             pids = {p.pid for p in line}
-            for conf, statuses in await self.supervisor(procs):
+            mine = {c for pid_, c in supervisord_confs(procs).items() if pid_ in pids}
+            for conf in await self.supervisor(procs):
+                if conf.path not in mine and not ("" in mine and conf.path in
+                                                  DEFAULT_SUPERVISOR_CONFS):
+                    continue
+                statuses = await self.statuses(conf)
                 for prog in conf.programs:
                     status = statuses.get(prog.name)
                     if status and status.pid in pids:
@@ -344,12 +365,9 @@ class Prober:
 
     async def configured(self, procs: Mapping[int, Proc], addr: Address) -> list[Owner]:
         """Programs, units and containers set up to hold addr (running or not)."""
-        out: list[Owner] = []
-        for conf, statuses in await self.supervisor(procs):
-            for prog in conf.programs:
-                if mentions(f"{prog.command} {prog.environment}", addr):
-                    out.append(self.program_owner(conf, prog, statuses.get(prog.name),
-                                                  f"its command or environment names {addr}"))
+        out = await self.programs(
+            procs, lambda p: mentions(f"{p.command} {p.environment}", addr),
+            f"its command or environment names {addr}")
         out += await self.systemd_units(addr)
         for c in await self.containers():
             why = container_holds(c, addr)
