@@ -140,7 +140,9 @@ user={LAB_USER}
 directory={app}
 autostart=true
 autorestart=true
-startsecs=1
+; a start that exits within 5 s failed (a loaded machine starts Python slowly: with 1 s, the
+; crash mode ran past startsecs, counted as started, and was restarted without end)
+startsecs=5
 startretries=2
 stopwaitsecs=5
 stdout_logfile={app / 'app.log'}
