@@ -94,6 +94,10 @@ async def test_slack_down_during_an_incident_loses_and_doubles_nothing(
     errors = re.search(rf'opsbot_slack_errors_total{{kind="{kind}"}} (\d+)', metrics)
     assert errors and float(errors[1]) >= 1, metrics
     assert "opsbot_outbox_depth 0.0" in metrics
+    assert 'opsbot_incidents{phase="awaiting approval"} 1.0' in metrics
+    assert 'opsbot_step_duration_seconds_bucket{kind="ssh",le="+Inf",status="ok"}' in metrics
+    assert re.search(r'opsbot_steps_total\{kind="ssh",status="ok"\} [1-9]', metrics)
+    assert "opsbot_oldest_work_seconds 0.0" in metrics
 
 
 async def test_a_post_whose_answer_was_lost_is_not_posted_twice(
