@@ -62,7 +62,8 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
                                                      "parallel-ssh": []}
     for r in range(rounds):
         done = timed(opsbot, env=env, cwd=ROOT)
-        ok = json.loads(done.output[done.output.index("{"):]) if done.returncode == 0 else {}
+        ok = json.JSONDecoder().raw_decode(done.output[done.output.index("{"):])[0] \
+            if done.returncode == 0 and "{" in done.output else {}  # log lines may follow
         good = sum(1 for h in ok.get("hosts", ()) if all(s["status"] == "ok"
                                                           for s in h["steps"]))
         if good != n:
