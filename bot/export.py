@@ -50,7 +50,8 @@ def _summary(ev: dict[str, Any]) -> str:
     if action == "diagnosis":
         causes = d.get("causes") or []
         return (f"diagnosis on {d.get('host')}: " + ", ".join(
-            f"{c['cause']} ({c['confidence']:.0%})" for c in causes[:3])) if causes \
+            f"{c['cause']}{' · ' + c['detail'] if c.get('detail') else ''} "
+            f"({c['confidence']:.0%})" for c in causes[:3])) if causes \
             else f"diagnosis on {d.get('host')}: no known cause matched"
     if action.startswith("approval."):
         return f"{action.split('.', 1)[1]}: {d.get('step', '')} on {d.get('host', '')}" + \
@@ -135,7 +136,8 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
                 yield f"- {d['host']}: no known cause matched the evidence\n"
                 continue
             top = causes[0]
-            yield f"- {d['host']}: **{top['cause']}** ({top['confidence']:.0%})\n"
+            detail = f" · `{top['detail']}`" if top.get("detail") else ""
+            yield f"- {d['host']}: **{top['cause']}** ({top['confidence']:.0%}){detail}\n"
             for line in top["evidence"]:
                 yield f"  > `{_md_cell(line)}`\n"
             others = ", ".join(f"{c['cause']} ({c['confidence']:.0%})" for c in causes[1:4])
