@@ -418,11 +418,13 @@ class Store:
         return any(owner_alive(r["owner"]) for r in rows)
 
     def stuck_incidents(self) -> list[Incident]:
-        """Open incidents in a running phase (a live run must exist for each)."""
+        """Open incidents in a running phase (a live run must exist for each), or whose last
+        run was interrupted (e.g. between its diagnosis and its proposals)."""
         marks = ", ".join("?" for _ in RUNNING_PHASES)
         return [incident_from_row(r) for r in self._all(
-            f"SELECT * FROM incidents WHERE status = 'open' AND phase IN ({marks}) ORDER BY id",
-            RUNNING_PHASES)]
+            f"SELECT * FROM incidents i WHERE status = 'open' AND (phase IN ({marks}) OR "
+            "(SELECT status FROM runs r WHERE r.incident_id = i.id ORDER BY r.id DESC LIMIT 1)"
+            " = 'interrupted') ORDER BY id", RUNNING_PHASES)]
 
     def interrupt_steps(self, incident_id: int, actor: str) -> list[Row]:
         """Steps of the incident left `running`: marked interrupted (with their audit record);
