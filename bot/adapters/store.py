@@ -314,9 +314,6 @@ class Store:
             return int(count)
 
     # -- webhooks and alerts --------------------------------------------------------------
-    def record_webhook(self, source: str, body: bytes, remote: str) -> int:
-        return self.record_webhooks([WebhookIn(source, body, remote)])[0]
-
     def record_webhooks(self, batch: Sequence[WebhookIn]) -> list[int]:
         """Several webhooks in one transaction (a group commit): each row, its audit record and,
         for an accepted one, its work row. Nothing is answered before this returns."""
@@ -684,13 +681,6 @@ class Store:
             return won
 
     # -- slack messages -------------------------------------------------------------------
-    def remember_message(self, incident_id: int, kind: str, ref: str, channel: str,
-                         ts: str) -> None:
-        with self.tx() as conn:
-            self._insert(conn, "messages", {"incident_id": incident_id, "kind": kind,
-                                            "ref": ref, "channel": channel, "ts": ts,
-                                            "created_at": utcnow()})
-
     def message(self, incident_id: int, kind: str, ref: str) -> Row | None:
         return self._one("SELECT * FROM messages WHERE incident_id = ? AND kind = ? AND ref = ? "
                          "ORDER BY id DESC LIMIT 1", (incident_id, kind, ref))
