@@ -7,6 +7,8 @@ its target is met (and by how much it is missed), and one summary line per bench
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -43,6 +45,7 @@ class Figure:
     target: Target | None = None
     peers: tuple[str, ...] = ()  # names of figures (same bench) to give ratios against
     note: str = ""
+    key: str = ""  # the benchmark's name on the command line (fanout, warm, ...)
 
     @property
     def median(self) -> float:
@@ -57,14 +60,35 @@ class Figure:
 class Report:
     figures: list[Figure] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # bench -> lines (profiling, errors)
+    note_keys: dict[str, str] = field(default_factory=dict)  # bench -> its key
+    current: str = ""  # the key of the benchmark running now
 
     def add(self, figure: Figure) -> None:
         if not figure.samples:
             raise ValueError(f"{figure.bench}: {figure.name}: no samples")
-        self.figures.append(figure)
+        self.figures.append(dataclasses.replace(figure, key=figure.key or self.current))
 
     def note(self, bench: str, line: str) -> None:
         self.notes.setdefault(bench, []).append(line)
+        self.note_keys.setdefault(bench, self.current)
+
+    def to_json(self) -> str:
+        return json.dumps({"figures": [dataclasses.asdict(f) for f in self.figures],
+                           "notes": self.notes, "note_keys": self.note_keys}, indent=1)
+
+    def keep(self, text: str, rerun: list[str]) -> None:
+        """Take over the figures and notes of an earlier report (its to_json) for every
+        benchmark not in `rerun`: one benchmark run again, the others kept."""
+        data = json.loads(text)
+        kept = [f for f in data["figures"] if f.get("key") not in rerun]
+        self.figures[:0] = [Figure(**{**f, "samples": tuple(f["samples"]),
+                                      "peers": tuple(f["peers"]),
+                                      "target": Target(**f["target"]) if f["target"] else None})
+                            for f in kept]
+        for bench, lines in data["notes"].items():
+            key = data["note_keys"].get(bench, "")
+            if key not in rerun and bench not in self.notes:
+                self.notes[bench], self.note_keys[bench] = list(lines), key
 
     def find(self, bench: str, name: str) -> Figure | None:
         return next((f for f in self.figures if f.bench == bench and f.name == name), None)

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 from bench.report import Figure, Report, Target, machine_facts  # noqa: E402
 
-BENCHES = ("fanout", "warm", "logs", "export", "footprint", "ingest", "ack", "diagnosis")
+BENCHES = ("fanout", "warm", "ingest", "ack", "logs", "export", "footprint", "diagnosis")
 COLD = "Cold fan-out, one command on 50 hosts (new process, new connections)"
 
 
@@ -560,6 +560,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(BENCHES),
                    help=f"comma-separated benchmarks of {', '.join(BENCHES)}")
     p.add_argument("--out", type=Path, default=ROOT / "bench/REPORT.md")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the other benchmarks' figures from the last report (its .json)")
     args = p.parse_args(argv)
     if not 1 <= args.rounds <= 50:
         p.error("--rounds must be 1-50")
@@ -577,10 +579,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.lab import start_lab
 
     report = Report()
+    saved = args.out.with_suffix(".json")
+    if args.keep and saved.is_file():
+        report.keep(saved.read_text(), args.only)
     facts = machine_facts()
     command = "scripts/bench" + (f" --rounds {args.rounds}" if args.rounds != 5 else "") \
         + (f" --hosts {args.hosts}" if args.hosts != 50 else "") \
-        + (f" --only {','.join(args.only)}" if args.only != list(BENCHES) else "")
+        + (f" --only {','.join(args.only)}" if args.only != list(BENCHES) else "") \
+        + (" --keep" if args.keep else "")
     print(f"starting {args.hosts} sshd hosts on loopback", flush=True)
     began = time.monotonic()
     lab = start_lab(args.hosts)
@@ -594,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                     report.note(name, "not implemented in this version of bench/run.py")
                     continue
                 print(f"{name} ...", flush=True)
+                report.current = name
                 folder = Path(tmp) / name
                 folder.mkdir()
                 try:
@@ -603,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {name} failed: {exc}", flush=True)
                 # written after each benchmark: an interrupted run keeps what it measured
                 args.out.write_text(report.markdown(facts, command + " (in progress)"))
+                saved.write_text(report.to_json())
     finally:
         lab.close()
     from bench.report import load_average
@@ -611,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                  "competes for its cores: compare wall times with the CPU seconds)")
     text = report.markdown(facts, command)
     args.out.write_text(text)
+    saved.write_text(report.to_json())
     print(text)
     return 0
 

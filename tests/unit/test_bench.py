@@ -37,3 +37,18 @@ def test_a_figure_without_samples_is_refused() -> None:
     with pytest.raises(ValueError, match="no samples"):
         Report().add(Figure(BENCH, "x", "s", ()))
     assert fmt(12.34, "s") == "12.3 s" and fmt(1500, "/s") == "1,500/s"
+
+
+def test_a_rerun_keeps_the_other_benchmarks() -> None:
+    first = Report(current="fanout")
+    first.add(Figure(BENCH, "opsbot wall", "s", (1.0,), Target(limit_of="x", factor=0.75)))
+    first.current = "export"
+    first.add(Figure("Export", "json time", "s", (9.0,), Target(3.0)))
+    first.note("Export", "slow")
+    again = Report(current="export")
+    again.add(Figure("Export", "json time", "s", (2.0,), Target(3.0)))
+    again.keep(first.to_json(), ["export"])
+    assert [(f.key, f.name, f.median) for f in again.figures] == [
+        ("fanout", "opsbot wall", 1.0), ("export", "json time", 2.0)]
+    assert again.figures[0].target == Target(limit_of="x", factor=0.75)
+    assert "Export" not in again.notes
