@@ -44,7 +44,7 @@ from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")
 ALERT_WORKERS = 4  # webhooks processed at once (each group's in order, under its lock)
-MAX_DEFER = 2.0  # seconds an answered webhook may wait for a burst to pass
+MAX_DEFER = 5.0  # seconds an answered webhook may wait for a burst to pass
 
 
 def _parse_time(text: str | None) -> datetime | None:
