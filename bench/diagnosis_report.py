@@ -248,6 +248,9 @@ SIGNAL_FIELDS = [
     ("`weight`", "0..1, how strongly the signal alone points at the cause"),
     ("`absent: true`", "fire when the step was run and **no** line matches "
                        "(e.g. nothing listens on the upstream port)"),
+    ("`repeats: N`", "the signal (or an `also`/`unless` condition) holds only when the same "
+                     "matched text is on at least N lines: a fatal line or a start banner "
+                     "printed again and again means the backend was restarted"),
     ("`also`", "more `{step, pattern, absent}` conditions that must all hold too (something "
                "listens on the port *and* connecting to it is refused = bound to the wrong "
                "address)"),

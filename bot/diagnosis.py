@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -46,6 +47,7 @@ MAX_LINE = 8_000  # longer lines are skipped: they are data, not log lines
 MAX_QUOTES = 5
 MAX_EARLIER = 5
 MAX_TRIES = 50  # most recent matching lines a signal with `also` conditions tries
+MAX_SCAN = 5000  # most recent matching lines a `repeats` condition counts
 PROBES = ("healthcheck", "proxy_check")  # the steps that fetch the service over HTTP
 PROBE_STATUS = re.compile(r"^HTTP (\d{3})$")
 HEALTHY_SUMMARY = ("The service answers now (every probe got 2xx) and no current log line names a "
@@ -68,6 +70,9 @@ class Condition(_Strict):
     step: str | tuple[str, ...]  # the step id(s) whose output is searched
     pattern: str  # Python regex applied to each line; {param} is replaced by re.escape(value)
     absent: bool = False  # holds when the step was run but no line matches
+    # holds only when the same matched text is on at least this many lines (a fatal line or a
+    # start banner printed again and again: the process was restarted)
+    repeats: int = Field(default=1, ge=1, le=100)
 
     @field_validator("step", mode="before")
     @classmethod
@@ -86,6 +91,12 @@ class Condition(_Strict):
         except re.error as exc:
             raise ValueError(f"bad regex '{pattern}': {exc}") from None
         return pattern
+
+    @model_validator(mode="after")
+    def _repeats_needs_lines(self) -> Condition:
+        if self.absent and self.repeats > 1:
+            raise ValueError("repeats: an absence cannot repeat")
+        return self
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -421,6 +432,10 @@ def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[st
         if next(found, None) is None:
             yield "", {}
         return
+    if cond.repeats > 1:  # only the lines whose matched text recurs often enough
+        hits = list(islice(found, MAX_SCAN))
+        counts = Counter(match.group(0) for _, match in hits)
+        found = ((line, match) for line, match in hits if counts[match.group(0)] >= cond.repeats)
     for line, match in found:
         yield line, {k: v for k, v in match.groupdict().items() if v is not None}
 

@@ -450,6 +450,45 @@ def test_weak_agreeing_signals_beat_a_strong_contradicted_one(tmp_path):
     # upstream_down fell to 0.875 * (1 - 0.9) = 0.0875, under the report floor (0.15)
 
 
+def step_output(name: str, step: str) -> str:
+    """One step's genuine output from a training case of the corpus (lab or field)."""
+    path = next(p for p in TRAIN if p.stem == name)
+    assert not is_held_out(path.stem)
+    return str(load_case(path)["evidence"][step])
+
+
+def test_a_fatal_start_up_line_is_a_crash_loop_when_something_restarts_the_backend(rules):
+    fatal = step_output("upstream_down--c-missing-files-entrypoint-terriajs", "docker_logs")
+    alone = diagnose(rules, {"docker_logs": fatal})
+    assert alone[0].cause == "upstream_down"  # nothing says it is restarted
+    restarting = step_output("upstream_crashloop--docker-restarting", "docker_ps")
+    looping = diagnose(rules, {"docker_logs": fatal, "docker_ps": restarting})
+    assert looping[0].cause == "upstream_crashloop" and looping[0].confidence >= 0.8
+    assert fatal.splitlines()[0] in looping[0].evidence
+    assert "upstream_down" not in [c.cause for c in looping[:1]]
+    stopped = step_output("upstream_down--docker-stopped-exit-137", "docker_ps")
+    down = diagnose(rules, {"docker_logs": fatal, "docker_ps": stopped})
+    assert down[0].cause == "upstream_down" and fatal.splitlines()[0] in down[0].evidence
+    twice = diagnose(rules, {"docker_logs": fatal + "\n" + fatal})  # printed again: restarted
+    assert twice[0].cause == "upstream_crashloop"
+
+
+def test_repeats_counts_lines_with_the_same_matched_text(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "causes:\n"
+        "  upstream_crashloop:\n"
+        "    summary: loop\n"
+        "    signals:\n"
+        "      - {step: a, pattern: 'died: \\w+', repeats: 3, weight: 0.9}\n",
+        encoding="utf-8")
+    rules = load_rules(path)
+    assert diagnose(rules, {"a": "died: x\ndied: y\ndied: x\n"}) == []  # x twice, y once
+    causes = diagnose(rules, {"a": "died: x\ndied: y\ndied: x\nok\ndied: x\n"})
+    assert [c.cause for c in causes] == ["upstream_crashloop"]
+    assert causes[0].evidence == ("died: x",)
+
+
 @pytest.mark.parametrize("evidence", [
     {},
     {"nginx_error_log": None, "proxy_check": None},
@@ -542,6 +581,8 @@ def test_minimal_rules_load(tmp_path):
     ("causes:\n  upstream_down: {summary: [unclosed\n", 3, "YAML syntax error"),
     (GOOD_CAUSE + "  upstream_down:\n    summary: again\n", 7, "duplicate key 'upstream_down'"),
     ("- just\n- a list\n", 1, "mapping"),
+    (GOOD_CAUSE + "      - {step: a, pattern: b, weight: 0.2, absent: true, repeats: 2}\n",
+     7, "an absence cannot repeat"),
 ])
 def test_rule_errors_name_file_and_line(tmp_path, text, line, words):
     path = write(tmp_path, text)
