@@ -513,6 +513,12 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                                       stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until(lambda: port_open("127.0.0.1", port), 60, "opsbot serve")
+            profile = os.environ.get("OPSBOT_BENCH_PROFILE")  # py-spy the server into it
+            if profile:
+                lab.on_close(subprocess.Popen(
+                    [str(tools_bin() / "py-spy"), "record", "--format", "raw", "-r", "100",
+                     "-d", "15", "-p", str(server.pid), "-o", f"{profile}.{r}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait)
             load = ["run nginx-502 bench"] + ["run container-log bench01"] * 20
             result = asyncio.run(drive(f"http://127.0.0.1:{port}", fake_root, 10, 50, load))
         finally:
