@@ -46,6 +46,7 @@ class Runtime:
                 await self.store.interrupt_steps(incident_id, "opsbot")
             log.warning("stopping: %d task(s) did not finish in time, %d run(s) marked "
                         "interrupted; the next start takes them up", cancelled, interrupted)
+        await self.bot.reporter.close()
         await self.outbox.stop(flush_timeout)
         await self.ctx.close()
         await self.transport.close()

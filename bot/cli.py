@@ -19,6 +19,14 @@ from bot.config import Settings, load_settings
 from bot.errors import BotError, ConfigError, InventoryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+RUN_CODES = ("exit status: 0 the diagnosis ran on every host and every approved fix verified; "
+             "1 a fix failed or did not verify, or a host could not be reached; 2 usage or "
+             "configuration error")
+APPROVE_CODES = ("exit status: 0 the fix ran and its verify step passed; 1 it failed, did not "
+                 "verify or did not run (already decided, unknown token, changed step); 2 usage "
+                 "or configuration error")
+REJECT_CODES = ("exit status: 0 the rejection was recorded; 1 it was not (already decided, "
+                "unknown token); 2 usage or configuration error")
 
 
 def local_user() -> str:
@@ -50,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("path", nargs="?", type=Path, help="a file or folder (default: "
                                                          "OPSBOT_RUNBOOKS)")
 
-    run = sub.add_parser("run", help="run a runbook on a host or group")
+    run = sub.add_parser("run", help="run a runbook on a host or group", epilog=RUN_CODES)
     run.add_argument("runbook")
     run.add_argument("target", help="inventory host or group")
     run.add_argument("--param", action="append", default=[], metavar="K=V")
@@ -79,8 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("md", "json", "csv", "postmortem"), default="md")
     ex.add_argument("-o", "--output", type=Path)
 
-    for verb in ("approve", "reject"):
-        ap = sub.add_parser(verb, help=f"{verb} a pending remediation (token from the thread)")
+    for verb, codes in (("approve", APPROVE_CODES), ("reject", REJECT_CODES)):
+        ap = sub.add_parser(verb, help=f"{verb} a pending remediation (token from the thread)",
+                            description=f"{verb.capitalize()} a pending remediation. While an "
+                            "`opsbot serve` uses the same database, the serving bot carries "
+                            "the decision out and reports in the incident's thread; this "
+                            "command waits for the outcome. With no serving bot, the step "
+                            "runs here, with this shell's settings.", epilog=codes)
         ap.add_argument("token")
 
     res = sub.add_parser("resolve", help="resolve an incident")
@@ -325,10 +338,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     async def go(rt: Any) -> int:
-        text = await rt.bot.decide(args.token, args.command == "approve", local_user(),
-                                   via="terminal", background=False)
-        print(text)
-        return EXIT_OK
+        ok = await rt.bot.approve_elsewhere(args.token, args.command == "approve", local_user(),
+                                            say=lambda line: print(line, flush=True))
+        return EXIT_OK if ok else EXIT_FAIL
 
     return asyncio.run(_with_runtime(settings, go))
 

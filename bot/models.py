@@ -205,6 +205,25 @@ class Incident:
     def ref(self) -> str:
         return f"INC-{self.id}"
 
+    @property
+    def state(self) -> str:
+        """Where the incident is in its life: open -> diagnosing -> awaiting approval ->
+        remediating -> mitigated -> resolved, or closed (without action). `phase` keeps the
+        finer word (e.g. "verify failed", which is open again: a person has to look)."""
+        if self.status is IncidentStatus.RESOLVED:
+            return "closed" if self.phase == "closed" else "resolved"
+        return LIFECYCLE.get(self.phase, "open")
+
+
+# phase (the finer word stored with an open incident) -> its lifecycle state
+LIFECYCLE = {"diagnosing": "diagnosing", "awaiting approval": "awaiting approval",
+             "remediating": "remediating", "verified": "mitigated"}
+# phases of an open incident in which opsbot has nothing left to do (waiting for the alert to
+# resolve, or for a person); such an incident closes by itself after OPSBOT_CLOSE_AFTER
+IDLE_PHASES = ("investigating", "reopened", "not diagnosed", "diagnosed", "rejected",
+               "verified", "verify failed", "remediation failed", "diagnosis failed",
+               "remediation interrupted", "remediation not run", "awaiting approval")
+
 
 MAX_INCIDENT_DIGITS = 18  # beyond what SQLite's INTEGER holds, no incident can exist
 

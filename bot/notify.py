@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from bot import render
@@ -17,6 +17,7 @@ from bot.adapters.store import AsyncStore
 from bot.metrics import Metrics
 from bot.models import Incident, RenderedStep, StepResult
 from bot.outbox import Delivered, Outbox, Outgoing
+from bot.progress import Board, Presenter
 from bot.redact import console_safe
 from bot.render import Message
 from bot.runner import HostReport
@@ -27,12 +28,16 @@ _keys = (f"{time.time_ns():x}.{os.getpid()}.{n}" for n in itertools.count())
 
 
 class ConsoleTransport:
-    """Console mode: the thread, printed to the terminal (through the same outbox)."""
+    """Console mode: the thread, printed to the terminal (through the same outbox). A run's
+    live checklist is shown live (rich) when the output is a terminal, else once, when the run
+    finished."""
 
-    def __init__(self, out: TextIO | None = None, *, detail_lines: int = 12) -> None:
+    def __init__(self, out: TextIO | None = None, *, detail_lines: int = 24) -> None:
         self.out = out or sys.stdout
         self.detail_lines = detail_lines
         self._shown: set[tuple[int, str]] = set()
+        self.live = self.out.isatty()
+        self._lives: dict[tuple[int, str], Any] = {}
 
     def _print(self, incident: Incident, msg: Message) -> None:
         lines = [f"[{incident.ref}] {msg.text}"]
@@ -44,21 +49,49 @@ class ConsoleTransport:
         lines += [f"    | {line}" for line in detail]
         print(console_safe("\n".join(lines)), file=self.out, flush=True)
 
+    def _progress(self, incident: Incident, key: str, msg: Message) -> None:
+        finished = not msg.text.startswith(render.RUNNING)
+        if not self.live:
+            if finished:
+                self._print(incident, msg)
+            return
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        shown = Text(console_safe(f"[{incident.ref}] {msg.text}\n{msg.detail}"))
+        live = self._lives.get((incident.id, key))
+        if live is None:
+            live = Live(shown, console=Console(file=self.out), auto_refresh=False,
+                        transient=False)
+            live.start()
+            self._lives[(incident.id, key)] = live
+        live.update(shown, refresh=True)
+        if finished:
+            live.stop()
+            del self._lives[(incident.id, key)]
+
     async def deliver(self, item: Outgoing) -> Delivered:
         if item.upload is not None:
             filename, content, title = item.upload
-            self._print(item.incident, Message(text=f"📎 {title} ({filename}, {len(content)} "
-                                                    "characters)"))
+            self._print(item.incident, Message(
+                text=f"📎 {title} ({filename}, {len(content)} characters; `opsbot export "
+                     f"{item.incident.ref}` has it all)"))
             return Delivered(None, None, updated=False)
         assert item.message is not None
-        self._print(item.incident, item.message)
+        if item.key.startswith("progress:"):
+            self._progress(item.incident, item.key, item.message)
+        else:
+            self._print(item.incident, item.message)
         seen = (item.incident.id, item.key)
         updated = seen in self._shown
         self._shown.add(seen)
         return Delivered(None, None, updated=updated)
 
     async def close(self) -> None:
-        return None
+        for live in self._lives.values():
+            live.stop()
+        self._lives.clear()
 
 
 class Reporter:
@@ -71,8 +104,38 @@ class Reporter:
         self.outbox = outbox
         self.approvers = approvers
         self.metrics = metrics or outbox.metrics
+        self._presenters: dict[int, Presenter] = {}
+        self._rooted: set[int] = set()  # incidents whose root message this process enqueued
+        # a batch's proposal as first told (verify step, how to approve, cause), by message
+        self._proposals: dict[tuple[int, str], tuple[str, str, str]] = {}
+        self._fixes: dict[tuple[int, str], dict[str, tuple[dict[str, Any], list[StepResult],
+                                                            bool]]] = {}
+
+    def presenter(self, incident_id: int) -> Presenter:
+        """The incident's live messages, rendered behind the work (at most once a second)."""
+        presenter = self._presenters.get(incident_id)
+        if presenter is None:
+            async def send(key: str, msg: Message) -> None:
+                await self.post(incident_id, key, msg)
+
+            presenter = self._presenters[incident_id] = Presenter(send)
+        return presenter
+
+    async def close(self) -> None:
+        """What the presenters still hold goes to the outbox."""
+        for presenter in self._presenters.values():
+            await presenter.close()
 
     async def refresh_root(self, incident_id: int) -> Incident:
+        """The root message shows the incident's current state: enqueued now the first time
+        (its thread needs it first), after that at most once a second, in its latest state."""
+        if incident_id in self._rooted:
+            self.presenter(incident_id).later("root", lambda: self._root_now(incident_id))
+            return await self.store.get_incident(incident_id)
+        self._rooted.add(incident_id)
+        return await self._root_now(incident_id)
+
+    async def _root_now(self, incident_id: int) -> Incident:
         incident, approvals, diagnoses, alerts = await self.store.root_view(incident_id)
         confidence = None
         for d in reversed(diagnoses):
@@ -96,41 +159,141 @@ class Reporter:
                                  title)
 
     def recorder(self, incident_id: int, run_id: int | None, actor: str) -> RunRecorder:
+        """Store and audit only: for a remediation, told afterwards in one message."""
         return RunRecorder(self, incident_id, run_id, actor)
 
-    async def diagnosis(self, incident_id: int, run_id: int, report: HostReport,
-                        summaries: Mapping[str, str]) -> None:
-        await self.store.record_diagnosis(run_id, incident_id, report.host.name,
-                                          [c.to_json() for c in report.causes])
-        msg = render.diagnosis_message(report.host.name, report.causes, report.advice, summaries)
-        await self.post(incident_id, f"diagnosis:{run_id}:{report.host.name}", msg)
+    def live_recorder(self, incident_id: int, run_id: int, actor: str, title: str,
+                      hosts: list[str]) -> RunRecorder:
+        """Store and audit, and one live checklist message of hosts x steps for the run."""
+        key = f"progress:{run_id}"
+        board = self.presenter(incident_id).board(key, title, hosts)
+        return RunRecorder(self, incident_id, run_id, actor, board=board, key=key)
+
+    async def run_finished(self, recorder: RunRecorder) -> None:
+        if recorder.key:
+            await self.presenter(recorder.incident_id).finish(recorder.key)
+
+    async def findings(self, incident_id: int, run_id: int, reports: Sequence[HostReport],
+                       summaries: Mapping[str, str]) -> None:
+        """Each distinct finding as its own message (hosts that share one, together), hosts
+        that could not be diagnosed in one note, and every step's output as one file."""
+        for report in reports:
+            await self.store.record_diagnosis(run_id, incident_id, report.host.name,
+                                              [c.to_json() for c in report.causes])
+        errors: dict[str, list[str]] = {}
+        for report in reports:
+            if report.error:
+                errors.setdefault(report.error, []).append(report.host.name)
+        for error, hosts in errors.items():
+            await self.note(incident_id, f"⚠️ {render.hosts_text(hosts, 30)}: {error}",
+                            key=f"errors:{run_id}:{next(_keys)}")
+        groups = render.group_findings([(r.host.name, r.causes, r.advice) for r in reports
+                                        if r.results])
+        for i, finding in enumerate(groups):
+            await self.post(incident_id, f"finding:{run_id}:{i}",
+                            render.finding_message(finding, summaries))
+        outputs = steps_file(reports)
+        if outputs:
+            incident = await self.store.get_incident(incident_id)
+            await self.upload(incident_id, f"{incident.ref}-run{run_id}-steps.txt", outputs,
+                              f"{incident.ref}: output of every step ({len(reports)} host(s))")
+
+    async def fix(self, approval: Mapping[str, Any], results: Sequence[StepResult],
+                  verified: bool) -> None:
+        """What an approved step did on its host; a batch's hosts share one message."""
+        batch = await self.store.approval_batch(dict(approval))
+        first = batch[0] if batch else approval
+        key = f"fix:{first['id']}"
+        board = self._fixes.setdefault((approval["incident_id"], key), {})
+        board[approval["host"]] = (dict(approval), list(results), verified)
+        total = len([a for a in batch if a["status"] == "approved"]) or 1
+
+        async def show() -> None:
+            entries = list(board.values())
+            await self.post(approval["incident_id"], key, render.fix_message(entries, total))
+
+        self.presenter(approval["incident_id"]).later(key, show)
 
     async def approval(self, approval: Mapping[str, Any], *, verify: str = "",
                        how_to_approve: str = "") -> None:
-        msg = render.approval_message(approval, verify=verify, approvers=sorted(self.approvers),
-                                      how_to_approve=how_to_approve)
-        await self.post(approval["incident_id"], f"approval:{approval['id']}", msg)
+        """The approval message of the approval's batch (the same step proposed in one run on
+        several hosts: one message, one decision), rendered from the store when sent."""
+        incident_id = approval["incident_id"]
+        batch = await self.store.approval_batch(dict(approval))
+        first = batch[0] if batch else approval
+        key = f"approval:{first['id']}"
+        if verify or approval.get("cause"):
+            self._proposals.setdefault((incident_id, key), (verify, how_to_approve,
+                                                            approval.get("cause") or ""))
+
+        async def show() -> None:
+            rows = await self.store.approval_batch(dict(first))
+            verify, how, cause = self._proposals.get((incident_id, key), ("", "", ""))
+            head = {**rows[0], "cause": cause} if rows else {**first, "cause": cause}
+            msg = render.approval_message(head, verify=verify, approvers=sorted(self.approvers),
+                                          how_to_approve=how, batch=rows)
+            await self.post(incident_id, key, msg)
+
+        self.presenter(incident_id).later(key, show)
+
+
+STEP_EXCERPT = 6000  # characters of each step's output in the uploaded file
+FILE_LIMIT = 4_000_000  # characters of the uploaded file of a run's step outputs
+
+
+def steps_file(reports: Sequence[HostReport]) -> str:
+    """Every step of every host: command, status and (the stored excerpt of) its output."""
+    parts: list[str] = []
+    size = 0
+    for report in reports:
+        for r in report.results:
+            exit_txt = f"exit {r.exit_status}" if r.exit_status is not None else "no exit status"
+            out = r.output.rstrip()
+            if len(out) > STEP_EXCERPT:
+                out = out[:STEP_EXCERPT // 3] + "\n… [cut: the audit log / export has more] …\n" \
+                    + out[-(STEP_EXCERPT - STEP_EXCERPT // 3):]
+            part = (f"### {report.host.name} · {r.step.step_id} — {r.status} ({exit_txt}, "
+                    f"{r.duration:.2f}s){' — ' + r.error if r.error else ''}\n"
+                    f"$ {r.step.display}\n{out}\n\n")
+            if size + len(part) > FILE_LIMIT:
+                parts.append("… [more steps: see `opsbot export`]\n")
+                return "".join(parts)
+            parts.append(part)
+            size += len(part)
+    return "".join(parts)
 
 
 class RunRecorder:
-    """The runner's StepListener: store + audit + thread, for one run."""
+    """The runner's StepListener: store + audit, and the run's live checklist when it has one."""
 
     def __init__(self, reporter: Reporter, incident_id: int, run_id: int | None,
-                 actor: str) -> None:
+                 actor: str, *, board: Board | None = None, key: str | None = None) -> None:
         self.reporter, self.incident_id, self.run_id, self.actor = \
             reporter, incident_id, run_id, actor
+        self.board, self.key = board, key
+
+    def _changed(self) -> None:
+        if self.key:
+            self.reporter.presenter(self.incident_id).changed(self.key)
 
     async def step_started(self, step: RenderedStep) -> int:
+        if self.board is not None:
+            self.board.started(step)
+            self._changed()
         step_run_id = await self.reporter.store.start_step(self.run_id, self.incident_id, step,
                                                            self.actor)
-        await self.reporter.post(self.incident_id, f"step:{step_run_id}",
-                                 render.step_message(step, None))
         return int(step_run_id)
 
     async def step_finished(self, handle: int, result: StepResult) -> None:
+        if self.board is not None:
+            self.board.finished_step(result)
+            self._changed()
         await self.reporter.store.finish_step(handle, self.incident_id, result, self.actor)
         self.reporter.metrics.step_seconds.labels(kind=result.step.kind,
                                                   status=str(result.status)).observe(
                                                       result.duration)
-        await self.reporter.post(self.incident_id, f"step:{handle}",
-                                 render.step_message(result.step, result))
+
+    async def host_finished(self, host: str) -> None:
+        if self.board is not None:
+            self.board.host_done(host)
+            self._changed()

@@ -41,12 +41,17 @@ class StepListener(Protocol):
 
     async def step_finished(self, handle: Any, result: StepResult) -> None: ...
 
+    async def host_finished(self, host: str) -> None: ...
+
 
 class NullListener:
     async def step_started(self, step: RenderedStep) -> Any:
         return None
 
     async def step_finished(self, handle: Any, result: StepResult) -> None:
+        return None
+
+    async def host_finished(self, host: str) -> None:
         return None
 
 
@@ -230,6 +235,7 @@ class Runner:
             report.causes = list(diagnose(runbook.rules, report.evidence, params, since))
         self._propose(runbook, report,
                       context=render_context(host, params, facts, done, report.evidence))
+        await listener.host_finished(host.name)
         return report
 
     def _propose(self, runbook: Runbook, report: HostReport, context: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from bot.metrics import CONTENT_TYPE
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
 EXPIRY_INTERVAL = 15.0  # seconds between checks for expired approvals
+HANDOVER_INTERVAL = 1.0  # seconds between looks for approvals decided in other terminals
 
 
 async def alertmanager(request: web.Request) -> web.Response:
@@ -155,13 +156,27 @@ def web_app(rt: Runtime, inbound: Any = None) -> web.Application:
 
 
 async def _expiry_loop(rt: Runtime) -> None:
-    interval = min(EXPIRY_INTERVAL, max(0.5, rt.settings.approval_ttl / 4))
+    """Approvals that expire, and incidents with nothing left to do that close by themselves."""
+    interval = min(EXPIRY_INTERVAL, max(0.5, rt.settings.approval_ttl / 4),
+                   max(0.5, rt.settings.close_after / 4))
     while True:
         await asyncio.sleep(interval)
         try:
             await rt.bot.expire_approvals()
+            await rt.bot.close_idle()
         except Exception:  # keep the loop alive; the next round tries again
-            log.exception("expiring approvals failed")
+            log.exception("expiring approvals or closing idle incidents failed")
+
+
+async def _handover_loop(rt: Runtime) -> None:
+    """A sign of life in the store, and approvals decided in another terminal carried out."""
+    while True:
+        try:
+            await rt.store.heartbeat()
+            await rt.bot.carry_out_handovers()
+        except Exception:
+            log.exception("taking over approvals from other terminals failed")
+        await asyncio.sleep(HANDOVER_INTERVAL)
 
 
 def reload(rt: Runtime) -> None:
@@ -209,6 +224,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
              len(rt.bot.inventory.hosts))
     resume = asyncio.create_task(rt.bot.resume(earlier_work))
     expiry = asyncio.create_task(_expiry_loop(rt))
+    handover = asyncio.create_task(_handover_loop(rt))
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -228,6 +244,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         expiry.cancel()
         if not resume.done():
             resume.cancel()
+        handover.cancel()
         if socket_handler is not None:
             await socket_handler.close_async()
         await runner.cleanup()

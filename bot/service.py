@@ -18,7 +18,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from bot.adapters.store import AsyncStore, Row
+from bot.adapters.store import HANDOVER, AsyncStore, Row
 from bot.config import Settings
 from bot.discovery import Chain, discover
 from bot.errors import BotError, InventoryError, NotFound
@@ -26,6 +26,7 @@ from bot.ingest import alert_host
 from bot.inventory import Inventory
 from bot.logtime import Clock
 from bot.models import (
+    IDLE_PHASES,
     AlertGroup,
     ExecOutput,
     Host,
@@ -58,6 +59,13 @@ def _parse_time(text: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+HEARTBEAT_FRESH = 10.0  # a sign of life younger than this: a bot serves the database
 DEFAULT_URL = "http://127.0.0.1/"  # discovery's URL when neither the alert nor the host names one
 
 # An approver sees a pending approval and its proposal; it answers (approved?, who) or None
@@ -329,7 +337,10 @@ class Opsbot:
                                                   "reopened, running the diagnosis again.")
         for note in notes:
             await self.reporter.note(incident.id, f"⚠️ {note}")
-        if run is not None:
+        if run is None:
+            await self.reporter.note(incident.id, self.nothing_to_do(
+                "no runbook fits this alert" if runbook is None else "its host is unknown"))
+        else:
             self.spawn(run, incident.id)
         return incident
 
@@ -437,6 +448,13 @@ class Opsbot:
         incident = None
         for host in hosts:
             incident = await self.store.open_incident_for_host(host.name)
+            if incident and incident.state == "mitigated":
+                # its fault was fixed: what the host shows now is a new fault, a new incident
+                await self.reporter.note(incident.id, f"▶️ {requested_by} runs {runbook.name} "
+                                         f"on {target}: a new incident, as this one's fix "
+                                         "was verified.")
+                incident = None
+                break
             if incident:
                 break
         if incident is None:
@@ -511,42 +529,58 @@ class Opsbot:
         await self.store.update_incident(incident.id, requested_by, phase="diagnosing",
                                          runbook=runbook.name)
         await self.reporter.refresh_root(incident.id)
-        recorder = self.reporter.recorder(incident.id, run_id, requested_by)
+        recorder = self.reporter.live_recorder(
+            incident.id, run_id, requested_by, f"{runbook.name} on {len(hosts)} host(s)"
+            if len(hosts) > 1 else f"{runbook.name} on {hosts[0].name}" if hosts else
+            runbook.name, [h.name for h in hosts])
         began = _parse_time(started_at) or datetime.now(UTC)
         clocks = {name: Clock(since=began, utc_offset=c.utc_offset, booted_at=c.booted_at)
                   for name, c in chains.items()}
         clocks.update({h.name: Clock(since=began) for h in hosts if h.name not in clocks})
         found = {name: {"discovery": "\n".join([c.text(), *c.notes])}
                  for name, c in chains.items()}
-        reports = await self.runner.diagnose(runbook, targets, recorder, since=clocks,
-                                             found=found)
+        try:
+            reports = await self.runner.diagnose(runbook, targets, recorder, since=clocks,
+                                                 found=found)
+        finally:
+            await self.reporter.run_finished(recorder)
         summaries = getattr(runbook.rules, "summaries", {}) if runbook.rules else {}
         best = None
         for report in reports:
-            if report.error:
-                await self.reporter.note(incident.id, f"⚠️ {report.host.name}: {report.error}")
-            await self.reporter.diagnosis(incident.id, run_id, report, summaries)
             if report.causes and (best is None or report.causes[0].confidence > best.confidence):
                 best = report.causes[0]
+        await self.reporter.findings(incident.id, run_id, reports, summaries)
         await self.store.update_incident(incident.id, "opsbot", phase="diagnosed",
                                          cause=best.cause if best else None)
+        proposed = [(await self.propose(incident.id, run_id, runbook, proposal, requested_by,
+                                        report.host), proposal)
+                    for report in reports for proposal in report.proposals]
         pending: list[Row] = []
-        for report in reports:
-            for proposal in report.proposals:
-                row = await self.propose(incident.id, run_id, runbook, proposal, requested_by,
-                                         report.host)
-                decision = await approver(row, proposal)
-                if decision is None:
-                    pending.append(row)
-                    continue
-                approved, who = decision
-                await self.decide(row["token"], approved, who, via=source, background=False)
+        for row, proposal in proposed:
+            if (await self.store.get_approval(row["token"]))["status"] != "pending":
+                continue  # decided with its batch (the same step on other hosts)
+            decision = await approver(row, proposal)
+            if decision is None:
+                pending.append(row)
+                continue
+            approved, who = decision
+            await self.decide(row["token"], approved, who, via=source, background=False)
         if pending:
             await self.store.update_incident(incident.id, "opsbot", phase="awaiting approval")
+        elif not any(r.proposals for r in reports):
+            await self.reporter.note(incident.id, self.nothing_to_do(
+                "no remediation step fits what was found" if best else
+                "no known cause matched the evidence"))
         await self.store.finish_run(run_id, incident.id,
                                     "awaiting approval" if pending else "done", requested_by)
         incident = await self.reporter.refresh_root(incident.id)
         return RunOutcome(incident, reports, pending, run_id, chains)
+
+    def nothing_to_do(self, why: str) -> str:
+        """The line an incident gets when opsbot has nothing (more) to run for it."""
+        return (f"💤 Nothing for opsbot to run: {why}. This incident resolves with its alert, "
+                f"or closes by itself after {_duration(self.settings.close_after)} without news "
+                "(OPSBOT_CLOSE_AFTER); `resolve` closes it now.")
 
     # -- approvals ------------------------------------------------------------------------
     async def propose(self, incident_id: int, run_id: int, runbook: Runbook,
@@ -563,9 +597,11 @@ class Opsbot:
         return row
 
     async def decide(self, token: str, approved: bool, user: str, *, via: str,
-                     check_authority: bool = False, background: bool = True) -> str:
-        """Record a decision (first one wins) and run the step if approved. Returns one line
-        for the person who decided."""
+                     check_authority: bool = False, background: bool = True,
+                     hand_over: bool = False) -> str:
+        """Record a decision (first one wins) and run the step if approved (with hand_over:
+        leave it to the serving bot, which claims it). Returns one line for the person who
+        decided."""
         approval = await self.store.get_approval(token)
         if check_authority:
             if user not in self.settings.approvers:
@@ -579,7 +615,8 @@ class Opsbot:
                 return "You asked for this run, so someone else must approve its remediation " \
                        "(two-person rule). Nothing was run."
         status = "approved" if approved else "rejected"
-        if not await self.store.decide(token, status, user, f"via {via}"):
+        reason = HANDOVER if approved and hand_over else f"via {via}"
+        if not await self.store.decide(token, status, user, reason):
             current = await self.store.get_approval(token)
             if current["status"] == "expired":  # found expired at this decision: say so
                 await self.reporter.approval(current)
@@ -587,23 +624,51 @@ class Opsbot:
                 (f" by {current['decided_by']}" if current.get("decided_by") else "") + \
                 "; nothing more was done."
         approval = await self.store.get_approval(token)
+        decided = [approval]  # the same step on the batch's other hosts: decided with it
+        for other in await self.store.approval_batch(approval, "pending"):
+            if await self.store.decide(other["token"], status, user, reason):
+                decided.append(await self.store.get_approval(other["token"]))
         if approved:  # from here on, a restart reports it interrupted and never re-runs it
             await self.store.update_incident(approval["incident_id"], user, phase="remediating")
         await self.reporter.approval(approval)
+        where = approval["host"] if len(decided) == 1 else f"{len(decided)} hosts"
         if not approved:
             await self.store.update_incident(approval["incident_id"], user, phase="rejected")
             await self.reporter.refresh_root(approval["incident_id"])
-            return f"Rejected {approval['step_id']} on {approval['host']}."
+            return f"Rejected {approval['step_id']} on {where}."
+        if hand_over:
+            return f"Approved {approval['step_id']} on {where}: handed to the serving opsbot."
         if background:
-            self.spawn(self.hold(approval["incident_id"], self.execute(approval, user)),
+            self.spawn(self.hold(approval["incident_id"], self.execute_all(decided, user)),
                        approval["incident_id"])
         else:
-            await self.execute(approval, user)
-        return f"Approved {approval['step_id']} on {approval['host']}: running it now."
+            await self.execute_all(decided, user)
+        return f"Approved {approval['step_id']} on {where}: running it now."
+
+    async def execute_all(self, approvals: list[Row], actor: str) -> bool:
+        """A decided batch: every host at once; the incident's phase says how all went."""
+        outcomes = await asyncio.gather(*(self.execute(a, actor) for a in approvals))
+        if len(approvals) > 1:
+            ok = all(outcomes)
+            await self.store.update_incident(approvals[0]["incident_id"], actor,
+                                             phase="verified" if ok else "verify failed")
+            await self.reporter.refresh_root(approvals[0]["incident_id"])
+        return all(outcomes)
 
     async def execute(self, approval: Row, actor: str) -> bool:
         """Run an approved remediation step and its verify step, if it is still what was
-        approved (same digest); True when the verify step passed."""
+        approved (same digest); True when the verify step passed. The outcome is audited
+        (`approval.outcome`), whatever it is."""
+        phase = "not run"
+        try:
+            phase = await self._execute_live(approval, actor)
+        finally:
+            await self.store.audit("approval.outcome", "opsbot", approval["incident_id"],
+                                   approval_id=approval["id"], verified=phase == "verified",
+                                   phase=phase)
+        return phase == "verified"
+
+    async def _execute_live(self, approval: Row, actor: str) -> str:
         incident_id = approval["incident_id"]
         self.live[incident_id] += 1
         try:
@@ -615,7 +680,7 @@ class Opsbot:
         finally:
             self.live[incident_id] -= 1
 
-    async def _execute(self, approval: Row, actor: str) -> bool:
+    async def _execute(self, approval: Row, actor: str) -> str:
         incident_id = approval["incident_id"]
         try:
             runbook = self.catalog.get(approval["runbook"])
@@ -627,7 +692,7 @@ class Opsbot:
         except (BotError, KeyError) as exc:
             await self.store.update_incident(incident_id, "opsbot", phase="remediation not run")
             await self.reporter.note(incident_id, f"🚫 Not run: {exc}")
-            return False
+            return "not run"
         if approval_digest(runbook, proposal, host) != approval["digest"]:
             await self.reporter.note(incident_id, f"🚫 {approval['step_id']} on {host.name} was "
                                                   "not run: the step changed since it was "
@@ -638,7 +703,7 @@ class Opsbot:
                                    approval_id=approval["id"], reason="digest changed")
             await self.store.update_incident(incident_id, "opsbot", phase="remediation not run")
             await self.reporter.refresh_root(incident_id)
-            return False
+            return "not run"
         await self.store.update_incident(incident_id, actor, phase="remediating")
         await self.reporter.refresh_root(incident_id)
         recorder = self.reporter.recorder(incident_id, approval["run_id"], actor)
@@ -647,9 +712,75 @@ class Opsbot:
         phase = "verified" if ok else "remediation failed" if verified is None else \
             "verify failed"
         await self.store.update_incident(incident_id, actor, phase=phase)
-        await self.reporter.note(incident_id, f"{'✅' if ok else '❌'} {approval['step_id']} on "
-                                              f"{host.name}: {phase}.")
+        await self.reporter.fix(approval, [result] + ([verified] if verified else []), ok)
         await self.reporter.refresh_root(incident_id)
+        return phase
+
+    async def carry_out_handovers(self) -> int:
+        """Approvals decided in another process (`opsbot approve` in a second terminal) are
+        carried out here, by the serving bot, and told in the incident's thread."""
+        rows = await self.store.claim_handovers()
+        batches: dict[tuple[int, int, str], list[Row]] = {}
+        for row in rows:
+            batches.setdefault((row["incident_id"], row["run_id"], row["step_id"]), []).append(row)
+        for batch in batches.values():
+            first = batch[0]
+            where = first["host"] if len(batch) == 1 else f"{len(batch)} hosts"
+            await self.reporter.note(first["incident_id"], f"▶️ {first['decided_by']} approved "
+                                     f"{first['step_id']} on {where} from a terminal: "
+                                     "running it now.")
+            self.spawn(self.execute_all(batch, first["decided_by"]), first["incident_id"])
+        return len(rows)
+
+    async def approve_elsewhere(self, token: str, approved: bool, user: str, *,
+                                claim_wait: float = 15.0, outcome_wait: float = 3600.0,
+                                say: Callable[[str], None] = print) -> bool:
+        """`opsbot approve|reject TOKEN` in a terminal. While a bot serves this database, the
+        decision is recorded here and the serving bot carries it out in its own process and
+        thread; this waits for the outcome. With no serving bot (or none claims it in
+        `claim_wait` seconds), the step runs here. True when the decision was recorded and,
+        for an approval, the fix verified."""
+        age = await self.store.serving_age()
+        serving = age is not None and age < HEARTBEAT_FRESH
+        approval = await self.store.get_approval(token)
+        batch = await self.store.approval_batch(approval, "pending")
+        line = await self.decide(token, approved, user, via="terminal", background=False,
+                                 hand_over=serving)
+        if not line.startswith(("Approved", "Rejected")) or not approved:
+            say(line)
+            return line.startswith("Rejected")
+        if not serving:
+            say(f"No opsbot serves {self.settings.db} (no sign of life for "
+                f"{'ever' if age is None else _duration(round(age))}): it ran here, with this "
+                "shell's settings.")
+        else:
+            say(line)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + claim_wait
+            while (await self.store.get_approval(token))["reason"] == HANDOVER:
+                if loop.time() > deadline:
+                    mine = [await self.store.get_approval(a["token"]) for a in batch
+                            if await self.store.take_back(a["token"])]
+                    if mine:
+                        say(f"The serving opsbot did not take it within {claim_wait:g} s: "
+                            "running it here, with this shell's settings.")
+                        await self.execute_all(mine, user)
+                    break
+                await asyncio.sleep(0.3)
+            deadline = loop.time() + outcome_wait
+            for row in batch:
+                while await self.store.approval_outcome(row) is None:
+                    if loop.time() > deadline:
+                        say(f"No outcome after {_duration(outcome_wait)}; see "
+                            f"INC-{approval['incident_id']}'s thread.")
+                        return False
+                    await asyncio.sleep(0.5)
+        ok = True
+        for row in batch:
+            outcome = await self.store.approval_outcome(row)
+            ok = ok and bool(outcome and outcome.get("verified"))
+            say(f"{row['step_id']} on {row['host']}: "
+                f"{outcome.get('phase') if outcome else 'not run'}.")
         return ok
 
     async def check_origin(self, token: str, channel: str, ts: str, user: str) -> str | None:
@@ -680,14 +811,34 @@ class Opsbot:
         return len(rows)
 
     # -- incidents ------------------------------------------------------------------------
-    async def resolve(self, incident_id: int, actor: str, why: str) -> Incident:
+    async def close_idle(self) -> int:
+        """Incidents where opsbot has nothing left to do and nothing happened for
+        OPSBOT_CLOSE_AFTER: a mitigated one is resolved, any other closed without action."""
+        closed = 0
+        for incident in await self.store.idle_incidents(self.settings.close_after):
+            if incident.phase not in IDLE_PHASES or \
+                    await self.store.approvals_of(incident.id, "pending"):
+                continue
+            after = _duration(self.settings.close_after)
+            if incident.state == "mitigated":
+                await self.resolve(incident.id, "opsbot", f"the fix was verified and nothing "
+                                   f"happened for {after} (OPSBOT_CLOSE_AFTER)")
+            else:
+                await self.resolve(incident.id, "opsbot", f"nothing to do and nothing happened "
+                                   f"for {after} (OPSBOT_CLOSE_AFTER)", phase="closed")
+            closed += 1
+        return closed
+
+    async def resolve(self, incident_id: int, actor: str, why: str,
+                      phase: str = "resolved") -> Incident:
+        """Resolve (or, with phase="closed", close without action) an open incident."""
         incident = await self.store.get_incident(incident_id)
         if incident.status is IncidentStatus.RESOLVED:
             return incident
         await self.void_pending(incident_id, f"cancelled: {why}", status="cancelled")
-        await self.store.update_incident(incident_id, actor, status="resolved",
-                                         phase="resolved")
-        await self.reporter.note(incident_id, f"🟢 Resolved: {why}.")
+        await self.store.update_incident(incident_id, actor, status="resolved", phase=phase)
+        word = "⚪ Closed" if phase == "closed" else "🟢 Resolved"
+        await self.reporter.note(incident_id, f"{word}: {why}.")
         return await self.reporter.refresh_root(incident_id)
 
     async def incident(self, ref: str) -> Incident:

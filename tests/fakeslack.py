@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -298,6 +299,9 @@ class FakeSlack:
         self.usergroups: dict[str, list[str]] = {}  # usergroup ID (S…) -> member user IDs
         self.root = ""  # "http://host:port/" once started
         self._limits: dict[str, list[int]] = {}  # method -> [calls left to refuse, retry_after]
+        self._pace: tuple[float, int] | None = None  # see enforce_rate_limits
+        self._last_post: dict[str, float] = {}  # channel -> loop time of the last post
+        self._updates: list[float] = []  # loop times of chat.update calls in the last minute
         self._response_urls: dict[str, tuple[str, str | None, str | None]] = {}
         self._seq = 0
         self._runner: web.AppRunner | None = None
@@ -334,6 +338,33 @@ class FakeSlack:
         return f"{self.root}api/"
 
     # -- test controls and views
+
+    def enforce_rate_limits(self, post_interval: float = 1.0, updates_per_minute: int = 50,
+                            slack: float = 0.05) -> None:
+        """Refuse (HTTP 429 + Retry-After) what Slack's rate limits refuse: a chat.postMessage
+        less than `post_interval` seconds after the previous one in the same channel (Slack:
+        about one a second per channel), and more than `updates_per_minute` chat.update calls
+        in any 60 seconds (Tier 3). `slack`: timing jitter forgiven, in seconds."""
+        self._pace = (post_interval - slack, updates_per_minute)
+
+    def _rate_wait(self, method: str, params: dict) -> float:
+        """Seconds the caller must wait before this call is accepted; 0: accepted now."""
+        if self._pace is None:
+            return 0.0
+        interval, per_minute = self._pace
+        now = asyncio.get_running_loop().time()
+        if method == "chat.postMessage":
+            channel = str(params.get("channel", ""))
+            last = self._last_post.get(channel)
+            if last is not None and now - last < interval:
+                return interval - (now - last)
+            self._last_post[channel] = now
+        elif method == "chat.update":
+            self._updates = [t for t in self._updates if now - t < 60.0]
+            if len(self._updates) >= per_minute:
+                return 60.0 - (now - self._updates[0])
+            self._updates.append(now)
+        return 0.0
 
     def rate_limit(self, method: str, times: int, retry_after: int = 1) -> None:
         """Answer the next `times` calls of `method` with HTTP 429 and Retry-After."""
@@ -468,6 +499,11 @@ class FakeSlack:
                                     "</body></html>", content_type="text/html")
             self._outage = None
         self.calls.append((method, params))
+        wait = self._rate_wait(method, params)
+        if wait > 0:
+            self.rate_limited.append((method, params))
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": str(max(1, math.ceil(wait)))})
         limit = self._limits.get(method)
         if limit and limit[0] > 0:
             limit[0] -= 1

@@ -8,6 +8,7 @@ incident's root message and thread through the Web API for the outbox (which ret
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -88,13 +89,39 @@ def _delivery_error(exc: Exception) -> DeliveryError:
                          maybe_sent=True, kind="connection")
 
 
+# Slack's own pace (https://docs.slack.dev/apis/web-api/rate-limits): chat.postMessage about
+# one a second per channel; chat.update is Tier 3 (50 a minute). Calls are spaced so that Slack
+# never has to refuse one; its 429 + Retry-After is still honoured if it does.
+PACE = {"chat_postMessage": 1.05, "chat_update": 1.25}
+
+
+class Pacer:
+    """Spaces calls of one kind: each waits until `interval` after the previous one."""
+
+    def __init__(self) -> None:
+        self._next: dict[tuple[str, str], float] = {}
+
+    async def wait(self, method: str, channel: str) -> None:
+        interval = PACE.get(method)
+        if interval is None:
+            return
+        key = (method, channel if method == "chat_postMessage" else "")
+        now = asyncio.get_running_loop().time()
+        at = max(now, self._next.get(key, 0.0))
+        self._next[key] = at + interval  # taken before sleeping: the next caller queues after
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
 class SlackTransport:
     def __init__(self, client: AsyncWebClient, channel: str) -> None:
         self.client = client
         self.channel = channel
+        self.pacer = Pacer()
 
     async def _send(self, method: str, msg: Message, **kwargs: Any) -> Any:
         call = getattr(self.client, method)
+        await self.pacer.wait(method, str(kwargs.get("channel", "")))
         try:
             return await call(text=msg.text, blocks=msg.blocks, **kwargs)
         except SlackApiError as exc:

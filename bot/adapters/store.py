@@ -35,6 +35,8 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 REOPEN_WINDOW = timedelta(hours=24)
+HANDOVER = "via terminal, for the serving opsbot"  # an approval waiting to be claimed
+HANDED_OVER = "via terminal, run by the serving opsbot"
 
 
 def utcnow() -> str:
@@ -443,6 +445,14 @@ class Store:
         return self._all("SELECT * FROM approvals WHERE status = 'pending' AND expires_at < ?",
                          (utcnow(),))
 
+    def idle_incidents(self, seconds: float) -> list[Incident]:
+        """Open incidents not updated for `seconds`."""
+        before = (datetime.now(UTC) - timedelta(seconds=seconds)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return [incident_from_row(r) for r in self._all(
+            "SELECT * FROM incidents WHERE status = 'open' AND updated_at < ? ORDER BY id",
+            (before,))]
+
     def open_incident_for_host(self, host: str) -> Incident | None:
         for row in self._all("SELECT * FROM incidents WHERE status = 'open' ORDER BY id DESC"):
             if host in (row["hosts"] or ()):
@@ -645,6 +655,12 @@ class Store:
             sql, params = sql + " AND status = ?", (incident_id, status)
         return self._all(sql + " ORDER BY id", params)
 
+    def approval_batch(self, approval: Row, status: str | None = None) -> list[Row]:
+        """The approvals decided together with this one: the same step proposed in the same
+        run, on every host where it was (oldest first; its first is the batch's message)."""
+        return [r for r in self.approvals_of(approval["incident_id"], status)
+                if r["run_id"] == approval["run_id"] and r["step_id"] == approval["step_id"]]
+
     def pending_approvals(self) -> list[Row]:
         return self._all("SELECT * FROM approvals WHERE status = 'pending' ORDER BY id")
 
@@ -679,6 +695,51 @@ class Store:
                                      "digest": row[4], "reason": reason,
                                      **({} if won else {"wanted": status})})
             return won
+
+    # -- approvals decided in another process (`opsbot approve` while a bot serves) --------
+    def heartbeat(self) -> None:
+        """The serving bot says it is alive (every few seconds)."""
+        with self.tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('serving', ?)", (utcnow(),))
+
+    def serving_age(self) -> float | None:
+        """Seconds since a serving bot last said it is alive; None if none ever did."""
+        row = self._one("SELECT value FROM meta WHERE key = 'serving'")
+        if row is None:
+            return None
+        return (datetime.now(UTC) - parse_ts(row["value"])).total_seconds()
+
+    def claim_handovers(self) -> list[Row]:
+        """Approvals recorded by another process for the serving bot to carry out: each is
+        claimed once (several replicas may look)."""
+        claimed = []
+        with self.tx() as conn:
+            rows = conn.execute("SELECT token FROM approvals WHERE status = 'approved' AND "
+                                "reason = ?", (HANDOVER,)).fetchall()
+            for (token,) in rows:
+                cur = conn.execute("UPDATE approvals SET reason = ? WHERE token = ? AND "
+                                   "reason = ?", (HANDED_OVER, token, HANDOVER))
+                if cur.rowcount == 1:
+                    claimed.append(token)
+        return [self.get_approval(t) for t in claimed]
+
+    def take_back(self, token: str) -> bool:
+        """The deciding process runs the step itself after all (no bot claimed it)."""
+        with self.tx() as conn:
+            cur = conn.execute("UPDATE approvals SET reason = ? WHERE token = ? AND reason = ?",
+                               (HANDED_OVER.replace("serving opsbot", "deciding shell"), token,
+                                HANDOVER))
+            return cur.rowcount == 1
+
+    def approval_outcome(self, approval: Row) -> Row | None:
+        """The outcome record of an approved step once it was carried out."""
+        for row in self.db.query("SELECT * FROM audit WHERE incident_id = ? AND action = "
+                                 "'approval.outcome' ORDER BY seq DESC",
+                                 (approval["incident_id"],)):
+            detail = json.loads(row["detail"])
+            if detail.get("approval_id") == approval["id"]:
+                return dict(detail)
+        return None
 
     # -- slack messages -------------------------------------------------------------------
     def message(self, incident_id: int, kind: str, ref: str) -> Row | None:

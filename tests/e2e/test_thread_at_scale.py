@@ -1,0 +1,100 @@
+"""Fifty hosts against a Slack stand-in that enforces Slack's rate limits: the diagnosis runs at
+the speed of the hosts, and the thread tells it in a handful of calls, none refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.botfixtures import CHANNEL, bot_env, run_cli
+from tests.fakeslack import FakeSlack
+from tests.lab import WebLab, free_port
+from tests.lab.fixtures import start_host
+from tests.lab.sshd import SshServer
+
+pytestmark = pytest.mark.lab
+HOSTS = 50
+MAX_CALLS = 40
+
+
+@pytest.fixture(scope="module")
+def fleet(lab_dir: Path, web_lab: WebLab) -> Iterator[tuple[Path, Path, list[str]]]:
+    """50 real sshd (127.0.x.10-59:2222) in front of the one web lab: inventory group `fleet`
+    and the known_hosts pinning every host key."""
+    servers: list[SshServer] = []
+    try:
+        for i in range(HOSTS):
+            servers.append(start_host(lab_dir, f"fleet{i + 1:02d}", 10 + i))
+        known = lab_dir / "fleet_known_hosts"
+        known.write_text("".join(f"{s.known_hosts_line}\n" for s in servers))
+        known.chmod(0o644)
+        lab_vars = {
+            "opsbot_supervisor_conf": str(web_lab.supervisor_conf),
+            "opsbot_nginx_error_log": str(web_lab.nginx_error_log),
+            "opsbot_nginx_conf": str(web_lab.nginx_conf),
+            "opsbot_health_url": web_lab.health_url,
+            "opsbot_proxy_url": web_lab.proxy_url,
+            "opsbot_upstream_port": web_lab.backend_port,
+            "opsbot_program": web_lab.program,
+            "opsbot_app_log": str(web_lab.app_log),
+            "opsbot_supervisor_log": str(web_lab.supervisor_log),
+            "opsbot_dependencies": f"redis:{web_lab.redis.address}",
+        }
+        hosts = {s.name: {"ansible_host": s.address, "ansible_port": s.port,
+                          "ansible_user": s.user,
+                          "ansible_ssh_private_key_file": str(s.key_file), **lab_vars}
+                 for s in servers}
+        inventory = lab_dir / "fleet.yaml"
+        inventory.write_text(yaml.safe_dump({"all": {"children": {"fleet": {"hosts": hosts}}}}))
+        inventory.chmod(0o644)
+        yield inventory, known, [s.name for s in servers]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_fifty_hosts_thread_in_few_calls_none_refused(
+        tmp_path: Path, healthy_web: WebLab, fleet: tuple[Path, Path, list[str]]) -> None:
+    inventory, known_hosts, names = fleet
+    slack = FakeSlack(channels=(CHANNEL,))
+    slack.enforce_rate_limits()
+    url = await slack.start()
+    try:
+        env = bot_env(tmp_path / "opsbot.db", url, inventory, known_hosts, free_port())
+        healthy_web.permission_denied()
+        began = time.monotonic()
+        done = await run_cli(env, "run", "nginx-502", "fleet")
+        took = time.monotonic() - began
+        assert done.returncode in (0, 1), done.stderr
+        roots = slack.messages(CHANNEL)
+        assert len(roots) == 1 and "INC-1" in roots[0].plain()
+        thread = slack.thread(CHANNEL, roots[0].ts)
+        findings = [m for m in thread if "Likely cause" in m.plain()
+                    or "no known cause" in m.plain()]
+        shown = "\n".join(m.plain() for m in findings)
+        missing = [n for n in names if f"`{n}`" not in shown]
+        assert not missing, f"hosts without a finding in the thread: {missing}\n{shown}"
+        assert "permission_denied" in shown and "(13: Permission denied)" in shown
+        progress = next(m for m in thread if "nginx-502 on 50 host(s)" in m.plain())
+        assert "finished" in progress.text and "50/50 host(s) done" in progress.text
+        methods = [m for m, _ in slack.calls]
+        report = (f"{len(methods)} calls in {took:.1f}s: "
+                  f"{ {m: methods.count(m) for m in set(methods)} }\n"
+                  + "\n".join(m.text[:120] for m in thread))
+        print(report)
+        assert slack.rate_limited == [], report
+        assert len(methods) <= MAX_CALLS, report
+        assert took < 60, report
+        # every step's output is in the uploaded file, for every host
+        steps = next(f for f in slack.files if f.name.endswith("-steps.txt"))
+        assert all(f"### {n} · nginx_error_log" in steps.text for n in names)
+        assert len(re.findall(r"^### ", steps.text, re.M)) >= HOSTS * 10
+    finally:
+        await slack.stop()
+        os.environ.pop("OPSBOT_CLOSE_AFTER", None)
