@@ -423,8 +423,20 @@ def progress_message(title: str, rows: Sequence[tuple[str, Sequence[Cell], bool]
     blocks += _sections(lines, MAX_BLOCKS - 3)
     if steps and not (len(cells) <= DETAILED_LINES and len(rows) <= 3):
         blocks.append(_context(("Steps, in order: " + " · ".join(steps))[:SECTION_LIMIT]))
-    detail = "\n".join(_plain_host_line(host, row, d) for host, row, d in rows)
+    if len(cells) <= DETAILED_LINES and len(rows) <= 3:
+        detail = "\n".join(_plain_step_line(host, c) for host, row, _ in rows for c in row)
+    else:
+        detail = "\n".join(_plain_host_line(host, row, d) for host, row, d in rows)
     return Message(text=text[:TEXT_LIMIT], blocks=blocks[:MAX_BLOCKS], detail=detail)
+
+
+def _plain_step_line(host: str, cell: Cell) -> str:
+    r = cell.result
+    if r is None:
+        return f"{RUNNING} {cell.step_id} on {host}: running"
+    exit_txt = f"exit {r.exit_status}" if r.exit_status is not None else "no exit status"
+    return f"{ICON[r.status]} {cell.step_id} on {host}: {r.status} ({exit_txt}, " \
+        f"{r.duration:.2f}s)" + (f" — {r.error}" if r.error else "")
 
 
 def _plain_host_line(host: str, cells: Sequence[Cell], done: bool) -> str:

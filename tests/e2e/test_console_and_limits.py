@@ -58,9 +58,23 @@ async def test_console_mode_alert_approve_and_audit(
         assert "likely cause upstream_down" in terminal
         assert "connect() failed (111: Connection refused)" in terminal
         token = re.search(r"opsbot approve (\S+)", terminal)[1]
+        # what Slack shows, compactly: the cause's summary, its evidence, the advice
+        finding = terminal[terminal.index("likely cause upstream_down"):]
+        assert "evidence:" in finding and "    > " in finding
+        assert len(terminal.splitlines()) < 80, terminal
+        # approved in a second terminal: carried out by the serving bot, told in its output
         done = await run_cli(env, "approve", token)
-        assert done.returncode == 0 and "Approved start_program on web01" in done.stdout
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Approved start_program on web01: handed to the serving opsbot" in done.stdout
+        assert "start_program on web01: verified." in done.stdout
         assert healthy_web.proxy_status() == 200
+        for _ in range(50):
+            terminal = out_path.read_text()
+            if "✅ start_program on web01: verified" in terminal:
+                break
+            await asyncio.sleep(0.1)
+        assert "approved start_program on web01 from a terminal" in terminal
+        assert "✅ start_program on web01: verified" in terminal
         incidents = json.loads((await run_cli(env, "incidents", "--json")).stdout)
         assert incidents[0]["phase"] == "verified" and incidents[0]["cause"] == "upstream_down"
         assert "chain intact" in (await run_cli(env, "audit", "verify")).stdout
@@ -75,11 +89,15 @@ async def test_long_and_secret_output_is_bounded_and_redacted(running_bot: Runni
     bot = running_bot
     await bot.post_alert(alert_payload(name="NoisyTest"))
     msg = await bot.wait(lambda: next((m for m in bot.thread() if "(`big_output`)" in m.plain()
-                                       and "running" not in m.plain()), None)
+                                       and "— *ok*" in m.plain()), None)
                          if bot.roots() else None)
-    shown = msg.plain()
-    assert "line 0 of noise" in shown and "the end" in shown and "cut" in shown
     assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in msg.blocks)
+    # the output itself is in the run's uploaded file: head and tail of it, bounded
+    upload = await bot.wait(lambda: next((f for f in bot.slack.files
+                                          if f.name.endswith("-steps.txt")), None))
+    shown = upload.text
+    assert "line 0 of noise" in shown and "the end" in shown and "cut" in shown
+    assert len(shown) < 10_000
     step = bot.store().steps_of(1)[0]
     assert step["output_bytes"] > 300_000 and step["truncated"] == 1
     assert len(step["excerpt"]) <= 16_000

@@ -155,11 +155,13 @@ async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> N
         assert status == 200 and "Only operators may" in text and "\\n" not in text
     refused = [r for r in bot.store().audit_records() if r["action"] == "command.refused"]
     assert len(refused) == 4 and all(r["actor"] == "U0CAROL" for r in refused)
-    assert len(bot.store().list_incidents()) == 1 and not bot.slack.files
+    def timelines() -> list:
+        return [f for f in bot.slack.files if f.name == "INC-1-timeline.md"]
+
+    assert len(bot.store().list_incidents()) == 1 and not timelines()
     _, text = await bot.slash("timeline INC-1 md", user=op)
-    await bot.wait(lambda: bot.slack.files)
-    upload = bot.slack.files[0]
-    assert upload.name == "INC-1-timeline.md" and "## Timeline (UTC)" in upload.text
+    await bot.wait(timelines)
+    assert "## Timeline (UTC)" in timelines()[0].text
     _, text = await bot.slash("resolve INC-1", user=op)
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
     assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
