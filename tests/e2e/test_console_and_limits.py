@@ -68,7 +68,7 @@ async def test_console_mode_alert_approve_and_audit(
         assert "Approved start_program on web01: handed to the serving opsbot" in done.stdout
         assert "start_program on web01: verified." in done.stdout
         assert healthy_web.proxy_status() == 200
-        for _ in range(50):
+        for _ in range(300):
             terminal = out_path.read_text()
             if "✅ start_program on web01: verified" in terminal:
                 break
