@@ -173,6 +173,18 @@ class Reporter:
         if recorder.key:
             await self.presenter(recorder.incident_id).finish(recorder.key)
 
+    async def chains(self, incident_id: int, chains: Mapping[str, Any]) -> None:
+        """Each discovered chain in the thread, before any check; hosts with the same chain
+        (and notes) share one message."""
+        alike: dict[str, list[str]] = {}
+        for host, chain in chains.items():
+            notes = "".join(f"\n• {n}" for n in chain.notes)
+            alike.setdefault(f"{chain.text()}{notes}", []).append(host)
+        for text, hosts in alike.items():
+            who = hosts[0] if len(hosts) == 1 else \
+                f"{len(hosts)} hosts ({', '.join(hosts[:20])}{' …' if len(hosts) > 20 else ''})"
+            await self.note(incident_id, f"🔗 {who}: {text}", key=f"chain:{hosts[0]}")
+
     async def findings(self, incident_id: int, run_id: int, reports: Sequence[HostReport],
                        summaries: Mapping[str, str]) -> None:
         """Each distinct finding as its own message (hosts that share one, together), hosts

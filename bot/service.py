@@ -416,14 +416,9 @@ class Opsbot:
                 await self.reporter.note(incident_id, f"⚠️ {host.name}: discovery: {exc}")
                 return host, None
 
-        chains: dict[str, Chain] = {}
-        for host, chain in await asyncio.gather(*(one(h) for h in hosts)):
-            if chain is None:
-                continue
-            chains[host.name] = chain
-            notes = "".join(f"\n• {n}" for n in chain.notes)
-            await self.reporter.note(incident_id, f"🔗 {host.name}: {chain.text()}{notes}",
-                                     key=f"chain:{host.name}")
+        chains = {host.name: chain for host, chain in
+                  await asyncio.gather(*(one(h) for h in hosts)) if chain is not None}
+        await self.reporter.chains(incident_id, chains)
         return chains
 
     def backend_runbook(self, runbook: Runbook, labels: Mapping[str, str],

@@ -299,8 +299,8 @@ class FakeSlack:
         self.usergroups: dict[str, list[str]] = {}  # usergroup ID (S…) -> member user IDs
         self.root = ""  # "http://host:port/" once started
         self._limits: dict[str, list[int]] = {}  # method -> [calls left to refuse, retry_after]
-        self._pace: tuple[float, int] | None = None  # see enforce_rate_limits
-        self._last_post: dict[str, float] = {}  # channel -> loop time of the last post
+        self._pace: tuple[float, int, int] | None = None  # see enforce_rate_limits
+        self._post_tat: dict[str, float] = {}  # channel -> when its next post is due (GCRA)
         self._updates: list[float] = []  # loop times of chat.update calls in the last minute
         self._response_urls: dict[str, tuple[str, str | None, str | None]] = {}
         self._seq = 0
@@ -339,26 +339,28 @@ class FakeSlack:
 
     # -- test controls and views
 
-    def enforce_rate_limits(self, post_interval: float = 1.0, updates_per_minute: int = 50,
-                            slack: float = 0.05) -> None:
-        """Refuse (HTTP 429 + Retry-After) what Slack's rate limits refuse: a chat.postMessage
-        less than `post_interval` seconds after the previous one in the same channel (Slack:
-        about one a second per channel), and more than `updates_per_minute` chat.update calls
-        in any 60 seconds (Tier 3). `slack`: timing jitter forgiven, in seconds."""
-        self._pace = (post_interval - slack, updates_per_minute)
+    def enforce_rate_limits(self, post_interval: float = 1.0, post_burst: int = 3,
+                            updates_per_minute: int = 50, slack: float = 0.05) -> None:
+        """Refuse (HTTP 429 + Retry-After) what Slack's rate limits refuse: chat.postMessage
+        faster than one every `post_interval` seconds per channel after a burst of `post_burst`
+        (Slack: about one a second per channel, short bursts allowed), and more than
+        `updates_per_minute` chat.update calls in any 60 seconds (Tier 3). `slack`: timing
+        jitter forgiven, in seconds."""
+        self._pace = (post_interval - slack, post_burst, updates_per_minute)
 
     def _rate_wait(self, method: str, params: dict) -> float:
         """Seconds the caller must wait before this call is accepted; 0: accepted now."""
         if self._pace is None:
             return 0.0
-        interval, per_minute = self._pace
+        interval, burst, per_minute = self._pace
         now = asyncio.get_running_loop().time()
-        if method == "chat.postMessage":
+        if method == "chat.postMessage":  # GCRA: a burst, then one per interval
             channel = str(params.get("channel", ""))
-            last = self._last_post.get(channel)
-            if last is not None and now - last < interval:
-                return interval - (now - last)
-            self._last_post[channel] = now
+            tat = max(self._post_tat.get(channel, now), now)
+            allowed_at = tat - (burst - 1) * interval
+            if now < allowed_at:
+                return allowed_at - now
+            self._post_tat[channel] = tat + interval
         elif method == "chat.update":
             self._updates = [t for t in self._updates if now - t < 60.0]
             if len(self._updates) >= per_minute:

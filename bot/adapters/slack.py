@@ -90,25 +90,28 @@ def _delivery_error(exc: Exception) -> DeliveryError:
 
 
 # Slack's own pace (https://docs.slack.dev/apis/web-api/rate-limits): chat.postMessage about
-# one a second per channel; chat.update is Tier 3 (50 a minute). Calls are spaced so that Slack
-# never has to refuse one; its 429 + Retry-After is still honoured if it does.
-PACE = {"chat_postMessage": 1.05, "chat_update": 1.25}
+# one a second per channel, short bursts allowed; chat.update is Tier 3 (50 a minute). Calls
+# are spaced (interval, burst) so that Slack never has to refuse one; its 429 + Retry-After is
+# still honoured if it does.
+PACE = {"chat_postMessage": (1.05, 3), "chat_update": (1.25, 2)}
 
 
 class Pacer:
-    """Spaces calls of one kind: each waits until `interval` after the previous one."""
+    """Spaces calls of one kind (GCRA): a burst of `burst` calls, then one per `interval`."""
 
     def __init__(self) -> None:
-        self._next: dict[tuple[str, str], float] = {}
+        self._tat: dict[tuple[str, str], float] = {}  # when the next call is "due"
 
     async def wait(self, method: str, channel: str) -> None:
-        interval = PACE.get(method)
-        if interval is None:
+        pace = PACE.get(method)
+        if pace is None:
             return
+        interval, burst = pace
         key = (method, channel if method == "chat_postMessage" else "")
         now = asyncio.get_running_loop().time()
-        at = max(now, self._next.get(key, 0.0))
-        self._next[key] = at + interval  # taken before sleeping: the next caller queues after
+        tat = max(self._tat.get(key, now), now)
+        at = max(now, tat - (burst - 1) * interval)
+        self._tat[key] = tat + interval  # taken before sleeping: the next caller queues after
         if at > now:
             await asyncio.sleep(at - now)
 
