@@ -77,7 +77,9 @@ async def diagnosed(bot: RunningBot, host: str, url: str) -> tuple[str, str, lis
     assert status == 200
     diagnosis = await bot.wait(lambda: next((m for m in bot.thread() if "🩺" in m.text), None)
                                if bot.roots() else None, timeout=90)
-    await asyncio.sleep(1)  # the proposals follow the diagnosis
+    # the proposals follow the diagnosis; the root message says when the run is over
+    await bot.wait(lambda: any(state in bot.roots()[0].text
+                               for state in ("awaiting approval", "open — diagnosed")))
     thread = bot.thread()
     chain = next(m.plain() for m in thread if "🔗" in m.text)
     assert thread.index(next(m for m in thread if "🔗" in m.text)) == 0, "the chain comes first"
