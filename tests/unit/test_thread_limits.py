@@ -10,6 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack import SlackTransport
 from bot.models import Cause, Incident, IncidentStatus, Phase, RenderedStep, StepResult, StepStatus
+from bot.outbox import Outgoing
 from bot.progress import Board, Presenter
 from bot.render import Message, finding_message, group_findings, note_message
 from tests.fakeslack import FakeSlack, block_errors
@@ -96,16 +97,16 @@ async def test_fake_slack_refuses_what_slack_refuses_and_the_transport_never_tri
         transport = SlackTransport(AsyncWebClient(token="xoxb-test-token", base_url=url),
                                    "C0INCIDENT")
         incident = Incident(1, "g", IncidentStatus.OPEN, "t", "2026-01-01T00:00:00.000Z")
-        root = await transport.root(incident, note_message("root"))
-        assert root is not None
+        root = await transport.deliver(Outgoing(1, incident, "root", note_message("root")))
         incident = Incident(1, "g", IncidentStatus.OPEN, "t", "2026-01-01T00:00:00.000Z",
-                            channel=root[0], thread_ts=root[1])
+                            channel=root.channel, thread_ts=root.ts)
         loop = asyncio.get_running_loop()
         began = loop.time()
-        ts = [await transport.post(incident, f"k{i}", note_message(f"m{i}"), None)
-              for i in range(6)]
+        ts = [(await transport.deliver(Outgoing(2 + i, incident, f"k{i}",
+                                                note_message(f"m{i}")))).ts for i in range(6)]
         for i in range(4):
-            await transport.post(incident, "k0", note_message(f"m0 v{i}"), ts[0])
+            await transport.deliver(Outgoing(2, incident, "k0", note_message(f"m0 v{i}"),
+                                             ts=ts[0]))
         assert len(fake.rate_limited) == 1  # only the raw burst above
         assert loop.time() - began >= 3.0  # 7 posts: a burst of 3, then one a second
         await transport.close()
