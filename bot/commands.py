@@ -22,7 +22,7 @@ HELP = """*opsbot* — incident response in this channel
 • `diag <host>` — run the runbook that fits the host's open incident, or the first one
 • `incidents` — open and recent incidents
 • `status <INC-n>` — an incident's state, cause and approvals
-• `timeline <INC-n> [md|json|csv]` — the incident's timeline, uploaded into its thread
+• `timeline <INC-n> [md|json|csv|postmortem]` — the timeline or a postmortem draft, uploaded
 • `resolve <INC-n>` — close an incident (cancels pending approvals)"""
 
 
@@ -134,8 +134,9 @@ async def _status(bot: Opsbot, args: list[str], user: str) -> Answer:
 
 
 async def _timeline(bot: Opsbot, args: list[str], user: str) -> Answer:
-    if len(args) not in (1, 2) or (len(args) == 2 and args[1] not in ("md", "json", "csv")):
-        return Answer("Usage: `timeline <INC-n> [md|json|csv]`")
+    if len(args) not in (1, 2) or \
+            (len(args) == 2 and args[1] not in ("md", "json", "csv", "postmortem")):
+        return Answer("Usage: `timeline <INC-n> [md|json|csv|postmortem]`")
     incident = await bot.incident(args[0])
     fmt = args[1] if len(args) == 2 else "md"
 
@@ -143,8 +144,10 @@ async def _timeline(bot: Opsbot, args: list[str], user: str) -> Answer:
         from bot.export import export_text
 
         content = await bot.store.call(export_text, bot.store.sync, incident.id, fmt)
-        await bot.reporter.upload(incident.id, f"{incident.ref}-timeline.{fmt}", content,
-                                  f"{incident.ref} timeline ({fmt})")
+        name = f"{incident.ref}-postmortem.md" if fmt == "postmortem" else \
+            f"{incident.ref}-timeline.{fmt}"
+        await bot.reporter.upload(incident.id, name, content, f"{incident.ref} {fmt}"
+                                  if fmt == "postmortem" else f"{incident.ref} timeline ({fmt})")
         await respond(f"Timeline of {incident.ref} uploaded to its thread.")
 
     return Answer(f"Exporting {incident.ref} as {fmt}…", later)

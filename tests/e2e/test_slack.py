@@ -162,6 +162,10 @@ async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> N
     _, text = await bot.slash("timeline INC-1 md", user=op)
     await bot.wait(timelines)
     assert "## Timeline (UTC)" in timelines()[0].text
+    _, text = await bot.slash("timeline INC-1 postmortem", user=op)
+    draft = await bot.wait(lambda: next((f for f in bot.slack.files
+                                         if f.name == "INC-1-postmortem.md"), None))
+    assert "mermaid" in draft.text
     _, text = await bot.slash("resolve INC-1", user=op)
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
     assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
