@@ -276,9 +276,9 @@ def load_evidence(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise EvidenceInvalid(f"{path}: evidence must be a JSON object of step id -> output, "
                               f"not a {type(data).__name__}")
-    if isinstance(data.get("evidence"), dict):
-        data = data["evidence"]
-    return data
+    evidence: dict[str, Any] = data["evidence"] if isinstance(data.get("evidence"), dict) \
+        else data
+    return evidence
 
 
 # ---------------------------------------------------------------- diagnosing

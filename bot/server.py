@@ -123,7 +123,8 @@ async def one_line_errors(request: web.Request, handler: Any) -> web.StreamRespo
     """No traceback reaches a caller: the store failing is a 503 (senders retry), anything
     else unexpected a 500; the details go to opsbot's own log."""
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPException as exc:  # aiohttp's own 404, 405, 413...: the same JSON line
         if exc.status < 400:
             raise

@@ -423,7 +423,8 @@ class DockerStep(StepKind):
             async with asyncio.timeout(timeout), self._held(host):
                 engine = await self.engines.get(host)
                 api = engine.client.api  # type: ignore[union-attr]
-                return await self.engines.call(ACTIONS[verb], api, action)
+                output: ExecOutput = await self.engines.call(ACTIONS[verb], api, action)
+                return output
         except TimeoutError:
             return ExecOutput(None, "", error=f"timed out after {timeout:g}s waiting for "
                                               f"{where} ({host.name})", timed_out=True)
