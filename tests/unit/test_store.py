@@ -1,15 +1,17 @@
+"""The store, on both backends (a SQLite file, a database on the lab's real PostgreSQL)."""
+
 import json
-import sqlite3
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from bot.adapters.store import Store
+from tests.storebackends import raw_sql
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "opsbot.db")
+def store(db_target: str) -> Store:
+    return Store(db_target)
 
 
 def open_(store: Store, key: str = "g1") -> tuple[int, str]:
@@ -27,14 +29,14 @@ def test_one_group_one_incident_and_reopen(store: Store) -> None:
     assert open_(store, "g2") == (2, "opened")
 
 
-def test_state_survives_a_restart(tmp_path: Path) -> None:
-    first = Store(tmp_path / "s.db")
+def test_state_survives_a_restart(db_target: str) -> None:
+    first = Store(db_target)
     open_(first)
     first.create_approval(incident_id=1, run_id=1, runbook="nginx-502", step_id="start",
                           host="web01", params={}, digest="d", display="x",
                           requested_by="alertmanager", ttl=60)
     first.close()
-    again = Store(tmp_path / "s.db")
+    again = Store(db_target)
     assert again.open_incident_for_host("web01").ref == "INC-1"
     assert len(again.pending_approvals()) == 1
 
@@ -48,8 +50,7 @@ def test_first_decision_wins(store: Store) -> None:
     assert store.get_approval(row["token"])["decided_by"] == "U1"
 
 
-def _audit_db(tmp_path: Path) -> tuple[Store, Path]:
-    path = tmp_path / "a.db"
+def _audit_db(path: str) -> tuple[Store, str]:
     store = Store(path)
     open_(store)
     for i in range(5):
@@ -66,30 +67,26 @@ def _audit_db(tmp_path: Path) -> tuple[Store, Path]:
     "INSERT INTO audit (seq, ts, actor, action, incident_id, detail, prev_hash, hash) "
     "SELECT 100, ts, actor, action, incident_id, detail, hash, hash FROM audit WHERE seq = 6",
 ])
-def test_any_tampering_is_detected(tmp_path: Path, tamper: str) -> None:
-    store, path = _audit_db(tmp_path)
-    conn = sqlite3.connect(path)
-    conn.execute(tamper)
-    conn.commit()
+def test_any_tampering_is_detected(db_target: str, tamper: str) -> None:
+    store, path = _audit_db(db_target)
+    raw_sql(path, tamper)
     report = store.verify_audit()
     assert not report.ok and report.bad_seq is not None
     assert "ALTERED at record" in report.line()
 
 
-def test_swapping_two_records_is_detected(tmp_path: Path) -> None:
-    store, path = _audit_db(tmp_path)
-    conn = sqlite3.connect(path)
-    a, b = (conn.execute("SELECT ts, actor, action, incident_id, detail FROM audit WHERE seq=?",
-                         (s,)).fetchone() for s in (3, 4))
+def test_swapping_two_records_is_detected(db_target: str) -> None:
+    store, path = _audit_db(db_target)
+    a, b = (raw_sql(path, "SELECT ts, actor, action, incident_id, detail FROM audit WHERE seq=?",
+                    (s,))[0] for s in (3, 4))
     for seq, row in ((3, b), (4, a)):
-        conn.execute("UPDATE audit SET ts=?, actor=?, action=?, incident_id=?, detail=? "
-                     "WHERE seq=?", (*row, seq))
-    conn.commit()
+        raw_sql(path, "UPDATE audit SET ts=?, actor=?, action=?, incident_id=?, detail=? "
+                "WHERE seq=?", (*row, seq))
     assert not store.verify_audit().ok
 
 
-def test_prune_keeps_the_rest_verifiable(tmp_path: Path) -> None:
-    store, _ = _audit_db(tmp_path)
+def test_prune_keeps_the_rest_verifiable(db_target: str) -> None:
+    store, _ = _audit_db(db_target)
     last_ts = list(store.audit_records())[-1]["ts"]
     store.audit("later", "tester", 1)
     assert store.prune_audit(last_ts + "Z") > 0
@@ -98,37 +95,30 @@ def test_prune_keeps_the_rest_verifiable(tmp_path: Path) -> None:
     assert store.verify_audit().ok
 
 
-def test_keyed_chain_needs_the_key(tmp_path: Path) -> None:
-    keyed = Store(tmp_path / "k.db", audit_key="s3cret")
+def test_keyed_chain_needs_the_key(db_target: str) -> None:
+    keyed = Store(db_target, audit_key="s3cret")
     keyed.audit("x", "y")
     assert keyed.verify_audit().ok
-    assert not Store(tmp_path / "k.db", audit_key="wrong").verify_audit().ok
+    assert not Store(db_target, audit_key="wrong").verify_audit().ok
 
 
-def _truncate_newest(path: Path, keep_through: int) -> None:
+def _truncate_newest(path: str, keep_through: int) -> None:
     """What an attacker with write access does: drop the newest records, move the head back."""
-    conn = sqlite3.connect(path)
-    seq, hash_ = conn.execute("SELECT seq, hash FROM audit WHERE seq = ?",
-                              (keep_through,)).fetchone()
-    conn.execute("DELETE FROM audit WHERE seq > ?", (keep_through,))
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'",
-                 (json.dumps([seq, hash_]),))
-    conn.commit()
+    seq, hash_ = raw_sql(path, "SELECT seq, hash FROM audit WHERE seq = ?", (keep_through,))[0]
+    raw_sql(path, "DELETE FROM audit WHERE seq > ?", (keep_through,))
+    raw_sql(path, "UPDATE meta SET value = ? WHERE key = 'audit_head'",
+            (json.dumps([seq, hash_]),))
 
 
-def _truncate_oldest(path: Path, drop_through: int) -> None:
+def _truncate_oldest(path: str, drop_through: int) -> None:
     """Drop the oldest records and move the anchor forward, as if they had been pruned."""
-    conn = sqlite3.connect(path)
-    seq, hash_ = conn.execute("SELECT seq, hash FROM audit WHERE seq = ?",
-                              (drop_through,)).fetchone()
-    conn.execute("DELETE FROM audit WHERE seq <= ?", (drop_through,))
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_anchor', ?)",
-                 (json.dumps([seq, hash_]),))
-    conn.commit()
+    seq, hash_ = raw_sql(path, "SELECT seq, hash FROM audit WHERE seq = ?", (drop_through,))[0]
+    raw_sql(path, "DELETE FROM audit WHERE seq <= ?", (drop_through,))
+    raw_sql(path, "INSERT INTO meta VALUES ('audit_anchor', ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value", (json.dumps([seq, hash_]),))
 
 
-def _keyed_db(tmp_path: Path, key: str | None = "k3y") -> tuple[Store, Path]:
-    path = tmp_path / "keyed.db"
+def _keyed_db(path: str, key: str | None = "k3y") -> tuple[Store, str]:
     store = Store(path, audit_key=key)
     open_(store)
     for i in range(6):
@@ -137,23 +127,23 @@ def _keyed_db(tmp_path: Path, key: str | None = "k3y") -> tuple[Store, Path]:
     return store, path
 
 
-def test_keyed_truncation_of_the_newest_records_fails_verify(tmp_path: Path) -> None:
-    store, path = _keyed_db(tmp_path)
+def test_keyed_truncation_of_the_newest_records_fails_verify(db_target: str) -> None:
+    store, path = _keyed_db(db_target)
     _truncate_newest(path, 4)
     report = store.verify_audit()
     assert not report.ok
     assert "head (the newest record) is not authenticated" in report.line()
 
 
-def test_keyed_truncation_of_the_oldest_records_fails_verify(tmp_path: Path) -> None:
-    store, path = _keyed_db(tmp_path)
+def test_keyed_truncation_of_the_oldest_records_fails_verify(db_target: str) -> None:
+    store, path = _keyed_db(db_target)
     _truncate_oldest(path, 3)
     report = store.verify_audit()
     assert not report.ok and "anchor" in report.reason
 
 
-def test_unkeyed_oldest_truncation_fails_but_newest_cannot_be_proven(tmp_path: Path) -> None:
-    store, path = _keyed_db(tmp_path, key=None)
+def test_unkeyed_oldest_truncation_fails_but_newest_cannot_be_proven(db_target: str) -> None:
+    store, path = _keyed_db(db_target, key=None)
     _truncate_newest(path, 4)
     report = store.verify_audit()
     # honest: without a key a consistent rewrite of the head cannot be told apart
@@ -162,8 +152,8 @@ def test_unkeyed_oldest_truncation_fails_but_newest_cannot_be_proven(tmp_path: P
     assert not store.verify_audit().ok  # no keyed-or-not audit.pruned record vouches for it
 
 
-def test_keyed_prune_leaves_a_keyed_record_and_still_verifies(tmp_path: Path) -> None:
-    store, path = _keyed_db(tmp_path)
+def test_keyed_prune_leaves_a_keyed_record_and_still_verifies(db_target: str) -> None:
+    store, path = _keyed_db(db_target)
     last_ts = list(store.audit_records())[3]["ts"]
     assert store.prune_audit(last_ts + "Z") == 4
     store.audit("after.prune", "tester", 1)
@@ -176,10 +166,8 @@ def test_keyed_prune_leaves_a_keyed_record_and_still_verifies(tmp_path: Path) ->
     assert not store.verify_audit().ok
 
 
-def test_keyed_head_deleted_outright_fails_verify(tmp_path: Path) -> None:
-    store, path = _keyed_db(tmp_path)
-    conn = sqlite3.connect(path)
-    conn.execute("DELETE FROM audit WHERE seq > 5")
-    conn.execute("DELETE FROM meta WHERE key = 'audit_head'")
-    conn.commit()
+def test_keyed_head_deleted_outright_fails_verify(db_target: str) -> None:
+    store, path = _keyed_db(db_target)
+    raw_sql(path, "DELETE FROM audit WHERE seq > 5")
+    raw_sql(path, "DELETE FROM meta WHERE key = 'audit_head'")
     assert "head (the newest record) is missing" in store.verify_audit().reason
