@@ -217,7 +217,7 @@ class PostgresDatabase(Database):
     dialect = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
+    def __init__(self, url: str, *, min_size: int = 0, max_size: int = 8,
                  timeout: float = 30.0) -> None:
         self.target = redact_url(url)
         self.pool = psycopg_pool.ConnectionPool(

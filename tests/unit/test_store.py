@@ -1,7 +1,7 @@
 """The store, on both backends (a SQLite file, a database on the lab's real PostgreSQL)."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,8 +10,10 @@ from tests.storebackends import raw_sql
 
 
 @pytest.fixture
-def store(db_target: str) -> Store:
-    return Store(db_target)
+def store(db_target: str) -> Iterator[Store]:
+    opened = Store(db_target)
+    yield opened
+    opened.close()
 
 
 def open_(store: Store, key: str = "g1") -> tuple[int, str]:
