@@ -34,7 +34,7 @@ class Settings:
     operators: frozenset[str] = frozenset()
     listen_host: str = "127.0.0.1"
     listen_port: int = 3000
-    db: Path = Path("opsbot.db")
+    db: Path | str = Path("opsbot.db")  # a SQLite file, or a postgresql:// URL
     runbooks: Path = Path("runbooks")
     inventory: Path = Path("inventory.yaml")
     known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
@@ -69,7 +69,8 @@ def _raw(env: Mapping[str, str], file_values: Mapping[str, object],
     for key, env_name in names.items():
         if env.get(env_name, "") != "":
             out[key] = env[env_name]
-        elif key in PATHS and base is not None and isinstance(file_values.get(key), str):
+        elif key in PATHS and base is not None and isinstance(file_values.get(key), str) \
+                and not is_database_url(str(file_values[key])):
             path = Path(str(file_values[key])).expanduser()
             out[key] = str(path if path.is_absolute() else base / path)
         elif key in file_values and file_values[key] is not None:
@@ -95,6 +96,15 @@ def _read_toml(path: Path) -> dict[str, object]:
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
     return data
+
+
+def is_database_url(text: str) -> bool:
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def _database(text: str) -> Path | str:
+    """OPSBOT_DB: a postgresql:// URL as it is (checked when the store opens it), else a file."""
+    return text if is_database_url(text) else Path(text).expanduser()
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -165,7 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         operators=operators,
         listen_host=host,
         listen_port=port,
-        db=Path(raw.get("db", "opsbot.db")).expanduser(),
+        db=_database(raw.get("db", "opsbot.db")),
         runbooks=Path(raw.get("runbooks", "runbooks")).expanduser(),
         inventory=Path(raw.get("inventory", "inventory.yaml")).expanduser(),
         known_hosts=Path(raw.get("known_hosts", "~/.ssh/known_hosts")).expanduser(),

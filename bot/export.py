@@ -25,8 +25,8 @@ BATCH = 2000  # events per chunk yielded: few generator hops and writes, memory 
 
 def _records(store: Store, incident_id: int) -> Iterator[tuple[int, str, str, str, str, str]]:
     """(seq, ts, actor, action, detail JSON text, hash) of an incident's audit records, in
-    order: plain tuples straight from SQLite (a dict per row costs more than the export)."""
-    yield from store.db.conn.execute(
+    order: plain tuples straight from the database (a dict per row costs more than the export)."""
+    yield from store.db.stream(
         "SELECT seq, ts, actor, action, detail, hash FROM audit WHERE incident_id = ? "
         "ORDER BY seq", (incident_id,))
 

@@ -7,13 +7,13 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from bot import edge
+from bot.adapters.sql import DB_ERRORS
 from bot.adapters.store import Store, StoreError, WebhookIn
 from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
@@ -25,6 +25,7 @@ from bot.metrics import CONTENT_TYPE
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
 EXPIRY_INTERVAL = 15.0  # seconds between checks for expired approvals
+TAKEOVER_EVERY = 5.0  # seconds between looks for work of replicas that are gone
 HANDOVER_INTERVAL = 1.0  # seconds between looks for approvals decided in other terminals
 
 
@@ -67,10 +68,10 @@ def may_see_details(request: web.Request, settings: Settings) -> bool:
 def _store_ok(store: Store) -> bool:
     """Readable, and its file and folder writable by us: checked without writing."""
     try:
-        store.db.conn.execute("SELECT count(*) FROM meta").fetchone()
-    except sqlite3.Error:
+        store.db.execute("SELECT count(*) FROM meta").fetchone()
+    except DB_ERRORS:
         return False
-    if store.path == ":memory:":
+    if store.shared or store.path == ":memory:":
         return True
     path = Path(store.path)
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
@@ -132,7 +133,7 @@ async def one_line_errors(request: web.Request, handler: Any) -> web.StreamRespo
         if "Allow" in exc.headers:
             refusal.headers["Allow"] = exc.headers["Allow"]
         return refusal
-    except (sqlite3.Error, StoreError) as exc:
+    except (StoreError, *DB_ERRORS) as exc:
         log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
         return error(503, f"the store cannot be written ({exc}); nothing was accepted, "
                            "retry later")
@@ -180,6 +181,21 @@ async def _handover_loop(rt: Runtime) -> None:
         await asyncio.sleep(HANDOVER_INTERVAL)
 
 
+async def _takeover_loop(rt: Runtime, first: asyncio.Task[None]) -> None:
+    """Replicas on PostgreSQL: every TAKEOVER_EVERY seconds, the replica holding the `takeover`
+    lock finishes what replicas that are gone (their lease ran out) left: their accepted
+    webhooks, commands and clicks, their runs (a diagnosis runs again; a remediation never)."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(first)  # the start-up resume first, never two at once
+    while True:
+        await asyncio.sleep(TAKEOVER_EVERY)
+        try:
+            if await rt.store.call(rt.store.sync.leader, "takeover"):
+                await rt.bot.resume(await rt.store.last_work_id())
+        except Exception:  # keep the loop alive; the next round tries again
+            log.exception("taking over the work of a stopped replica failed")
+
+
 def reload(rt: Runtime) -> None:
     """SIGHUP: read the runbooks and the inventory again. Open incidents and pending approvals
     stay; an approval whose step now renders differently is refused when clicked (digest)."""
@@ -225,6 +241,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
              len(rt.bot.inventory.hosts))
     resume = asyncio.create_task(rt.bot.resume(earlier_work))
     expiry = asyncio.create_task(_expiry_loop(rt))
+    takeover = asyncio.create_task(_takeover_loop(rt, resume)) if rt.store.sync.shared \
+        else None
     handover = asyncio.create_task(_handover_loop(rt))
     if stop is None:
         stop = asyncio.Event()
@@ -243,6 +261,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
                  settings.stop_timeout)
         rt.bot.accepting = False
         expiry.cancel()
+        if takeover is not None:
+            takeover.cancel()
         if not resume.done():
             resume.cancel()
         handover.cancel()

@@ -120,6 +120,10 @@ class Database:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return self.execute(sql, params).dicts()
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows as they are read, never all at once (exports of a long audit log)."""
+        raise NotImplementedError
+
     def integrity_check(self) -> str:
         raise NotImplementedError
 
@@ -180,6 +184,9 @@ class SqliteDatabase(Database):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         return self.conn.execute(sql, params)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        yield from self.raw.execute(sql, tuple(params))
 
     def integrity_check(self) -> str:
         row = self.execute("PRAGMA integrity_check").fetchone()
@@ -303,6 +310,14 @@ class PostgresDatabase(Database):
             return current.execute(sql, params)
         with self.pool.connection() as raw:
             return _PgConn(raw).execute(sql, params)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """A server-side cursor, read 2,000 rows at a time."""
+        with self.pool.connection() as raw, raw.transaction(), \
+                raw.cursor(name="opsbot_stream") as cur:
+            cur.itersize = 2000
+            cur.execute(to_pyformat(sql), tuple(params))
+            yield from cur
 
     def integrity_check(self) -> str:
         self.execute("SELECT count(*) FROM audit")

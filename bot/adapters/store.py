@@ -1,30 +1,42 @@
-"""The store: one object owning the SQLite database (the only module importing sqlite_utils).
+"""The store: one object owning the database (SQLite or PostgreSQL, through bot.adapters.sql).
 
 State lives here, not in memory: open incidents, pending approvals and Slack message references
-survive a restart. Writes run in explicit transactions (`BEGIN IMMEDIATE`), so two opsbot
-processes on one file (the server and a terminal `opsbot run`) keep the audit chain whole.
+survive a restart. Writes run in explicit transactions that hold the database's one write lock
+(`BEGIN IMMEDIATE` on SQLite, a transaction-level advisory lock on PostgreSQL), so several opsbot
+processes on one database (replicas, a terminal `opsbot run`) keep the audit chain whole.
 `AsyncStore` runs every call on one worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
-import sqlite3
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
-import sqlite_utils
-
+from bot.adapters.sql import (
+    DB_ERRORS,
+    LEASE,
+    Conn,
+    Database,
+    add_column,
+    create_index,
+    create_table,
+    one_line,
+    open_database,
+    shown_target,
+)
 from bot.audit import GENESIS, PRUNED, Mark, VerifyReport, record_hash, verify_chain
 from bot.errors import BotError, NotFound
 from bot.models import Incident, IncidentStatus, StepResult, canonical_json
@@ -75,67 +87,76 @@ def owner_alive(pid: int | None) -> bool:
     return True
 
 
-def _m1(db: sqlite_utils.Database) -> None:
-    db.table("webhooks").create({"id": int, "received_at": str, "source": str, "remote": str,
-                                 "body": str, "outcome": str, "incident_id": int}, pk="id")
-    db.table("incidents").create({"id": int, "group_key": str, "status": str, "phase": str,
-                                  "title": str, "runbook": str, "hosts": str, "labels": str,
-                                  "notes": str, "cause": str, "opened_at": str, "resolved_at": str,
-                                  "updated_at": str, "channel": str, "thread_ts": str}, pk="id")
-    db.table("incidents").create_index(["group_key"])
-    db.table("incidents").create_index(["status"])
-    db.table("alerts").create({"id": int, "incident_id": int, "webhook_id": int, "fingerprint": str,
-                               "name": str, "status": str, "labels": str, "annotations": str,
-                               "starts_at": str, "ends_at": str, "received_at": str}, pk="id")
-    db.table("alerts").create_index(["incident_id"])
-    db.table("runs").create({"id": int, "incident_id": int, "runbook": str, "target": str,
-                             "requested_by": str, "source": str, "params": str, "started_at": str,
-                             "ended_at": str, "status": str}, pk="id")
-    db.table("step_runs").create({"id": int, "run_id": int, "incident_id": int, "step_id": str,
-                                  "phase": str, "kind": str, "host": str, "command": str,
-                                  "action": str, "status": str, "exit_status": int,
-                                  "started_at": str, "duration": float, "excerpt": str,
-                                  "output_bytes": int, "digest": str, "truncated": int,
-                                  "error": str, "facts": str, "title": str}, pk="id")
-    db.table("step_runs").create_index(["incident_id"])
-    db.table("diagnoses").create({"id": int, "run_id": int, "incident_id": int, "host": str,
-                                  "causes": str, "created_at": str}, pk="id")
-    db.table("approvals").create({"id": int, "token": str, "incident_id": int, "run_id": int,
-                                  "runbook": str, "step_id": str, "host": str, "params": str,
-                                  "digest": str, "display": str, "status": str,
-                                  "requested_by": str, "requested_at": str, "expires_at": str,
-                                  "decided_by": str, "decided_at": str, "reason": str}, pk="id")
-    db.table("approvals").create_index(["token"], unique=True)
-    db.table("messages").create({"id": int, "incident_id": int, "kind": str, "ref": str,
-                                 "channel": str, "ts": str, "created_at": str}, pk="id")
-    db.table("messages").create_index(["incident_id", "kind", "ref"])
-    db.table("audit").create({"seq": int, "ts": str, "actor": str, "action": str,
-                              "incident_id": int, "detail": str, "prev_hash": str, "hash": str},
-                             pk="seq")
-    db.table("audit").create_index(["incident_id"])
-    db.table("meta").create({"key": str, "value": str}, pk="key")
+def _m1(conn: Conn, db: Database) -> None:
+    table = functools.partial(create_table, conn, db)
+    table("webhooks", {"id": int, "received_at": str, "source": str, "remote": str, "body": str,
+                       "outcome": str, "incident_id": int})
+    table("incidents", {"id": int, "group_key": str, "status": str, "phase": str, "title": str,
+                        "runbook": str, "hosts": str, "labels": str, "notes": str, "cause": str,
+                        "opened_at": str, "resolved_at": str, "updated_at": str, "channel": str,
+                        "thread_ts": str})
+    create_index(conn, "incidents", ["group_key"])
+    create_index(conn, "incidents", ["status"])
+    table("alerts", {"id": int, "incident_id": int, "webhook_id": int, "fingerprint": str,
+                     "name": str, "status": str, "labels": str, "annotations": str,
+                     "starts_at": str, "ends_at": str, "received_at": str})
+    create_index(conn, "alerts", ["incident_id"])
+    table("runs", {"id": int, "incident_id": int, "runbook": str, "target": str,
+                   "requested_by": str, "source": str, "params": str, "started_at": str,
+                   "ended_at": str, "status": str})
+    table("step_runs", {"id": int, "run_id": int, "incident_id": int, "step_id": str,
+                        "phase": str, "kind": str, "host": str, "command": str, "action": str,
+                        "status": str, "exit_status": int, "started_at": str, "duration": float,
+                        "excerpt": str, "output_bytes": int, "digest": str, "truncated": int,
+                        "error": str, "facts": str, "title": str})
+    create_index(conn, "step_runs", ["incident_id"])
+    table("diagnoses", {"id": int, "run_id": int, "incident_id": int, "host": str,
+                        "causes": str, "created_at": str})
+    table("approvals", {"id": int, "token": str, "incident_id": int, "run_id": int,
+                        "runbook": str, "step_id": str, "host": str, "params": str,
+                        "digest": str, "display": str, "status": str, "requested_by": str,
+                        "requested_at": str, "expires_at": str, "decided_by": str,
+                        "decided_at": str, "reason": str})
+    create_index(conn, "approvals", ["token"], unique=True)
+    table("messages", {"id": int, "incident_id": int, "kind": str, "ref": str, "channel": str,
+                       "ts": str, "created_at": str})
+    create_index(conn, "messages", ["incident_id", "kind", "ref"])
+    table("audit", {"seq": int, "ts": str, "actor": str, "action": str, "incident_id": int,
+                    "detail": str, "prev_hash": str, "hash": str}, pk="seq")
+    create_index(conn, "audit", ["incident_id"])
+    table("meta", {"key": str, "value": str}, pk="key")
 
 
-def _m2(db: sqlite_utils.Database) -> None:
+def _m2(conn: Conn, db: Database) -> None:
     """Work from the store (every accepted webhook, command and click until done) and the
     Slack outbox; runs say which process runs them."""
-    db.table("work").create({"id": int, "kind": str, "webhook_id": int, "payload": str,
-                             "status": str, "created_at": str, "done_at": str, "outcome": str,
-                             "attempts": int}, pk="id")
-    db.table("work").create_index(["status"])
-    db.table("outbox").create({"id": int, "incident_id": int, "key": str, "kind": str,
-                               "content": str, "status": str, "version": int, "attempts": int,
-                               "maybe_sent": int, "owner": int, "created_at": str,
-                               "sent_at": str, "error": str}, pk="id")
-    db.table("outbox").create_index(["status", "owner"])
-    db.table("outbox").create_index(["incident_id", "key", "status"])
-    db.table("runs").add_column("owner", int)
+    create_table(conn, db, "work", {"id": int, "kind": str, "webhook_id": int, "payload": str,
+                                    "status": str, "created_at": str, "done_at": str,
+                                    "outcome": str, "attempts": int})
+    create_index(conn, "work", ["status"])
+    create_table(conn, db, "outbox", {"id": int, "incident_id": int, "key": str, "kind": str,
+                                      "content": str, "status": str, "version": int,
+                                      "attempts": int, "maybe_sent": int, "owner": int,
+                                      "created_at": str, "sent_at": str, "error": str})
+    create_index(conn, "outbox", ["status", "owner"])
+    create_index(conn, "outbox", ["incident_id", "key", "status"])
+    add_column(conn, db, "runs", "owner", int)
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_m1, _m2)
+def _m3(conn: Conn, db: Database) -> None:
+    """Several processes on one database: who is alive (a lease renewed by a heartbeat) and
+    which process took each piece of work."""
+    create_table(conn, db, "replicas", {"id": int, "host": str, "pid": int, "started_at": str,
+                                        "heartbeat": float})
+    add_column(conn, db, "work", "owner", int)
+
+
+MIGRATIONS: tuple[Callable[[Conn, Database], None], ...] = (_m1, _m2, _m3)
 
 JSON_COLUMNS = {"hosts", "labels", "notes", "annotations", "params", "action", "facts",
                 "causes", "detail", "payload", "content"}
+UPSERT_META = ("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+               "SET value = excluded.value")
 RUNNING_PHASES = ("investigating", "reopened", "diagnosing", "remediating")
 
 
@@ -180,61 +201,51 @@ class Store:
         self.path = str(path)
         self.audit_key = audit_key
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            self.db = sqlite_utils.Database(conn)
-            if self.path != ":memory:":
-                self.db.enable_wal()
-            conn.execute(f"PRAGMA synchronous = {'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
+            self.db = open_database(self.path, synchronous=synchronous, lock=lock)
+        except DB_ERRORS as exc:
+            raise StoreError(f"cannot open the database {shown_target(self.path)}: "
+                             f"{one_line(exc)}") from None
+        try:
             self._migrate()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
-        self._lock = lock or threading.RLock()
+            # who owns this process's runs, work and messages: its pid on one machine's file,
+            # a replica id with a lease (renewed by a heartbeat) on a shared server
+            self.owner = os.getpid() if self.db.dialect == "sqlite" else \
+                self.db.register_replica(socket.gethostname(), utcnow())
+        except DB_ERRORS as exc:
+            self.db.close()
+            raise StoreError(f"cannot open the database {self.db.target}: {one_line(exc)}") \
+                from None
+        self._lock = self.db.lock
         self._seen_writes = 0  # first_use calls, to prune expired keys now and then
 
     # -- plumbing -------------------------------------------------------------------------
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken with the write lock at once (BEGIN IMMEDIATE)."""
-        conn = self.db.conn
-        with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT (disk full) may leave it open
-                    conn.execute("ROLLBACK")
-                raise
+    def tx(self) -> AbstractContextManager[Conn]:
+        """One write transaction, holding the database's write lock from its start."""
+        return self.db.tx()
 
     def _migrate(self) -> None:
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        """Numbered migrations, each applied once, under the write lock (replicas starting
+        together migrate once)."""
+        with self.db.tx() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS migrations "
                          "(version INTEGER PRIMARY KEY, applied_at TEXT)")
             done = {r[0] for r in conn.execute("SELECT version FROM migrations")}
             for version, migration in enumerate(MIGRATIONS, start=1):
                 if version not in done:
-                    migration(self.db)
+                    migration(conn, self.db)
                     conn.execute("INSERT INTO migrations VALUES (?, ?)", (version, utcnow()))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
-    def _insert(self, conn: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> int:
+    def _insert(self, conn: Conn, table: str, row: Mapping[str, Any]) -> int:
         cols = list(row)
         values = [canonical_json(v) if isinstance(v, dict | list | tuple) else v
                   for v in row.values()]
+        key = "seq" if table == "audit" else "id"
         cur = conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) "
-                           f"VALUES ({', '.join('?' for _ in cols)})", values)
-        return int(cur.lastrowid or 0)
+                           f"VALUES ({', '.join('?' for _ in cols)}) RETURNING {key}", values)
+        made = cur.fetchone()
+        return int(made[0]) if made else 0
 
-    def _update(self, conn: sqlite3.Connection, table: str, pk: int,
+    def _update(self, conn: Conn, table: str, pk: int,
                 fields: Mapping[str, Any]) -> None:
         if not fields:
             return
@@ -244,30 +255,53 @@ class Store:
                      [*values, pk])
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
-        rows = list(self.db.query(sql, params))
+        rows = self.db.query(sql, params)
         return _decode(rows[0]) if rows else None
 
     def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         return [_decode(r) for r in self.db.query(sql, params)]
 
+    @property
+    def shared(self) -> bool:
+        """Several replicas may use this database (PostgreSQL)."""
+        return self.db.dialect == "postgresql"
+
+    def _alive(self, owner: int | None) -> bool:
+        """The process that owns a row still runs (never this one: see owner_alive)."""
+        if not self.shared:
+            return owner_alive(owner)
+        return bool(owner) and owner != self.owner and owner in self.db.live_replicas()
+
+    def _gone(self, owner: int | None) -> bool:
+        """Its rows may be taken over: the owner stopped (on SQLite this process's own pid
+        counts as stopped, an earlier server in it is gone; a replica never takes its own)."""
+        if not self.shared:
+            return not owner_alive(owner)
+        return owner != self.owner and not self._alive(owner)
+
+    def leader(self, job: str) -> bool:
+        """This process runs the singleton `job` (expiry sweep, outbox sending, takeover):
+        always on SQLite; on PostgreSQL while it holds the job's advisory lock."""
+        return self.db.leader(job)
+
     def writable(self) -> bool:
         try:
             with self.tx() as conn:
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('healthcheck', ?)", (utcnow(),))
+                conn.execute(UPSERT_META, ('healthcheck', utcnow()))
             return True
-        except sqlite3.Error:
+        except DB_ERRORS:
             return False
 
     # -- audit ----------------------------------------------------------------------------
-    def _mark(self, conn: sqlite3.Connection, which: str) -> Mark | None:
+    def _mark(self, conn: Conn, which: str) -> Mark | None:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"audit_{which}",)).fetchone()
         return Mark.from_meta(row[0] if row else None)
 
-    def _set_mark(self, conn: sqlite3.Connection, which: str, seq: int, hash_: str) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+    def _set_mark(self, conn: Conn, which: str, seq: int, hash_: str) -> None:
+        conn.execute(UPSERT_META,
                      (f"audit_{which}", Mark.sealed(which, seq, hash_, self.audit_key).to_meta()))
 
-    def _audit(self, conn: sqlite3.Connection, action: str, actor: str,
+    def _audit(self, conn: Conn, action: str, actor: str,
                incident_id: int | None, detail: Mapping[str, Any]) -> int:
         last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         if last is None:
@@ -283,7 +317,7 @@ class Store:
         self._set_mark(conn, "head", seq + 1, hash_)
         return seq + 1
 
-    def audit(self, action: str, actor: str, incident_id: int | None = None,
+    def audit(self, /, action: str, actor: str, incident_id: int | None = None,
               **detail: Any) -> int:
         with self.tx() as conn:
             return self._audit(conn, action, actor, incident_id, detail)
@@ -296,9 +330,8 @@ class Store:
                                      (incident_id,))
 
     def verify_audit(self) -> VerifyReport:
-        conn = self.db.conn
-        return verify_chain(self.audit_records(), anchor=self._mark(conn, "anchor"),
-                            head=self._mark(conn, "head"), key=self.audit_key)
+        return verify_chain(self.audit_records(), anchor=self._mark(self.db, "anchor"),
+                            head=self._mark(self.db, "head"), key=self.audit_key)
 
     def prune_audit(self, before: str) -> int:
         """Drop records older than `before` (UTC ISO). The anchor (the last record dropped) is
@@ -332,7 +365,7 @@ class Store:
                 if not item.rejected:
                     self._insert(conn, "work", {"kind": "alert", "webhook_id": wid,
                                                 "status": "pending", "created_at": now,
-                                                "attempts": 0})
+                                                "attempts": 0, "owner": self.owner})
                 ids.append(wid)
         return ids
 
@@ -341,14 +374,14 @@ class Store:
         with self.tx() as conn:
             self._webhook_done(conn, webhook_id, outcome, incident_id)
 
-    def _webhook_done(self, conn: sqlite3.Connection, webhook_id: int, outcome: str,
+    def _webhook_done(self, conn: Conn, webhook_id: int, outcome: str,
                       incident_id: int | None) -> None:
         self._update(conn, "webhooks", webhook_id, {"outcome": outcome, "incident_id": incident_id})
         conn.execute("UPDATE work SET status = 'done', done_at = ?, outcome = ? "
                      "WHERE webhook_id = ? AND status = 'pending'", (utcnow(), outcome, webhook_id))
 
     def webhook_body(self, webhook_id: int) -> bytes:
-        row = self.db.conn.execute("SELECT body FROM webhooks WHERE id = ?",
+        row = self.db.execute("SELECT body FROM webhooks WHERE id = ?",
                                    (webhook_id,)).fetchone()
         if row is None:
             raise NotFound(f"no webhook {webhook_id}")
@@ -359,7 +392,7 @@ class Store:
         with self.tx() as conn:
             return self._insert(conn, "work", {"kind": kind, "payload": dict(payload),
                                                "status": "pending", "created_at": utcnow(),
-                                               "attempts": 0})
+                                               "attempts": 0, "owner": self.owner})
 
     def finish_work(self, work_id: int, outcome: str, status: str = "done") -> None:
         with self.tx() as conn:
@@ -367,19 +400,30 @@ class Store:
                          (status, utcnow(), outcome[:500], work_id))
 
     def last_work_id(self) -> int:
-        return int(self.db.conn.execute("SELECT coalesce(max(id), 0) FROM work").fetchone()[0])
+        return int(self.db.execute("SELECT coalesce(max(id), 0) FROM work").fetchone()[0])
 
     def pending_work(self, up_to: int) -> list[Row]:
-        """Unfinished work up to id `up_to` (what earlier processes accepted), oldest first;
-        each try is counted, and a row that failed three starts is given up."""
+        """Unfinished work up to id `up_to` whose process is gone (an earlier process, or a
+        replica that died), oldest first, claimed for this one (on PostgreSQL with `FOR UPDATE
+        SKIP LOCKED`: two replicas taking over never take the same row); each try is counted,
+        and a row that failed three starts is given up."""
         with self.tx() as conn:
-            conn.execute("UPDATE work SET status = 'failed', done_at = ?, outcome = "
-                         "'gave up after 3 tries' WHERE status = 'pending' AND attempts >= 3 "
-                         "AND id <= ?", (utcnow(), up_to))
-            conn.execute("UPDATE work SET attempts = attempts + 1 WHERE status = 'pending' "
-                         "AND id <= ?", (up_to,))
-        return self._all("SELECT * FROM work WHERE status = 'pending' AND id <= ? ORDER BY id",
-                         (up_to,))
+            rows = conn.execute("SELECT id, owner, attempts FROM work WHERE status = 'pending' "
+                                "AND id <= ? ORDER BY id" + self.db.skip_locked,
+                                (up_to,)).fetchall()
+            taken = [(wid, tries) for wid, owner, tries in rows if self._gone(owner)]
+            for wid, tries in taken:
+                if (tries or 0) >= 3:
+                    conn.execute("UPDATE work SET status = 'failed', done_at = ?, outcome = "
+                                 "'gave up after 3 tries' WHERE id = ?", (utcnow(), wid))
+                else:
+                    conn.execute("UPDATE work SET attempts = attempts + 1, owner = ? "
+                                 "WHERE id = ?", (self.owner, wid))
+        ids = [wid for wid, tries in taken if (tries or 0) < 3]
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        return self._all(f"SELECT * FROM work WHERE id IN ({marks}) ORDER BY id", tuple(ids))
 
     # -- incidents ------------------------------------------------------------------------
     def get_incident(self, incident_id: int) -> Incident:
@@ -405,7 +449,7 @@ class Store:
         """Runs left `running` by a process that is gone (or by an earlier server in this
         process): marked interrupted, once. A run of a live `opsbot run` is left alone."""
         rows = self._all("SELECT id, incident_id, owner FROM runs WHERE status = 'running'")
-        stale = [r for r in rows if not owner_alive(r["owner"])]
+        stale = [r for r in rows if self._gone(r["owner"])]
         for row in stale:
             self.finish_run(row["id"], row["incident_id"], "interrupted", actor)
         return len(stale)
@@ -414,25 +458,29 @@ class Store:
         """A run of this incident is going on in another live process."""
         rows = self._all("SELECT owner FROM runs WHERE incident_id = ? AND status = 'running'",
                          (incident_id,))
-        return any(owner_alive(r["owner"]) for r in rows)
+        return any(self._alive(r["owner"]) for r in rows)
 
     def stuck_incidents(self) -> list[Incident]:
         """Open incidents in a running phase (a live run must exist for each), or whose last
         run was interrupted (e.g. between its diagnosis and its proposals)."""
         marks = ", ".join("?" for _ in RUNNING_PHASES)
-        return [incident_from_row(r) for r in self._all(
+        rows = self._all(
             f"SELECT * FROM incidents i WHERE status = 'open' AND (phase IN ({marks}) OR "
             "(SELECT status FROM runs r WHERE r.incident_id = i.id ORDER BY r.id DESC LIMIT 1)"
-            " = 'interrupted') ORDER BY id", RUNNING_PHASES)]
+            " = 'interrupted') ORDER BY id", RUNNING_PHASES)
+        if self.shared:  # with replicas, only those unchanged for a lease: a live replica
+            quiet = (datetime.now(UTC) - timedelta(seconds=LEASE)).strftime(  # may be about
+                "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"                            # to start a run
+            rows = [r for r in rows if (r["updated_at"] or "") < quiet]
+        return [incident_from_row(r) for r in rows]
 
     def interrupt_steps(self, incident_id: int, actor: str) -> list[Row]:
         """Steps of the incident left `running`: marked interrupted (with their audit record);
         returns them."""
         with self.tx() as conn:
-            rows = [_decode(dict(zip([d[0] for d in cur.description], r, strict=True)))
-                    for cur in [conn.execute("SELECT * FROM step_runs WHERE incident_id = ? AND "
-                                             "status = 'running' ORDER BY id", (incident_id,))]
-                    for r in cur.fetchall()]
+            rows = [_decode(r) for r in conn.execute(
+                "SELECT * FROM step_runs WHERE incident_id = ? AND status = 'running' ORDER BY id",
+                (incident_id,)).dicts()]
             for row in rows:
                 self._update(conn, "step_runs", row["id"], {
                     "status": "interrupted", "error": "opsbot stopped while it ran"})
@@ -442,6 +490,9 @@ class Store:
         return rows
 
     def expired_approvals(self) -> list[Row]:
+        """Pending approvals past their time; with replicas, only for the `expiry` leader."""
+        if not self.leader("expiry"):
+            return []
         return self._all("SELECT * FROM approvals WHERE status = 'pending' AND expires_at < ?",
                          (utcnow(),))
 
@@ -472,7 +523,7 @@ class Store:
 
     def ingest_alerts(self, webhook_id: int, group_key: str, *, title: str,
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
-                      notes: list[str], alerts: list[Mapping[str, Any]],
+                      notes: list[str], alerts: Sequence[Mapping[str, Any]],
                       actor: str, idle_phase: str | None = None) -> tuple[Incident, str]:
         """One firing notification, in one transaction: its incident (opened, joined or
         reopened; put in `idle_phase` when new and nothing will run), its alerts, and its
@@ -487,7 +538,7 @@ class Store:
             self._webhook_done(conn, webhook_id, how, incident_id)
         return self.get_incident(incident_id), how
 
-    def _open_or_join(self, conn: sqlite3.Connection, group_key: str, *, title: str,
+    def _open_or_join(self, conn: Conn, group_key: str, *, title: str,
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
                       notes: list[str], actor: str) -> tuple[int, str]:
         title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
@@ -512,7 +563,7 @@ class Store:
                      "hosts": hosts, "notes": notes})
         return incident_id, how
 
-    def update_incident(self, incident_id: int, actor: str = "opsbot", *, audit: bool = True,
+    def update_incident(self, /, incident_id: int, actor: str = "opsbot", *, audit: bool = True,
                         **fields: Any) -> Incident:
         fields = {k: redact_value(v) for k, v in fields.items()}
         fields["updated_at"] = utcnow()
@@ -526,12 +577,12 @@ class Store:
         return self.get_incident(incident_id)
 
     def record_alerts(self, incident_id: int, webhook_id: int | None,
-                      alerts: list[Mapping[str, Any]]) -> None:
+                      alerts: Sequence[Mapping[str, Any]]) -> None:
         with self.tx() as conn:
             self._insert_alerts(conn, incident_id, webhook_id, alerts)
 
-    def _insert_alerts(self, conn: sqlite3.Connection, incident_id: int, webhook_id: int | None,
-                       alerts: list[Mapping[str, Any]]) -> None:
+    def _insert_alerts(self, conn: Conn, incident_id: int, webhook_id: int | None,
+                       alerts: Sequence[Mapping[str, Any]]) -> None:
         now = utcnow()
         for alert in alerts:
             self._insert(conn, "alerts", {"incident_id": incident_id, "webhook_id": webhook_id,
@@ -543,7 +594,7 @@ class Store:
                 self.diagnoses_of(incident_id), self.alert_count(incident_id))
 
     def alert_count(self, incident_id: int) -> int:
-        return int(self.db.conn.execute("SELECT count(*) FROM alerts WHERE incident_id = ?",
+        return int(self.db.execute("SELECT count(*) FROM alerts WHERE incident_id = ?",
                                         (incident_id,)).fetchone()[0])
 
     def alerts_of(self, incident_id: int) -> list[Row]:
@@ -557,7 +608,7 @@ class Store:
             run_id = self._insert(conn, "runs", {
                 "incident_id": incident_id, "runbook": runbook, "target": target,
                 "requested_by": requested_by, "source": source, "params": shown,
-                "started_at": utcnow(), "status": "running", "owner": os.getpid()})
+                "started_at": utcnow(), "status": "running", "owner": self.owner})
             self._audit(conn, "run.started", requested_by, incident_id,
                         {"run_id": run_id, "runbook": runbook, "target": target,
                          "source": source, "params": shown})
@@ -756,11 +807,11 @@ class Store:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"seen:{key}",)).fetchone()
             if row and float(row[0]) >= now:
                 return False
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"seen:{key}", repr(until)))
+            conn.execute(UPSERT_META, (f"seen:{key}", repr(until)))
             self._seen_writes += 1
             if self._seen_writes % 100 == 1:  # now and then, forget what expired
                 conn.execute("DELETE FROM meta WHERE key >= 'seen:' AND key < 'seen;' "
-                             "AND CAST(value AS REAL) < ?", (now,))
+                             "AND CAST(value AS DOUBLE PRECISION) < ?", (now,))
             return True
 
     # -- the Slack outbox -------------------------------------------------------------------
@@ -779,24 +830,33 @@ class Store:
             return self._insert(conn, "outbox", {
                 "incident_id": incident_id, "key": key, "kind": kind, "content": dict(content),
                 "status": "pending", "version": 1, "attempts": 0, "maybe_sent": 0,
-                "owner": os.getpid(), "created_at": utcnow()})
+                "owner": self.owner, "created_at": utcnow()})
 
     def outbox_pending(self, limit: int = 100) -> list[Row]:
-        """This process's waiting rows, oldest first (one sender keeps every thread's order)."""
+        """This process's waiting rows, oldest first (one sender keeps every thread's order).
+        With replicas, one of them (the `outbox` leader) sends every replica's rows."""
+        if self.shared:
+            if not self.leader("outbox"):
+                return []
+            return self._all("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?",
+                             (limit,))
         return self._all("SELECT * FROM outbox WHERE status = 'pending' AND owner = ? "
-                         "ORDER BY id LIMIT ?", (os.getpid(), limit))
+                         "ORDER BY id LIMIT ?", (self.owner, limit))
 
     def adopt_outbox(self) -> int:
-        """Rows left by processes that are gone (a killed server, a finished `opsbot run`)."""
-        owners = [r[0] for r in self.db.conn.execute(
+        """Rows left by processes that are gone (a killed server, a finished `opsbot run`).
+        With replicas there is nothing to adopt: the outbox leader sends every row."""
+        if self.shared:
+            return 0
+        owners = [r[0] for r in self.db.execute(
             "SELECT DISTINCT owner FROM outbox WHERE status = 'pending'")]
-        dead = [o for o in owners if o != os.getpid() and not owner_alive(o)]
+        dead = [o for o in owners if o != self.owner and not owner_alive(o)]
         if not dead:
             return 0
         with self.tx() as conn:
             marks = ", ".join("?" for _ in dead)
             return int(conn.execute(f"UPDATE outbox SET owner = ? WHERE status = 'pending' AND "
-                                    f"owner IN ({marks})", (os.getpid(), *dead)).rowcount)
+                                    f"owner IN ({marks})", (self.owner, *dead)).rowcount)
 
     def outbox_sent(self, row: Mapping[str, Any], channel: str | None, ts: str | None,
                     updated: bool, audit: Mapping[str, Any]) -> None:
@@ -831,7 +891,7 @@ class Store:
     def outbox_retry(self, row_id: int, error: str, maybe_sent: bool) -> None:
         with self.tx() as conn:
             conn.execute("UPDATE outbox SET attempts = attempts + 1, error = ?, "
-                         "maybe_sent = max(maybe_sent, ?) WHERE id = ?",
+                         "maybe_sent = CASE WHEN ? = 1 THEN 1 ELSE maybe_sent END WHERE id = ?",
                          (error[:300], int(maybe_sent), row_id))
 
     def outbox_failed(self, row: Mapping[str, Any], error: str) -> None:
@@ -844,7 +904,7 @@ class Store:
 
     # -- what /metrics shows ---------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
-        q = self.db.conn.execute
+        q = self.db.execute
 
         def oldest(sql: str) -> float:
             row = q(sql).fetchone()
@@ -876,14 +936,93 @@ class Store:
         }
 
     def integrity_check(self) -> str:
-        return str(self.db.conn.execute("PRAGMA integrity_check").fetchone()[0])
+        return self.db.integrity_check()
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.db.close()
+
+
+class _Threaded(Generic[P, T]):
+    """A Store method as an AsyncStore attribute: awaited, run on the store's worker thread,
+    with the method's own signature and result type (what `__getattr__` forwarding lost)."""
+
+    def __init__(self, fn: Callable[Concatenate[Store, P], T]) -> None:
+        self.fn = fn
+
+    def __get__(self, store: AsyncStore, owner: object = None) -> Callable[P, Awaitable[T]]:
+        fn = self.fn
+
+        async def threaded(*args: P.args, **kwargs: P.kwargs) -> T:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(store._pool,
+                                              lambda: fn(store.sync, *args, **kwargs))
+
+        return threaded
 
 
 class AsyncStore:
     """The store's methods, awaited: each call runs on the store's own worker thread."""
+
+    leader = _Threaded(Store.leader)
+    writable = _Threaded(Store.writable)
+    audit = _Threaded(Store.audit)
+    audit_records = _Threaded(Store.audit_records)
+    verify_audit = _Threaded(Store.verify_audit)
+    prune_audit = _Threaded(Store.prune_audit)
+    record_webhooks = _Threaded(Store.record_webhooks)
+    webhook_outcome = _Threaded(Store.webhook_outcome)
+    webhook_body = _Threaded(Store.webhook_body)
+    add_work = _Threaded(Store.add_work)
+    finish_work = _Threaded(Store.finish_work)
+    last_work_id = _Threaded(Store.last_work_id)
+    pending_work = _Threaded(Store.pending_work)
+    get_incident = _Threaded(Store.get_incident)
+    list_incidents = _Threaded(Store.list_incidents)
+    incident_for_group = _Threaded(Store.incident_for_group)
+    interrupt_stale_runs = _Threaded(Store.interrupt_stale_runs)
+    live_run_elsewhere = _Threaded(Store.live_run_elsewhere)
+    stuck_incidents = _Threaded(Store.stuck_incidents)
+    interrupt_steps = _Threaded(Store.interrupt_steps)
+    expired_approvals = _Threaded(Store.expired_approvals)
+    idle_incidents = _Threaded(Store.idle_incidents)
+    open_incident_for_host = _Threaded(Store.open_incident_for_host)
+    open_or_join = _Threaded(Store.open_or_join)
+    ingest_alerts = _Threaded(Store.ingest_alerts)
+    update_incident = _Threaded(Store.update_incident)
+    record_alerts = _Threaded(Store.record_alerts)
+    root_view = _Threaded(Store.root_view)
+    alert_count = _Threaded(Store.alert_count)
+    alerts_of = _Threaded(Store.alerts_of)
+    start_run = _Threaded(Store.start_run)
+    finish_run = _Threaded(Store.finish_run)
+    start_step = _Threaded(Store.start_step)
+    finish_step = _Threaded(Store.finish_step)
+    steps_of = _Threaded(Store.steps_of)
+    iter_steps = _Threaded(Store.iter_steps)
+    record_diagnosis = _Threaded(Store.record_diagnosis)
+    diagnoses_of = _Threaded(Store.diagnoses_of)
+    create_approval = _Threaded(Store.create_approval)
+    get_approval = _Threaded(Store.get_approval)
+    approvals_of = _Threaded(Store.approvals_of)
+    approval_batch = _Threaded(Store.approval_batch)
+    pending_approvals = _Threaded(Store.pending_approvals)
+    decide = _Threaded(Store.decide)
+    heartbeat = _Threaded(Store.heartbeat)
+    serving_age = _Threaded(Store.serving_age)
+    claim_handovers = _Threaded(Store.claim_handovers)
+    take_back = _Threaded(Store.take_back)
+    approval_outcome = _Threaded(Store.approval_outcome)
+    message = _Threaded(Store.message)
+    first_use = _Threaded(Store.first_use)
+    enqueue = _Threaded(Store.enqueue)
+    outbox_pending = _Threaded(Store.outbox_pending)
+    adopt_outbox = _Threaded(Store.adopt_outbox)
+    outbox_sent = _Threaded(Store.outbox_sent)
+    outbox_target = _Threaded(Store.outbox_target)
+    outbox_retry = _Threaded(Store.outbox_retry)
+    outbox_failed = _Threaded(Store.outbox_failed)
+    metrics = _Threaded(Store.metrics)
+    integrity_check = _Threaded(Store.integrity_check)
 
     def __init__(self, store: Store) -> None:
         self.sync = store
@@ -892,16 +1031,6 @@ class AsyncStore:
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        fn = getattr(self.sync, name)
-        if not callable(fn):
-            raise AttributeError(name)
-
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(fn, *args, **kwargs)
-
-        return wrapper
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -37,11 +37,11 @@ from tests.lab.postgres import PostgresServer
 pytestmark = pytest.mark.lab
 
 
-async def start_pair(tmp_path: Path, slack: FakeSlack, url: str, inventory: Path,
+async def start_pair(tmp_path: Path, fake: FakeSlack, url: str, inventory: Path,
                      known_hosts: Path, http: aiohttp.ClientSession) -> list[Serve]:
     replicas = []
     for name in ("a", "b"):
-        env = serve_env(tmp_path, slack, inventory, known_hosts, OPSBOT_DB=url)
+        env = serve_env(tmp_path, fake, inventory, known_hosts, OPSBOT_DB=url)
         replicas.append(Serve(env, tmp_path / f"serve-{name}.log"))
     await asyncio.gather(*(r.start(http) for r in replicas))
     return replicas

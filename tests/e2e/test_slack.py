@@ -194,7 +194,7 @@ async def test_approval_is_bound_to_what_was_shown(running_bot: RunningBot,
     body = click_body(approval, "opsbot.approve", user_id="U0BOB",
                       response_url=bot.slack.response_url(channel=CHANNEL, user="U0BOB"))
     # the parameters behind the pending approval change (as if someone edited the record)
-    db = bot.store().db.conn
+    db = bot.store().db
     db.execute("UPDATE approvals SET params = json_set(params, '$.program', 'ds:converter')")
     status, _ = await bot.slack_request(body)
     assert status == 200
