@@ -175,4 +175,6 @@ async def test_a_command_without_response_url_is_answered_later_in_the_channel(
     status, text = await post(bot, body)
     assert status == 200 and "Exporting INC-1 as md" in json.loads(text)["text"]
     said = await bot.wait(lambda: [m for m in bot.slack.ephemerals if m.recipient == "U0ALICE"])
-    assert said[0].text == "Timeline of INC-1 uploaded to its thread." and bot.slack.files
+    assert said[0].text == "Timeline of INC-1 uploaded to its thread."
+    # the file goes through the outbox, behind the thread's paced messages
+    await bot.wait(lambda: any(f.name == "INC-1-timeline.md" for f in bot.slack.files))
