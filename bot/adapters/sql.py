@@ -227,6 +227,7 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, *, min_size: int = 0, max_size: int = 8,
                  timeout: float = 30.0) -> None:
         self.target = redact_url(url)
+        psycopg.connect(url, connect_timeout=10).close()  # unreachable: one clear line, at once
         self.pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
             kwargs={"autocommit": True, "connect_timeout": 10,

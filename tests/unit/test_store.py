@@ -175,3 +175,17 @@ def test_keyed_head_deleted_outright_fails_verify(db_target: str) -> None:
     raw_sql(path, "DELETE FROM audit WHERE seq > 5")
     raw_sql(path, "DELETE FROM meta WHERE key = 'audit_head'")
     assert "head (the newest record) is missing" in store.verify_audit().reason
+
+
+def test_an_unreachable_database_is_one_line_without_its_password() -> None:
+    from bot.adapters.store import StoreError
+    from bot.config import load_settings
+    from tests.lab import free_port
+
+    url = f"postgresql://opsbot:s3cretpw@127.0.0.1:{free_port()}/opsbot"
+    assert load_settings({"OPSBOT_DB": url}).db == url  # a URL, not a file path
+    with pytest.raises(StoreError) as failed:
+        Store(url)
+    line = str(failed.value)
+    assert "\n" not in line and "s3cretpw" not in line
+    assert line.startswith("cannot open the database postgresql://opsbot@127.0.0.1:")
