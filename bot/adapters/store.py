@@ -751,7 +751,7 @@ class Store:
     def heartbeat(self) -> None:
         """The serving bot says it is alive (every few seconds)."""
         with self.tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('serving', ?)", (utcnow(),))
+            conn.execute(UPSERT_META, ("serving", utcnow()))
 
     def serving_age(self) -> float | None:
         """Seconds since a serving bot last said it is alive; None if none ever did."""
