@@ -224,9 +224,9 @@ def bench_logs(report: Report, lab: object, rounds: int, folder: Path) -> None:
             fh.write(chunk)
         fh.write(line.encode())
     log.chmod(0o644)
-    container = f"opsbot-bench-{os.getpid()}"
-    docker_ok = _big_container(container, folder)
-    if docker_ok is True:
+    container = lab.big_container or f"opsbot-bench-{os.getpid()}"
+    docker_ok = True if lab.big_container else _big_container(container, folder)
+    if docker_ok is True and lab.big_container is None:
         lab.big_container = container
         lab.on_close(lambda: subprocess.run(["docker", "rm", "-f", container],
                                             capture_output=True, timeout=60, check=False))
