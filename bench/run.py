@@ -623,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
 
     facts.append(f"load average at the end: {load_average()} (other work on this machine "
                  "competes for its cores: compare wall times with the CPU seconds)")
+    report.figures.sort(key=lambda f: BENCHES.index(f.key) if f.key in BENCHES else 99)
     text = report.markdown(facts, command)
     args.out.write_text(text)
     saved.write_text(report.to_json())
