@@ -354,11 +354,16 @@ class Opsbot:
                  "starts_at": a.starts_at, "ends_at": a.ends_at} for a in group.alerts]
 
     # -- discovery ------------------------------------------------------------------------
-    async def discover(self, host: Host, url: str | None = None) -> Chain:
-        """The chain behind url on host (default: the host's opsbot_proxy_url)."""
+    async def discover(self, host: Host, url: str | None = None, *,
+                       fallback: str | None = None) -> Chain:
+        """The chain behind url on host (default: the host's opsbot_proxy_url). With fallback,
+        url is an alert's (untrusted): traced only if nginx on the host serves it, else
+        fallback is (bot.discovery.probe.Prober.discover)."""
         url = url or str(host.vars.get("opsbot_url") or host.vars.get("opsbot_proxy_url")
                          or DEFAULT_URL)
         url = coerce_param("url", ParamSpec(type="url"), url)
+        if fallback is not None:
+            fallback = coerce_param("url", ParamSpec(type="url"), fallback)
         sudo = coerce_param("sudo", ParamSpec(type="bool"),
                             host.vars.get("opsbot_sudo", False))
         ssh = self.runner.ctx.ssh
@@ -367,7 +372,8 @@ class Opsbot:
             return await ssh.run(host, command, timeout)
 
         return await discover(run, host.name, url, sudo=sudo,
-                              nginx_conf=host.vars.get("opsbot_nginx_conf"))
+                              nginx_conf=host.vars.get("opsbot_nginx_conf"), fallback=fallback,
+                              own_names=(host.name, host.address))
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
@@ -388,14 +394,17 @@ class Opsbot:
                       for n in resolved.notes if n not in notes]
         return out, notes
 
-    def failing_url(self, runbook: Runbook, host: Host, labels: Mapping[str, str],
-                    explicit: Mapping[str, str]) -> str | None:
-        """The URL to trace: the alert's probe target (instance), else the runbook's URL
-        parameter as the user, the host or the runbook set it."""
+    @staticmethod
+    def alert_url(labels: Mapping[str, str]) -> str | None:
+        """The alert's probe target (instance, target or url label): untrusted."""
         for key in ("instance", "target", "url"):
             value = labels.get(key, "")
             if value.startswith(("http://", "https://")):
                 return value
+        return None
+
+    def own_url(self, runbook: Runbook, host: Host, explicit: Mapping[str, str]) -> str | None:
+        """The runbook's URL parameter as the user, the host or the runbook set it."""
         for layer in (explicit, host.opsbot_vars()):
             for key in ("url", "proxy_url"):
                 if layer.get(key):
@@ -407,11 +416,13 @@ class Opsbot:
                     labels: Mapping[str, str], explicit: Mapping[str, str]) -> dict[str, Chain]:
         """Discovery on every host, before any check; each chain goes in the thread first."""
         async def one(host: Host) -> tuple[Host, Chain | None]:
-            url = self.failing_url(runbook, host, labels, explicit)
+            alert_url, own = self.alert_url(labels), self.own_url(runbook, host, explicit)
+            url = alert_url or own
             if url is None:
                 return host, None
-            try:
-                return host, await self.discover(host, url)
+            try:  # an alert's URL is traced only where nginx on the host serves it
+                return host, await self.discover(
+                    host, url, fallback=(own or DEFAULT_URL) if alert_url else None)
             except BotError as exc:
                 await self.reporter.note(incident_id, f"⚠️ {host.name}: discovery: {exc}")
                 return host, None

@@ -3,13 +3,14 @@ parameters it implies (the layer between the runbook's defaults and the host's v
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.discovery.nginx import Address, Route
+from bot.discovery.nginx import Address, Route, connect_address
 
 KINDS = ("supervisord", "systemd", "docker", "process")
 # dependencies named in a command line or environment: scheme://host:port or --name host:port
@@ -21,6 +22,14 @@ _DEP_NAMES = {"rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq", "postg
               "pg": "postgresql", "db": "database", "mongo": "mongodb"}
 _DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "postgres": 5432,
                   "postgresql": 5432, "mysql": 3306, "mongodb": 27017, "memcached": 11211}
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -153,11 +162,16 @@ class Chain:
     def params(self) -> dict[str, Any]:
         """Runbook parameters this chain fills (a runbook takes those it declares)."""
         out: dict[str, Any] = {}
-        if self.url.startswith(("http://", "https://")):
+        r = self.route
+        if r is not None and self.url.startswith(("http://", "https://")):  # nginx serves it
             out["proxy_url"] = self.url
+            parts = urlsplit(self.url)
+            name = parts.hostname or ""
+            if name and name != "localhost" and not _is_ip(name):  # fetched on the host itself
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                out["proxy_resolve"] = f"{name}:{port}:{connect_address(r)}"
         if self.nginx_conf:
             out["nginx_conf"] = self.nginx_conf
-        r = self.route
         if r is not None and r.error_log.startswith("/"):
             out["nginx_error_log"] = r.error_log
         addr = self.address

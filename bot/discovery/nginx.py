@@ -224,6 +224,14 @@ def _name_rank(names: Sequence[str], host: str) -> tuple[int, int] | None:
     return best
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_local(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -252,6 +260,8 @@ def find_server(config: NginxConfig, url: str) -> tuple[Directive, Listen] | Non
                 fit = 2
             elif _is_local(listen.host) and _is_local(host):
                 fit = 0  # 127.0.0.1 vs 127.0.0.2: another address, kept as a last resort
+            elif host and not _is_address(host) and host != "localhost":
+                fit = 1  # a name: the address it resolves to is the host's; server_name decides
             else:
                 continue
             candidates.append((fit, server, listen))
@@ -268,6 +278,35 @@ def find_server(config: NginxConfig, url: str) -> tuple[Directive, Listen] | Non
         return s, li
     default = next(((s, li) for s, li in best if li.default), None)
     return default or best[0]
+
+
+def serves(found: Route, url: str, own_names: Sequence[str] = ()) -> bool:
+    """Does nginx serve the URL's host by name on that server, rather than only as the default
+    of its port? True for the host's own names and addresses (loopback, the listen address,
+    `own_names`) and for a name that fits the server's server_name."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    listen = parse_listen(found.listen.split())
+    if not host:
+        return False
+    if _is_local(host) or host in {n.lower() for n in own_names if n} or \
+            listen is not None and listen.host and listen.host.lower() == host:
+        return True
+    if _is_address(host):
+        return False  # another address: not this host's
+    return _name_rank(_server_names(found.server), host) is not None
+
+
+def connect_address(found: Route) -> str:
+    """The address a probe on the host connects to for this server: the address it listens
+    on, or loopback when it listens on all of them (or on a name)."""
+    listen = parse_listen(found.listen.split())
+    try:
+        addr = ipaddress.ip_address(listen.host if listen else "")
+    except ValueError:
+        return "127.0.0.1"
+    if addr.is_unspecified:
+        return "127.0.0.1"
+    return f"[{addr}]" if addr.version == 6 else str(addr)
 
 
 # -- locations ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from bot.discovery.nginx import (
     Route,
     parse_dump,
     route,
+    serves,
 )
 from bot.discovery.owners import (
     Container,
@@ -245,7 +246,10 @@ class Prober:
                      logs=())
 
     # -- the whole chain ----------------------------------------------------------------------
-    async def discover(self, url: str, *, nginx_conf: str | None = None) -> Chain:
+    async def discover(self, url: str, *, nginx_conf: str | None = None,
+                       fallback: str | None = None, own_names: Sequence[str] = ()) -> Chain:
+        """fallback: url came from an alert (untrusted); it is traced only when nginx on the host
+        serves it (serves()); otherwise fallback (the runbook's or the inventory's URL) is."""
         chain = Chain(host=self.host, url=url)
         ps = await self.sh(PS)
         if ps.error is not None or ps.exit_status != 0:
@@ -256,14 +260,31 @@ class Prober:
         chain = replace(chain, **host_clock((await self.sh(CLOCK)).output))
         conf_path, config = await self.nginx_config(procs, url, nginx_conf)
         if config is None:
+            if fallback is not None and fallback != url:  # an alert's URL is not traced blind
+                self.notes.append(f"the alert's URL {url} could not be checked against nginx's "
+                                  f"configuration on {self.host}: {fallback} is used instead")
+                chain = replace(chain, url=fallback)
             return replace(chain, notes=(*self.notes, "no nginx configuration could be read "
                                                       "(nginx -T)"))
         found = route(config, url)
+        if fallback is not None and fallback != url and \
+                (found is None or not serves(found, url, own_names)):
+            self.notes.append(f"the alert's URL {url} is not served by nginx on {self.host} "
+                              f"(no server of {conf_path} is named {urlsplit(url).netloc}): "
+                              f"traced {fallback} instead")
+            url = fallback
+            chain = replace(chain, url=url)
+            found = route(config, url)
+            if found is None:
+                conf_path, other = await self.nginx_config(procs, url, nginx_conf)
+                if other is not None:
+                    config, found = other, route(other, url)
         chain = replace(chain, nginx_conf=conf_path, route=found)
         if found is None:
-            port = urlsplit(url).port
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
             return replace(chain, notes=(*self.notes, f"no server in {conf_path} listens on "
-                                                      f"port {port or 'the URL' + chr(39) + 's'}"))
+                                                      f"port {port}"))
         self.notes.extend(found.notes)
         if not found.addresses:
             return replace(chain, notes=tuple(self.notes))
@@ -377,7 +398,11 @@ class Prober:
 
 
 async def discover(run: Run, host: str, url: str, *, sudo: bool = False,
-                   nginx_conf: str | None = None) -> Chain:
-    """The chain behind url on host: nginx server and location, upstream, who holds it."""
-    return await Prober(run, host, sudo=sudo).discover(url, nginx_conf=nginx_conf)
+                   nginx_conf: str | None = None, fallback: str | None = None,
+                   own_names: Sequence[str] = ()) -> Chain:
+    """The chain behind url on host: nginx server and location, upstream, who holds it.
+    With fallback, url is an alert's: traced only if nginx on the host serves it by name (or
+    it names the host itself: own_names, loopback), else fallback is."""
+    return await Prober(run, host, sudo=sudo).discover(url, nginx_conf=nginx_conf,
+                                                       fallback=fallback, own_names=own_names)
 

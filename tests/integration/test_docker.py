@@ -403,8 +403,12 @@ def test_the_runbook_validates_and_reads_like_docker_commands() -> None:
     assert shown["docker_ps"] == "docker ps -a"
     assert shown["docker_logs"] == \
         "docker logs --timestamps --tail 200 --since 1h onlyoffice-documentserver"
-    assert shown["healthcheck"] == ("docker exec onlyoffice-documentserver curl -sS -m 5 -o - "
-                                    "-w '\nHTTP %{http_code}\n' http://127.0.0.1:8000/healthcheck")
+    # probes run on the host with curl, never with a tool inside the image (issue 8 item 5)
+    assert shown["healthcheck"] == ("curl -sS -m 5 -o - -w '\\nHTTP %{http_code}\\n' "
+                                    "http://127.0.0.1:8000/healthcheck")
+    assert shown["proxy_check"] == ("curl -sS -m 5 -o - -w '\\nHTTP %{http_code}\\n' "
+                                    "http://127.0.0.1/healthcheck")
+    assert not [c for c in shown.values() if "docker exec" in c or "wget" in c], shown
     assert shown["docker_start"] == "docker start onlyoffice-documentserver"
     assert shown["docker_restart"] == "docker restart -t 30 onlyoffice-documentserver"
     assert {s.id: set(s.fixes) for s in runbook.remediation} == {
@@ -464,7 +468,9 @@ async def test_the_runbook_diagnoses_a_real_oom_kill_and_a_restart_heals_it(
     inspect = report.evidence["docker_inspect"]
     assert inspect["State"]["OOMKilled"] is True and inspect["State"]["ExitCode"] == 137
     assert results["docker_inspect"].facts["container_status"] == "exited"
-    assert "healthcheck" not in results  # not running: skipped, not an error
+    # probed from the host (never inside the image): nothing answers on the published port
+    assert results["healthcheck"].facts["health_status"] == "000"
+    assert "curl: (7)" in results["healthcheck"].output
     assert re.search(rf"Exited \(137\) .*{app.name}$", results["docker_ps"].output, re.M)
     assert results["proxy_check"].output.endswith("HTTP 502\n")
     assert "connect() failed (111: Connection refused) while connecting to upstream" in \
@@ -482,7 +488,7 @@ async def test_the_runbook_diagnoses_a_real_oom_kill_and_a_restart_heals_it(
 
     assert done.status is StepStatus.OK and done.output.startswith(f"restarted {app.name} in")
     assert verified is not None and verified.status is StepStatus.OK, verified
-    assert verified.output == "true\n"
+    assert verified.output == "HTTP 200\nupstream HTTP 200\n"  # through nginx, and direct
     assert app.state()["Running"]  # (Engine 20.10 keeps OOMKilled true until the next exit)
     assert http_get(front.proxy_url) == (200, "true\n")
 

@@ -138,7 +138,9 @@ command={SYSTEM_PYTHON} {BACKEND_SCRIPT} --port {backend_port} --mode-file {ds /
 directory={ds}
 autostart=true
 autorestart=true
-startsecs=1
+; a start that exits within 5 s failed (a loaded machine starts Python slowly: with 1 s, the
+; crash mode ran past startsecs, counted as started, and was restarted without end)
+startsecs=5
 startretries=3
 stopsignal=TERM
 stopwaitsecs=5
@@ -258,7 +260,7 @@ class WebLab:
     def crashloop(self, until: str = "FATAL") -> None:
         """Crash mode: BACKOFF then FATAL "Exited too quickly"; nginx 502 connection refused.
 
-        `until` is the state to wait for: "FATAL" (stable, ~8 s) or "BACKOFF" (first failure).
+        `until` is the state to wait for: "FATAL" (stable, ~10-20 s) or "BACKOFF" (first failure).
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("crash")
@@ -287,7 +289,7 @@ class WebLab:
         """Redis stopped, then the program restarted: it exits at start-up with
         `Error: connect ECONNREFUSED 127.0.0.1:<redis port>`; BACKOFF, then FATAL; nginx 502.
 
-        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~7 s).
+        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~10-20 s).
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("normal")
@@ -298,7 +300,7 @@ class WebLab:
         """The data tmpfs filled to 100%, then the program restarted: it exits at start-up with
         `[Errno 28] No space left on device: '<data dir>/docservice.state.tmp'`; nginx 502.
 
-        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~7 s).
+        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~10-20 s).
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("normal")
@@ -353,7 +355,7 @@ class WebLab:
         # `start` returns once the first attempt failed ("ERROR (spawn error)"); supervisord
         # keeps retrying in the background until FATAL.
         self.supervisorctl("start", self.program)
-        self._wait_state({until} if until == "FATAL" else {"BACKOFF", "FATAL"}, timeout=30)
+        self._wait_state({until} if until == "FATAL" else {"BACKOFF", "FATAL"}, timeout=60)
         self._wait_proxy(lambda status: status == 502, "502 through nginx")
 
     def _fill_data_dir(self) -> None:
