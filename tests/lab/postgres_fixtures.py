@@ -7,6 +7,7 @@ missing PostgreSQL fails the test with what to install.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ def postgres_server(lab_dir: Path) -> Iterator[PostgresServer]:
         pytest.fail(f"test lab could not start PostgreSQL: {exc}", pytrace=False)
     _timings[f"postgresql ({server.host}:{server.port})"] = time.monotonic() - started
     yield server
+    # stores a test left open keep pools that would retry the stopped server, noisily
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     server.stop()
 
 
