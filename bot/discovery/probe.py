@@ -269,9 +269,12 @@ class Prober:
         found = route(config, url)
         if fallback is not None and fallback != url and \
                 (found is None or not serves(found, url, own_names)):
+            parts = urlsplit(url)
+            why = f"no server of {conf_path} " + (
+                f"listens on port {parts.port or (443 if parts.scheme == 'https' else 80)}"
+                if found is None else f"is named {parts.hostname}")
             self.notes.append(f"the alert's URL {url} is not served by nginx on {self.host} "
-                              f"(no server of {conf_path} is named {urlsplit(url).netloc}): "
-                              f"traced {fallback} instead")
+                              f"({why}): traced {fallback} instead")
             url = fallback
             chain = replace(chain, url=url)
             found = route(config, url)

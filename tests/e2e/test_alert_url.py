@@ -19,10 +19,19 @@ from tests.lab.field import FieldLab
 pytestmark = [pytest.mark.lab]
 
 
-def commands(bot: RunningBot) -> list[str]:
-    """Every command the thread shows as run or proposed (`$ ...`)."""
-    return [m.group(1) for msg in bot.thread()
-            for m in re.finditer(r"^\W*\$ (.+?)(?:```)?$", msg.plain(), re.M)]
+async def shown(bot: RunningBot) -> tuple[str, str]:
+    """What the thread shows (its messages, the run's uploaded step outputs), and the
+    proxy_check part of the upload (its command and output)."""
+    upload = await bot.wait(lambda: next((f for f in bot.slack.files
+                                          if f.name.endswith("-steps.txt") and f.uploaded), None))
+    found = re.search(r"^### \S+ · proxy_check .*?(?=^### |\Z)", upload.text, re.M | re.S)
+    assert found, upload.text
+    return bot.thread_text() + "\n" + upload.text, found.group(0)
+
+
+def commands(text: str) -> list[str]:
+    """Every command shown as run or proposed (`$ ...`)."""
+    return re.findall(r"^\W*\$ (.+?)(?:```)?$", text, re.M)
 
 
 @pytest.mark.parametrize("url", [
@@ -34,13 +43,12 @@ async def test_an_alert_url_nginx_does_not_serve_renders_no_command(
         field_bot: RunningBot) -> None:  # noqa: F811
     await diagnosed(field_bot, "field01", url(field))
 
-    shown = commands(field_bot)
-    assert any(c.startswith("curl ") for c in shown), shown  # the probes ran
-    assert not [c for c in shown if "evil.example" in c], shown
-    proxy = next(m.plain() for m in field_bot.thread() if "(`proxy_check`)" in m.plain())
-    assert "http://127.0.0.1/healthcheck" in proxy  # the runbook's own URL instead
-    assert f"the alert's URL {url(field)} is not served by nginx on field01" in \
-        field_bot.thread_text()
+    text, proxy = await shown(field_bot)
+    run = commands(text)
+    assert any(c.startswith("curl ") for c in run), run  # the probes ran
+    assert not [c for c in run if "evil.example" in c], run
+    assert "$ curl " in proxy and "http://127.0.0.1/healthcheck" in proxy, proxy  # the runbook's
+    assert f"the alert's URL {url(field)} is not served by nginx on field01" in text
 
 
 async def test_a_served_alert_url_is_fetched_on_the_host(
@@ -50,8 +58,8 @@ async def test_a_served_alert_url_is_fetched_on_the_host(
 
     await diagnosed(field_bot, "field01", url)
 
-    proxy = next(m.plain() for m in field_bot.thread() if "(`proxy_check`)" in m.plain())
+    text, proxy = await shown(field_bot)
     assert f"--resolve app.field.test:{field.port}:127.0.0.1 " in proxy, proxy
     # nginx on the host answered by that name: its server proxies (502; the default says 404)
     assert url in proxy and "HTTP 502" in proxy, proxy
-    assert "not served by nginx" not in field_bot.thread_text()
+    assert "not served by nginx" not in text

@@ -202,7 +202,11 @@ async def test_live_fault_is_named_in_the_thread(fault: LiveFault, healthy_web: 
     shown = diagnosis.plain()
     assert f"Likely cause on `web01`: *{fault.label}*" in shown
     assert "*Evidence*" in shown
-    steps_text = "\n".join(m.plain() for m in bot.thread() if "(`" in m.plain())
+    # the steps' outputs are in the run's file, uploaded to the thread (one per run)
+    upload = await bot.wait(lambda: next((f for f in bot.slack.files
+                                          if f.name.endswith("-steps.txt") and f.uploaded), None))
+    steps_text = "\n".join(m.plain() for m in bot.thread() if "(`" in m.plain()) + "\n" + \
+        upload.text
     evidence = shown.split("*Evidence*", 1)[1].split("```")[1]
     for line in evidence.strip().splitlines():
         assert line.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&") \

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from bot.discovery.nginx import Address, parse_dump, route
+from bot.discovery.chain import Chain
+from bot.discovery.nginx import Address, parse_dump, route, serves
 from bot.discovery.owners import (
     container_holds,
     parse_cgroup,
@@ -73,6 +74,22 @@ def test_server_and_location_as_nginx_picks_them() -> None:
     unknown_name = route(config, "https://nobody.example.org/")  # default_server
     assert unknown_name is not None and unknown_name.server_name == "docs.example.com"
     assert route(config, "http://docs.example.com/") is None  # nothing listens on 80
+
+
+def test_an_alert_url_counts_only_where_nginx_serves_it_by_name() -> None:
+    config = parse_dump(DUMP)
+    docs = route(config, "https://docs.example.com/a/b")
+    assert docs is not None and serves(docs, "https://docs.example.com/a/b")
+    evil = route(config, "https://evil.example/x")  # the port's default server answers it
+    assert evil is not None and not serves(evil, "https://evil.example/x")
+    assert not serves(evil, "https://10.9.8.7/x")  # another machine's address
+    assert serves(evil, "https://127.0.0.1/x") and serves(evil, "https://web01/", ("web01",))
+
+    # a served name is fetched on the host: curl --resolve to the address nginx listens on
+    params = Chain(host="web01", url="https://docs.example.com/a/b", route=docs).params()
+    assert params["proxy_url"] == "https://docs.example.com/a/b"
+    assert params["proxy_resolve"] == "docs.example.com:443:127.0.0.1"
+    assert "proxy_url" not in Chain(host="web01", url="https://evil.example/x").params()
 
 
 def test_ss_lines() -> None:
