@@ -37,7 +37,10 @@ async def test_a_canary_secret_reaches_no_slack_call_table_export_or_log(
 
     await bot.wait(lambda: bot.roots() and finished("leaky_output") and finished("leaky_url"))
     thread = bot.thread_text()
-    assert "password=[REDACTED]" in thread and "127.0.0.1:9" in thread  # the steps did run
+    # the steps did run: their outputs are in the run's uploaded file, redacted
+    upload = await bot.wait(lambda: next((f for f in bot.slack.files
+                                          if f.name.endswith("-steps.txt") and f.uploaded), None))
+    assert "password=[REDACTED]" in upload.text and "127.0.0.1:9" in thread
     _mentions_escaped(bot.slack.calls)
 
     outputs = [json.dumps(bot.slack.calls), json.dumps(bot.slack.state())]
