@@ -83,6 +83,7 @@ class Outbox:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._backoff = BACKOFF_FIRST
         self._blocked_until = 0.0  # monotonic time before which nothing is tried
 
@@ -104,7 +105,9 @@ class Outbox:
 
     async def _run(self) -> None:
         last_adopt = 0.0
-        while True:
+        # Python 3.11's wait_for loses a cancellation that arrives as the wake-up event is set
+        # (a message enqueued just before stop()): the flag ends the loop then
+        while not self._stopping:
             try:
                 if time.monotonic() - last_adopt > ADOPT_EVERY:
                     last_adopt = time.monotonic()
@@ -196,10 +199,12 @@ class Outbox:
     async def stop(self, timeout: float) -> int:
         """Stop the background sender, then flush; returns how many rows are left."""
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+            self._task, self._stopping = None, False
         left = await self.flush(timeout)
         if left:
             log.warning("outbox: %d message(s) not sent yet; the next start sends them", left)

@@ -220,11 +220,14 @@ async def test_slack_rate_limits_are_waited_out(running_bot: RunningBot,
                                                 healthy_web: WebLab) -> None:
     bot = running_bot
     bot.slack.rate_limit("chat.postMessage", 2, retry_after=1)
+    approval = await incident_with_pending_approval(bot, healthy_web)
+    # the first post already carries the latest root (updates are coalesced): an update comes
+    # with a decision, and meets its own two 429s
     bot.slack.rate_limit("chat.update", 2, retry_after=1)
-    await incident_with_pending_approval(bot, healthy_web)
-    # the root is updated at least once more (waiting out its own two 429s)
-    await bot.wait(lambda: "awaiting approval" in bot.roots()[0].plain())
-    assert len(bot.slack.rate_limited) == 4
+    await bot.click(approval, "opsbot.reject", "U0BOB")
+    await bot.wait(lambda: "rejected by <@U0BOB>" in approval.plain())
+    assert [m for m, _ in bot.slack.rate_limited] == ["chat.postMessage"] * 2 + \
+        ["chat.update"] * 2
     assert "Likely cause on `web01`: *upstream_down*" in bot.thread_text()
     assert "message.failed" not in [r["action"] for r in bot.store().audit_records(1)]
 

@@ -45,7 +45,7 @@ def test_opsbot_approve_after_expiry_runs_nothing(tmp_path: Path) -> None:
     token = _pending(store, ttl=-1)
     store.close()
     done = opsbot(tmp_path, "approve", token)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # 1: the fix did not run (`opsbot approve -h`)
     assert "already expired" in done.stdout
     assert Store(tmp_path / "opsbot.db").get_approval(token)["status"] == "expired"
 
