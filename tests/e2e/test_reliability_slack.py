@@ -20,7 +20,6 @@ from tests.lab import WebLab
 pytestmark = pytest.mark.lab
 
 OUTAGE = float(os.environ.get("OPSBOT_TEST_OUTAGE", "6"))
-STEP_KEY = re.compile(r"^step:(\d+)$")
 
 
 def phase(bot: RunningBot) -> str | None:
@@ -43,19 +42,17 @@ def assert_thread_whole_and_in_order(bot: RunningBot) -> None:
     posted = list(store.db.query(
         "SELECT m.ref, m.ts, min(o.id) AS first FROM messages m JOIN outbox o ON "
         "o.incident_id = m.incident_id AND o.key = m.ref GROUP BY m.ref ORDER BY first"))
-    assert [m.ts for m in thread] == [p["ts"] for p in posted], "thread order != queue order"
+    # uploaded files (the run's step outputs) are shared into the thread by files.upload
+    messages = [m for m in thread if not m.files]
+    assert [m.ts for m in messages] == [p["ts"] for p in posted], "thread order != queue order"
     assert len({m.ts for m in thread}) == len(thread)
-    # one thread message per step, and every step shown finished (the latest state won)
-    steps = store.steps_of(1)
-    step_msgs = [p for p in posted if STEP_KEY.match(p["ref"])]
-    assert sorted(int(STEP_KEY.match(p["ref"])[1]) for p in step_msgs) == \
-        sorted(s["id"] for s in steps)
-    for p in step_msgs:
-        text = next(m for m in thread if m.ts == p["ts"]).plain()
-        assert "running" not in text.splitlines()[0], text
+    # the run's live progress message shows every step finished (the latest state won)
+    assert all(s["status"] != "running" for s in store.steps_of(1))
+    progress = [m.plain() for m in messages if "host(s) done" in m.plain()]
+    assert progress and all(": finished" in text.splitlines()[0] for text in progress), progress
     # metadata marks every post: no two messages carry the same outbox row
     ids = [m.metadata["event_payload"]["outbox_id"] for m in [root, *thread] if m.metadata]
-    assert len(ids) == len(set(ids)) == len(thread) + 1
+    assert len(ids) == len(set(ids)) == len(messages) + 1
 
 
 async def wait_drained(bot: RunningBot, timeout: float = 60) -> None:
@@ -110,7 +107,8 @@ async def test_a_post_whose_answer_was_lost_is_not_posted_twice(
     await bot.wait(lambda: phase(bot) == "awaiting approval", timeout=60)
     await wait_drained(bot)
     posts = [c for c in bot.slack.calls if c[0] == "chat.postMessage"]
-    assert len(posts) >= len(bot.thread()) + 1  # some were tried twice ...
+    shown = [m for m in bot.thread() if not m.files]  # files come by files.upload
+    assert len(posts) >= len(shown) + 1  # the root and the thread's posts, some tried twice ...
     assert_thread_whole_and_in_order(bot)  # ... and each shows once
 
 
@@ -136,7 +134,8 @@ async def test_messages_queued_while_slack_is_down_go_after_a_restart(
     await bot.post_alert(alert_payload())
     await bot.wait(lambda: phase(bot) == "awaiting approval", timeout=60)
     await bot.process.stop()  # flushes as far as Slack allows: not at all
-    assert outbox(bot).get("pending", 0) > 10 and bot.roots() == []
+    # the root, the chain, the progress, the finding and the approval wait, coalesced
+    assert outbox(bot).get("pending", 0) >= 4 and bot.roots() == []
     bot.slack.outage(0)
     await bot.process.start()
     await wait_drained(bot)
