@@ -134,6 +134,8 @@ class Outbox:
         deadline) or none is left; returns how many went."""
         sent = 0
         for row in await self.store.outbox_pending(100):
+            if deadline is not None and time.monotonic() >= deadline:
+                return sent  # paced sending (about one post a second) must not outlast it
             wait = self._blocked_until - time.monotonic()
             if wait > 0:
                 if deadline is not None and time.monotonic() + wait > deadline:
