@@ -73,7 +73,10 @@ async def test_two_replicas_one_incident_per_group_takeover_and_one_execution(
         assert count(store, "SELECT count(*) FROM incidents") == 1 + len(groups)
         web01 = store.incident_for_group(alert_payload()["groupKey"])
         assert web01 is not None
-        assert count(store, "SELECT count(*) FROM runs WHERE incident_id = ?", (web01.id,)) == 1
+        # its run starts once discovery has traced the chain (a run row only from then on)
+        runs = "SELECT count(*) FROM runs WHERE incident_id = ?"
+        await slack.wait_for(lambda s: count(store, runs, (web01.id,)) > 0, timeout=60)
+        assert count(store, runs, (web01.id,)) == 1
 
         # kill -9 of the replica running the diagnosis: the other one finishes it
         owner_pid = None
