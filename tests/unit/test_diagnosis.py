@@ -382,13 +382,13 @@ def test_recurring_causes_outside_the_labels_carry_a_detail_and_advice(rules, na
 
 
 def test_healthy_is_an_answer_that_proposes_nothing(rules):
-    from bot.render import diagnosis_message
+    from bot.render import Finding, finding_message
 
     causes = diagnose(rules, HEALTHY, PARAMS)
     assert [(c.cause, c.detail) for c in causes] == [("unknown", HEALTHY_NOW)]
     assert causes[0].remediation == () and causes[0].evidence == ("HTTP 200",)
     assert causes[0].to_json()["detail"] == HEALTHY_NOW
-    shown = diagnosis_message("web01", causes, [])
+    shown = finding_message(Finding(("web01",), tuple(causes)))
     assert "answers now" in shown.text and "Likely cause" not in json.dumps(shown.blocks)
     # a real cause behind healthy probes is still named: the editor's JWT errors
     jwt = diagnose(rules, evidence_of("jwt_mismatch--healthy-proxy-jwt-missing"))
@@ -396,7 +396,7 @@ def test_healthy_is_an_answer_that_proposes_nothing(rules):
 
 
 def test_the_thread_shows_earlier_lines_apart(rules):
-    from bot.render import diagnosis_message
+    from bot.render import Finding, finding_message
 
     evidence = evidence_of("upstream_down--nginx-log-only")
     old = evidence["nginx_error_log"].splitlines()[-1]
@@ -404,7 +404,7 @@ def test_the_thread_shows_earlier_lines_apart(rules):
     causes = diagnose(rules, {**evidence, "supervisorctl_status": stopped}, PARAMS,
                       since=datetime(2026, 11, 22, 9, 0))
     assert causes[0].cause == "upstream_down" and old in causes[0].earlier
-    shown = json.dumps(diagnosis_message("web01", causes, []).blocks)
+    shown = json.dumps(finding_message(Finding(("web01",), tuple(causes))).blocks)
     assert "Earlier, before the incident" in shown and old[:40] in shown
 
 
