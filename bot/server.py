@@ -270,5 +270,5 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
             await socket_handler.close_async()
         await runner.cleanup()
         await rt.close(work_timeout=settings.stop_timeout,
-                       flush_timeout=max(1.0, settings.stop_timeout / 2))
+                       flush_timeout=max(10.0, settings.stop_timeout / 2))
         log.info("opsbot stopped")
