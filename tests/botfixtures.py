@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -165,10 +166,19 @@ class BotProcess:
 async def running_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory_file: Path,
                       known_hosts_file: Path) -> AsyncIterator[RunningBot]:
     """A serving bot. `@pytest.mark.bot_env(OPSBOT_X="...")` adds or changes settings."""
+    async with serving_bot(request, tmp_path, inventory_file, known_hosts_file) as bot:
+        yield bot
+
+
+@contextlib.asynccontextmanager
+async def serving_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory: Path,
+                      known_hosts: Path, **extra: str) -> AsyncIterator[RunningBot]:
+    """The Slack stand-in and `opsbot serve` on a free port; settings from `bot_env`, then
+    `extra`, then the test's `@pytest.mark.bot_env(...)`."""
     slack = FakeSlack(channels=(CHANNEL,))
     slack_url = await slack.start()
     port = free_port()
-    env = bot_env(tmp_path / "opsbot.db", slack_url, inventory_file, known_hosts_file, port)
+    env = {**bot_env(tmp_path / "opsbot.db", slack_url, inventory, known_hosts, port), **extra}
     marker = request.node.get_closest_marker("bot_env")
     if marker:
         env.update(marker.kwargs)
