@@ -38,9 +38,31 @@ LAB_STACK = "lab stand-in (nginx, supervisord/Docker)"
 # ---------------------------------------------------------------- the split (the only one)
 
 
+def _frozen_split() -> dict[str, bool]:
+    """slug -> held out, from field/SPLIT.txt (the split frozen at 190 cases)."""
+    split: dict[str, bool] = {}
+    for line in (FIELD / "SPLIT.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            slug, part = line.split()
+            split[slug] = part == "held_out"
+    return split
+
+
+SPLIT = _frozen_split()
+
+
+def case_slug(stem: str) -> str:
+    """A case's name without its label: `upstream_down--a-x` -> `a-x` (a relabel keeps it)."""
+    return stem.split("--", 1)[-1]
+
+
 def is_held_out(stem: str) -> bool:
-    """A field case is held out when the SHA-256 of its file name (without .json) is 0 mod 3."""
-    return int(hashlib.sha256(stem.encode()).hexdigest(), 16) % 3 == 0
+    """A field case is held out as field/SPLIT.txt says; a case added after it was frozen is held
+    out when the SHA-256 of its slug (the file name after `<label>--`) is 0 mod 3."""
+    slug = case_slug(stem)
+    if slug in SPLIT:
+        return SPLIT[slug]
+    return int(hashlib.sha256(slug.encode()).hexdigest(), 16) % 3 == 0
 
 
 def corpus_cases(part: Part) -> list[Path]:
