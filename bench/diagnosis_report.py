@@ -409,6 +409,37 @@ run, so a Docker host is not offered supervisorctl. Step ids must be among `step
 unknown fields, unknown cause labels, unknown `{{parameters}}` and regexes that do not compile.
 Every error reads `file:line: path.in.file: what is wrong`.
 
+## Labelling a case
+
+A case's `label` is the root cause its source established, chosen by what fixes it, never by what
+opsbot answers: decide it from the case's own text, its `established_by` quote, its `source` and,
+when that is unclear, its public thread, without running the diagnosis or reading the rules.
+
+- **The specific causes win** over the generic ones when the established cause is one of them:
+  `oom_killed` (the host or container ran out of memory), `disk_full` (blocks or inodes),
+  `permission_denied`, `dependency_down` (a database, queue, cache or other service the backend
+  needs is down or refuses it), `jwt_mismatch`, `tls_mismatch`, `dns_or_network`,
+  `upstream_timeout`, `wrong_proxy_config` (nginx points at the wrong address, port, socket or
+  protocol, or its buffers, headers or limits are the cause). A backend that dies because its
+  database refuses it is `dependency_down`; one that cannot write its pid file on a full disk is
+  `disk_full`.
+- **`upstream_crashloop`**: the backend's own process fails at start or soon after because of
+  itself (bad configuration, missing module or file, bad arguments, code error, image bug, its port
+  already in use by something else, a stale pid or socket file of its own), so starting it again
+  does not help: the fix is to change the backend. This holds whether or not restarts are visible
+  in the evidence: a single fatal start-up error is a crash loop.
+- **`upstream_down`**: the backend is simply not running or not listening and starting it is the
+  fix (stopped by someone or by a deploy, never started, killed once, exited after an outside
+  event), with no fault of its own established.
+- **`unknown`**: the thread never established a cause, or the established cause is outside all the
+  labels (an open-file limit, a request filter) and nothing in the evidence names it; a `detail`
+  says which.
+
+A case whose label is changed by an audit keeps its slug (the file name after `<label>--`: the
+held-out split in `field/SPLIT.txt` is frozen by slug), is renamed with `git mv` to
+`<new label>--<slug>.json`, and records `"relabelled": {{"from": "<old label>", "why": "<one
+sentence citing this guideline and the established_by quote>"}}`; its evidence is never touched.
+
 ## How to add or change a rule
 
 1. Reproduce the fault and save what each diagnostic step printed as a new case,

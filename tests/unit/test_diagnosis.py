@@ -48,7 +48,7 @@ def rules():
 
 LAB_KEYS = {"label", "source", "params", "evidence"}
 FIELD_KEYS = {"label", "source", "evidence", "source_url", "established_by"}
-FIELD_OPTIONAL = {"params", "detail", "since", "stack"}
+FIELD_OPTIONAL = {"params", "detail", "since", "stack", "relabelled"}
 
 
 def malformed(path: Path) -> str | None:
@@ -67,6 +67,12 @@ def malformed(path: Path) -> str | None:
     if field and not (str(case["source_url"]).startswith("https://")
                       and str(case["established_by"]).strip()):
         return "no source_url or established_by"
+    if "relabelled" in case:  # a label audit's trace: {"from": the old label, "why": one sentence}
+        relabelled = case["relabelled"]
+        if not (isinstance(relabelled, dict) and set(relabelled) == {"from", "why"}
+                and relabelled["from"] in LABELS and relabelled["from"] != case["label"]
+                and isinstance(relabelled["why"], str) and relabelled["why"].strip()):
+            return "relabelled is not {from: another contract label, why: a sentence}"
     return None
 
 
@@ -100,6 +106,25 @@ def test_corpus_covers_every_label_at_least_three_times():
 @pytest.mark.parametrize("path", TRAIN, ids=lambda p: p.stem)
 def test_case_is_well_formed(path):
     assert malformed(path) is None
+
+
+@pytest.mark.parametrize(("relabelled", "fault"), [
+    ({"from": "upstream_down", "why": "a fatal start-up line: the backend's own fault"}, None),
+    ({"from": "upstream_crashloop", "why": "same label"}, "relabelled"),
+    ({"from": "down", "why": "not a contract label"}, "relabelled"),
+    ({"from": "upstream_down", "why": " "}, "relabelled"),
+    ({"from": "upstream_down"}, "relabelled"),
+    ("upstream_down", "relabelled"),
+])
+def test_a_relabelled_case_names_its_old_label_and_why(tmp_path, relabelled, fault):
+    (tmp_path / "field").mkdir()
+    path = tmp_path / "field" / "upstream_crashloop--zz-case.json"
+    path.write_text(json.dumps({
+        "label": "upstream_crashloop", "relabelled": relabelled, "source": "a thread",
+        "source_url": "https://example.org/1", "established_by": "the reporter's fix",
+        "evidence": {"docker_logs": "x\n"}}), encoding="utf-8")
+    problem = malformed(path)
+    assert problem is None if fault is None else fault in str(problem)
 
 
 def first_cause(rules, case: dict) -> str:
