@@ -373,7 +373,7 @@ def test_a_stale_upstream_address_is_not_a_down_backend(rules):
     assert (moved[0].cause, moved[0].detail) == ("dns_or_network", "stale_upstream_address")
     assert all(c.cause != "upstream_down" or c.confidence < 0.2 for c in moved)
     # refused on a container address with nothing saying the container moved: down
-    down = diagnose(rules, evidence_of("upstream_down--a-flask-gunicorn-docker-wrong-dash"))
+    down = diagnose(rules, evidence_of("upstream_crashloop--a-flask-gunicorn-docker-wrong-dash"))
     assert down[0].cause == "upstream_down"
 
 
@@ -399,7 +399,7 @@ def test_an_unreachable_dependency_the_app_never_names_is_weak(rules):
      "proxy_buffers_too_small"),
     ("wrong_proxy_config--a-geonode-uwsgi-buffer-size", "wrong_proxy_config",
      "uwsgi_buffer_size_too_small"),
-    ("unknown--b-ynh-docservice-eaddrinuse-8000", "unknown", "port_already_in_use"),
+    ("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000", "unknown", "port_already_in_use"),
     ("disk_full--c-tmpfs-run-full-wordops", "disk_full", "tmpfs_full"),
     ("upstream_timeout--a-iocage-nextcloud-php-fpm-max-children", "upstream_timeout",
      "php_fpm_max_children"),
@@ -493,7 +493,7 @@ def step_output(name: str, step: str) -> str:
 
 
 def test_a_fatal_start_up_line_is_a_crash_loop_when_something_restarts_the_backend(rules):
-    fatal = step_output("upstream_down--c-missing-files-entrypoint-terriajs", "docker_logs")
+    fatal = step_output("upstream_crashloop--c-missing-files-entrypoint-terriajs", "docker_logs")
     alone = diagnose(rules, {"docker_logs": fatal})
     assert alone[0].cause == "upstream_down"  # nothing says it is restarted
     restarting = step_output("upstream_crashloop--docker-restarting", "docker_ps")
