@@ -557,6 +557,32 @@ def test_each_stacks_fatal_start_up_lines_name_a_crash_loop(rules, step, output,
     assert any(words in quote for quote in causes[0].evidence)
 
 
+def test_a_python_traceback_is_a_crash_unless_it_is_a_requests_500(rules):
+    # the lab's backend dying on a malformed local.json, its log alone, nginx refusing
+    log = step_output("upstream_crashloop--supervisor-fatal", "app_logs")
+    refused = step_output("upstream_down--nginx-log-only", "nginx_error_log")
+    died = diagnose(rules, {"app_logs": log, "nginx_error_log": refused})
+    assert died[0].cause == "upstream_crashloop"
+    assert "Traceback (most recent call last):" in died[0].evidence
+    # the same traceback under gunicorn's "Error handling request" (a line quoted in a public
+    # project's README, gunicorn 19, 2019) is a running app's 500
+    request = ("[2019-06-09 18:31:20 -0400] [16679] [ERROR] Error handling request /quote/zzzzzz\n"
+               + log)
+    answered = diagnose(rules, {"app_logs": request, "nginx_error_log": refused})
+    assert answered[0].cause != "upstream_crashloop"
+
+
+def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
+    # nginx in front of php-fpm under a flood of xmlrpc.php requests (a public blog post, 2016)
+    line = ('2016/01/21 19:09:17 [error] 3355#0: *355 connect() to unix:/var/run/php5-fpm.sock '
+            'failed (11: Resource temporarily unavailable) while connecting to upstream, client: '
+            '185.130.5.209, server: myserver.com, request: "POST /xmlrpc.php HTTP/1.0", upstream: '
+            '"fastcgi://unix:/var/run/php5-fpm.sock:", host: "127.0.0.1"')
+    causes = diagnose(rules, {"nginx_error_log": line + "\n"})
+    assert (causes[0].cause, causes[0].detail) == ("upstream_timeout", "listen_backlog_full")
+    assert causes[0].evidence == (line,)
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
