@@ -583,6 +583,33 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     assert causes[0].evidence == (line,)
 
 
+@pytest.mark.parametrize(("name", "step", "label", "detail"), [
+    # Bun's own loader error and its version line (a field case)
+    ("upstream_crashloop--e-flashbang-bun-image-missing-module", "docker_logs",
+     "upstream_crashloop", None),
+    # the shell's strerror(ENOEXEC) is capitalised: "Exec format error"
+    ("upstream_crashloop--b-community-ds-x2t-exec-format-freebsd", "app_logs",
+     "upstream_crashloop", None),
+    # Go's EACCES on a port under 1024 after chown dropped the capability
+    ("permission_denied--f-mattermost-go-setcap-lost-bind-443-denied", "app_logs",
+     "permission_denied", "privileged_port_denied"),
+    # coreutils' mkdir refused inside the container: the permission, not the dependency
+    ("permission_denied--b-docker-rabbitmq-mkdir-var-run-permission-denied", "app_logs",
+     "permission_denied", None),
+    # nginx dialing [::] where Docker has no IPv6 (musl's wording of EADDRNOTAVAIL)
+    ("wrong_proxy_config--f-privatebin-fpm-ipv6-any-address-unavailable", "docker_logs",
+     "wrong_proxy_config", "ipv6_unavailable"),
+    # a timeout line wrapped after "while" in the thread still reads as a timeout
+    ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
+     "upstream_timeout", None),
+])
+def test_program_wordings_of_each_cause(rules, name, step, label, detail):
+    causes = diagnose(rules, evidence_of(name))
+    assert (causes[0].cause, causes[0].detail) == (label, detail)
+    lines = [line.rstrip() for line in step_output(name, step).splitlines()]
+    assert all(quote in lines for quote in causes[0].evidence)
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
