@@ -54,7 +54,7 @@ FIELD_OPTIONAL = {"params", "detail", "since", "stack", "relabelled"}
 def malformed(path: Path) -> str | None:
     """What is wrong with a case file (without quoting it), or None."""
     case = load_case(path)
-    field = path.parent.name == "field"
+    field = path.parent.name in ("field", "unresolved")
     keys = set(case)
     if not (FIELD_KEYS <= keys <= FIELD_KEYS | FIELD_OPTIONAL if field
             else LAB_KEYS <= keys <= LAB_KEYS | {"since"}):
@@ -189,6 +189,18 @@ def test_held_out_cases_are_well_formed_and_quoted_verbatim(rules):
     bad = sum(malformed(p) is not None for p in HELD_OUT)
     misquoted = sum(quoting_fault(rules, p) is not None for p in HELD_OUT)
     assert (bad, misquoted) == (0, 0)
+
+
+UNRESOLVED = sorted((ROOT / "tests" / "data" / "evidence" / "unresolved").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", UNRESOLVED, ids=lambda p: p.stem)
+def test_unresolved_threads_are_read_without_fault(rules, path):
+    """Threads that never established a cause are not scored, but they are real input: each is
+    a well-formed case, and its causes quote only its own lines."""
+    assert malformed(path) is None
+    assert load_case(path)["label"] == "unknown"
+    assert quoting_fault(rules, path) is None
 
 
 def test_held_out_cases_never_appear_in_the_report(rules):
