@@ -611,6 +611,24 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # nginx dialing [::] where Docker has no IPv6 (musl's wording of EADDRNOTAVAIL)
     ("wrong_proxy_config--f-privatebin-fpm-ipv6-any-address-unavailable", "docker_logs",
      "wrong_proxy_config", "ipv6_unavailable"),
+    # libpq >= 14: 'connection to server at "postgres" (ip), port 5432 failed'
+    ("dependency_down--e-csvbase-app-before-postgres-listening", "docker_logs",
+     "dependency_down", None),
+    # a non-root nginx refused port 80: the permission, not its config
+    ("permission_denied--e-frappe-docker-non-root-nginx-bind-80", "docker_logs",
+     "permission_denied", "privileged_port_denied"),
+    # Rails' own stale pid file check
+    ("upstream_crashloop--e-wheel-puma-exiting-server-pid-exists", "docker_logs",
+     "upstream_crashloop", "stale_pid_file"),
+    # nginx printing strerror(111) as its libc names it
+    ("upstream_down--f-cuckoo3-uwsgi-service-exited-restart", "nginx_error_log",
+     "upstream_down", None),
+    # nginx cannot parse the upstream address it was given
+    ("wrong_proxy_config--f-geonode-jenkins-upstream-missing-port", "nginx_error_log",
+     "wrong_proxy_config", "nginx_upstream_address_invalid"),
+    # ENOSPC from a file watch with room and inodes to spare: the inotify limit
+    ("unknown--f-ingress-nginx-enospc-with-free-space-and-inodes", "docker_logs",
+     "unknown", "inotify_watches_exhausted"),
     # a timeout line wrapped after "while" in the thread still reads as a timeout
     ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
      "upstream_timeout", None),
