@@ -629,6 +629,11 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # ENOSPC from a file watch with room and inodes to spare: the inotify limit
     ("unknown--f-ingress-nginx-enospc-with-free-space-and-inodes", "docker_logs",
      "unknown", "inotify_watches_exhausted"),
+    # the shell's "Killed" and yarn's exit code 137 on a 1 GB host: the OOM killer
+    ("oom_killed--e-stackedit-node-dev-server-killed-137", "app_logs", "oom_killed", None),
+    # older systemd says "start request repeated too quickly" in lower case
+    ("upstream_crashloop--e-thelounge-ynh-start-request-repeated", "journal",
+     "upstream_crashloop", None),
     # a timeout line wrapped after "while" in the thread still reads as a timeout
     ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
      "upstream_timeout", None),
