@@ -626,9 +626,6 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # nginx cannot parse the upstream address it was given
     ("wrong_proxy_config--f-geonode-jenkins-upstream-missing-port", "nginx_error_log",
      "wrong_proxy_config", "nginx_upstream_address_invalid"),
-    # ENOSPC from a file watch with room and inodes to spare: the inotify limit
-    ("unknown--f-ingress-nginx-enospc-with-free-space-and-inodes", "docker_logs",
-     "unknown", "inotify_watches_exhausted"),
     # the shell's "Killed" and yarn's exit code 137 on a 1 GB host: the OOM killer
     ("oom_killed--e-stackedit-node-dev-server-killed-137", "app_logs", "oom_killed", None),
     # older systemd says "start request repeated too quickly" in lower case
@@ -643,6 +640,16 @@ def test_program_wordings_of_each_cause(rules, name, step, label, detail):
     assert (causes[0].cause, causes[0].detail) == (label, detail)
     lines = [line.rstrip() for line in step_output(name, step).splitlines()]
     assert all(quote in lines for quote in causes[0].evidence)
+
+
+def test_enospc_from_a_file_watch_is_the_inotify_limit_not_the_disk(rules):
+    # ingress-nginx's template watch, with room and inodes to spare (a thread that never closed
+    # on a cause, now under unresolved/: its lines are genuine, its label is not scored)
+    path = ROOT / "tests/data/evidence/unresolved/unknown--f-ingress-nginx-enospc-with-free-space-and-inodes.json"  # noqa: E501
+    assert not is_held_out(path.stem)
+    causes = diagnose(rules, load_case(path)["evidence"])
+    assert (causes[0].cause, causes[0].detail) == ("unknown", "inotify_watches_exhausted")
+    assert "disk_full" not in [c.cause for c in causes[:1]]
 
 
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
