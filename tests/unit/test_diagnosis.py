@@ -652,6 +652,32 @@ def test_enospc_from_a_file_watch_is_the_inotify_limit_not_the_disk(rules):
     assert "disk_full" not in [c.cause for c in causes[:1]]
 
 
+def test_where_the_backend_says_it_listens_against_where_nginx_dials(rules):
+    # gunicorn 20.1's default bind, as a public tutorial printed it (2022-01-30)
+    gunicorn = ("[2022-01-30 19:30:11 +0100] [93015] [INFO] Listening at: http://127.0.0.1:8000 "
+                "(93015)\n")
+    # nginx in another container dialing the backend container's address on that port
+    to_container = step_output("upstream_crashloop--a-flask-gunicorn-docker-wrong-dash",
+                               "nginx_error_log")
+    loopback = diagnose(rules, {"docker_logs": gunicorn, "nginx_error_log": to_container})
+    assert (loopback[0].cause, loopback[0].detail) == ("wrong_proxy_config",
+                                                       "backend_listens_on_loopback")
+    assert "0.0.0.0" in loopback[0].remediation[0]
+    # nginx dialing loopback, but another port (the lab's 18000): the ports disagree
+    lab = step_output("upstream_down--nginx-log-only", "nginx_error_log")
+    ports = diagnose(rules, {"app_logs": gunicorn, "nginx_error_log": lab})
+    assert (ports[0].cause, ports[0].detail) == ("wrong_proxy_config", "port_mismatch")
+    # and no banner at all: the refusal alone stays a down backend
+    assert diagnose(rules, {"nginx_error_log": lab})[0].cause == "upstream_down"
+    # Puma's socket (a field case) and nginx dialing another socket (another field case)
+    puma = line_of("upstream_crashloop--a-puppet-gitlab-puma-stale-socket", "app_logs",
+                   "Listening on unix://")
+    other = step_output("upstream_down--b-communityserver-fastcgi-socket3-missing",
+                        "nginx_error_log")
+    path = diagnose(rules, {"app_logs": puma, "nginx_error_log": other})
+    assert (path[0].cause, path[0].detail) == ("wrong_proxy_config", "socket_path_mismatch")
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
