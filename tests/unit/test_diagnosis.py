@@ -678,6 +678,20 @@ def test_where_the_backend_says_it_listens_against_where_nginx_dials(rules):
     assert (path[0].cause, path[0].detail) == ("wrong_proxy_config", "socket_path_mismatch")
 
 
+@pytest.mark.parametrize(("line", "detail"), [
+    # Rails against PostgreSQL without its role (a public project's notes, libpq 14 wording)
+    ('ActiveRecord::NoDatabaseError (connection to server at "localhost" (::1), port 5432 failed: '
+     'FATAL:  role "postgres" does not exist):', "database_not_initialised"),
+    # ioredis against a Redis with requirepass (a public VPS log excerpt)
+    ("[ioredis] Unhandled error event: ReplyError: NOAUTH Authentication required.", None),
+])
+def test_a_dependency_that_answers_but_refuses_is_dependency_down(rules, line, detail):
+    refused = step_output("upstream_down--nginx-log-only", "nginx_error_log")
+    causes = diagnose(rules, {"app_logs": line + "\n", "nginx_error_log": refused})
+    assert (causes[0].cause, causes[0].detail) == ("dependency_down", detail)
+    assert line in causes[0].evidence
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
