@@ -4,7 +4,8 @@
     (the driver, `drive`, is called by bench/run.py)
 
 `serve` runs the same server as `opsbot serve` (settings from OPSBOT_*/SLACK_* in the
-environment) with one more task on its loop: a 5 ms ticker recording how late each tick came.
+environment) with one more task on its loop: a 5 ms ticker recording how late each tick came,
+from the moment the server is ready (it listens) until it is told to stop (SIGTERM).
 On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON.
 
 `drive` starts the load (one slash command running the whole nginx-502 diagnosis on the bench
@@ -46,12 +47,19 @@ async def serve_watched(out: Path) -> None:
     from bot.server import serve
 
     lags: list[float] = []
-    stop = asyncio.Event()
+    stop, ready = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    watcher = asyncio.create_task(_watch(lags))
+
+    async def watch_once_ready() -> None:  # start-up (imports, runbooks) and the stop
+        await ready.wait()                  # (draining, closing) are not serving
+        ticker = asyncio.create_task(_watch(lags))
+        await stop.wait()
+        ticker.cancel()
+
+    watcher = asyncio.create_task(watch_once_ready())
     try:
-        await serve(load_settings(serving=True), stop=stop)
+        await serve(load_settings(serving=True), ready=ready, stop=stop)
     finally:
         watcher.cancel()
         out.write_text(json.dumps(lags))  # noqa: ASYNC240 (once, at exit)

@@ -31,6 +31,7 @@ class Runtime:
     outbox: Outbox
     metrics: Metrics
     intake: WebhookIntake
+    requests: AsyncStore  # the request path's lane to the store (AsyncStore.lane)
     client: Any = None  # the Slack Web API client, when Slack is configured
 
     async def close(self, *, work_timeout: float | None = None,
@@ -51,6 +52,8 @@ class Runtime:
         await self.ctx.close()
         await self.transport.close()
         self.intake.close()
+        if self.requests is not self.store:
+            self.requests.close()
         self.store.close()
 
 
@@ -88,6 +91,8 @@ def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
     outbox = Outbox(store, transport, metrics)
     outbox.start()
     reporter = Reporter(store, outbox, approvers=settings.approvers)
-    bot = Opsbot(settings, store, catalog, inventory, Runner(ctx), reporter)
+    requests = store.lane()
+    bot = Opsbot(settings, store, catalog, inventory, Runner(ctx), reporter, requests=requests)
     intake = WebhookIntake(store.sync)
-    return Runtime(settings, bot, store, ctx, transport, outbox, metrics, intake, client)
+    return Runtime(settings, bot, store, ctx, transport, outbox, metrics, intake, requests,
+                   client)

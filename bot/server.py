@@ -81,7 +81,7 @@ async def healthz(request: web.Request) -> web.Response:
     """Read-only (no store write). Callers learn whether opsbot is up and its Slack mode; with
     OPSBOT_METRICS_TOKEN set and presented, also what is loaded (never the database path)."""
     rt = request.app[RUNTIME]
-    ok = await rt.store.call(_store_ok, rt.store.sync)
+    ok = await rt.requests.call(_store_ok, rt.requests.sync)  # not behind a run's writes
     body: dict[str, Any] = {
         "status": "ok" if ok else "error",
         "slack": "socket" if rt.settings.socket_mode else "http" if rt.settings.slack_enabled

@@ -99,9 +99,11 @@ class RunOutcome:
 
 class Opsbot:
     def __init__(self, settings: Settings, store: AsyncStore, catalog: Catalog,
-                 inventory: Inventory, runner: Runner, reporter: Reporter) -> None:
+                 inventory: Inventory, runner: Runner, reporter: Reporter, *,
+                 requests: AsyncStore | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.requests = requests or store  # what an answer waits for goes first (lane)
         self.catalog = catalog
         self.inventory = inventory
         self.runner = runner
@@ -164,7 +166,7 @@ class Opsbot:
                      job: Callable[[], Awaitable[Any]]) -> None:
         """A command or click: recorded before it is answered, done in the background, and
         done again at the next start if this process dies first."""
-        work_id = await self.store.add_work(kind, payload)
+        work_id = await self.requests.add_work(kind, payload)
 
         async def tracked() -> None:
             try:

@@ -410,8 +410,9 @@ def slack_route(inbound: SlackInbound, rt: Any, secret: str) -> web.RouteDef:
             return error(401, problem)
         assert timestamp is not None and signature is not None
         # a signature is acceptable as long as its timestamp is: remember it that long
-        if not await rt.store.first_use(f"slack:{signature}", int(timestamp) + MAX_SKEW + 1):
-            await rt.store.audit("slack.replay_refused", "slack", None,
+        if not await rt.requests.first_use(f"slack:{signature}",
+                                           int(timestamp) + MAX_SKEW + 1):
+            await rt.requests.audit("slack.replay_refused", "slack", None,
                                  signature=signature[:16], timestamp=timestamp)
             return error(401, "this signed request was already received (a replay); ignored")
         try:

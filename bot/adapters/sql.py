@@ -20,6 +20,7 @@ import functools
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -92,13 +93,65 @@ def to_pyformat(sql: str) -> str:
     return "".join(out)
 
 
+class WriteLock:
+    """This process's turn at the database's write lock (re-entrant). Writers wait in order,
+    `urgent` ones (the request path: an ack waits for them) before the others, and a writer
+    letting go hands the turn to the next one: a busy thread writing a run's steps cannot take
+    it back before a waiting one had it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._holder: int | None = None
+        self._depth = 0
+        self._waiting: tuple[deque[int], deque[int]] = (deque(), deque())  # urgent, others
+
+    def acquire(self, urgent: bool = False) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._holder == me:
+                self._depth += 1
+                return
+            if self._holder is None and not any(self._waiting):
+                self._holder, self._depth = me, 1
+                return
+            self._waiting[0 if urgent else 1].append(me)
+            while self._holder != me:
+                self._cond.wait()
+            self._depth = 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._holder != threading.get_ident():
+                raise RuntimeError("WriteLock released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth:
+                return
+            urgent, others = self._waiting
+            self._holder = urgent.popleft() if urgent else others.popleft() if others else None
+            if self._holder is not None:
+                self._cond.notify_all()
+
+    def __enter__(self) -> WriteLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Database:
     """A database the store owns: `tx()` for writes, `execute()`/`query()` for reads."""
 
     dialect: str
     target: str
-    lock: threading.RLock  # this process's writers queue here before the database's own lock
+    lock: WriteLock  # this process's writers queue here before the database's own lock
+    urgent = False  # this connection's writers go first in `lock` (the request path's)
     skip_locked = ""  # what a claiming SELECT ends with
+
+    def twin(self, *, urgent: bool = False) -> Database:
+        """The same database on a connection (pool) of its own, sharing this process's write
+        lock: for another thread (`urgent`: writes an answer waits for)."""
+        raise NotImplementedError
 
     def register_replica(self, host: str, now: str) -> int:
         raise NotImplementedError(f"{self.dialect} keeps no replicas")
@@ -155,8 +208,9 @@ class SqliteDatabase(Database):
     dialect = "sqlite"
 
     def __init__(self, path: str, *, synchronous: str = "FULL",
-                 lock: threading.RLock | None = None) -> None:
+                 lock: WriteLock | None = None) -> None:
         self.target = path
+        self.synchronous = synchronous
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         raw = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -166,13 +220,21 @@ class SqliteDatabase(Database):
         raw.execute(f"PRAGMA synchronous = {'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
         self.raw = raw
         self.conn = _SqliteConn(raw)
-        self.lock = lock or threading.RLock()
+        self.lock = lock or WriteLock()
+
+    def twin(self, *, urgent: bool = False) -> SqliteDatabase:
+        if self.target == ":memory:":
+            raise ValueError("an in-memory database has no second connection")
+        other = SqliteDatabase(self.target, synchronous=self.synchronous, lock=self.lock)
+        other.urgent = urgent
+        return other
 
     @contextmanager
     def tx(self) -> Iterator[Conn]:
         """One write transaction, taken with the write lock at once (BEGIN IMMEDIATE)."""
         raw = self.raw
-        with self.lock:
+        self.lock.acquire(self.urgent)
+        try:
             raw.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
@@ -181,6 +243,8 @@ class SqliteDatabase(Database):
                 if raw.in_transaction:  # a failed COMMIT (disk full) may leave it open
                     raw.execute("ROLLBACK")
                 raise
+        finally:
+            self.lock.release()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         return self.conn.execute(sql, params)
@@ -235,7 +299,7 @@ class PostgresDatabase(Database):
         self.pool.open(wait=True, timeout=timeout)
         self._url = url
         self._local = threading.local()
-        self.lock = threading.RLock()
+        self.lock = WriteLock()
         self._replica: int | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -289,6 +353,12 @@ class PostgresDatabase(Database):
                 self._leading.add(job)
                 return True
             return False
+
+    def twin(self, *, urgent: bool = False) -> PostgresDatabase:
+        """A small pool of its own (the server queues writers at the advisory lock)."""
+        other = PostgresDatabase(self._url, max_size=2)
+        other.urgent = urgent
+        return other
 
     @contextmanager
     def tx(self) -> Iterator[Conn]:
@@ -349,7 +419,7 @@ def redact_url(url: str) -> str:
 
 
 def open_database(target: str, *, synchronous: str = "FULL",
-                  lock: threading.RLock | None = None) -> Database:
+                  lock: WriteLock | None = None) -> Database:
     if is_postgres_url(target):
         return PostgresDatabase(target)
     return SqliteDatabase(target, synchronous=synchronous, lock=lock)

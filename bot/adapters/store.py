@@ -10,12 +10,12 @@ processes on one database (replicas, a terminal `opsbot run`) keep the audit cha
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import json
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +30,7 @@ from bot.adapters.sql import (
     LEASE,
     Conn,
     Database,
+    WriteLock,
     add_column,
     create_index,
     create_table,
@@ -192,7 +193,7 @@ def incident_from_row(row: Row) -> Incident:
 
 class Store:
     def __init__(self, path: Path | str, *, audit_key: str | None = None,
-                 synchronous: str = "FULL", lock: threading.RLock | None = None) -> None:
+                 synchronous: str = "FULL", lock: WriteLock | None = None) -> None:
         """`synchronous`: FULL syncs the WAL at every commit; NORMAL (for the server's
         processing) leaves that to the next FULL commit or checkpoint: it survives the
         process being killed, and WAL order keeps what survives a power loss a whole prefix.
@@ -219,6 +220,15 @@ class Store:
         self._seen_writes = 0  # first_use calls, to prune expired keys now and then
 
     # -- plumbing -------------------------------------------------------------------------
+    def twin(self, *, urgent: bool = False) -> Store:
+        """This store on a connection of its own (the same owner and write lock), for a thread
+        of its own; `urgent`: its writes take the write lock before other threads' waiting
+        writes (the request path: an answer to Slack waits for them)."""
+        other = copy.copy(self)
+        other.db = self.db.twin(urgent=urgent)
+        other._seen_writes = 0
+        return other
+
     def tx(self) -> AbstractContextManager[Conn]:
         """One write transaction, holding the database's write lock from its start."""
         return self.db.tx()
@@ -1027,6 +1037,15 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    def lane(self) -> AsyncStore:
+        """The store on a connection and worker thread of their own, whose writes take the
+        write lock first: the request path's (a signed request's replay check, the work row of
+        an accepted command or click), so that an answer to Slack never queues behind a running
+        diagnosis's writes. An in-memory database has one connection: the lane is the store."""
+        if self.sync.path == ":memory:":
+            return self
+        return AsyncStore(self.sync.twin(urgent=True))
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

@@ -46,6 +46,7 @@ from bot.discovery.owners import (
     supervisord_confs,
 )
 from bot.models import ExecOutput
+from bot.offload import off_loop
 
 # run(command, timeout) -> its output; never raises for a failure on the host
 Run = Callable[[str, float], Awaitable[ExecOutput]]
@@ -121,7 +122,7 @@ class Prober:
                 argv += ["-p", prefix]
             out = await self.sh(self.sudo + shlex.join(argv))
             try:
-                config = parse_dump(out.output)
+                config = await off_loop(parse_dump, out.output)  # crossplane, temp files
             except NginxConfigError as exc:
                 first_error = first_error or f"{shlex.join(argv)}: {exc}"
                 continue
@@ -138,7 +139,7 @@ class Prober:
     async def supervisor(self, procs: Mapping[int, Proc]) -> list[SupervisorConf]:
         """The configuration of every supervisord running (and of the default paths)."""
         if self._supervisor is None:
-            confs = [c for c in supervisord_confs(procs).values() if c]
+            confs = [c for c in (await off_loop(supervisord_confs, procs)).values() if c]
             confs += [c for c in DEFAULT_SUPERVISOR_CONFS if c not in confs]
             read = await asyncio.gather(*(self._read_supervisor(c) for c in
                                           dict.fromkeys(confs) if _path(c)))
@@ -149,7 +150,7 @@ class Prober:
         read = await self.sh(f"cat -- {shlex.quote(conf)}")
         if read.exit_status != 0:
             return None
-        parsed = parse_supervisor_files(conf, {conf: read.output})
+        parsed = await off_loop(parse_supervisor_files, conf, {conf: read.output})
         globs = [g for g in parsed.includes if _SAFE_GLOB.match(g)]
         if not globs:
             return parsed
@@ -161,7 +162,7 @@ class Prober:
         for i, m in enumerate(marks):
             end = marks[i + 1].start() if i + 1 < len(marks) else len(more.output)
             files[m.group(1)] = more.output[m.end() + 1:end]
-        return parse_supervisor_files(conf, files)
+        return await off_loop(parse_supervisor_files, conf, files)
 
     async def statuses(self, conf: SupervisorConf) -> dict[str, ProgramStatus]:
         """`supervisorctl status` of one supervisord (asked once: each call starts Python)."""
@@ -256,7 +257,7 @@ class Prober:
             why = ps.error or (ps.output.strip().splitlines() or ["no output"])[0]
             return replace(chain, notes=(f"discovery could not run on {self.host}: {why}",),
                            reachable=ps.error is None)
-        procs = parse_ps(ps.output)
+        procs = await off_loop(parse_ps, ps.output)  # every process of the host
         chain = replace(chain, **host_clock((await self.sh(CLOCK)).output))
         conf_path, config = await self.nginx_config(procs, url, nginx_conf)
         if config is None:
@@ -291,7 +292,7 @@ class Prober:
         self.notes.extend(found.notes)
         if not found.addresses:
             return replace(chain, notes=tuple(self.notes))
-        listeners = parse_ss((await self.sh(SS)).output)
+        listeners = await off_loop(parse_ss, (await self.sh(SS)).output)
         # the first address nothing serves (an upstream with one dead server fails there)
         served = [(a, next((li for li in listeners if li.serves(a)), None))
                   for a in found.addresses]
@@ -357,7 +358,8 @@ class Prober:
         if any(posixpath.basename(w) == "supervisord" for p in line[1:]
                for w in p.args.split(" ", 2)[:2]):
             pids = {p.pid for p in line}
-            mine = {c for pid_, c in supervisord_confs(procs).items() if pid_ in pids}
+            mine = {c for pid_, c in (await off_loop(supervisord_confs, procs)).items()
+                    if pid_ in pids}
             for conf in await self.supervisor(procs):
                 if conf.path not in mine and not ("" in mine and conf.path in
                                                   DEFAULT_SUPERVISOR_CONFS):

@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 from bot.executors.base import ExecContext, KindParams, StepKind
 from bot.executors.capture import HEAD, TAIL, Capture
 from bot.models import ExecOutput, Host
+from bot.offload import off_loop
 from bot.redact import redact
 
 if TYPE_CHECKING:  # the docker SDK (and requests) load when a docker step first runs
@@ -194,7 +195,7 @@ class Engines:
             engine.listener.close()
             await engine.listener.wait_closed()
         if engine.folder:
-            shutil.rmtree(engine.folder, ignore_errors=True)
+            await off_loop(shutil.rmtree, engine.folder, ignore_errors=True)
 
     async def close(self) -> None:
         while self._engines:

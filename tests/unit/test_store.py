@@ -189,3 +189,64 @@ def test_an_unreachable_database_is_one_line_without_its_password() -> None:
     line = str(failed.value)
     assert "\n" not in line and "s3cretpw" not in line
     assert line.startswith("cannot open the database postgresql://opsbot@127.0.0.1:")
+
+
+def test_a_twin_writes_the_same_store_from_another_thread(store: Store) -> None:
+    """The request path's lane: a connection of its own, the same owner, one audit chain."""
+    import threading
+
+    twin = store.twin(urgent=True)
+    try:
+        def write(s: Store, who: str) -> None:
+            for i in range(30):
+                s.audit("step.finished", who, None, n=i)
+
+        threads = [threading.Thread(target=write, args=(s, who))
+                   for s, who in ((store, "run"), (twin, "ack"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        twin.add_work("click", {"token": "t"})
+        assert twin.owner == store.owner
+        assert [r["kind"] for r in store.db.query("SELECT kind FROM work")] == ["click"]
+        assert store.verify_audit().ok
+        assert sum(1 for _ in store.audit_records()) == 60
+    finally:
+        twin.db.close()
+
+
+def test_urgent_writers_take_the_write_lock_before_waiting_ones() -> None:
+    """A writer letting go hands the lock on: urgent waiters first, then the others in order;
+    the one letting go cannot take it back before them."""
+    import threading
+    import time
+
+    from bot.adapters.sql import WriteLock
+
+    lock, order = WriteLock(), []
+    lock.acquire()
+
+    def writer(name: str, urgent: bool) -> None:
+        lock.acquire(urgent)
+        order.append(name)
+        lock.release()
+
+    def waiting() -> int:
+        return sum(len(q) for q in lock._waiting)
+
+    threads = []
+    for name, urgent in (("run-1", False), ("run-2", False), ("ack", True)):
+        threads.append(threading.Thread(target=writer, args=(name, urgent)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while waiting() < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert waiting() == 3
+    lock.release()
+    lock.acquire()  # the releasing thread queues behind the others
+    order.append("first holder again")
+    lock.release()
+    for t in threads:
+        t.join(10)
+    assert order == ["ack", "run-1", "run-2", "first holder again"]
