@@ -631,6 +631,8 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # older systemd says "start request repeated too quickly" in lower case
     ("upstream_crashloop--e-thelounge-ynh-start-request-repeated", "journal",
      "upstream_crashloop", None),
+    # php-fpm's master: "child N exited on signal 11 (SIGSEGV - core dumped)"
+    ("upstream_crashloop--a-phalcon-opcache-segfault", "app_logs", "upstream_crashloop", None),
     # a timeout line wrapped after "while" in the thread still reads as a timeout
     ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
      "upstream_timeout", None),
