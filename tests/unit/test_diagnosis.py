@@ -694,6 +694,24 @@ def test_a_dependency_that_answers_but_refuses_is_dependency_down(rules, line, d
     assert line in causes[0].evidence
 
 
+def test_kubernetes_says_oom_in_its_own_words(rules):
+    # kubectl describe pod of a memory-leak demo (a public Kubernetes walkthrough, 2019)
+    describe = """\
+        State:          Running
+        Started:      Tue, 07 Jul 2019 12:54:41 -0700
+        Last State:     Terminated
+        Reason:       OOMKilled
+        Exit Code:    137
+        Started:      Fri, 07 Jul 2019 12:54:30 -0700
+        Finished:     Fri, 07 Jul 2019 12:54:33 -0700
+        Ready:          False
+        Restart Count:  5
+"""
+    causes = diagnose(rules, {"docker_ps": describe})
+    assert causes[0].cause == "oom_killed"
+    assert "        Reason:       OOMKilled" in causes[0].evidence
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
