@@ -1,12 +1,17 @@
-"""Ingestion rate: single-alert Alertmanager payloads of distinct groups, each durable (its
-webhook, audit and work rows committed to SQLite, fsync'd by WAL) before its 2xx answer.
+"""Ingestion rate: Alertmanager payloads posted by 50 clients, each durable (its webhook, audit
+and work rows committed, the WAL synced) before its 2xx answer.
 
-    python bench/bench_ingest.py [--payloads 5000] [--clients 50]
+    python bench/bench_ingest.py [--case distinct|one-group|batched|all] [--payloads 5000]
+                                 [--clients 50] [--profile DIR]
 
 Starts `opsbot serve` (console mode, the shipped runbooks, an empty inventory) as a child process
-on loopback, posts the payloads from concurrent clients, and prints one line for
-docs/reliability.md. Afterwards it checks that every answered payload is in the store and that
-one incident was opened per group.
+on loopback and posts from a second child process: the load generator, kept lean so that it
+leaves the cores to the server (request bytes built before the clock starts, one keep-alive
+connection per client, raw asyncio streams, no HTTP library). Both processes' CPU seconds are
+measured (the client's through its own getrusage). Afterwards it waits until every payload is
+processed and checks the store: every answered payload recorded, one incident per group, every
+alert kept. `--profile DIR` attaches py-spy to the server while the payloads are posted and
+writes its collapsed stacks and a summary there. `bench/run.py` (scripts/bench) calls `measure`.
 """
 
 from __future__ import annotations
@@ -16,30 +21,60 @@ import asyncio
 import json
 import os
 import platform
-import socket
+import resource
+import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 
 
-def payload(i: int) -> bytes:
-    labels = {"alertname": f"Bench{i % 50}", "host": f"node{i}", "severity": "critical",
-              "instance": f"node{i}:9100"}
+@dataclass(frozen=True)
+class Case:
+    name: str  # the command-line name
+    what: str  # as the report says it
+    payloads: int
+    alerts: int  # per payload
+    distinct: bool  # one group per payload (else all of one group)
+
+    @property
+    def groups(self) -> int:
+        return self.payloads if self.distinct else 1
+
+
+CASES = {c.name: c for c in (
+    Case("distinct", "single-alert payloads, distinct groups", 5000, 1, True),
+    Case("one-group", "single-alert payloads, one group", 5000, 1, False),
+    Case("batched", "alerts in 100-alert payloads", 500, 100, True),
+)}
+
+
+def payload(i: int, case: Case, name: str = "BenchIngest") -> bytes:
+    group = f"g{i}" if case.distinct else "g0"
+    alerts = [{"status": "firing",
+               "labels": {"alertname": name, "group": group, "severity": "warning",
+                          "instance": f"node{i * case.alerts + k}:9100"},
+               "annotations": {}, "startsAt": "2026-11-29T03:00:00Z",
+               "endsAt": "0001-01-01T00:00:00Z"} for k in range(case.alerts)]
     return json.dumps({
         "receiver": "opsbot", "status": "firing", "version": "4",
-        "groupKey": f'{{}}:{{alertname="Bench{i % 50}", host="node{i}"}}',
-        "groupLabels": {"alertname": labels["alertname"], "host": labels["host"]},
-        "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
-        "alerts": [{"status": "firing", "labels": labels, "annotations": {},
-                    "startsAt": "2026-11-22T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}],
-    }).encode()
+        "groupKey": f'{{}}:{{group="{group}"}}', "groupLabels": {"group": group},
+        "commonLabels": {"alertname": name, "group": group}, "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093", "alerts": alerts}).encode()
+
+
+def request(port: int, token: str, body: bytes) -> bytes:
+    return (f"POST /alerts/alertmanager HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,94 +83,233 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- the load generator (a process of its own) ------------------------------------------------
+async def _post_all(port: int, requests: list[bytes], clients: int) -> dict[str, object]:
+    queue = list(reversed(requests))
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while queue:
+                req = queue.pop()
+                t0 = time.perf_counter()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t0)
+                statuses[status] += 1
+        finally:
+            writer.close()
+
+    began = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 600)
+    seconds = time.perf_counter() - began
+    latencies.sort()
+    return {"seconds": seconds, "statuses": dict(statuses),
+            "p50_ms": latencies[len(latencies) // 2] * 1e3,
+            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3}
 
 
-async def run(payloads: int, clients: int) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
-    port = free_port()
+def client_main(port: int, case_name: str, payloads: int, clients: int, name: str) -> None:
+    """The load generator's process: build every request, say "ready" (the parent starts the
+    server's CPU clock), wait for "go" on stdin, post, print the result as JSON."""
+    case = CASES[case_name]
+    requests = [request(port, TOKEN, payload(i, case, name)) for i in range(payloads)]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = asyncio.run(_post_all(port, requests, clients))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result["client_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime -
+                                                                    before.ru_stime)
+    print(json.dumps(result), flush=True)
+
+
+# -- one measurement ---------------------------------------------------------------------------
+def _profile(pid: int, folder: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("py-spy is not installed: no profile", file=sys.stderr)
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--format",
+                             "raw", "--gil", "--threads", "--output", str(folder / "server.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(case: Case, port: int, server_pid: int, db: Path, *, payloads: int | None = None,
+            clients: int = 50, name: str = "BenchIngest", profile: Path | None = None,
+            settle: float = 600.0) -> dict[str, float]:
+    """Post `case` to a running `opsbot serve` (pid `server_pid`, store `db`) from a separate
+    client process; wait until all is processed; check the store. Figures of the posting."""
+    count = payloads or case.payloads
+    client = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--client",
+                               str(port), "--case", case.name, "--payloads", str(count),
+                               "--clients", str(clients), "--name", name],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    assert client.stdin is not None and client.stdout is not None
+    if client.stdout.readline().strip() != b"ready":
+        raise RuntimeError("the load generator did not start")
+    spy = _profile(server_pid, profile) if profile else None
+    cpu0 = cpu_seconds(server_pid)
+    client.stdin.write(b"go\n")
+    client.stdin.flush()
+    line = client.stdout.readline()
+    cpu = cpu_seconds(server_pid) - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    client.wait(60)
+    if not line:
+        raise RuntimeError(f"the load generator failed (exit {client.returncode})")
+    result = json.loads(line)
+    if set(result["statuses"]) != {"200"}:
+        raise RuntimeError(f"answers other than 200: {result['statuses']}")
+    seconds = float(result["seconds"])
+    processed = _wait_processed(db, settle)
+    webhooks, incidents, alerts = _counts(db, name)
+    if webhooks < count or incidents != (count if case.distinct else 1) or \
+            alerts < count * case.alerts:
+        raise RuntimeError(f"the store lost something: {webhooks} webhooks, {incidents} "
+                           f"incidents, {alerts} alerts for {count} payloads")
+    if profile is not None:
+        summarize(profile / "server.txt", profile / "summary.txt")
+    return {"payloads": count, "clients": clients, "seconds": seconds,
+            "payloads_per_s": count / seconds, "alerts_per_s": count * case.alerts / seconds,
+            "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+            "server_cpu_s": cpu, "server_cpu_ms": cpu / count * 1e3,
+            "client_cpu_s": result["client_cpu_s"],
+            "client_cpu_ms": result["client_cpu_s"] / count * 1e3,
+            "processed_s": processed}
+
+
+def _wait_processed(db: Path, limit: float) -> float:
+    """Seconds until no accepted webhook waits to be processed."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit:
+        with sqlite3.connect(db) as conn:
+            if not conn.execute("SELECT count(*) FROM work WHERE status = 'pending'"
+                                ).fetchone()[0]:
+                return time.perf_counter() - began
+        time.sleep(0.2)
+    raise RuntimeError(f"webhooks still unprocessed after {limit:.0f} s")
+
+
+def _counts(db: Path, name: str) -> tuple[int, int, int]:
+    with sqlite3.connect(db) as conn:
+        webhooks = conn.execute("SELECT count(*) FROM webhooks").fetchone()[0]
+        incidents = conn.execute("SELECT count(*) FROM incidents WHERE title LIKE ?",
+                                 (f"{name} %",)).fetchone()[0]
+        alerts = conn.execute("SELECT count(*) FROM alerts WHERE name = ?",
+                              (name,)).fetchone()[0]
+    return int(webhooks), int(incidents), int(alerts)
+
+
+def summarize(raw: Path, out: Path, top: int = 40) -> str:
+    """py-spy's collapsed stacks -> the functions with the most samples, inclusive and self,
+    for the whole process and per thread."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        total += count
+        threads[frames[0]] += count
+        for frame in set(frames[1:]):
+            inclusive[_short(frame)] += count
+        own[_short(frames[-1])] += count
+    lines = [f"{total} samples"]
+    lines += [f"{n * 100 / total:5.1f}%  {t}" for t, n in threads.most_common()]
+    lines += ["", "inclusive:"]
+    lines += [f"{n * 100 / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    lines += ["", "self:"]
+    lines += [f"{n * 100 / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def _short(frame: str) -> str:
+    """`fn (path/to/module.py:12)` -> `fn (module.py)`: lines of one function counted together."""
+    fn, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    return f"{fn} ({'/'.join(parts[-2:])})" if parts else fn
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen[bytes]:
     (folder / "inventory.yaml").write_text("all:\n  hosts: {}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
     env.update({"OPSBOT_LISTEN": f"127.0.0.1:{port}", "OPSBOT_DB": str(folder / "o.db"),
                 "OPSBOT_RUNBOOKS": str(ROOT / "runbooks"),
                 "OPSBOT_INVENTORY": str(folder / "inventory.yaml"),
                 "OPSBOT_ALERT_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)})
-    with (folder / "serve.log").open("w") as log:
-        profile = os.environ.get("BENCH_PROFILE")  # a file: profile the server into it
-        prof = ["-m", "cProfile", "-o", profile] if profile else []
-        proc = await asyncio.create_subprocess_exec(sys.executable, *prof, "-m", "bot", "serve",
-                                                    env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    bodies = [payload(i) for i in range(payloads)]
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    latencies: list[float] = []
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as http:
-            for _ in range(600):  # up to a minute on a busy machine
-                try:
-                    async with http.get(f"{url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-            queue = list(reversed(bodies))
+    with (folder / "serve.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env=env, cwd=ROOT,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log)
+    import urllib.request
 
-            async def client() -> None:
-                while queue:
-                    body = queue.pop()
-                    t0 = time.perf_counter()
-                    async with http.post(f"{url}/alerts/alertmanager", data=body,
-                                         headers=headers) as resp:
-                        await resp.read()
-                        assert resp.status == 200, resp.status
-                    latencies.append(time.perf_counter() - t0)
-
-            started, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
-            await asyncio.gather(*(client() for _ in range(clients)))
-            elapsed, cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - cpu0
-            # processing goes on after the answers: wait for it, then check the store
-            for _ in range(600):
-                db = sqlite3.connect(folder / "o.db")
-                left = db.execute("SELECT count(*) FROM work WHERE status = 'pending'"
-                                  ).fetchone()[0]
-                db.close()
-                if not left:
-                    break
-                await asyncio.sleep(0.5)
-            processed = time.perf_counter() - started
-    finally:
-        proc.send_signal(2)
-        await proc.wait()
-    db = sqlite3.connect(folder / "o.db")
-    webhooks = db.execute("SELECT count(*) FROM webhooks").fetchone()[0]
-    incidents = db.execute("SELECT count(*) FROM incidents").fetchone()[0]
-    assert webhooks == payloads, (webhooks, payloads)
-    assert incidents == payloads, (incidents, payloads)
-    latencies.sort()
-    return {"payloads": payloads, "clients": clients, "seconds": elapsed,
-            "per_second": payloads / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1e3,
-            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
-            "all_processed_s": processed, "server_cpu_ms": cpu / payloads * 1e3}
+    for _ in range(600):  # up to a minute on a busy machine
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"opsbot serve did not start: {(folder / 'serve.log').read_text()[-800:]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--payloads", type=int, default=5000)
+    parser.add_argument("--case", default="distinct", choices=[*CASES, "all"])
+    parser.add_argument("--payloads", type=int, default=0, help="default: the case's")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--profile", type=Path, help="py-spy the server into this folder")
+    parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="BenchIngest", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    r = asyncio.run(run(args.payloads, args.clients))
-    print(f"{r['payloads']} single-alert payloads of distinct groups from {r['clients']} "
-          f"clients: {r['per_second']:.0f} payloads/s durable before the answer "
-          f"(p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; server CPU "
-          f"{r['server_cpu_ms']:.2f} ms a payload); all {r['payloads']} "
-          f"incidents opened {r['all_processed_s']:.1f} s after the first post "
-          f"[{platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}]")
+    if args.client:
+        client_main(args.client, args.case, args.payloads, args.clients, args.name)
+        return
+    from bench.procs import free_port
+
+    for case in CASES.values() if args.case == "all" else [CASES[args.case]]:
+        folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
+        port = free_port()
+        server = start_server(folder, port)
+        try:
+            r = measure(case, port, server.pid, folder / "o.db", payloads=args.payloads or None,
+                        clients=args.clients,
+                        profile=args.profile / case.name if args.profile else None)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"{case.what}, {r['payloads']:.0f} payloads from {r['clients']:.0f} clients: "
+              f"{r['payloads_per_s']:.0f} payloads/s, {r['alerts_per_s']:.0f} alerts/s, each "
+              f"committed before its 200 (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms); "
+              f"server CPU {r['server_cpu_ms']:.2f} ms a payload, client CPU "
+              f"{r['client_cpu_ms']:.2f} ms a payload; all processed "
+              f"{r['processed_s']:.1f} s after the last answer "
+              f"[{platform.python_implementation()} {platform.python_version()}, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
     main()

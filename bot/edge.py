@@ -37,6 +37,11 @@ async def read_body(request: web.Request, limit: int = MAX_BODY,
     408 when it does not arrive in time, 400 when the sender stops half-way."""
     if (request.content_length or 0) > limit:
         raise BodyRefused(error(413, f"body over {limit} bytes"))
+    if request.content.is_eof():  # all of it arrived with the headers: no wait, no timer
+        body = await request.content.read()
+        if len(body) > limit:
+            raise BodyRefused(error(413, f"body over {limit} bytes"))
+        return body
     chunks: list[bytes] = []
     size = 0
     try:

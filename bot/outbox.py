@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +66,16 @@ class DeliveryError(BotError):
             permanent, retry_after, maybe_sent, kind
 
 
+class _Collected:
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.open = True
+
+
+_together: contextvars.ContextVar[_Collected | None] = contextvars.ContextVar(
+    "opsbot_outbox_together", default=None)
+
+
 class Transport(Protocol):
     async def deliver(self, item: Outgoing) -> Delivered:
         """Post, update or upload; raise DeliveryError when Slack did not take it."""
@@ -89,8 +100,27 @@ class Outbox:
 
     # -- putting things in -------------------------------------------------------------------
     async def message(self, incident_id: int, key: str, msg: Message) -> None:
+        collected = _together.get()
+        if collected is not None and collected.open:
+            collected.rows.append((incident_id, key, "message", message_content(msg)))
+            return
         await self.store.enqueue(incident_id, key, "message", message_content(msg))
         self._wake.set()
+
+    @contextlib.asynccontextmanager
+    async def together(self) -> AsyncIterator[None]:
+        """Messages this task puts in meanwhile go to the store in one transaction when the
+        block ends (the threads of a batch of incidents), in the order they were put."""
+        collected = _Collected()
+        token = _together.set(collected)
+        try:
+            yield
+        finally:
+            _together.reset(token)
+            collected.open = False  # tasks started inside (they copied the context) go direct
+            if collected.rows:
+                await self.store.enqueue_many(collected.rows)
+                self._wake.set()
 
     async def upload(self, incident_id: int, key: str, filename: str, content: str,
                      title: str) -> None:

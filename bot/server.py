@@ -54,9 +54,9 @@ async def alertmanager(request: web.Request) -> web.Response:
     webhook_id = await rt.intake.record(WebhookIn("alertmanager", body, remote))
     rt.metrics.payloads_received.inc()
     rt.metrics.alerts_received.inc(len(group.alerts))
-    rt.bot.spawn(rt.bot.accept_alert(group, webhook_id))
-    return web.json_response({"status": "accepted", "webhook": webhook_id,
-                              "alerts": len(group.alerts)})
+    rt.bot.accept_alert(group, webhook_id)
+    return web.Response(body=b'{"status": "accepted", "webhook": %d, "alerts": %d}'
+                        % (webhook_id, len(group.alerts)), content_type="application/json")
 
 
 def may_see_details(request: web.Request, settings: Settings) -> bool:

@@ -7,18 +7,20 @@ and how the alert or command arrived is the caller's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import TemplateError
 
-from bot.adapters.store import HANDOVER, AsyncStore, Row
+from bot.adapters.sql import DB_ERRORS
+from bot.adapters.store import HANDOVER, AsyncStore, Notification, Row
+from bot.alertqueue import AlertQueue
 from bot.config import Settings
 from bot.discovery import Chain, discover
 from bot.errors import BotError, InventoryError, NotFound
@@ -44,8 +46,6 @@ from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
 
 log = logging.getLogger("opsbot")
-ALERT_WORKERS = 4  # webhooks processed at once (each group's in order, under its lock)
-MAX_DEFER = 5.0  # seconds an answered webhook may wait for a burst to pass
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -89,6 +89,16 @@ def approval_digest(runbook: Runbook, proposal: Proposal, host: Host) -> str:
 
 
 @dataclass(frozen=True)
+class AlertPlan:
+    """A firing notification, ready to record, and what to run for it."""
+
+    notification: Notification
+    runbook: Runbook | None
+    host: Host | None
+    started_at: str
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     incident: Incident
     reports: list[HostReport]
@@ -113,7 +123,7 @@ class Opsbot:
         self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
         self.accepting = True  # False once stopping: no new work is started
         self.intake_busy: Callable[[], bool] = lambda: False  # webhooks are being answered
-        self._alert_slots = asyncio.Semaphore(ALERT_WORKERS)
+        self._alerts: AlertQueue | None = None
 
     # -- background work ------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
@@ -260,17 +270,55 @@ class Opsbot:
         return count
 
     # -- alerts ---------------------------------------------------------------------------
-    async def accept_alert(self, group: AlertGroup, webhook_id: int) -> Incident | None:
-        """An answered webhook, processed in the background: a few at a time, and during a
-        burst only once the intake is quiet (or the payload waited MAX_DEFER), so answering
-        Alertmanager always comes first. Its work row makes it survive a crash meanwhile."""
-        deadline = time.monotonic() + MAX_DEFER
-        async with self._alert_slots:
-            for _ in range(int(MAX_DEFER / 0.02)):  # polled: cheap, only ALERT_WORKERS wait
-                if not self.intake_busy() or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.02)
-            return await self.handle_alert_group(group, webhook_id)
+    def accept_alert(self, group: AlertGroup, webhook_id: int) -> None:
+        """An answered webhook, processed in the background (bot.alertqueue: in batches, after
+        the burst being answered). Its work row makes it survive a crash meanwhile."""
+        if self._alerts is None:
+            self._alerts = AlertQueue(self.handle_alert_batch, self.intake_busy, self.spawn)
+        self._alerts.put(group, webhook_id)
+
+    async def handle_alert_batch(self, batch: Sequence[tuple[AlertGroup, int]]) -> None:
+        """Answered webhooks in the order they came. Runs of new firing notifications are
+        recorded together (one transaction, their messages in another); anything else (a
+        resolution, a repeat) is handled alone, in its place."""
+        firing: list[tuple[AlertGroup, int]] = []
+        for group, webhook_id in batch:
+            if group.status == "firing" and group.firing and not group.repeat:
+                firing.append((group, webhook_id))
+                continue
+            await self._handle_firing(firing)
+            firing = []
+            await self.handle_alert_group(group, webhook_id)
+        await self._handle_firing(firing)
+
+    async def _handle_firing(self, batch: Sequence[tuple[AlertGroup, int]]) -> None:
+        if not batch:
+            return
+        plans = [self._plan(group, webhook_id) for group, webhook_id in batch]
+        async with contextlib.AsyncExitStack() as locks:  # each group's order, as one by one
+            for key in sorted({group.group_key for group, _ in batch}):
+                await locks.enter_async_context(self._group_locks.setdefault(key,
+                                                                             asyncio.Lock()))
+            try:
+                recorded = await self.store.ingest_many([p.notification for p in plans])
+            except DB_ERRORS:
+                if len(batch) == 1:
+                    raise
+                log.exception("recording %d notifications together failed; one by one now",
+                              len(batch))
+                for group, webhook_id in batch:
+                    try:
+                        await self._handle_alert_group(group, webhook_id)
+                    except Exception:  # its work row stays: the next start tries it again
+                        log.exception("webhook %d could not be processed", webhook_id)
+                return
+            runs = []
+            async with self.reporter.outbox.together():
+                for plan, (incident, how) in zip(plans, recorded, strict=True):
+                    runs.append(await self._tell(plan, incident, how))
+        for incident, run in zip((i for i, _ in recorded), runs, strict=True):
+            if run is not None:
+                self.spawn(run, incident.id)
 
     async def handle_alert_group(self, group: AlertGroup, webhook_id: int) -> Incident | None:
         """Notifications of one group are handled one at a time, in the order they came."""
@@ -300,6 +348,15 @@ class Opsbot:
                                              incident.id if incident and joined else None)
             return incident if joined else None
 
+        plan = self._plan(group, webhook_id)
+        [(incident, how)] = await self.store.ingest_many([plan.notification])
+        run = await self._tell(plan, incident, how)
+        if run is not None:
+            self.spawn(run, incident.id)
+        return incident
+
+    def _plan(self, group: AlertGroup, webhook_id: int) -> AlertPlan:
+        """What a firing notification opens: title, runbook, host, notes (no I/O)."""
         first = group.firing[0]
         labels = {**group.common_labels, **first.labels}
         host_name = alert_host(first)
@@ -318,33 +375,38 @@ class Opsbot:
                          "of the notification (max_alerts); see Alertmanager for all of them.")
         title = first.annotations.get("summary") or \
             f"{first.name} on {host.name if host else host_name or 'unknown host'}"
-        incident, how = await self.store.ingest_alerts(
+        return AlertPlan(Notification(
             webhook_id, group.group_key, title=title[:200], labels=labels,
-            runbook=runbook.name if runbook else None, hosts=[host.name] if host else [],
-            notes=notes, alerts=self._alert_rows(group), actor="alertmanager",
-            idle_phase=None if runbook and host else "not diagnosed")
+            runbook=runbook.name if runbook else None, hosts=(host.name,) if host else (),
+            notes=tuple(notes), alerts=tuple(self._alert_rows(group)), actor="alertmanager",
+            idle_phase=None if runbook and host else "not diagnosed"),
+            runbook, host, first.starts_at)
+
+    async def _tell(self, plan: AlertPlan, incident: Incident,
+                    how: str) -> Coroutine[Any, Any, Any] | None:
+        """The thread of a recorded notification; returns the run to start, if any."""
         if how == "joined":  # a repeated notification of an open group: no second run
             await self.reporter.refresh_root(incident.id)
-            return incident
+            return None
+        runbook, host = plan.runbook, plan.host
         if runbook and host:  # held before any await: a recovery sweep must not run it too
-            run = self.hold(incident.id, self.run(incident, runbook, [host], labels=labels,
+            run = self.hold(incident.id, self.run(incident, runbook, [host],
+                                                  labels=plan.notification.labels,
                                                   requested_by="alertmanager", source="alert",
                                                   approver=ask_in_thread,
-                                                  started_at=first.starts_at))
+                                                  started_at=plan.started_at))
         else:
             run = None
         await self.reporter.refresh_root(incident.id)
         if how == "reopened":
             await self.reporter.note(incident.id, "🔁 The alert is firing again: incident "
                                                   "reopened, running the diagnosis again.")
-        for note in notes:
+        for note in plan.notification.notes:
             await self.reporter.note(incident.id, f"⚠️ {note}")
         if run is None:
             await self.reporter.note(incident.id, self.nothing_to_do(
                 "no runbook fits this alert" if runbook is None else "its host is unknown"))
-        else:
-            self.spawn(run, incident.id)
-        return incident
+        return run
 
     async def _record_alerts(self, incident_id: int, webhook_id: int, group: AlertGroup) -> None:
         await self.store.record_alerts(incident_id, webhook_id, self._alert_rows(group))

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -72,6 +72,23 @@ class WebhookIn:
     body: bytes
     remote: str
     rejected: str | None = None  # why it cannot be read as alerts (kept all the same)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A firing notification as the store records it: its group's incident, its alerts, and
+    its webhook marked done (`ingest_many`)."""
+
+    webhook_id: int
+    group_key: str
+    title: str
+    labels: Mapping[str, str]
+    runbook: str | None
+    hosts: tuple[str, ...]
+    notes: tuple[str, ...]
+    alerts: tuple[Mapping[str, Any], ...]
+    actor: str
+    idle_phase: str | None = None  # the phase of a new incident when nothing will run
 
 
 def owner_alive(pid: int | None) -> bool:
@@ -189,6 +206,41 @@ def incident_from_row(row: Row) -> Incident:
         resolved_at=row["resolved_at"], channel=row["channel"], thread_ts=row["thread_ts"],
         cause=row["cause"], labels=row["labels"] or {}, notes=tuple(row["notes"] or ()),
     )
+
+
+class AuditChain:
+    """Audit records appended inside one write transaction: the chain's head is read once and
+    written once (`close`), however many records a batch adds."""
+
+    def __init__(self, store: Store, conn: Conn) -> None:
+        self.store, self.conn = store, conn
+        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if last is None:
+            anchor = store._mark(conn, "anchor")
+            self.seq, self.hash = (anchor.seq, anchor.hash) if anchor else (0, GENESIS)
+        else:
+            self.seq, self.hash = last
+        self.added = 0
+
+    def add(self, action: str, actor: str, incident_id: int | None,
+            detail: Mapping[str, Any]) -> int:
+        seq = self.seq + 1
+        rec = {"seq": seq, "ts": utcnow(), "actor": actor, "action": action,
+               "incident_id": incident_id, "detail": canonical_json(redact_value(detail)),
+               "prev_hash": self.hash}
+        hash_ = rec["hash"] = record_hash(rec, self.store.audit_key)
+        self.conn.execute("INSERT INTO audit (seq, ts, actor, action, incident_id, detail, "
+                          "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [rec[k] for k in ("seq", "ts", "actor", "action", "incident_id",
+                                            "detail", "prev_hash", "hash")])
+        self.seq, self.hash = seq, hash_
+        self.added += 1
+        return seq
+
+    def close(self) -> None:
+        if self.added:
+            self.store._set_mark(self.conn, "head", self.seq, self.hash)
+            self.added = 0
 
 
 class Store:
@@ -313,19 +365,10 @@ class Store:
 
     def _audit(self, conn: Conn, action: str, actor: str,
                incident_id: int | None, detail: Mapping[str, Any]) -> int:
-        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        if last is None:
-            anchor = self._mark(conn, "anchor")
-            seq, prev = (anchor.seq, anchor.hash) if anchor else (0, GENESIS)
-        else:
-            seq, prev = last
-        rec = {"seq": seq + 1, "ts": utcnow(), "actor": actor, "action": action,
-               "incident_id": incident_id, "detail": canonical_json(redact_value(detail)),
-               "prev_hash": prev}
-        rec["hash"] = hash_ = record_hash(rec, self.audit_key)
-        self._insert(conn, "audit", rec)
-        self._set_mark(conn, "head", seq + 1, hash_)
-        return seq + 1
+        chain = AuditChain(self, conn)
+        seq = chain.add(action, actor, incident_id, detail)
+        chain.close()
+        return seq
 
     def audit(self, /, action: str, actor: str, incident_id: int | None = None,
               **detail: Any) -> int:
@@ -364,19 +407,21 @@ class Store:
         for an accepted one, its work row. Nothing is answered before this returns."""
         ids = []
         with self.tx() as conn:
+            chain = AuditChain(self, conn)
             for item in batch:
                 now = utcnow()
                 wid = self._insert(conn, "webhooks", {
                     "received_at": now, "source": item.source, "remote": item.remote,
                     "body": redact(item.body.decode("utf-8", "replace")),
                     "outcome": f"rejected: {item.rejected}" if item.rejected else "received"})
-                self._audit(conn, "webhook.received", f"webhook:{item.source}", None,
-                            {"webhook_id": wid, "remote": item.remote, "bytes": len(item.body)})
+                chain.add("webhook.received", f"webhook:{item.source}", None,
+                          {"webhook_id": wid, "remote": item.remote, "bytes": len(item.body)})
                 if not item.rejected:
-                    self._insert(conn, "work", {"kind": "alert", "webhook_id": wid,
-                                                "status": "pending", "created_at": now,
-                                                "attempts": 0, "owner": self.owner})
+                    conn.execute("INSERT INTO work (kind, webhook_id, status, created_at, "
+                                 "attempts, owner) VALUES ('alert', ?, 'pending', ?, 0, ?)",
+                                 (wid, now, self.owner))
                 ids.append(wid)
+            chain.close()
         return ids
 
     def webhook_outcome(self, webhook_id: int, outcome: str,
@@ -535,22 +580,47 @@ class Store:
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
                       notes: list[str], alerts: Sequence[Mapping[str, Any]],
                       actor: str, idle_phase: str | None = None) -> tuple[Incident, str]:
-        """One firing notification, in one transaction: its incident (opened, joined or
-        reopened; put in `idle_phase` when new and nothing will run), its alerts, and its
-        webhook and work rows marked done."""
+        """One firing notification, in one transaction (see ingest_many)."""
+        return self.ingest_many([Notification(
+            webhook_id, group_key, title=title, labels=dict(labels), runbook=runbook,
+            hosts=tuple(hosts), notes=tuple(notes), alerts=tuple(alerts), actor=actor,
+            idle_phase=idle_phase)])[0]
+
+    def ingest_many(self, batch: Sequence[Notification]) -> list[tuple[Incident, str]]:
+        """Firing notifications, in order, in one transaction: for each, its group's incident
+        (opened, joined or reopened; put in `idle_phase` when new and nothing will run), its
+        alerts, and its webhook and work rows marked done. A group twice in one batch: the
+        second joins what the first opened."""
+        done: list[tuple[int, str]] = []
         with self.tx() as conn:
-            incident_id, how = self._open_or_join(conn, group_key, title=title, labels=labels,
-                                                  runbook=runbook, hosts=hosts, notes=notes,
-                                                  actor=actor)
-            if idle_phase and how != "joined":
-                self._update(conn, "incidents", incident_id, {"phase": idle_phase})
-            self._insert_alerts(conn, incident_id, webhook_id, alerts)
-            self._webhook_done(conn, webhook_id, how, incident_id)
-        return self.get_incident(incident_id), how
+            chain = AuditChain(self, conn)
+            for n in batch:
+                incident_id, how = self._open_or_join(
+                    conn, n.group_key, title=n.title, labels=n.labels, runbook=n.runbook,
+                    hosts=list(n.hosts), notes=list(n.notes), actor=n.actor, chain=chain)
+                if n.idle_phase and how != "joined":
+                    self._update(conn, "incidents", incident_id, {"phase": n.idle_phase})
+                self._insert_alerts(conn, incident_id, n.webhook_id, n.alerts)
+                self._webhook_done(conn, n.webhook_id, how, incident_id)
+                done.append((incident_id, how))
+            chain.close()
+        incidents = self.incidents_by_id({i for i, _ in done})
+        return [(incidents[i], how) for i, how in done]
+
+    def incidents_by_id(self, ids: Iterable[int]) -> dict[int, Incident]:
+        wanted = sorted(set(ids))
+        found: dict[int, Incident] = {}
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            marks = ", ".join("?" for _ in part)
+            for row in self._all(f"SELECT * FROM incidents WHERE id IN ({marks})", tuple(part)):
+                found[row["id"]] = incident_from_row(row)
+        return found
 
     def _open_or_join(self, conn: Conn, group_key: str, *, title: str,
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
-                      notes: list[str], actor: str) -> tuple[int, str]:
+                      notes: list[str], actor: str,
+                      chain: AuditChain | None = None) -> tuple[int, str]:
         title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
         row = conn.execute("SELECT id, status, resolved_at FROM incidents WHERE group_key = ?"
                            " ORDER BY id DESC LIMIT 1", (group_key,)).fetchone()
@@ -568,9 +638,12 @@ class Store:
                 "group_key": group_key, "status": "open", "phase": "investigating",
                 "title": title, "runbook": runbook, "hosts": hosts, "labels": dict(labels),
                 "notes": notes, "opened_at": now, "updated_at": now})
-        self._audit(conn, f"incident.{how}", actor, incident_id,
-                    {"group_key": group_key, "title": title, "runbook": runbook,
-                     "hosts": hosts, "notes": notes})
+        detail = {"group_key": group_key, "title": title, "runbook": runbook, "hosts": hosts,
+                  "notes": notes}
+        if chain is None:
+            self._audit(conn, f"incident.{how}", actor, incident_id, detail)
+        else:
+            chain.add(f"incident.{how}", actor, incident_id, detail)
         return incident_id, how
 
     def update_incident(self, /, incident_id: int, actor: str = "opsbot", *, audit: bool = True,
@@ -829,18 +902,28 @@ class Store:
         """A message (or file) to send. A message whose earlier version is still waiting is
         replaced in place: it keeps its place in the thread and only the latest state goes."""
         with self.tx() as conn:
-            if kind == "message":
-                row = conn.execute("SELECT id FROM outbox WHERE incident_id = ? AND key = ? AND "
-                                   "status = 'pending' AND kind = 'message' ORDER BY id DESC "
-                                   "LIMIT 1", (incident_id, key)).fetchone()
-                if row is not None:
-                    conn.execute("UPDATE outbox SET content = ?, version = version + 1 "
-                                 "WHERE id = ?", (canonical_json(dict(content)), row[0]))
-                    return int(row[0])
-            return self._insert(conn, "outbox", {
-                "incident_id": incident_id, "key": key, "kind": kind, "content": dict(content),
-                "status": "pending", "version": 1, "attempts": 0, "maybe_sent": 0,
-                "owner": self.owner, "created_at": utcnow()})
+            return self._enqueue(conn, incident_id, key, kind, content)
+
+    def enqueue_many(self, items: Sequence[tuple[int, str, str, Mapping[str, Any]]]
+                     ) -> list[int]:
+        """Several (incident_id, key, kind, content), in order, in one transaction."""
+        with self.tx() as conn:
+            return [self._enqueue(conn, *item) for item in items]
+
+    def _enqueue(self, conn: Conn, incident_id: int, key: str, kind: str,
+                 content: Mapping[str, Any]) -> int:
+        if kind == "message":
+            row = conn.execute("SELECT id FROM outbox WHERE incident_id = ? AND key = ? AND "
+                               "status = 'pending' AND kind = 'message' ORDER BY id DESC "
+                               "LIMIT 1", (incident_id, key)).fetchone()
+            if row is not None:
+                conn.execute("UPDATE outbox SET content = ?, version = version + 1 "
+                             "WHERE id = ?", (canonical_json(dict(content)), row[0]))
+                return int(row[0])
+        return self._insert(conn, "outbox", {
+            "incident_id": incident_id, "key": key, "kind": kind, "content": dict(content),
+            "status": "pending", "version": 1, "attempts": 0, "maybe_sent": 0,
+            "owner": self.owner, "created_at": utcnow()})
 
     def outbox_pending(self, limit: int = 100) -> list[Row]:
         """This process's waiting rows, oldest first (one sender keeps every thread's order).
@@ -998,6 +1081,7 @@ class AsyncStore:
     open_incident_for_host = _Threaded(Store.open_incident_for_host)
     open_or_join = _Threaded(Store.open_or_join)
     ingest_alerts = _Threaded(Store.ingest_alerts)
+    ingest_many = _Threaded(Store.ingest_many)
     update_incident = _Threaded(Store.update_incident)
     record_alerts = _Threaded(Store.record_alerts)
     root_view = _Threaded(Store.root_view)
@@ -1025,6 +1109,7 @@ class AsyncStore:
     message = _Threaded(Store.message)
     first_use = _Threaded(Store.first_use)
     enqueue = _Threaded(Store.enqueue)
+    enqueue_many = _Threaded(Store.enqueue_many)
     outbox_pending = _Threaded(Store.outbox_pending)
     adopt_outbox = _Threaded(Store.adopt_outbox)
     outbox_sent = _Threaded(Store.outbox_sent)
@@ -1065,9 +1150,12 @@ class WebhookIntake:
     MAX_BATCH = 500
 
     def __init__(self, store: Store) -> None:
-        """A connection of its own to `store`'s file, syncing every commit (FULL)."""
+        """A connection of its own to `store`'s file, syncing every commit (FULL); on
+        PostgreSQL `store` itself (its pool; every commit is durable there), on a thread of
+        its own all the same."""
+        self._own = not store.shared
         self.store = AsyncStore(Store(store.path, audit_key=store.audit_key, synchronous="FULL",
-                                      lock=store._lock))
+                                      lock=store._lock) if self._own else store)
         self._queue: list[tuple[WebhookIn, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._last = 0.0  # monotonic time of the last webhook
@@ -1105,4 +1193,7 @@ class WebhookIntake:
                     future.set_result(webhook_id)
 
     def close(self) -> None:
-        self.store.close()
+        if self._own:
+            self.store.close()
+        else:
+            self.store._pool.shutdown(wait=True)
