@@ -10,8 +10,9 @@ leaves the cores to the server (request bytes built before the clock starts, one
 connection per client, raw asyncio streams, no HTTP library). Both processes' CPU seconds are
 measured (the client's through its own getrusage). Afterwards it waits until every payload is
 processed and checks the store: every answered payload recorded, one incident per group, every
-alert kept. `--profile DIR` attaches py-spy to the server while the payloads are posted and
-writes its collapsed stacks and a summary there. `bench/run.py` (scripts/bench) calls `measure`.
+alert kept. `--profile DIR` attaches py-spy to the server (sampling only while it holds the
+GIL) while the payloads are posted, and again while they are processed, and writes its
+collapsed stacks and a summary of each there. `bench/run.py` (scripts/bench) calls `measure`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def payload(i: int, case: Case, name: str = "BenchIngest") -> bytes:
                "labels": {"alertname": name, "group": group, "severity": "warning",
                           "instance": f"node{i * case.alerts + k}:9100"},
                "annotations": {}, "startsAt": "2026-11-29T03:00:00Z",
-               "endsAt": "0001-01-01T00:00:00Z"} for k in range(case.alerts)]
+               "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://127.0.0.1:9090/graph",
+               "fingerprint": f"{i * case.alerts + k:016x}"}  # as Alertmanager sends them
+              for k in range(case.alerts)]
     return json.dumps({
         "receiver": "opsbot", "status": "firing", "version": "4",
         "groupKey": f'{{}}:{{group="{group}"}}', "groupLabels": {"group": group},
@@ -133,14 +136,14 @@ def client_main(port: int, case_name: str, payloads: int, clients: int, name: st
 
 
 # -- one measurement ---------------------------------------------------------------------------
-def _profile(pid: int, folder: Path) -> subprocess.Popen[bytes] | None:
+def _profile(pid: int, folder: Path, name: str = "server") -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("py-spy is not installed: no profile", file=sys.stderr)
         return None
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--format",
-                             "raw", "--gil", "--threads", "--output", str(folder / "server.txt")],
+                             "raw", "--gil", "--threads", "--output", str(folder / f"{name}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -173,7 +176,12 @@ def measure(case: Case, port: int, server_pid: int, db: Path, *, payloads: int |
     if set(result["statuses"]) != {"200"}:
         raise RuntimeError(f"answers other than 200: {result['statuses']}")
     seconds = float(result["seconds"])
+    spy = _profile(server_pid, profile, "processing") if profile else None
     processed = _wait_processed(db, settle)
+    total = cpu_seconds(server_pid) - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     webhooks, incidents, alerts = _counts(db, name)
     if webhooks < count or incidents != (count if case.distinct else 1) or \
             alerts < count * case.alerts:
@@ -181,10 +189,12 @@ def measure(case: Case, port: int, server_pid: int, db: Path, *, payloads: int |
                            f"incidents, {alerts} alerts for {count} payloads")
     if profile is not None:
         summarize(profile / "server.txt", profile / "summary.txt")
+        summarize(profile / "processing.txt", profile / "processing-summary.txt")
     return {"payloads": count, "clients": clients, "seconds": seconds,
             "payloads_per_s": count / seconds, "alerts_per_s": count * case.alerts / seconds,
             "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
             "server_cpu_s": cpu, "server_cpu_ms": cpu / count * 1e3,
+            "server_cpu_total_ms": total / count * 1e3,
             "client_cpu_s": result["client_cpu_s"],
             "client_cpu_ms": result["client_cpu_s"] / count * 1e3,
             "processed_s": processed}
@@ -305,7 +315,8 @@ def main() -> None:
               f"committed before its 200 (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms); "
               f"server CPU {r['server_cpu_ms']:.2f} ms a payload, client CPU "
               f"{r['client_cpu_ms']:.2f} ms a payload; all processed "
-              f"{r['processed_s']:.1f} s after the last answer "
+              f"{r['processed_s']:.1f} s after the last answer, the server's CPU with the "
+              f"processing {r['server_cpu_total_ms']:.2f} ms a payload "
               f"[{platform.python_implementation()} {platform.python_version()}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}]", flush=True)
 

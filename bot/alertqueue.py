@@ -5,8 +5,9 @@ A webhook is durable (its work row committed) before it is answered, so this que
 and paces the processing: a process that dies with webhooks queued resumes them at its next
 start. During a burst (webhooks being answered right now) the worker waits until the burst
 pauses, at most MAX_DEFER after the oldest webhook arrived, and then takes up to BATCH at a
-time: a storm of alerts of many groups opens its incidents a batch per transaction instead of
-competing, a webhook at a time, with the answers for the cores.
+time (while the burst goes on, it then rests as long as the batch took: the answers keep at
+least half of the loop): a storm of alerts of many groups opens its incidents a batch per
+transaction instead of competing, a webhook at a time, with the answers for the cores.
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ class AlertQueue:
                     await asyncio.sleep(POLL)
                 batch = [self._items.popleft()[1]
                          for _ in range(min(BATCH, len(self._items)))]
+                began = time.monotonic()
                 try:
                     await self.handle(batch)
                 except Exception:  # their work rows stay pending: the next start does them
                     log.exception("processing %d webhook(s) failed", len(batch))
                 self.batches += 1
+                if self.busy():  # past its deferral in a long burst: at most half the loop
+                    await asyncio.sleep(time.monotonic() - began)
         finally:
             self._working = False

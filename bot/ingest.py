@@ -73,6 +73,8 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise IngestError(f"{where} must be an object of strings")
+    if all(type(raw) is str for raw in value.values()):  # the usual case: taken as it is
+        return value
     out = {}
     for key, raw in value.items():
         if raw is None:

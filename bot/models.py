@@ -12,9 +12,13 @@ from typing import Any
 JSON = dict[str, Any]
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=str)  # made once: json.dumps makes one per call
+
+
 def canonical_json(value: Any) -> str:
     """One encoding for hashing: sorted keys, no spaces, UTF-8 kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def sha256_hex(data: str | bytes) -> str:

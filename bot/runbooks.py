@@ -8,6 +8,7 @@ table in `bot.executors`; each kind validates its own fields.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -159,11 +160,16 @@ class Matcher:
             return actual == self.value
         if self.op == "!=":
             return actual != self.value
-        hit = re.fullmatch(self.value, actual) is not None
+        hit = _pattern(self.value).fullmatch(actual) is not None
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
         return f'{self.label}{self.op}"{self.value}"'
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
 
 
 _MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"(.*)"|(\S*))\s*$')
