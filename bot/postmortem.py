@@ -8,6 +8,7 @@ steps, diagnoses, approvals and the audit log, already redacted there.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,11 +89,14 @@ def gather(store: Store, incident: Incident) -> Facts:
     ends = [t for a in alerts
             if a["status"] == "resolved" and (t := parse_time(a.get("ends_at")))]
     opened = parse_time(incident.opened_at)
-    chain = []
+    chain: list[str] = []
     for rec in store.audit_records(incident.id):
-        detail = rec["detail"] if isinstance(rec["detail"], dict) else {}
-        if rec["action"].startswith("discovery") and isinstance(detail.get("chain"), str):
-            chain.append(f"{detail.get('host', '')}: {detail['chain']}".strip(": "))
+        detail = rec["detail"]
+        if isinstance(detail, str):  # the record keeps its detail as canonical JSON text
+            detail = json.loads(detail or "{}")
+        if rec["action"] == "discovery.traced" and isinstance(detail.get("chains"), dict):
+            chain.extend(line for host, text in detail["chains"].items()
+                         if (line := f"{host}: {text}") not in chain)  # each run traces again
     return Facts(
         incident=incident,
         impact_start=min(starts) if starts else opened,

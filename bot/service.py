@@ -493,6 +493,9 @@ class Opsbot:
 
         chains = {host.name: chain for host, chain in
                   await asyncio.gather(*(one(h) for h in hosts)) if chain is not None}
+        if chains:  # the postmortem's "The chain" reads this record
+            await self.store.audit("discovery.traced", "opsbot", incident_id,
+                                   chains={name: c.text() for name, c in chains.items()})
         await self.reporter.chains(incident_id, chains)
         return chains
 

@@ -91,6 +91,11 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
     assert "### `start_program` on web01 — ok" in md or \
         "### `restart_program` on web01 — ok" in md
     assert "### `verify_proxy` on web01 — ok" in md
+    # the postmortem draft names the chain that discovery traced, as the thread showed it
+    draft = (await opsbot(bot, "export", "INC-1", "--format", "postmortem")).stdout
+    chain = draft.split("## The chain\n\n")[1].split("\n## ")[0]
+    assert chain.startswith("- web01: ") and "supervisord program ds:docservice" in chain
+    assert chain.strip()[len("- "):] in bot.thread_text().replace("🔗 ", "")
 
     # the audit log holds every step, before and after, and its chain is intact
     actions = [r["action"] for r in bot.store().audit_records(1)]
