@@ -561,6 +561,9 @@ PHP_FPM_ERROR_LOG = """\
     ("docker_logs", PHP_FPM_ERROR_LOG, "] ERROR: "),
     ("docker_logs", step_output("upstream_crashloop--d-minecraft-java-unrecognized-option-restart-"
                                 "loop", "docker_logs"), "FATAL"),
+    # node-config's own error (the OnlyOffice services' config loader), alone
+    ("docker_logs", step_output("upstream_crashloop--docker-restarting", "docker_logs"),
+     "cannot be read"),
 ])
 def test_each_stacks_fatal_start_up_lines_name_a_crash_loop(rules, step, output, words):
     refused = step_output("upstream_down--nginx-log-only", "nginx_error_log")
