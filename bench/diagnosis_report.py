@@ -578,6 +578,21 @@ Held-out part (totals only):
   `nginx -t` succeeds; only writes fail (`OSError: [Errno 28] No space left on device`, busybox
   `dd: error writing ...: No space left on device`). (The disk rule also ignores `/dev/loop` and
   `/snap/` mounts, which read 100% on snap hosts by design.)
+- **The errno, not its text.** nginx prints `strerror()` of the libc it was built with: musl
+  says `(113: Host is unreachable)` and `(99: Address not available)` where glibc says `No route to
+  host` and `Cannot assign requested address`, and a libc without the text prints `(111: Unknown
+  error)`. The rules read the number.
+- **gunicorn says "Perhaps out of memory?" after every timeout kill**: since 20.1 a worker that
+  missed `--timeout` is aborted, then killed, and the arbiter logs `Worker (pid:N) was sent
+  SIGKILL! Perhaps out of memory?` after `[CRITICAL] WORKER TIMEOUT`; the aborted worker's
+  traceback ends in `SystemExit: 1` in `handle_abort`. The timeout wins over both.
+- **A full unix-socket backlog fails at once**: nginx connecting to a php-fpm or uWSGI socket
+  whose listen queue is full gets `(11: Resource temporarily unavailable)`, not a timeout: every
+  worker is busy.
+- **"No space left on device" from a file watch** is the inotify limit
+  (`fs.inotify.max_user_watches`), not the disk.
+- **The diagnostic can fail too**: `dmesg: read kernel buffer failed: Operation not permitted`
+  in the kernel log step says nothing about the backend.
 
 ## Per case
 
