@@ -715,6 +715,30 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     assert "        Reason:       OOMKilled" in causes[0].evidence
 
 
+@pytest.mark.parametrize(("step", "text", "label", "detail"), [
+    # php-fpm's pool manager (a public FAQ, 2012; the wording of sapi/fpm fpm_process_ctl.c)
+    ("app_logs", "[26-Jul-2012 09:49:59] WARNING: [pool www] seems busy (you may need to increase "
+     "pm.start_servers, or pm.min/max_spare_servers), spawning 32 children, there are 8 idle, and "
+     "58 total children", "upstream_timeout", "php_fpm_pool_busy"),
+    # php-fpm's slowlog notice (a public PHP course's log, 2022)
+    ("app_logs", "[11-Jul-2022 05:34:02] WARNING: [pool www] child 155, script "
+     "'/var/www/html/public/error_handling/slowlog.php' (request: \"GET "
+     "/error_handling/slowlog.php\") executing too slow (1.176006 sec), logging",
+     "upstream_timeout", "php_fpm_slow_requests"),
+    # systemd's core dump of a service (a public issue's journal, xmrig, 2020)
+    ("journal", "Aug 22 19:13:32 WorkStation systemd[1]: xmrig@xmrig.service: Main process "
+     "exited, code=dumped, status=11/SEGV", "upstream_crashloop", None),
+    # ASP.NET Core host failing to bind (quoted in a public project's test data)
+    ("docker_logs", "[backend] Unhandled exception. System.AggregateException: One or more host "
+     "shutdown operations failed. (Failed to bind to address http://127.0.0.1:35005: address "
+     "already in use.)", "upstream_crashloop", "port_already_in_use"),
+])
+def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
+    causes = diagnose(rules, {step: text + "\n"})
+    assert (causes[0].cause, causes[0].detail) == (label, detail)
+    assert causes[0].evidence == (text,)
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
