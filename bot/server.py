@@ -271,4 +271,6 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         await runner.cleanup()
         await rt.close(work_timeout=settings.stop_timeout,
                        flush_timeout=max(10.0, settings.stop_timeout / 2))
+        if inbound is not None:  # after the work it answers for
+            await inbound.close()
         log.info("opsbot stopped")

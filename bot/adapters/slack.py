@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from aiohttp import ClientConnectorError, web
+from aiohttp import ClientConnectorError, ClientSession, ClientTimeout, web
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
@@ -300,6 +300,11 @@ class SlackInbound:
         self.bot = bot
         self.client = client
         self.operators = Operators(settings.operators, client)
+        self._session: ClientSession | None = None  # follow-ups: connections kept and reused
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
 
     async def dispatch(self, payload: dict[str, Any]) -> Reply:
         """What to ack with; IngestError (one line, a 400) for a shape no Slack client sends."""
@@ -382,8 +387,10 @@ class SlackInbound:
         commands), chat.postEphemeral to the user in the channel; else it is only logged."""
         try:
             if url:
-                await AsyncWebhookClient(url).send(text=text, response_type="ephemeral",
-                                                   replace_original=False)
+                if self._session is None or self._session.closed:
+                    self._session = ClientSession(timeout=ClientTimeout(total=30))
+                await AsyncWebhookClient(url, session=self._session).send(
+                    text=text, response_type="ephemeral", replace_original=False)
             elif channel and user and self.client is not None:
                 await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
             else:

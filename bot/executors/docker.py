@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -416,6 +418,8 @@ class DockerStep(StepKind):
 
     async def run(self, action: Mapping[str, Any], host: Host,
                   timeout: float) -> ExecOutput:  # noqa: ASYNC109 (the StepKind interface)
+        if "docker" not in sys.modules:  # the first docker step: the SDK's import (requests,
+            await off_loop(importlib.import_module, "docker")  # urllib3) held the loop
         import docker.errors
         import requests.exceptions
 
