@@ -1,5 +1,7 @@
 """The slash command's sub-commands, parsed and answered. Slack-free: the adapter passes the
-text and the user, and gets back what to say now (`ack`) and later (`respond`)."""
+text and the user, and gets back what to say now (`ack`) and later (`respond`). What the answer
+now reads or writes goes through the store's request lane (`bot.requests`): never behind a
+running diagnosis's writes."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ async def handle(bot: Opsbot, text: str, user: str, *, operator: bool) -> Answer
             return Answer(f"Unknown command {verb[:40]!r}. Accepted: {', '.join(HANDLERS)}. "
                           "Try `help`.")
         if verb in OPERATOR_VERBS and not operator:
-            await bot.store.audit("command.refused", user, None, command=verb,
+            await bot.requests.audit("command.refused", user, None, command=verb,
                                   reason="not an operator")
             return Answer(f"Only operators may `{verb}` (OPSBOT_OPERATORS); nothing was done.")
         return await handler(bot, args, user)
@@ -102,7 +104,7 @@ async def _diag(bot: Opsbot, args: list[str], user: str) -> Answer:
     if len(args) != 1:
         return Answer("Usage: `diag <host>`")
     hosts = bot.inventory.resolve(args[0])
-    incident = await bot.store.open_incident_for_host(hosts[0].name)
+    incident = await bot.requests.open_incident_for_host(hosts[0].name)
     name = incident.runbook if incident and incident.runbook else None
     if name is None:
         if not bot.catalog.runbooks:
@@ -112,7 +114,7 @@ async def _diag(bot: Opsbot, args: list[str], user: str) -> Answer:
 
 
 async def _incidents(bot: Opsbot, args: list[str], user: str) -> Answer:
-    rows = await bot.store.list_incidents(limit=20)
+    rows = await bot.requests.list_incidents(limit=20)
     if not rows:
         return Answer("No incidents.")
     lines = [f"• *{i.ref}* {i.status}{' · ' + i.phase if i.status is IncidentStatus.OPEN else ''}"
@@ -124,7 +126,7 @@ async def _status(bot: Opsbot, args: list[str], user: str) -> Answer:
     if len(args) != 1:
         return Answer("Usage: `status <INC-n>`")
     incident = await bot.incident(args[0])
-    approvals = await bot.store.approvals_of(incident.id)
+    approvals = await bot.requests.approvals_of(incident.id)
     lines = [f"*{incident.ref}* {incident.title}", f"status: {incident.status} · "
              f"phase: {incident.phase}", f"runbook: {incident.runbook or '—'} · hosts: "
              f"{', '.join(incident.hosts) or '—'}", f"cause: {incident.cause or 'not known yet'}"]

@@ -918,4 +918,4 @@ class Opsbot:
         number = parse_incident_ref(ref)
         if number is None:
             raise NotFound(f"{ref!r} is not an incident reference (like INC-42)")
-        return await self.store.get_incident(number)
+        return await self.requests.get_incident(number)  # answers a command: the lane

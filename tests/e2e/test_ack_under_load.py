@@ -3,8 +3,9 @@
 The store writes a run's steps one after another on its worker thread; an accepted command or
 click is written (its replay check, its work row) on a lane of its own, whose writes take the
 database's write lock first. Here the worker is held busy with a run's writes queued behind
-it: a signed slash command and a signed click are answered, and the click is on disk as work,
-before any of those writes lands. No timing thresholds (those are in bench/).
+it: signed slash commands (one reading the store) and a signed click are answered, and the
+click is on disk as work, before any of those writes lands. No timing thresholds (those are
+in bench/).
 """
 
 from __future__ import annotations
@@ -99,12 +100,15 @@ async def test_command_and_click_are_acked_while_a_run_keeps_the_store_busy(
 
             help_status, help_text = await asyncio.wait_for(
                 post(slash_command_body("help", "U0ALICE", response_url=respond)), 30)
+            listed = await asyncio.wait_for(
+                post(slash_command_body("incidents", "U0ALICE", response_url=respond)), 30)
             click_status, _ = await asyncio.wait_for(post(block_actions_body(
                 "opsbot.approve", "no-such-token", "U0ALICE", CHANNEL, "1700000000.000100",
                 response_url=respond)), 30)
             # answered, and the click is stored as work, while none of the run's writes landed
             assert (help_status, click_status) == (200, 200)
             assert "incident response" in help_text
+            assert listed[0] == 200 and "No incidents." in listed[1]  # read on the lane
             assert not busy.done() and not any(q.done() for q in queued)
             assert audited(served.db, "step.finished") == 0
             assert work_rows(served.db) == [("click", "pending")]
