@@ -4,7 +4,8 @@ State lives here, not in memory: open incidents, pending approvals and Slack mes
 survive a restart. Writes run in explicit transactions that hold the database's one write lock
 (`BEGIN IMMEDIATE` on SQLite, a transaction-level advisory lock on PostgreSQL), so several opsbot
 processes on one database (replicas, a terminal `opsbot run`) keep the audit chain whole.
-`AsyncStore` runs every call on one worker thread, off the event loop.
+`AsyncStore` runs every call on one worker thread, off the event loop; its `lane()` is a second
+connection and thread for the request path, so that an answer never queues behind a run's writes.
 """
 
 from __future__ import annotations
