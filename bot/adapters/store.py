@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from bot.adapters.sql import (
-    DB_ERRORS,
     LEASE,
     Conn,
     Database,
@@ -34,6 +33,7 @@ from bot.adapters.sql import (
     add_column,
     create_index,
     create_table,
+    db_errors,
     one_line,
     open_database,
     shown_target,
@@ -255,7 +255,7 @@ class Store:
         self.audit_key = audit_key
         try:
             self.db = open_database(self.path, synchronous=synchronous, lock=lock)
-        except DB_ERRORS as exc:
+        except db_errors() as exc:
             raise StoreError(f"cannot open the database {shown_target(self.path)}: "
                              f"{one_line(exc)}") from None
         try:
@@ -264,7 +264,7 @@ class Store:
             # a replica id with a lease (renewed by a heartbeat) on a shared server
             self.owner = os.getpid() if self.db.dialect == "sqlite" else \
                 self.db.register_replica(socket.gethostname(), utcnow())
-        except DB_ERRORS as exc:
+        except db_errors() as exc:
             self.db.close()
             raise StoreError(f"cannot open the database {self.db.target}: {one_line(exc)}") \
                 from None
@@ -351,7 +351,7 @@ class Store:
             with self.tx() as conn:
                 conn.execute(UPSERT_META, ('healthcheck', utcnow()))
             return True
-        except DB_ERRORS:
+        except db_errors():
             return False
 
     # -- audit ----------------------------------------------------------------------------
