@@ -72,8 +72,10 @@ def load_definitions(settings: Settings) -> tuple[Catalog, Inventory]:
     return catalog, inventory
 
 
-def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
-    """Everything one process needs. Must be called inside a running event loop."""
+def build(settings: Settings, *, out: TextIO | None = None,
+          export_metrics: bool = True) -> Runtime:
+    """Everything one process needs. Must be called inside a running event loop.
+    `export_metrics=False` (terminal commands, which serve no /metrics) keeps no figures."""
     redact_logs()
     catalog, inventory = load_definitions(settings)
     store = AsyncStore(Store(settings.db, audit_key=settings.audit_key, synchronous="NORMAL"))
@@ -87,7 +89,7 @@ def build(settings: Settings, *, out: TextIO | None = None) -> Runtime:
         transport = SlackTransport(web_client(settings, retries=False), settings.channel or "")
     else:
         transport = ConsoleTransport(out)
-    metrics = Metrics()
+    metrics = Metrics(exported=export_metrics)
     outbox = Outbox(store, transport, metrics)
     outbox.start()
     reporter = Reporter(store, outbox, approvers=settings.approvers)

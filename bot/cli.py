@@ -200,7 +200,7 @@ def _prompt_approver(yes: bool, user: str) -> Any:
 async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> int:
     from bot.app import build
 
-    rt = build(settings, out=sys.stderr if quiet else None)
+    rt = build(settings, out=sys.stderr if quiet else None, export_metrics=False)
     try:
         return int(await fn(rt))
     finally:
