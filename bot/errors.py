@@ -33,3 +33,8 @@ class IngestError(BotError):
 
 class NotFound(BotError):
     """An incident, runbook or approval that was asked for does not exist."""
+
+
+class TemplateFailed(BotError):
+    """A runbook template or `when` condition failed to render (an undefined name, a sandbox
+    refusal, bad syntax): Jinja's own error, with its message."""

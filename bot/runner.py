@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from jinja2 import TemplateError
-
+from bot.errors import TemplateFailed
 from bot.executors import KINDS, ExecContext, StepKind
 from bot.models import (
     Cause,
@@ -214,13 +213,13 @@ class Runner:
             if step.when:
                 try:
                     wanted = evaluate(step.when, context)
-                except TemplateError as exc:
+                except TemplateFailed as exc:
                     wanted, report.error = False, f"step {step.id}: condition failed: {exc}"
                 if not wanted:
                     continue
             try:
                 rendered = render_step(step, Phase.DIAGNOSTIC, host, context)
-            except TemplateError as exc:
+            except TemplateFailed as exc:
                 report.error = f"step {step.id}: cannot render: {exc}"
                 continue
             result, evidence = await self.execute(step, rendered, host, listener)
@@ -250,7 +249,7 @@ class Runner:
             if step is not None and step.when:  # e.g. its target must exist on the host
                 try:
                     offered = evaluate(step.when, context)
-                except TemplateError as exc:
+                except TemplateFailed as exc:
                     offered, report.error = False, f"step {step_id}: condition failed: {exc}"
                 if not offered:
                     report.advice.append(f"{step_id} is not offered: its target is not on "
@@ -259,7 +258,7 @@ class Runner:
             try:
                 report.proposals.append(self.propose(runbook, step_id, report.host,
                                                      report.params, top.cause, context))
-            except TemplateError as exc:
+            except TemplateFailed as exc:
                 report.advice.append(f"{step_id} could not be rendered: {exc}")
 
     def propose(self, runbook: Runbook, step_id: str, host: Host, params: Mapping[str, Any],

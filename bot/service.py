@@ -14,16 +14,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-from jinja2 import TemplateError
+from typing import TYPE_CHECKING, Any
 
 from bot.adapters.sql import DB_ERRORS
 from bot.adapters.store import HANDOVER, AsyncStore, Notification, Row
 from bot.alertqueue import AlertQueue
 from bot.config import Settings
-from bot.discovery import Chain, discover
-from bot.errors import BotError, InventoryError, NotFound
+from bot.errors import BotError, InventoryError, NotFound, TemplateFailed
 from bot.ingest import alert_host
 from bot.inventory import Inventory
 from bot.logtime import Clock
@@ -44,6 +41,9 @@ from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
 from bot.redact import redact
 from bot.runbooks import Catalog, Runbook
 from bot.runner import HostReport, Proposal, Runner, render_context, render_step
+
+if TYPE_CHECKING:  # discovery (and its nginx parser) loads when a run first needs it
+    from bot.discovery import Chain
 
 log = logging.getLogger("opsbot")
 
@@ -435,6 +435,8 @@ class Opsbot:
         async def run(command: str, timeout: float) -> ExecOutput:
             return await ssh.run(host, command, timeout)
 
+        from bot.discovery import discover
+
         return await discover(run, host.name, url, sudo=sudo,
                               nginx_conf=host.vars.get("opsbot_nginx_conf"), fallback=fallback,
                               own_names=(host.name, host.address))
@@ -551,7 +553,7 @@ class Opsbot:
             for step in steps:
                 try:
                     shown = render_step(step, phase, host, context).display
-                except TemplateError as exc:
+                except TemplateFailed as exc:
                     shown = f"(rendered at run time: {exc})"
                 cond = f"  [when {step.when}]" if step.when else ""
                 approval = "  [needs approval]" if phase is Phase.REMEDIATION else ""

@@ -1,0 +1,47 @@
+"""Templates: a text with no Jinja syntax is used as Jinja itself renders it, without Jinja."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from jinja2 import StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from bot import templates
+from bot.errors import TemplateFailed
+
+PLAIN = ["", "\n", "cat /proc/loadavg", "cat /proc/loadavg\n", "a\n\n", "a\r\nb\rc\n",
+         "tail -n 40 /var/log/nginx/error.log\r\n", "  spaced  \n\n\n", "x\x0by\x1cz\u2028w",
+         "echo %s $HOME `id` 'q' \"d\" }} %} #}"]
+
+
+@pytest.mark.parametrize("text", PLAIN)
+@pytest.mark.parametrize("shell", [False, True])
+def test_plain_text_renders_as_jinja_renders_it(text: str, shell: bool) -> None:
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    assert templates.render(text, {}, shell=shell) == env.from_string(text).render()
+    assert templates.check_template(text, shell=shell) is None
+    assert templates.template_names(text) == set()
+
+
+def test_values_are_shell_quoted_and_errors_are_template_failed() -> None:
+    assert templates.render("cat {{ path }}", {"path": "a b;rm"}, shell=True) == "cat 'a b;rm'"
+    assert templates.render("{{ n }}", {"n": "a b"}, shell=False) == "a b"
+    with pytest.raises(TemplateFailed, match="'missing' is undefined"):
+        templates.render("cat {{ missing }}", {}, shell=True)
+    with pytest.raises(TemplateFailed):
+        templates.evaluate("steps.x.ok and", {})
+    assert templates.evaluate("n > 1", {"n": 2}) is True
+    assert templates.check_template("{{ x ", shell=False) is not None
+
+
+def test_a_plain_command_never_loads_jinja() -> None:
+    code = ("import sys\nfrom bot import templates\n"
+            "assert templates.render('uptime\\n', {}, shell=True) == 'uptime'\n"
+            "assert templates.check_template('uptime', shell=True) is None\n"
+            "print('jinja2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
