@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bot.adapters.sql import DB_ERRORS
+from bot.adapters.sql import db_errors
 from bot.adapters.store import HANDOVER, AsyncStore, Notification, Row
 from bot.alertqueue import AlertQueue
 from bot.config import Settings
@@ -301,7 +301,7 @@ class Opsbot:
                                                                              asyncio.Lock()))
             try:
                 recorded = await self.store.ingest_many([p.notification for p in plans])
-            except DB_ERRORS:
+            except db_errors():
                 if len(batch) == 1:
                     raise
                 log.exception("recording %d notifications together failed; one by one now",
