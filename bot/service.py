@@ -123,6 +123,8 @@ class Opsbot:
         self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
         self.accepting = True  # False once stopping: no new work is started
         self.intake_busy: Callable[[], bool] = lambda: False  # webhooks are being answered
+        # answers a resumed slash command (its work payload, a line); set by the Slack adapter
+        self.answer_resumed: Callable[[Mapping[str, Any], str], Awaitable[None]] | None = None
         self._alerts: AlertQueue | None = None
 
     # -- background work ------------------------------------------------------------------
@@ -227,7 +229,10 @@ class Opsbot:
                                        operator=bool(p.get("operator")))
 
         async def say(text: str) -> None:
-            log.info("resumed command of %s: %s", p["user"], text)
+            if self.answer_resumed is not None:  # the user asked in Slack: answer them there
+                await self.answer_resumed(p, text)
+            else:
+                log.info("resumed command of %s: %s", p["user"], text)
 
         if answer.later is not None:
             await answer.later(say)

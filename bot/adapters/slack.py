@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -301,6 +301,7 @@ class SlackInbound:
         self.client = client
         self.operators = Operators(settings.operators, client)
         self._session: ClientSession | None = None  # follow-ups: connections kept and reused
+        bot.answer_resumed = self.answer_resumed
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -343,9 +344,10 @@ class SlackInbound:
                 except BotError as exc:
                     await say(str(exc).splitlines()[0])
 
-            # recorded before the ack: if opsbot dies now, the next start does it
-            await self.bot.submit("command", {"text": text, "user": user,
-                                              "operator": operator}, work)
+            # recorded before the ack: if opsbot dies now, the next start does it, and answers
+            # through the same response_url (a secret: it stays in the work row, never logged)
+            await self.bot.submit("command", {"text": text, "user": user, "operator": operator,
+                                              "response_url": url, "channel": channel}, work)
         return _ephemeral(answer.now)
 
     async def block_actions(self, payload: dict[str, Any]) -> Reply:
@@ -382,18 +384,30 @@ class SlackInbound:
                                         "via": "slack", "channel": channel, "ts": ts}, work)
         return None
 
+    async def answer_resumed(self, work: Mapping[str, Any], text: str) -> None:
+        """The answer of a slash command that an earlier process accepted and did not finish
+        (opsbot restarted, or another replica died): to the user who asked, where they asked."""
+        await self._respond(_str(work.get("response_url")), f"(after a restart) {text}",
+                            channel=_str(work.get("channel")), user=_str(work.get("user")))
+
     async def _respond(self, url: str, text: str, *, channel: str = "", user: str = "") -> None:
         """An ephemeral follow-up through the request's response_url; without one (workflow
-        commands), chat.postEphemeral to the user in the channel; else it is only logged."""
+        commands) or when it refuses (expired), chat.postEphemeral to the user in the channel;
+        else it is only logged."""
         try:
             if url:
                 if self._session is None or self._session.closed:
                     self._session = ClientSession(timeout=ClientTimeout(total=30))
-                await AsyncWebhookClient(url, session=self._session).send(
+                sent = await AsyncWebhookClient(url, session=self._session).send(
                     text=text, response_type="ephemeral", replace_original=False)
-            elif channel and user and self.client is not None:
+                if sent.status_code == 200:
+                    return
+                # expired (Slack honours one for 30 minutes and 5 answers): say it in the channel
+                log.warning("a response_url refused a follow-up answer (HTTP %d)",
+                            sent.status_code)
+            if channel and user and self.client is not None:
                 await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
-            else:
+            elif not url:
                 log.info("no response_url to answer with: %s", text)
         except (OSError, ValueError, SlackApiError) as exc:
             log.warning("a follow-up answer could not be sent: %s", exc)

@@ -25,7 +25,7 @@ from bot.adapters.store import RUNNING_PHASES, Store
 from tests.botfixtures import ALERT_TOKEN, CHANNEL, alert_payload, bot_env, run_cli
 from tests.fakeslack import FakeSlack, Msg
 from tests.lab import WebLab, free_port
-from tests.slacksign import click_body, sign
+from tests.slacksign import click_body, sign, slash_command_body
 
 pytestmark = pytest.mark.lab
 
@@ -226,3 +226,37 @@ async def test_sigterm_stops_taking_work_marks_the_rest_and_exits_0(
         await slack.wait_for(lambda s: approve_buttons(s), timeout=60)
         assert store.get_incident(1).phase == "awaiting approval"
         assert await bot.stop() == 0
+
+
+async def test_slash_command_cut_by_kill_9_is_answered_after_restart(
+        tmp_path: Path, slack: FakeSlack, healthy_web: WebLab, inventory_file: Path,
+        known_hosts_file: Path) -> None:
+    """A `run` accepted (answered "Running…") when opsbot dies is done by the next start, and
+    its answer reaches the user through the command's response_url, not only the log."""
+    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file)
+    bot = Serve(env, tmp_path / "serve.log")
+    healthy_web.stop_backend()
+    response_url = slack.response_url(channel=CHANNEL, user="U0ALICE")
+    body = slash_command_body("run nginx-502 web01", response_url=response_url)
+    async with aiohttp.ClientSession() as http:
+        await bot.start(http)
+        async with http.post(f"{bot.url}/slack/events", data=body,
+                             headers=sign("signing-secret-for-tests", body)) as resp:
+            assert resp.status == 200
+            assert "Running nginx-502 on web01" in (await resp.json())["text"]
+        await bot.kill9()  # the run has barely started: its answer was never sent
+        assert not [r for r in slack.responses if r.url == response_url]
+        await bot.start(http)
+        answers = await slack.wait_for(
+            lambda s: [r for r in s.responses if r.url == response_url], timeout=90)
+        assert len(answers) == 1 and answers[0].response_type == "ephemeral"
+        assert answers[0].text.startswith("(after a restart) nginx-502 on web01: done, see INC-")
+        assert answers[0].user == "U0ALICE"
+        assert await bot.stop() == 0
+    # the response_url is a secret: not in the log, the audit records or an export
+    log = (tmp_path / "serve.log").read_text()
+    assert response_url not in log and "Traceback" not in log
+    store = Store(env["OPSBOT_DB"])
+    assert not [r for r in store.audit_records() if response_url in json.dumps(r)]
+    export = await run_cli(env, "export", "INC-1", "--format", "json")
+    assert export.returncode == 0 and response_url not in export.stdout
