@@ -728,6 +728,10 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # systemd's core dump of a service (a public issue's journal, xmrig, 2020)
     ("journal", "Aug 22 19:13:32 WorkStation systemd[1]: xmrig@xmrig.service: Main process "
      "exited, code=dumped, status=11/SEGV", "upstream_crashloop", None),
+    # uWSGI reading "GET " as its own header: nginx proxy_passes HTTP to a uwsgi socket
+    # (quoted in many public notes; 21573 = 0x5445, the "ET" of "GET " little-endian)
+    ("app_logs", "invalid request block size: 21573 (max 4096)...skip", "wrong_proxy_config",
+     "http_to_uwsgi_socket"),
     # ASP.NET Core host failing to bind (quoted in a public project's test data)
     ("docker_logs", "[backend] Unhandled exception. System.AggregateException: One or more host "
      "shutdown operations failed. (Failed to bind to address http://127.0.0.1:35005: address "
