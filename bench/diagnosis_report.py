@@ -370,9 +370,13 @@ now; nothing is proposed.
 
 **Finer causes.** A cause may carry `detail` (in `--json` too): a recurring cause outside the
 contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
-`proxy_buffers_too_small`, `uwsgi_buffer_size_too_small`, `ipv6_localhost`,
+`proxy_buffers_too_small`, `uwsgi_buffer_size_too_small`, `http_to_uwsgi_socket`,
+`ipv6_localhost`, `backend_listens_on_loopback`, `port_mismatch`, `socket_path_mismatch`,
 `stale_upstream_address`, `inodes_exhausted`, `certificate_chain_untrusted`,
-`port_already_in_use`), with its own advice first in `remediation`.
+`privileged_port_denied`, `database_not_initialised`, `listen_backlog_full` under their labels;
+`port_already_in_use`, `stale_unix_socket`, `stale_pid_file`, `exec_failed` under
+`upstream_crashloop`, where the labelling guideline puts them; `too_many_open_files`,
+`inotify_watches_exhausted` under `unknown`), with its own advice first in `remediation`.
 
 `evidence` maps a step id to the raw text the step printed, or to a JSON object or list (docker
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.
