@@ -732,6 +732,13 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (quoted in many public notes; 21573 = 0x5445, the "ET" of "GET " little-endian)
     ("app_logs", "invalid request block size: 21573 (max 4096)...skip", "wrong_proxy_config",
      "http_to_uwsgi_socket"),
+    # Apache httpd's mod_proxy in front instead of nginx (public notes, 2017 and 2021)
+    ("nginx_error_log", "[Tue Mar 28 11:12:30.125717 2017] [proxy:error] [pid 15:tid "
+     "140521397745408] (111)Connection refused: AH00957: HTTP: attempt to connect to "
+     "127.0.0.1:1337 (localhost) failed", "upstream_down", None),
+    ("nginx_error_log", "[Thu Mar 25 18:53:07.457268 2021] [proxy_fcgi:error] [pid 13295] "
+     "(70007)The timeout specified has expired: [client ::1:54684] AH01075: Error dispatching "
+     "request to : (polling)", "upstream_timeout", None),
     # ASP.NET Core host failing to bind (quoted in a public project's test data)
     ("docker_logs", "[backend] Unhandled exception. System.AggregateException: One or more host "
      "shutdown operations failed. (Failed to bind to address http://127.0.0.1:35005: address "
