@@ -111,7 +111,9 @@ def _process_figures(rt: Runtime) -> dict[str, float]:
             "background_tasks": len(rt.bot.tasks),
             "live_incidents": sum(1 for n in rt.bot.live.values() if n),
             "ssh_connects": rt.ctx.ssh.connects if rt.ctx._ssh else 0,
-            "webhook_batches": rt.intake.batches}
+            "webhook_batches": rt.intake.batches,
+            "alert_batches": rt.bot.alert_batches,
+            "alerts_queued": rt.bot.alerts_queued}
 
 
 async def slack_disabled(request: web.Request) -> web.Response:

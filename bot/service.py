@@ -275,6 +275,16 @@ class Opsbot:
         return count
 
     # -- alerts ---------------------------------------------------------------------------
+    @property
+    def alert_batches(self) -> int:
+        """Batches of answered webhooks processed so far."""
+        return self._alerts.batches if self._alerts is not None else 0
+
+    @property
+    def alerts_queued(self) -> int:
+        """Answered webhooks waiting to be processed."""
+        return len(self._alerts) if self._alerts is not None else 0
+
     def accept_alert(self, group: AlertGroup, webhook_id: int) -> None:
         """An answered webhook, processed in the background (bot.alertqueue: in batches, after
         the burst being answered). Its work row makes it survive a crash meanwhile."""

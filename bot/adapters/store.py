@@ -11,6 +11,7 @@ connection and thread for the request path, so that an answer never queues behin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import json
@@ -1144,8 +1145,10 @@ class AsyncStore:
 class WebhookIntake:
     """Webhooks recorded by group commit: requests that arrive while a transaction is being
     written wait together for the next one, so a storm costs one fsync per batch, not one per
-    payload. It has its own connection and thread, so a queue of other store work never delays
-    an answer to Alertmanager; each caller is answered only once its row is on disk."""
+    payload. A batch the store refuses is written again one webhook per transaction, so that a
+    webhook the store cannot keep is the only one answered 503. It has its own connection and
+    thread, so a queue of other store work never delays an answer to Alertmanager; each caller
+    is answered only once its row is on disk."""
 
     MAX_BATCH = 500
 
@@ -1188,20 +1191,31 @@ class WebhookIntake:
         while self._queue:
             batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
             try:
-                ids = await self.store.call(self.store.sync.record_webhooks,
-                                            [item for item, _ in batch])
-            except BaseException as exc:  # every waiting caller hears it (a 503 each)
+                await self._commit(batch)
+            except Exception:  # a webhook the store refuses: the others each on their own
+                if len(batch) == 1:
+                    continue  # its caller heard it (a 503): never written after that
+                for one in batch:
+                    with contextlib.suppress(Exception):  # that caller hears it (a 503)
+                        await self._commit([one])
+
+    async def _commit(self, batch: list[tuple[WebhookIn, asyncio.Future[int]]]) -> None:
+        """One transaction for the batch; each caller gets its webhook's id, or, when the
+        transaction fails, the error (a 503 each: nothing of the batch was written)."""
+        try:
+            ids = await self.store.call(self.store.sync.record_webhooks,
+                                        [item for item, _ in batch])
+        except BaseException as exc:
+            if len(batch) == 1 or not isinstance(exc, Exception):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc if isinstance(exc, Exception)
                                              else StoreError("stopped"))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            self.batches += 1
-            for (_, future), webhook_id in zip(batch, ids, strict=True):
-                if not future.done():
-                    future.set_result(webhook_id)
+            raise
+        self.batches += 1
+        for (_, future), webhook_id in zip(batch, ids, strict=True):
+            if not future.done():
+                future.set_result(webhook_id)
 
     def close(self) -> None:
         self.store.close()

@@ -5,7 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.adapters.store import Store
+from bot.adapters.sql import DB_ERRORS, is_postgres_url
+from bot.adapters.store import Notification, Store, WebhookIn
 from tests.storebackends import raw_sql
 
 
@@ -250,3 +251,76 @@ def test_urgent_writers_take_the_write_lock_before_waiting_ones() -> None:
     for t in threads:
         t.join(10)
     assert order == ["ack", "run-1", "run-2", "first holder again"]
+
+
+def _notification(webhook_id: int, group: str, alert: str) -> Notification:
+    return Notification(webhook_id, group, title=f"{alert} on web01", labels={"host": "web01"},
+                        runbook=None, hosts=(), notes=("no runbook",),
+                        alerts=({"fingerprint": alert, "name": alert, "status": "firing",
+                                 "labels": {"alertname": alert}, "annotations": {},
+                                 "starts_at": "", "ends_at": None},),
+                        actor="alertmanager", idle_phase="not diagnosed")
+
+
+def test_a_batch_of_webhooks_is_one_transaction_with_an_unbroken_audit_chain(
+        store: Store) -> None:
+    store.audit("before", "tester")
+    ids = store.record_webhooks([WebhookIn("alertmanager", b'{"n": %d}' % i, "127.0.0.1")
+                                 for i in range(30)] +
+                                [WebhookIn("alertmanager", b"[", "127.0.0.1", rejected="bad")])
+    assert ids == sorted(ids) and len(set(ids)) == 31
+    rows = store.db.query("SELECT id, outcome FROM webhooks ORDER BY id")
+    assert [r["outcome"] for r in rows] == ["received"] * 30 + ["rejected: bad"]
+    assert store.db.execute("SELECT count(*) FROM work WHERE status = 'pending'"
+                            ).fetchone()[0] == 30
+    audit = [r for r in store.audit_records() if r["action"] == "webhook.received"]
+    assert [json.loads(r["detail"])["webhook_id"] for r in audit] == ids
+    store.audit("after", "tester")
+    report = store.verify_audit()
+    assert report.ok and report.checked == 33
+
+
+def test_notifications_of_many_groups_are_recorded_together_in_order(store: Store) -> None:
+    ids = store.record_webhooks([WebhookIn("alertmanager", b"{}", "") for _ in range(4)])
+    done = store.ingest_many([_notification(ids[0], "g1", "A"), _notification(ids[1], "g2", "B"),
+                              _notification(ids[2], "g1", "C"),  # the same group again
+                              _notification(ids[3], "g3", "D")])
+    assert [(inc.group_key, how) for inc, how in done] == [
+        ("g1", "opened"), ("g2", "opened"), ("g1", "joined"), ("g3", "opened")]
+    assert done[0][0].id == done[2][0].id and done[0][0].phase == "not diagnosed"
+    assert [r["name"] for r in store.alerts_of(done[0][0].id)] == ["A", "C"]
+    assert store.db.execute("SELECT count(*) FROM work WHERE status = 'pending'"
+                            ).fetchone()[0] == 0
+    assert [r["outcome"] for r in store.db.query("SELECT outcome FROM webhooks ORDER BY id")] \
+        == ["opened", "opened", "joined", "opened"]
+    assert [r["action"] for r in store.audit_records()][-3:] == ["incident.opened"] * 3
+    assert store.verify_audit().ok
+
+
+def refuse_alerts_named(target: str, name: str) -> None:
+    """A trigger that makes the database refuse one alert row (as a broken disk would)."""
+    if is_postgres_url(target):
+        raw_sql(target, "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                        "'refused'; END $$ LANGUAGE plpgsql")
+        raw_sql(target, f"CREATE TRIGGER refuse BEFORE INSERT ON alerts FOR EACH ROW WHEN "
+                        f"(NEW.name = '{name}') EXECUTE FUNCTION refuse()")
+    else:
+        raw_sql(target, f"CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.name = "
+                        f"'{name}' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+
+
+def test_a_batch_the_database_refuses_leaves_nothing_of_it(store: Store, db_target: str) -> None:
+    ids = store.record_webhooks([WebhookIn("alertmanager", b"{}", "") for _ in range(3)])
+    before = store.verify_audit().checked
+    refuse_alerts_named(db_target, "C")
+    with pytest.raises(DB_ERRORS):
+        store.ingest_many([_notification(ids[0], "g1", "A"), _notification(ids[1], "g2", "B"),
+                           _notification(ids[2], "g3", "C")])
+    assert store.db.execute("SELECT count(*) FROM incidents").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM alerts").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM work WHERE status = 'pending'"
+                            ).fetchone()[0] == 3
+    report = store.verify_audit()
+    assert report.ok and report.checked == before
+    done = store.ingest_many([_notification(ids[0], "g1", "A")])  # the others go on alone
+    assert done[0][1] == "opened" and store.verify_audit().ok
