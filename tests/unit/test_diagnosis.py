@@ -636,6 +636,9 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
      "upstream_crashloop", None),
     # php-fpm's master: "child N exited on signal 11 (SIGSEGV - core dumped)"
     ("upstream_crashloop--a-phalcon-opcache-segfault", "app_logs", "upstream_crashloop", None),
+    # compose's "nginx-1 |" prefix: an nginx-only container dialing its own 127.0.0.1:9000
+    ("wrong_proxy_config--f-vvveb-compose-nginx-fastcgi-to-own-loopback", "docker_logs",
+     "wrong_proxy_config", "loopback_inside_container"),
     # a timeout line wrapped after "while" in the thread still reads as a timeout
     ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
      "upstream_timeout", None),
