@@ -150,6 +150,12 @@ async def _timeline(bot: Opsbot, args: list[str], user: str) -> Answer:
             f"{incident.ref}-timeline.{fmt}"
         await bot.reporter.upload(incident.id, name, content, f"{incident.ref} {fmt}"
                                   if fmt == "postmortem" else f"{incident.ref} timeline ({fmt})")
+        if fmt == "postmortem":  # the draft's timeline chart, as an image next to it
+            from bot.postmortem import chart_png
+
+            png = await bot.store.call(chart_png, bot.store.sync, incident)
+            await bot.reporter.upload(incident.id, f"{incident.ref}-timeline.png", png,
+                                      f"{incident.ref} timeline chart")
         await respond(f"Timeline of {incident.ref} uploaded to its thread.")
 
     return Answer(f"Exporting {incident.ref} as {fmt}…", later)

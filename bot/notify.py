@@ -74,8 +74,10 @@ class ConsoleTransport:
     async def deliver(self, item: Outgoing) -> Delivered:
         if item.upload is not None:
             filename, content, title = item.upload
+            size = f"{len(content)} characters" if isinstance(content, str) else \
+                f"{len(content)} bytes"
             self._print(item.incident, Message(
-                text=f"📎 {title} ({filename}, {len(content)} characters; `opsbot export "
+                text=f"📎 {title} ({filename}, {size}; `opsbot export "
                      f"{item.incident.ref}` has it all)"))
             return Delivered(None, None, updated=False)
         assert item.message is not None
@@ -154,7 +156,8 @@ class Reporter:
         await self.post(incident_id, key or f"note:{next(_keys)}",
                         render.note_message(text))
 
-    async def upload(self, incident_id: int, filename: str, content: str, title: str) -> None:
+    async def upload(self, incident_id: int, filename: str, content: str | bytes,
+                     title: str) -> None:
         await self.outbox.upload(incident_id, f"file:{next(_keys)}", filename, content,
                                  title)
 

@@ -11,6 +11,7 @@ of a process that died are taken over by the next server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import contextvars
 import logging
@@ -40,7 +41,7 @@ class Outgoing:
     key: str  # "root", a thread message's key, or an upload's
     message: Message | None = None
     ts: str | None = None  # the message's ts once posted: then it is updated
-    upload: tuple[str, str, str] | None = None  # filename, content, title
+    upload: tuple[str, str | bytes, str] | None = None  # filename, content (text or bytes), title
     maybe_sent: bool = False  # an earlier try may have reached Slack
 
     @property
@@ -122,10 +123,14 @@ class Outbox:
                 await self.store.enqueue_many(collected.rows)
                 self._wake.set()
 
-    async def upload(self, incident_id: int, key: str, filename: str, content: str,
+    async def upload(self, incident_id: int, key: str, filename: str, content: str | bytes,
                      title: str) -> None:
+        """A file for the incident's thread: text, or bytes (an image), kept in the row as
+        base64."""
+        data = {"content": content} if isinstance(content, str) else \
+            {"content_base64": base64.b64encode(content).decode("ascii")}
         await self.store.enqueue(incident_id, key, "upload",
-                                 {"filename": filename, "content": content, "title": title})
+                                 {"filename": filename, "title": title, **data})
         self._wake.set()
 
     # -- sending -------------------------------------------------------------------------------
@@ -197,8 +202,9 @@ class Outbox:
         self._backoff = BACKOFF_FIRST
         content = row["content"]
         if item.upload:
-            audit = {"filename": content["filename"], "sha256": sha256_hex(content["content"]),
-                     "characters": len(content["content"])}
+            data = item.upload[1]
+            audit = {"filename": content["filename"], "sha256": sha256_hex(data),
+                     "characters" if isinstance(data, str) else "bytes": len(data)}
         else:
             audit = {"key": item.key, "ts": done.ts or item.ts, "text": content["text"][:300],
                      "sha256": sha256_hex(canonical_json([content["text"], content["blocks"]]))}
@@ -209,8 +215,11 @@ class Outbox:
         incident, ts = await self.store.outbox_target(row)
         content: Mapping[str, Any] = row["content"]
         if row["kind"] == "upload":
+            data: str | bytes = content["content"] if "content" in content else \
+                base64.b64decode(content["content_base64"])
             return Outgoing(row["id"], incident, row["key"],
-                            upload=(content["filename"], content["content"], content["title"]))
+                            upload=(content["filename"], data, content["title"]),
+                            maybe_sent=bool(row["maybe_sent"]))
         msg = Message(text=content["text"], blocks=content["blocks"],
                       detail=content.get("detail", ""))
         return Outgoing(row["id"], incident, row["key"], message=msg, ts=ts,

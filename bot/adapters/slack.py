@@ -147,10 +147,14 @@ class SlackTransport:
         incident = item.incident
         if item.upload is not None:
             filename, content, title = item.upload
-            await self.client.files_upload_v2(channel=incident.channel or self.channel,
-                                              thread_ts=incident.thread_ts, content=content,
-                                              filename=filename, title=title)
-            return Delivered(incident.channel or self.channel, None, updated=False)
+            channel = incident.channel or self.channel
+            if item.maybe_sent and await self._find_uploaded(item, channel):
+                log.info("%s: %s had been uploaded already; not uploaded again",
+                         incident.ref, filename)
+                return Delivered(channel, None, updated=False)
+            await self.client.files_upload_v2(channel=channel, thread_ts=incident.thread_ts,
+                                              content=content, filename=filename, title=title)
+            return Delivered(channel, None, updated=False)
         msg = item.message
         assert msg is not None
         if item.ts:  # posted before: an update, idempotent (the latest state wins)
@@ -175,6 +179,22 @@ class SlackTransport:
         resp = await self._send("chat_postMessage", msg, channel=channel, thread_ts=thread_ts,
                                 unfurl_links=False, metadata=metadata)
         return Delivered(str(resp["channel"]), str(resp["ts"]), updated=False)
+
+    async def _find_uploaded(self, item: Outgoing, channel: str) -> bool:
+        """A file this outbox row already shared (the answer to its upload was lost): one of
+        the same name, title and size in the thread (or the channel)."""
+        assert item.upload is not None
+        filename, content, title = item.upload
+        size = len(content.encode() if isinstance(content, str) else content)
+        thread_ts = item.incident.thread_ts
+        if thread_ts:
+            resp = await self.client.conversations_replies(channel=channel, ts=thread_ts,
+                                                           limit=200)
+        else:
+            resp = await self.client.conversations_history(channel=channel, limit=100)
+        return any(f.get("name") == filename and f.get("title") == title and
+                   f.get("size") == size
+                   for m in resp.get("messages") or [] for f in m.get("files") or [])
 
     async def _find_posted(self, outbox_id: int, channel: str, thread_ts: str | None) -> str | None:
         """The ts of a message this outbox row already posted (its answer was lost), if any:
