@@ -24,7 +24,7 @@ HELP = """*opsbot* — incident response in this channel
 • `diag <host>` — run the runbook that fits the host's open incident, or the first one
 • `incidents` — open and recent incidents
 • `status <INC-n>` — an incident's state, cause and approvals
-• `timeline <INC-n> [md|json|csv|postmortem]` — the timeline or a postmortem draft, uploaded
+• `timeline <INC-n> [md|json|csv|postmortem]` — the timeline, or a postmortem draft and chart
 • `resolve <INC-n>` — close an incident (cancels pending approvals)"""
 
 
