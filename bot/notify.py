@@ -35,7 +35,7 @@ class ConsoleTransport:
     def __init__(self, out: TextIO | None = None, *, detail_lines: int = 24) -> None:
         self.out = out or sys.stdout
         self.detail_lines = detail_lines
-        self._shown: set[tuple[int, str]] = set()
+        self._shown: dict[tuple[int, str], tuple[str, str]] = {}  # what each key last showed
         self.live = self.out.isatty()
         self._lives: dict[tuple[int, str], Any] = {}
 
@@ -81,13 +81,13 @@ class ConsoleTransport:
                      f"{item.incident.ref}` has it all)"))
             return Delivered(None, None, updated=False)
         assert item.message is not None
+        seen, now = (item.incident.id, item.key), (item.message.text, item.message.detail)
+        updated = seen in self._shown
         if item.key.startswith("progress:"):
             self._progress(item.incident, item.key, item.message)
-        else:
+        elif self._shown.get(seen) != now:  # an update that changes nothing is not printed again
             self._print(item.incident, item.message)
-        seen = (item.incident.id, item.key)
-        updated = seen in self._shown
-        self._shown.add(seen)
+        self._shown[seen] = now
         return Delivered(None, None, updated=updated)
 
     async def close(self) -> None:

@@ -93,3 +93,22 @@ def test_inventory_in_a_yaml_file_round_trip(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     out = opsbot(tmp_path, "run", "nginx-502", "nope", "--dry-run", OPSBOT_INVENTORY=str(path))
     assert out.returncode == 2 and "no host or group named 'nope'" in out.stderr
+
+
+async def test_console_prints_an_update_only_when_it_shows_something_new() -> None:
+    import io
+
+    from bot.models import Incident, IncidentStatus
+    from bot.notify import ConsoleTransport
+    from bot.outbox import Outgoing
+    from bot.render import Message
+
+    out = io.StringIO()
+    console = ConsoleTransport(out)
+    incident = Incident(1, "g", IncidentStatus.OPEN, "502", "2026-11-29T00:00:00Z")
+    texts = ["INC-1 · 502 — diagnosing", "INC-1 · 502 — mitigated", "INC-1 · 502 — mitigated"]
+    updated = [(await console.deliver(Outgoing(n, incident, "root", Message(text)))).updated
+               for n, text in enumerate(texts)]
+    assert updated == [False, True, True]
+    assert out.getvalue().splitlines() == ["[INC-1] INC-1 · 502 — diagnosing",
+                                           "[INC-1] INC-1 · 502 — mitigated"]
