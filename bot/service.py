@@ -175,10 +175,15 @@ class Opsbot:
 
     # -- work from the store ----------------------------------------------------------------
     async def submit(self, kind: str, payload: dict[str, Any],
-                     job: Callable[[], Awaitable[Any]]) -> None:
+                     job: Callable[[], Awaitable[Any]], *,
+                     seen: tuple[str, float] | None = None) -> bool:
         """A command or click: recorded before it is answered, done in the background, and
-        done again at the next start if this process dies first."""
-        work_id = await self.requests.add_work(kind, payload)
+        done again at the next start if this process dies first. `seen`: the request's replay
+        key, checked and remembered with the work row (one transaction); False, and nothing
+        done, when it was seen already."""
+        work_id = await self.requests.add_work(kind, payload, seen=seen)
+        if work_id is None:
+            return False
 
         async def tracked() -> None:
             try:
@@ -187,6 +192,7 @@ class Opsbot:
                 await self.store.finish_work(work_id, "done")
 
         self.spawn(tracked())
+        return True
 
     async def resume(self, up_to: int) -> None:
         """At start-up: finish what earlier processes accepted but did not do (work rows up to

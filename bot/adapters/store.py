@@ -444,8 +444,14 @@ class Store:
         return str(row[0]).encode("utf-8")
 
     # -- work: what was accepted and is not done yet ---------------------------------------
-    def add_work(self, kind: str, payload: Mapping[str, Any]) -> int:
+    def add_work(self, kind: str, payload: Mapping[str, Any], *,
+                 seen: tuple[str, float] | None = None) -> int | None:
+        """The work row of an accepted command or click. `seen`: the replay key of the request
+        that brought it (see first_use), remembered in the same transaction; None, and nothing
+        added, when that key is remembered already (a replay)."""
         with self.tx() as conn:
+            if seen is not None and not self._first_use(conn, *seen):
+                return None
             return self._insert(conn, "work", {"kind": kind, "payload": dict(payload),
                                                "status": "pending", "created_at": utcnow(),
                                                "attempts": 0, "owner": self.owner})
@@ -886,17 +892,20 @@ class Store:
         """Remember `key` (a signed request's signature) until `until` (epoch seconds): True
         the first time, False while it is remembered (a replay). Kept in the database, so a
         restart, or another replica on the same database, still knows it."""
-        now = datetime.now(UTC).timestamp()
         with self.tx() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"seen:{key}",)).fetchone()
-            if row and float(row[0]) >= now:
-                return False
-            conn.execute(UPSERT_META, (f"seen:{key}", repr(until)))
-            self._seen_writes += 1
-            if self._seen_writes % 100 == 1:  # now and then, forget what expired
-                conn.execute("DELETE FROM meta WHERE key >= 'seen:' AND key < 'seen;' "
-                             "AND CAST(value AS DOUBLE PRECISION) < ?", (now,))
-            return True
+            return self._first_use(conn, key, until)
+
+    def _first_use(self, conn: Conn, key: str, until: float) -> bool:
+        now = datetime.now(UTC).timestamp()
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"seen:{key}",)).fetchone()
+        if row and float(row[0]) >= now:
+            return False
+        conn.execute(UPSERT_META, (f"seen:{key}", repr(until)))
+        self._seen_writes += 1
+        if self._seen_writes % 100 == 1:  # now and then, forget what expired
+            conn.execute("DELETE FROM meta WHERE key >= 'seen:' AND key < 'seen;' "
+                         "AND CAST(value AS DOUBLE PRECISION) < ?", (now,))
+        return True
 
     # -- the Slack outbox -------------------------------------------------------------------
     def enqueue(self, incident_id: int, key: str, kind: str, content: Mapping[str, Any]) -> int:

@@ -324,3 +324,15 @@ def test_a_batch_the_database_refuses_leaves_nothing_of_it(store: Store, db_targ
     assert report.ok and report.checked == before
     done = store.ingest_many([_notification(ids[0], "g1", "A")])  # the others go on alone
     assert done[0][1] == "opened" and store.verify_audit().ok
+
+
+def test_a_click_and_its_replay_check_are_one_transaction(store: Store) -> None:
+    """The work row of a click and the remembered signature go together: a replay adds none."""
+    import time
+
+    until = time.time() + 60
+    first = store.add_work("click", {"token": "t"}, seen=("slack:v0=abc", until))
+    assert first is not None
+    assert store.add_work("click", {"token": "t"}, seen=("slack:v0=abc", until)) is None
+    assert not store.first_use("slack:v0=abc", until)  # the same key as a command's check
+    assert [r["id"] for r in store.db.query("SELECT id FROM work")] == [first]
