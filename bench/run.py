@@ -196,7 +196,8 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
     report.add(Figure(bench, "opsbot", "s", tuple(result["samples"]), Target(2.0),
                       note=f"discovery and {result['steps'] // n} steps per host; likely "
                            f"cause(s) found: {', '.join(result['causes']) or 'none'}; "
-                           f"{result['connects']} SSH connections for {rounds + 1} runs; "
+                           f"{result['connects']} SSH connections for {rounds + 1} runs, "
+                           f"{result['sessions']} SSH sessions per run; "
                            f"slowest steps (s): {result['slowest_steps']}"
                            + (f"; step errors: {result['errors']}" if result["errors"]
                               else "")))

@@ -5,7 +5,8 @@
 Builds the runtime as `opsbot serve` does, runs RUNBOOK on TARGET once to open the pooled SSH
 connections, then ROUNDS more times, each timed from the call to the end of its background work.
 Prints JSON: the samples (wall, and opsbot's own CPU seconds), how many SSH connections were
-opened, the slowest steps, and how the hosts fared.
+opened, the most SSH sessions (a shell each on the host) one run asked for, the slowest steps,
+and how the hosts fared.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 return outcome
 
             first = await once()
-            samples, cpu, longest = [], [], []
+            samples, cpu, longest, sessions = [], [], [], []
             for _ in range(rounds):
                 began, began_cpu = time.perf_counter(), time.process_time()
+                opened = rt.ctx.ssh.sessions
                 outcome = await once()
                 samples.append(time.perf_counter() - began)
                 cpu.append(time.process_time() - began_cpu)
+                sessions.append(rt.ctx.ssh.sessions - opened)
                 longest.append(max(s.duration for r in outcome.reports for s in r.results))
             errors = [f"{r.host.name}: {r.error or s.error}" for r in outcome.reports
                       for s in r.results if r.error or s.error]
@@ -56,7 +59,7 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                     slowest[s.step.step_id] = max(slowest.get(s.step.step_id, 0.0), s.duration)
             top = dict(sorted(slowest.items(), key=lambda kv: -kv[1])[:5])
             return {"samples": samples, "cpu": cpu, "longest_step": longest, "slowest_steps": top,
-                    "connects": rt.ctx.ssh.connects,
+                    "connects": rt.ctx.ssh.connects, "sessions": max(sessions),
                     "hosts": len(outcome.reports), "first": len(first.reports),
                     "steps": sum(len(r.results) for r in outcome.reports),
                     "causes": sorted({r.causes[0].cause for r in outcome.reports if r.causes}),

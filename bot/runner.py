@@ -10,8 +10,9 @@ import asyncio
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from bot.errors import TemplateFailed
@@ -29,8 +30,10 @@ from bot.models import (
 )
 from bot.redact import OFF_LOOP, bound, redact
 from bot.runbooks import Runbook, Step
-from bot.templates import evaluate
+from bot.templates import evaluate, template_names
 
+# a command's output, when it began (UTC, ISO) and its seconds: what discovery read
+Read = tuple[ExecOutput, str, float]
 EXCERPT_LIMIT = 16_000  # characters kept per step in the store
 EVIDENCE_LIMIT = 512_000  # characters of a step's output the diagnosis reads
 
@@ -170,6 +173,12 @@ def retryable(result: StepResult) -> bool:
     return bool(_RETRY_OUTPUT.search(result.output)) or result.exit_status in _CURL_TRANSIENT
 
 
+@lru_cache(maxsize=1024)
+def _reads_results(texts: tuple[str, ...]) -> bool:
+    """Does a step's template read what earlier steps found (facts, steps, listed)?"""
+    return any(template_names(t) & {"facts", "steps", "listed"} for t in texts)
+
+
 class Runner:
     def __init__(self, ctx: ExecContext) -> None:
         self.ctx = ctx
@@ -189,7 +198,12 @@ class Runner:
         except Exception as exc:  # an executor bug must not end the whole diagnosis
             out = ExecOutput(None, "", error=f"internal error in {step.kind} step: "
                                              f"{exc.__class__.__name__}: {exc}")
-        duration = time.monotonic() - t0
+        return await self._finish(step, rendered, out, started_at, time.monotonic() - t0,
+                                  handle, listener)
+
+    async def _finish(self, step: Step, rendered: RenderedStep, out: ExecOutput,
+                      started_at: str, duration: float, handle: Any,
+                      listener: StepListener) -> tuple[StepResult, Any]:
         if len(out.output) > OFF_LOOP:  # redacting and hashing a large output: off the loop
             result, clean = await asyncio.to_thread(make_result, step, rendered, out, started_at,
                                                     duration)
@@ -198,18 +212,101 @@ class Runner:
         await listener.step_finished(handle, result)
         return result, (out.data if out.data is not None else clean)
 
+    def _together(self, steps: Sequence[Step], start: int) -> list[Step]:
+        """The steps from `start` on that can run in one session of the host: of a kind that
+        batches, with no condition, and reading nothing an earlier step found (facts, steps,
+        listed). Fewer than two: none."""
+        group: list[Step] = []
+        for step in steps[start:]:
+            kind = self.kinds[step.kind]
+            if not kind.batches or step.when or (group and step.kind != group[0].kind) or \
+                    _reads_results(tuple(t for _, t, _ in kind.templates_of(step.params))):
+                break
+            group.append(step)
+        return group if len(group) > 1 else []
+
+    async def _run_together(self, group: Sequence[Step], host: Host, context: Mapping[str, Any],
+                            report: HostReport, listener: StepListener,
+                            reads: Mapping[str, Read]) -> list[tuple[Step, StepResult, Any]]:
+        """A group of `_together` steps in one session (StepKind.run_batch): each one still
+        started, timed, bounded, judged and recorded as a step of its own. A step whose
+        command discovery ran on the host moments before (`reads`) takes that output."""
+        todo: list[tuple[Step, RenderedStep]] = []
+        for step in group:
+            try:
+                todo.append((step, render_step(step, Phase.DIAGNOSTIC, host, context)))
+            except TemplateFailed as exc:
+                report.error = f"step {step.id}: cannot render: {exc}"
+        handles: dict[int, tuple[Any, str, float]] = {}
+        results: dict[int, tuple[Step, StepResult, Any]] = {}
+        for i, (step, rendered) in enumerate(todo):
+            read = reads.get(str(rendered.action.get("command"))) if rendered.kind == "ssh" \
+                else None
+            if read is not None:
+                out, began, took = read
+                handle = await listener.step_started(rendered)
+                result, evidence = make_result(step, rendered, out, began, took)
+                result = replace(result, facts={**result.facts, "read_by": "discovery"})
+                await listener.step_finished(handle, result)
+                results[i] = (step, result, evidence)
+        run = [i for i in range(len(todo)) if i not in results]
+
+        async def started(j: int) -> None:
+            handle = await listener.step_started(todo[run[j]][1])
+            handles[run[j]] = (handle, _now_iso(), time.monotonic())
+
+        async def finished(j: int, out: ExecOutput, duration: float) -> None:
+            i = run[j]
+            step, rendered = todo[i]
+            result, evidence = await self._finish(step, rendered, out, handles[i][1], duration,
+                                                  handles[i][0], listener)
+            results[i] = (step, result, evidence)
+
+        if run:
+            kind = self.kinds[todo[run[0]][0].kind]
+            backstop = sum(todo[i][1].timeout for i in run) + 15  # executors time each one
+            try:
+                await asyncio.wait_for(kind.run_batch(
+                    [(todo[i][1].action, todo[i][1].timeout) for i in run], host, started,
+                    finished), backstop)
+            except Exception as exc:  # a timeout of the backstop, or an executor bug
+                why = f"timed out after {backstop:g}s" if isinstance(exc, TimeoutError) else \
+                    f"internal error in {kind.name} step: {exc.__class__.__name__}: {exc}"
+                for j, i in enumerate(run):
+                    if i in results:
+                        continue
+                    if i not in handles:
+                        await started(j)
+                    out = ExecOutput(None, "", error=why, timed_out=isinstance(exc, TimeoutError))
+                    await finished(j, out, time.monotonic() - handles[i][2])
+        return [results[i] for i in sorted(results)]
+
     async def diagnose_host(self, runbook: Runbook, host: Host, params: Mapping[str, Any],
                             listener: StepListener, *, since: Any = None,
-                            found: Mapping[str, Any] | None = None) -> HostReport:
+                            found: Mapping[str, Any] | None = None,
+                            reads: Mapping[str, Read] | None = None) -> HostReport:
         """Run the checks, then rank causes. `since`: when the incident started (a datetime or
         a bot.logtime.Clock), so older log lines do not count; `found`: evidence gathered before
-        the checks (discovery's chain)."""
+        the checks (discovery's chain); `reads`: commands discovery ran, by command."""
         report = HostReport(host=host, params=params)
         report.evidence.update(found or {})
         done: dict[str, StepResult] = {}
         facts: dict[str, str] = {}
-        for step in runbook.steps:
+        steps, k = runbook.steps, 0
+        while k < len(steps):
+            step, k = steps[k], k + 1
             context = render_context(host, params, facts, done)
+            group = self._together(steps, k - 1)
+            if group:
+                k += len(group) - 1
+                for step, result, evidence in await self._run_together(
+                        group, host, context, report, listener, reads or {}):
+                    done[step.id] = result
+                    facts.update(result.facts)
+                    report.results.append(result)
+                    if result.status is not StepStatus.ERROR:
+                        report.evidence[step.id] = evidence
+                continue
             if step.when:
                 try:
                     wanted = evaluate(step.when, context)
@@ -274,13 +371,15 @@ class Runner:
     async def diagnose(self, runbook: Runbook,
                        targets: Sequence[tuple[Host, Mapping[str, Any]]],
                        listener: StepListener, *, since: Mapping[str, Any] | None = None,
-                       found: Mapping[str, Mapping[str, Any]] | None = None
+                       found: Mapping[str, Mapping[str, Any]] | None = None,
+                       reads: Mapping[str, Mapping[str, Read]] | None = None
                        ) -> list[HostReport]:
-        """Every host at once; since and found are per host name."""
+        """Every host at once; since, found and reads are per host name."""
         return list(await asyncio.gather(*(
             self.diagnose_host(runbook, host, params, listener,
                                since=(since or {}).get(host.name),
-                               found=(found or {}).get(host.name))
+                               found=(found or {}).get(host.name),
+                               reads=(reads or {}).get(host.name))
             for host, params in targets)))
 
     async def remediate(self, runbook: Runbook, proposal: Proposal, host: Host,

@@ -456,11 +456,14 @@ class Opsbot:
         async def run(command: str, timeout: float) -> ExecOutput:
             return await ssh.run(host, command, timeout)
 
+        async def run_many(commands: Sequence[str], timeout: float) -> list[ExecOutput]:
+            return await ssh.run_many(host, commands, timeout)
+
         from bot.discovery import discover
 
         return await discover(run, host.name, url, sudo=sudo,
                               nginx_conf=host.vars.get("opsbot_nginx_conf"), fallback=fallback,
-                              own_names=(host.name, host.address))
+                              own_names=(host.name, host.address), run_many=run_many)
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
@@ -636,8 +639,10 @@ class Opsbot:
         found = {name: {"discovery": "\n".join([c.text(), *c.notes])}
                  for name, c in chains.items()}
         try:
-            reports = await self.runner.diagnose(runbook, targets, recorder, since=clocks,
-                                                 found=found)
+            reports = await self.runner.diagnose(
+                runbook, targets, recorder, since=clocks, found=found,
+                reads={name: {cmd: (r.output, r.started_at, r.duration)
+                              for cmd, r in c.reads.items()} for name, c in chains.items()})
         finally:
             await self.reporter.run_finished(recorder)
         summaries = getattr(runbook.rules, "summaries", {}) if runbook.rules else {}

@@ -19,6 +19,7 @@ import pytest
 
 from bot.adapters.store import Store
 from bot.config import Settings, load_settings
+from bot.edge import HEADER_TIMEOUT
 from bot.server import serve
 from tests.fakeslack import FakeSlack, Msg
 from tests.lab import free_port
@@ -184,7 +185,10 @@ async def serving_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory:
         env.update(marker.kwargs)
     process = BotProcess(env)
     settings = await process.start()
-    async with aiohttp.ClientSession() as session:
+    # idle connections are dropped before the server's keep-alive timeout would close them:
+    # a request sent on one the server is closing at that moment gets a reset
+    connector = aiohttp.TCPConnector(keepalive_timeout=HEADER_TIMEOUT / 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
         bot = RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
         bot.process = process
         yield bot

@@ -799,8 +799,12 @@ class Store:
     def approval_batch(self, approval: Row, status: str | None = None) -> list[Row]:
         """The approvals decided together with this one: the same step proposed in the same
         run, on every host where it was (oldest first; its first is the batch's message)."""
-        return [r for r in self.approvals_of(approval["incident_id"], status)
-                if r["run_id"] == approval["run_id"] and r["step_id"] == approval["step_id"]]
+        sql = "SELECT * FROM approvals WHERE incident_id = ? AND run_id = ? AND step_id = ?"
+        params: tuple[Any, ...] = (approval["incident_id"], approval["run_id"],
+                                   approval["step_id"])
+        if status:
+            sql, params = sql + " AND status = ?", (*params, status)
+        return self._all(sql + " ORDER BY id", params)
 
     def pending_approvals(self) -> list[Row]:
         return self._all("SELECT * FROM approvals WHERE status = 'pending' ORDER BY id")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from bot.discovery.nginx import Address, Route, connect_address
+from bot.models import ExecOutput
 
 KINDS = ("supervisord", "systemd", "docker", "process")
 # dependencies named in a command line or environment: scheme://host:port or --name host:port
@@ -30,6 +32,16 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Read:
+    """A command discovery ran on the host: its output, when it began (UTC, ISO) and how long
+    it took (a command read with others in one session: the session's time)."""
+
+    output: ExecOutput
+    started_at: str
+    duration: float
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,9 @@ class Chain:
     namesake_address: Address | None = None  # ... and listens here
     utc_offset: timedelta | None = None  # the host's clock, to place its log lines in time
     booted_at: datetime | None = None
+    # every command discovery ran, by command: a step of the run with the same command (a
+    # read) takes its output instead of running it again (bot.runner)
+    reads: Mapping[str, Read] = field(default_factory=dict, compare=False, repr=False)
 
     # -- how it reads ------------------------------------------------------------------------
     def links(self) -> list[str]:

@@ -6,17 +6,17 @@ pid, a container id); nothing read from the host or an alert is pasted into a sh
 
 from __future__ import annotations
 
-import asyncio
 import posixpath
 import re
 import shlex
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.discovery.chain import Chain, Owner
+from bot.discovery.chain import Chain, Owner, Read
 from bot.discovery.nginx import (
     Address,
     NginxConfig,
@@ -50,11 +50,14 @@ from bot.offload import off_loop
 
 # run(command, timeout) -> its output; never raises for a failure on the host
 Run = Callable[[str, float], Awaitable[ExecOutput]]
+# run_many(commands, timeout) -> their outputs, the commands run in one session of the host
+RunMany = Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
 
 PS = "ps -ww -eo pid=,ppid=,user=,args="
 CLOCK = "date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime"
 SS = "ss -ltnpH; ss -lxnpH"
 DOCKER_IDS = "docker ps -aq --no-trunc"
+SYSTEMD = "test -d /run/systemd/system && echo systemd"
 DEFAULT_SUPERVISOR_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf")
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
              "/usr/lib/systemd/system")
@@ -68,6 +71,10 @@ _RUNNING = {"RUNNING", "STARTING", "active", "running", "activating", "reloading
 
 def _path(value: str) -> str | None:
     return value if _SAFE_PATH.match(value) and "/../" not in f"{value}/" else None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def host_clock(text: str) -> dict[str, Any]:
@@ -88,10 +95,14 @@ def host_clock(text: str) -> dict[str, Any]:
 
 
 class Prober:
-    """One discovery on one host: caches what it read, so each command runs once."""
+    """One discovery on one host: caches what it read, so each command runs once. With
+    `run_many`, the commands known to be needed next are read together, in one session (one
+    sshd session and shell on the host instead of one per command)."""
 
-    def __init__(self, run: Run, host: str, *, sudo: bool = False, timeout: float = 20) -> None:
-        self._run, self.host, self.timeout = run, host, timeout
+    def __init__(self, run: Run, host: str, *, sudo: bool = False, timeout: float = 20,
+                 run_many: RunMany | None = None) -> None:
+        self._run, self._run_many, self.host, self.timeout = run, run_many, host, timeout
+        self._read: dict[str, Read] = {}
         self.sudo = "sudo -n " if sudo else ""
         self.notes: list[str] = []
         self._supervisor: list[SupervisorConf] | None = None
@@ -99,7 +110,29 @@ class Prober:
         self._containers: list[Container] | None = None
 
     async def sh(self, command: str) -> ExecOutput:
-        return await self._run(command, self.timeout)
+        if command not in self._read:
+            began, t0 = _now_iso(), time.monotonic()
+            out = await self._run(command, self.timeout)
+            self._read[command] = Read(out, began, time.monotonic() - t0)
+        return self._read[command].output
+
+    async def prefetch(self, commands: Sequence[str]) -> None:
+        """Read these commands' outputs now, in one session, for `sh` to answer from."""
+        todo = [c for c in dict.fromkeys(commands) if c not in self._read]
+        if len(todo) < 2 or self._run_many is None:
+            return
+        began, t0 = _now_iso(), time.monotonic()
+        outs = await self._run_many(todo, self.timeout)
+        took = time.monotonic() - t0
+        self._read.update((c, Read(out, began, took)) for c, out in zip(todo, outs, strict=True))
+
+    def _nginx_dump(self, binary: str, path: str, prefix: str) -> str:
+        argv = [binary if _path(binary) else "nginx", "-T"]
+        if path and _path(path):
+            argv += ["-c", path]
+        if prefix and _path(prefix.rstrip("/") or "/"):
+            argv += ["-p", prefix]
+        return self.sudo + shlex.join(argv)
 
     # -- nginx --------------------------------------------------------------------------------
     async def nginx_config(self, procs: Mapping[int, Proc], url: str,
@@ -114,17 +147,15 @@ class Prober:
             tried.append(("nginx", "", ""))
         first_error = ""
         fallback: tuple[str, NginxConfig] | None = None
-        for binary, path, prefix in dict.fromkeys(tried):
-            argv = [binary if _path(binary) else "nginx", "-T"]
-            if path and _path(path):
-                argv += ["-c", path]
-            if prefix and _path(prefix.rstrip("/") or "/"):
-                argv += ["-p", prefix]
-            out = await self.sh(self.sudo + shlex.join(argv))
+        commands = [self._nginx_dump(*t) for t in dict.fromkeys(tried)]
+        for i, command in enumerate(commands):
+            if command not in self._read:  # the rest at once
+                await self.prefetch(commands[i:])
+            out = await self.sh(command)
             try:
                 config = await off_loop(parse_dump, out.output)  # crossplane, temp files
             except NginxConfigError as exc:
-                first_error = first_error or f"{shlex.join(argv)}: {exc}"
+                first_error = first_error or f"{command.removeprefix(self.sudo)}: {exc}"
                 continue
             if route(config, url) is not None:
                 return config.main_file, config
@@ -141,22 +172,33 @@ class Prober:
         if self._supervisor is None:
             confs = [c for c in (await off_loop(supervisord_confs, procs)).values() if c]
             confs += [c for c in DEFAULT_SUPERVISOR_CONFS if c not in confs]
-            read = await asyncio.gather(*(self._read_supervisor(c) for c in
-                                          dict.fromkeys(confs) if _path(c)))
-            self._supervisor = [c for c in read if c is not None]
+            confs = [c for c in dict.fromkeys(confs) if _path(c)]
+            await self.prefetch([f"cat -- {shlex.quote(c)}" for c in confs])
+            mains = {c: await self._read_main(c) for c in confs}
+            await self.prefetch([self._includes(m) for m in mains.values() if m and m.includes])
+            read = [await self._read_supervisor(m) for m in mains.values() if m is not None]
+            self._supervisor = read
         return self._supervisor
 
-    async def _read_supervisor(self, conf: str) -> SupervisorConf | None:
+    async def _read_main(self, conf: str) -> SupervisorConf | None:
         read = await self.sh(f"cat -- {shlex.quote(conf)}")
         if read.exit_status != 0:
             return None
-        parsed = await off_loop(parse_supervisor_files, conf, {conf: read.output})
+        return await off_loop(parse_supervisor_files, conf, {conf: read.output})
+
+    @staticmethod
+    def _includes(parsed: SupervisorConf) -> str:
+        globs = [g for g in parsed.includes if _SAFE_GLOB.match(g)]
+        return ("for f in " + " ".join(globs) + "; do [ -f \"$f\" ] && "
+                "printf '# ---- opsbot file %s\\n' \"$f\" && cat -- \"$f\"; done; true")
+
+    async def _read_supervisor(self, parsed: SupervisorConf) -> SupervisorConf:
+        conf = parsed.path
         globs = [g for g in parsed.includes if _SAFE_GLOB.match(g)]
         if not globs:
             return parsed
-        more = await self.sh("for f in " + " ".join(globs) + "; do [ -f \"$f\" ] && "
-                             "printf '# ---- opsbot file %s\\n' \"$f\" && cat -- \"$f\";"
-                             " done; true")
+        read = await self.sh(f"cat -- {shlex.quote(conf)}")
+        more = await self.sh(self._includes(parsed))
         files = {conf: read.output}
         marks = list(_FILE_MARK.finditer(more.output))
         for i, m in enumerate(marks):
@@ -164,11 +206,13 @@ class Prober:
             files[m.group(1)] = more.output[m.end() + 1:end]
         return await off_loop(parse_supervisor_files, conf, files)
 
+    def _status_command(self, conf: SupervisorConf) -> str:
+        return f"{self.sudo}supervisorctl -c {shlex.quote(conf.path)} status"
+
     async def statuses(self, conf: SupervisorConf) -> dict[str, ProgramStatus]:
         """`supervisorctl status` of one supervisord (asked once: each call starts Python)."""
         if conf.path not in self._statuses:
-            status = await self.sh(f"{self.sudo}supervisorctl -c {shlex.quote(conf.path)} "
-                                   "status")
+            status = await self.sh(self._status_command(conf))
             parsed = parse_supervisor_status(status.output)
             if not parsed and conf.programs:
                 line = (status.output.strip().splitlines() or [status.error or "no output"])[0]
@@ -181,8 +225,8 @@ class Prober:
         """Owners of the supervisord programs `wanted` picks, with their states."""
         picked = [(c, p) for c in await self.supervisor(procs) for p in c.programs if wanted(p)]
         confs = {c.path: c for c, _ in picked}
-        states = dict(zip(confs, await asyncio.gather(*(self.statuses(c)
-                                                         for c in confs.values())), strict=True))
+        await self.prefetch([self._status_command(c) for c in confs.values()])
+        states = {path: await self.statuses(c) for path, c in confs.items()}
         return [self.program_owner(c, p, states[c.path].get(p.name), how) for c, p in picked]
 
     @staticmethod
@@ -222,7 +266,7 @@ class Prober:
 
     # -- systemd -----------------------------------------------------------------------------
     async def systemd_units(self, addr: Address) -> list[Owner]:
-        probe = await self.sh("test -d /run/systemd/system && echo systemd")
+        probe = await self.sh(SYSTEMD)
         if "systemd" not in probe.output:
             return []
         needle = re.escape(addr.path) if addr.unix else \
@@ -252,6 +296,9 @@ class Prober:
         """fallback: url came from an alert (untrusted); it is traced only when nginx on the host
         serves it (serves()); otherwise fallback (the runbook's or the inventory's URL) is."""
         chain = Chain(host=self.host, url=url)
+        # what every discovery reads, in one session
+        await self.prefetch([PS, CLOCK, SS, SYSTEMD, self.sudo + DOCKER_IDS] + (
+            [self._nginx_dump("nginx", nginx_conf, "")] if nginx_conf else []))
         ps = await self.sh(PS)
         if ps.error is not None or ps.exit_status != 0:
             why = ps.error or (ps.output.strip().splitlines() or ["no output"])[0]
@@ -404,10 +451,12 @@ class Prober:
 
 async def discover(run: Run, host: str, url: str, *, sudo: bool = False,
                    nginx_conf: str | None = None, fallback: str | None = None,
-                   own_names: Sequence[str] = ()) -> Chain:
+                   own_names: Sequence[str] = (), run_many: RunMany | None = None) -> Chain:
     """The chain behind url on host: nginx server and location, upstream, who holds it.
     With fallback, url is an alert's: traced only if nginx on the host serves it by name (or
     it names the host itself: own_names, loopback), else fallback is."""
-    return await Prober(run, host, sudo=sudo).discover(url, nginx_conf=nginx_conf,
-                                                       fallback=fallback, own_names=own_names)
+    prober = Prober(run, host, sudo=sudo, run_many=run_many)
+    chain = await prober.discover(url, nginx_conf=nginx_conf, fallback=fallback,
+                                  own_names=own_names)
+    return replace(chain, reads=dict(prober._read))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -62,6 +62,7 @@ class StepKind(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[KindParams]]
     shell_fields: ClassVar[frozenset[str]] = frozenset()  # rendered with shell quoting
+    batches: ClassVar[bool] = False  # run_batch runs several actions at once on a host
 
     def __init__(self, ctx: ExecContext) -> None:
         self.ctx = ctx
@@ -103,3 +104,10 @@ class StepKind(ABC):
     async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
         """Run the rendered action on `host`. Never raises for a failure of the target:
         return an ExecOutput whose `error` says what went wrong."""
+
+    async def run_batch(self, actions: Sequence[tuple[Mapping[str, Any], float]], host: Host,
+                        started: Callable[[int], Awaitable[None]],
+                        finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> None:
+        """(action, timeout) pairs one after another, at the cost of one: `started(i)` and
+        `finished(i, output, seconds)` as each starts and ends. Kinds with `batches` only."""
+        raise NotImplementedError(f"{self.name} steps do not run in batches")

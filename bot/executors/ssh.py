@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import asyncssh
 from pydantic import Field
 
 from bot.executors.base import KindParams, StepKind
+from bot.executors.batch import Batch
 from bot.executors.capture import Capture
 from bot.models import ExecOutput, Host
 
@@ -75,6 +77,7 @@ class SshPool:
         self.connect_timeout = connect_timeout
         self._entries: dict[HostKey, _Entry] = {}
         self.connects = 0  # how many connections were opened (pool reuse is observable)
+        self.sessions = 0  # how many sessions (channels: a shell each) were asked for
         self._known = _Parsed(_read_known_hosts)
         self._keys = _Parsed(lambda path: asyncssh.load_keypairs([path]))
 
@@ -133,62 +136,121 @@ class SshPool:
             entry.conn.close()
             entry.conn = None
 
+    async def _open(self, host: Host, entry: _Entry, command: str,
+                    timeout: float) -> asyncssh.SSHClientProcess[bytes] | ExecOutput:
+        """A session running `command` on the host's pooled connection, or why none opened."""
+        for attempt in (1, 2):
+            try:
+                conn = await self.connection(host)
+            except asyncssh.HostKeyNotVerifiable as exc:
+                return ExecOutput(None, "", error=(
+                    f"host key of {host.name} ({host.address}:{host.port}) not verified "
+                    f"against {self.known_hosts}: {exc.reason}; nothing was run"))
+            except asyncssh.PermissionDenied:
+                return ExecOutput(None, "", error=(
+                    f"SSH login to {host.user or '(default user)'}@{host.address}:"
+                    f"{host.port} was refused (check ansible_user and the key)"))
+            except TimeoutError:
+                return ExecOutput(None, "", error=(
+                    f"cannot reach {host.name} at {host.address}:{host.port}: no SSH answer "
+                    f"within {self.connect_timeout:g}s"))
+            except (OSError, asyncssh.Error) as exc:
+                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) \
+                    or str(exc) or exc.__class__.__name__
+                return ExecOutput(None, "", error=(
+                    f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
+            self.sessions += 1
+            try:
+                # stderr joins stdout on the host, so lines are never split between them
+                # bounded: a host that stopped answering on a pooled connection never
+                # confirms the session
+                return await asyncio.wait_for(
+                    conn.create_process(PRELUDE + command, encoding=None,
+                                        stdin=asyncssh.DEVNULL), timeout)
+            except TimeoutError:  # this connection is not trusted again
+                if entry.conn is conn:
+                    entry.conn = None
+                conn.abort()
+                return ExecOutput(None, "", error=(
+                    f"timed out after {timeout:g}s: {host.name} stopped answering on its SSH "
+                    "connection; the command may have reached it, and was not retried"),
+                    timed_out=True)
+            except (asyncssh.ChannelOpenError, BrokenPipeError) as exc:
+                # the session never opened: nothing ran. A pooled connection that died
+                # while idle: reconnect once.
+                entry.conn = None
+                if attempt == 2:
+                    return ExecOutput(None, "", error=f"SSH connection to {host.name} lost: "
+                                      f"{getattr(exc, 'reason', exc)}; nothing was run")
+                continue
+            except (asyncssh.Error, OSError) as exc:
+                # the command may have reached the host: never run it a second time
+                entry.conn = None
+                return ExecOutput(None, "", error=f"SSH connection to {host.name} lost while "
+                                  f"starting the command ({getattr(exc, 'reason', exc)}); "
+                                  "it may have run, and was not retried")
+        raise AssertionError("unreachable")
+
     async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
         entry = self._checkout(host)
         try:
-            for attempt in (1, 2):
-                try:
-                    conn = await self.connection(host)
-                except asyncssh.HostKeyNotVerifiable as exc:
-                    return ExecOutput(None, "", error=(
-                        f"host key of {host.name} ({host.address}:{host.port}) not verified "
-                        f"against {self.known_hosts}: {exc.reason}; nothing was run"))
-                except asyncssh.PermissionDenied:
-                    return ExecOutput(None, "", error=(
-                        f"SSH login to {host.user or '(default user)'}@{host.address}:"
-                        f"{host.port} was refused (check ansible_user and the key)"))
-                except TimeoutError:
-                    return ExecOutput(None, "", error=(
-                        f"cannot reach {host.name} at {host.address}:{host.port}: no SSH answer "
-                        f"within {self.connect_timeout:g}s"))
-                except (OSError, asyncssh.Error) as exc:
-                    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) \
-                        or str(exc) or exc.__class__.__name__
-                    return ExecOutput(None, "", error=(
-                        f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
-                try:
-                    # stderr joins stdout on the host, so lines are never split between them
-                    # bounded: a host that stopped answering on a pooled connection never
-                    # confirms the session
-                    process = await asyncio.wait_for(
-                        conn.create_process(PRELUDE + command, encoding=None,
-                                            stdin=asyncssh.DEVNULL), timeout)
-                except TimeoutError:  # this connection is not trusted again
-                    if entry.conn is conn:
-                        entry.conn = None
-                    conn.abort()
-                    return ExecOutput(None, "", error=(
-                        f"timed out after {timeout:g}s: {host.name} stopped answering on its SSH "
-                        "connection; the command may have reached it, and was not retried"),
-                        timed_out=True)
-                except (asyncssh.ChannelOpenError, BrokenPipeError) as exc:
-                    # the session never opened: nothing ran. A pooled connection that died
-                    # while idle: reconnect once.
-                    entry.conn = None
-                    if attempt == 2:
-                        return ExecOutput(None, "", error=f"SSH connection to {host.name} lost: "
-                                          f"{getattr(exc, 'reason', exc)}; nothing was run")
-                    continue
-                except (asyncssh.Error, OSError) as exc:
-                    # the command may have reached the host: never run it a second time
-                    entry.conn = None
-                    return ExecOutput(None, "", error=f"SSH connection to {host.name} lost while "
-                                      f"starting the command ({getattr(exc, 'reason', exc)}); "
-                                      "it may have run, and was not retried")
-                return await _collect(process, host, timeout)
-            raise AssertionError("unreachable")
+            process = await self._open(host, entry, command, timeout)
+            if isinstance(process, ExecOutput):
+                return process
+            return await _collect(process, host, timeout)
         finally:
             self._checkin(entry)
+
+    async def run_many(self, host: Host, commands: Sequence[str],
+                       timeout: float) -> list[ExecOutput]:
+        """The outputs of `commands`, run in one session (`run_batch`), each under `timeout`."""
+        outputs: list[ExecOutput] = [ExecOutput(None, "", error="not run")] * len(commands)
+
+        async def started(i: int) -> None:
+            return None
+
+        async def finished(i: int, out: ExecOutput, seconds: float) -> None:
+            outputs[i] = out
+
+        await self.run_batch(host, [(c, timeout) for c in commands], started, finished)
+        return outputs
+
+    async def run_batch(self, host: Host, commands: Sequence[tuple[str, float]],
+                        started: Callable[[int], Awaitable[None]],
+                        finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> None:
+        """Several (command, timeout) in one session, one after another, each in a subshell of
+        its own with stdin from /dev/null, its output and exit status told apart by a marker
+        line no command can know (bot.executors.batch). Each command keeps its own timeout and
+        output cap; `started(i)` and `finished(i, output, seconds)` are called as each one
+        starts and ends. When a command times out, hits the cap or the session ends early,
+        that one is stopped and the commands after it run one session each (`run`)."""
+        if not commands:
+            return
+        entry = self._checkout(host)
+        try:
+            batch = Batch([c for c, _ in commands])
+            await started(0)
+            began = time.monotonic()
+            process = await self._open(host, entry, batch.script, commands[0][1])
+            if isinstance(process, ExecOutput):
+                await finished(0, process, time.monotonic() - began)
+                if process.timed_out:  # the pooled connection froze: the rest try a new one
+                    done = 1
+                else:  # no connection: every command is told why, none ran
+                    for i in range(1, len(commands)):
+                        await started(i)
+                        await finished(i, process, 0.0)
+                    return
+            else:
+                done = await _collect_batch(process, host, batch, commands, started, finished)
+        finally:
+            self._checkin(entry)
+        for i in range(done, len(commands)):  # after a stop: one session each
+            command, timeout = commands[i]
+            await started(i)
+            t0 = time.monotonic()
+            out = await self.run(host, command, timeout)
+            await finished(i, out, time.monotonic() - t0)
 
     async def close(self) -> None:
         for entry in self._entries.values():
@@ -233,6 +295,71 @@ async def _collect(process: asyncssh.SSHClientProcess[bytes], host: Host,
                       digest=capture.digest, total_bytes=capture.total, capped=capture.capped)
 
 
+async def _collect_batch(process: asyncssh.SSHClientProcess[bytes], host: Host, batch: Batch,
+                         commands: Sequence[tuple[str, float]],
+                         started: Callable[[int], Awaitable[None]],
+                         finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> int:
+    """Stream a batch's output into one bounded capture per command, each under its own
+    timeout. Returns how many commands were told to `finished` (the rest did not run here)."""
+    loop = asyncio.get_running_loop()
+    i, capture, t0 = 0, Capture(), time.monotonic()
+    deadline = loop.time() + commands[0][1]
+
+    def told(status: int | None, error: str | None = None, *, ended: bool = False,
+             **kw: Any) -> ExecOutput:
+        if not ended:  # stopped: what was held back (a marker's possible start) is output
+            capture.feed(batch.rest())
+        return ExecOutput(status, capture.text(), error=error, digest=capture.digest,
+                          total_bytes=capture.total, **kw)
+
+    while i < len(commands):
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await process.stdout.read(65536)
+        except TimeoutError:
+            _stop(process)
+            await finished(i, told(None, f"timed out after {commands[i][1]:g}s",
+                                   timed_out=True), time.monotonic() - t0)
+            return i + 1
+        except (asyncssh.Error, OSError) as exc:
+            await finished(i, told(None, f"SSH connection to {host.name} lost while the command "
+                                   f"ran ({getattr(exc, 'reason', exc)}); it was not retried"),
+                           time.monotonic() - t0)
+            return i + 1
+        pieces = batch.feed(chunk) if chunk else [batch.rest()]
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                if not capture.feed(piece):
+                    _stop(process)
+                    await finished(i, told(None, f"stopped: printed more than {capture.cap} "
+                                           "bytes (the output cap)", capped=True),
+                                   time.monotonic() - t0)
+                    return i + 1
+                continue
+            await finished(i, told(piece, None if piece is not None else
+                                   "the command's exit status could not be read", ended=True),
+                           time.monotonic() - t0)
+            i += 1
+            if i < len(commands):
+                capture, t0 = Capture(), time.monotonic()
+                deadline = loop.time() + commands[i][1]
+                await started(i)
+        if not chunk:  # the session ended before this command did
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(process.wait_closed(), 2)
+            signal = process.exit_signal
+            await finished(i, told(None, f"the command was killed by signal {signal[0]}" if signal
+                                   else f"SSH connection to {host.name} lost while the command "
+                                   "ran (no exit status); it was not retried"),
+                           time.monotonic() - t0)
+            return i + 1
+    with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+        await asyncio.wait_for(process.wait_closed(), 2)  # every command told: let it end
+    if process.exit_status is None:
+        _stop(process)  # something it started still holds the session open
+    return len(commands)
+
+
 def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
     with contextlib.suppress(asyncssh.Error, OSError):
         process.send_signal("KILL")  # honoured by OpenSSH >= 7.9; closing the channel anyway
@@ -247,6 +374,7 @@ class SshStep(StepKind):
     name = "ssh"
     Params = SshParams
     shell_fields = frozenset({"command"})
+    batches = True
 
     @classmethod
     def display(cls, action: Mapping[str, Any]) -> str:
@@ -254,3 +382,9 @@ class SshStep(StepKind):
 
     async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
         return await self.ctx.ssh.run(host, action["command"], timeout)
+
+    async def run_batch(self, actions: Sequence[tuple[Mapping[str, Any], float]], host: Host,
+                        started: Callable[[int], Awaitable[None]],
+                        finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> None:
+        await self.ctx.ssh.run_batch(host, [(a["command"], t) for a, t in actions], started,
+                                     finished)

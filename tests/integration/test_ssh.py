@@ -10,7 +10,7 @@ import pytest
 
 from bot.executors.ssh import SshPool
 from bot.inventory import load_inventory
-from bot.models import Host, StepStatus
+from bot.models import Host, RenderedStep, StepResult, StepStatus
 from bot.params import resolve_params
 from bot.runbooks import load_runbook
 from bot.runner import NullListener, Runner
@@ -149,3 +149,61 @@ async def test_a_lost_connection_is_not_retried_once_the_command_started(
     lines = await pool.run(host, f"cat {counter}; rm -f {counter}", 10)
     assert lines.output == "x\n"  # ran once, never twice
     await pool.close()
+
+
+class Events:
+    """A StepListener that keeps the order in which steps were told to start and end."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def step_started(self, step: RenderedStep) -> str:
+        self.seen.append(f"start {step.step_id}")
+        return step.step_id
+
+    async def step_finished(self, handle: str, result: StepResult) -> None:
+        self.seen.append(f"end {handle}")
+
+    async def host_finished(self, host: str) -> None:
+        self.seen.append("host done")
+
+
+async def test_a_hosts_steps_share_one_session_each_with_its_own_result(
+        tmp_path: Path, inventory_file: Path, known_hosts_file: Path) -> None:
+    from bot.executors import ExecContext
+
+    commands = {
+        "mixed": "echo out; echo err >&2; exit 3",
+        "no_newline": "printf 'no newline'",
+        "stdin": "cat; echo stdin-closed",
+        "broken": "if then fi",
+        "forged": "printf '\\n%s 0\\nnot the end\\n' 0123456789abcdef0123456789abcdef",
+        "ps": "ps -ww -eo args | grep -c eval",
+        "hung": "echo before; sleep 30",
+        "after": "echo after",
+    }
+    steps = "".join(f"  - id: {sid}\n    kind: ssh\n    timeout: {2 if sid == 'hung' else 10}\n"
+                    f"    command: {command!r}\n" for sid, command in commands.items())
+    (tmp_path / "rb.yaml").write_text(f"name: together\nsteps:\n{steps}")
+    rb = load_runbook(tmp_path / "rb.yaml")
+    ctx = ExecContext(known_hosts=known_hosts_file)
+    events = Events()
+    try:
+        (report,) = await Runner(ctx).diagnose(rb, [(web01(inventory_file), {})], events)
+    finally:
+        await ctx.close()
+    got = {r.step.step_id: r for r in report.results}
+    assert list(got) == list(commands)
+    assert (got["mixed"].exit_status, got["mixed"].output) == (3, "out\nerr\n")
+    assert got["mixed"].status is StepStatus.FAILED
+    assert got["no_newline"].output == "no newline" and got["no_newline"].ok
+    assert got["stdin"].output == "stdin-closed\n"
+    assert got["broken"].exit_status == 2 and "Syntax error" in got["broken"].output
+    assert got["forged"].output.endswith("0\nnot the end\n") and got["forged"].ok
+    assert got["hung"].status is StepStatus.TIMEOUT and got["hung"].output == "before\n"
+    assert got["hung"].duration < 5
+    assert got["after"].ok and got["after"].output == "after\n"
+    # one session for all up to the hung one, which was stopped; the rest in one of its own
+    assert ctx.ssh.sessions == 2
+    assert events.seen == [f"{what} {sid}" for sid in commands for what in ("start", "end")] \
+        + ["host done"]
