@@ -90,11 +90,11 @@ def gather(store: Store, incident: Incident) -> Facts:
             if a["status"] == "resolved" and (t := parse_time(a.get("ends_at")))]
     opened = parse_time(incident.opened_at)
     chain: list[str] = []
-    for rec in store.audit_records(incident.id):
-        detail = rec["detail"]
-        if isinstance(detail, str):  # the record keeps its detail as canonical JSON text
-            detail = json.loads(detail or "{}")
-        if rec["action"] == "discovery.traced" and isinstance(detail.get("chains"), dict):
+    # only the discovery records, streamed: not the whole log (100,000 records) in memory
+    for (text,) in store.db.stream("SELECT detail FROM audit WHERE incident_id = ? AND "
+                                   "action = 'discovery.traced' ORDER BY seq", (incident.id,)):
+        detail = json.loads(text or "{}")
+        if isinstance(detail, dict) and isinstance(detail.get("chains"), dict):
             chain.extend(line for host, text in detail["chains"].items()
                          if (line := f"{host}: {text}") not in chain)  # each run traces again
     return Facts(

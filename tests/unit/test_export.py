@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.adapters.store import Store
-from bot.export import export, export_text
+from bot.export import _js, export, export_text, parse_json
 from bot.models import Phase, RenderedStep, StepResult, StepStatus
 from bot.postmortem import chart_png
 
@@ -112,3 +112,28 @@ def test_postmortem_draft_has_every_part(incident: Store) -> None:
     assert "nginx_error_log on web01 :done" in md
     png = chart_png(store, store.get_incident(1))
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 500
+
+
+def test_postmortem_names_each_traced_chain_once(incident: Store) -> None:
+    store = incident
+    chain = "nginx :80 → upstream 127.0.0.1:8080 → docservice (supervisord)"
+    for _ in range(2):  # each run traces again
+        store.audit("discovery.traced", "opsbot", 1, chains={"web01": chain})
+    store.audit("step.end", "opsbot", 1, step="x", host="web01", status="ok")
+    md = export_text(store, 1, "postmortem")
+    part = md.split("## The chain\n\n", 1)[1].split("\n## ", 1)[0]
+    assert part.count(f"web01: {chain}") == 1
+
+
+@pytest.mark.parametrize("text", ['{"a": 1, "b": [0.1, -0.0, 1e300, "x\\u00e9"]}',
+                                  '{"n": 123456789012345678901234567890}', '{"v": NaN}',
+                                  '[18446744073709551616, -9223372036854775809, 1e400]',
+                                  '{"h": "0000000000000000000000000000000001", "n": 5}',
+                                  '{"s": "\\ud800"}', '{"k": 1, "k": 2}', '[]'])
+def test_event_details_parse_as_json_parses_them(text: str) -> None:
+    assert repr(parse_json(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("value", ["plain", "quote \" back\\slash \n tab\t é ✅ \ud800", None, 7])
+def test_event_fields_encode_as_json_encodes_them(value: object) -> None:
+    assert _js(value) == json.dumps(value)
