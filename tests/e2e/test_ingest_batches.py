@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.botfixtures import ALERT_TOKEN, RunningBot, alert_payload
-from tests.storebackends import raw_sql
+from tests.botfixtures import ALERT_TOKEN, ROOT, RunningBot, alert_payload, serving_bot
+from tests.storebackends import BACKENDS, raw_sql
 
 CLIENTS = 50
 HEADERS = {"Authorization": f"Bearer {ALERT_TOKEN}", "Content-Type": "application/json"}
@@ -59,9 +62,24 @@ async def settled(bot: RunningBot) -> None:
     await bot.wait(done, timeout=120)
 
 
+@pytest.fixture(params=BACKENDS)
+async def either_bot(request: pytest.FixtureRequest, tmp_path: Path
+                     ) -> AsyncIterator[RunningBot]:
+    """light_bot's setup on a SQLite file or on a database of the lab's PostgreSQL."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("all:\n  hosts:\n    edge01:\n      ansible_host: 192.0.2.10\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    db = {} if request.param == "sqlite" else \
+        {"OPSBOT_DB": str(request.getfixturevalue("postgres_server").create_database())}
+    async with serving_bot(request, tmp_path, inventory, known_hosts,
+                           OPSBOT_RUNBOOKS=str(ROOT / "runbooks"), **db) as bot:
+        yield bot
+
+
 async def test_a_burst_is_committed_and_opened_in_fewer_transactions_than_payloads(
-        light_bot: RunningBot) -> None:
-    bot = light_bot
+        either_bot: RunningBot) -> None:
+    bot = either_bot
     payloads = storm(400, "Burst")
     statuses = await post_all(bot, payloads)
     assert statuses == [200] * len(payloads)
@@ -74,7 +92,11 @@ async def test_a_burst_is_committed_and_opened_in_fewer_transactions_than_payloa
     assert raw_sql(db, "SELECT count(*) FROM webhooks WHERE incident_id IS NULL")[0][0] == 0
     assert raw_sql(db, "SELECT count(*) FROM alerts")[0][0] == 400
     assert 0 < await metric(bot, "opsbot_alert_batches") < len(payloads)
-    assert bot.store().verify_audit().ok
+    store = bot.store()
+    try:
+        assert store.verify_audit().ok
+    finally:
+        store.close()
 
 
 async def test_a_payload_the_store_refuses_is_answered_503_alone_and_nothing_answered_200_is_lost(
