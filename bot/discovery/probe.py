@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,6 +76,19 @@ def _path(value: str) -> str | None:
 
 def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@lru_cache(maxsize=32)
+def _config_of(dump: str) -> NginxConfig:
+    """`nginx -T` read once per distinct dump: the hosts of a fleet often share one
+    configuration, and a changed configuration is a new dump (its text is the key)."""
+    return parse_dump(dump)
+
+
+@lru_cache(maxsize=64)
+def _supervisor_of(main: str, files: tuple[tuple[str, str], ...]) -> SupervisorConf:
+    """supervisord's files read once per distinct text (as `_config_of`)."""
+    return parse_supervisor_files(main, dict(files))
 
 
 def host_clock(text: str) -> dict[str, Any]:
@@ -153,7 +167,7 @@ class Prober:
                 await self.prefetch(commands[i:])
             out = await self.sh(command)
             try:
-                config = await off_loop(parse_dump, out.output)  # crossplane, temp files
+                config = await off_loop(_config_of, out.output)  # crossplane, temp files
             except NginxConfigError as exc:
                 first_error = first_error or f"{command.removeprefix(self.sudo)}: {exc}"
                 continue
@@ -184,7 +198,7 @@ class Prober:
         read = await self.sh(f"cat -- {shlex.quote(conf)}")
         if read.exit_status != 0:
             return None
-        return await off_loop(parse_supervisor_files, conf, {conf: read.output})
+        return await off_loop(_supervisor_of, conf, ((conf, read.output),))
 
     @staticmethod
     def _includes(parsed: SupervisorConf) -> str:
@@ -204,7 +218,7 @@ class Prober:
         for i, m in enumerate(marks):
             end = marks[i + 1].start() if i + 1 < len(marks) else len(more.output)
             files[m.group(1)] = more.output[m.end() + 1:end]
-        return await off_loop(parse_supervisor_files, conf, files)
+        return await off_loop(_supervisor_of, conf, tuple(files.items()))
 
     def _status_command(self, conf: SupervisorConf) -> str:
         return f"{self.sudo}supervisorctl -c {shlex.quote(conf.path)} status"
