@@ -36,9 +36,9 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
         rt = build(load_settings(), out=sink)
         try:
             async def once() -> Any:
-                outcome = await rt.bot.run_target(runbook, target, {}, requested_by="bench",
+                outcome = await rt.bot.runs.run_target(runbook, target, {}, requested_by="bench",
                                                   source="terminal", approver=no_approver)
-                await rt.bot.drain()
+                await rt.bot.tasks.drain()
                 return outcome
 
             first = await once()

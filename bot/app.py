@@ -39,8 +39,8 @@ class Runtime:
         """Let background work finish (cancelled past `work_timeout`: the next start resumes
         it), send what the outbox holds as far as Slack allows, then close everything."""
         self.bot.accepting = False
-        busy = {i for i, n in self.bot.live.items() if n}
-        cancelled = await self.bot.drain(work_timeout)
+        busy = {i for i, n in self.bot.tasks.live.items() if n}
+        cancelled = await self.bot.tasks.drain(work_timeout)
         if cancelled:
             interrupted = await self.store.interrupt_stale_runs("opsbot")
             for incident_id in busy:

@@ -17,6 +17,7 @@ from typing import Any
 from bot import logs
 from bot.config import Settings, load_settings
 from bot.errors import BotError, ConfigError, InventoryError
+from bot.models import Approval
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 RUN_CODES = ("exit status: 0 the diagnosis ran on every host and every approved fix verified; "
@@ -182,15 +183,15 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _prompt_approver(yes: bool, user: str) -> Any:
-    async def approver(approval: dict[str, Any], proposal: Any) -> tuple[bool, str] | None:
+    async def approver(approval: Approval, proposal: Any) -> tuple[bool, str] | None:
         if yes:
             return True, user
         if not sys.stdin.isatty():
-            print(f"(no terminal to ask: {approval['step_id']} on {approval['host']} waits for "
-                  f"approval; `opsbot approve {approval['token']}`)", file=sys.stderr)
+            print(f"(no terminal to ask: {approval.step_id} on {approval.host} waits for "
+                  f"approval; `opsbot approve {approval.token}`)", file=sys.stderr)
             return None
-        question = (f"\nApprove {approval['step_id']} on {approval['host']}?\n  $ "
-                    f"{approval['display']}\n  then verify: $ {proposal.verify.display}\n[y/N] ")
+        question = (f"\nApprove {approval.step_id} on {approval.host}?\n  $ "
+                    f"{approval.display}\n  then verify: $ {proposal.verify.display}\n[y/N] ")
         answer = await asyncio.to_thread(input, question)
         return answer.strip().lower() in ("y", "yes"), user
 
@@ -211,9 +212,9 @@ async def run_exit_status(rt: Any, outcome: Any) -> int:
     """0: the diagnosis ran on every host and every fix that ran verified; 1: otherwise (a fix
     failed or did not verify, or a host could not be reached)."""
     steps = [r for r in await rt.store.steps_of(outcome.incident.id)
-             if r["run_id"] == outcome.run_id and r["phase"] in ("remediation", "verify")]
-    fixes = [r for r in steps if r["phase"] == "remediation"]
-    verified = [r for r in steps if r["phase"] == "verify" and r["status"] == "ok"]
+             if r.run_id == outcome.run_id and r.phase in ("remediation", "verify")]
+    fixes = [r for r in steps if r.phase == "remediation"]
+    verified = [r for r in steps if r.phase == "verify" and r.status == "ok"]
     unreachable = any(r.error or (r.results and all(s.status == "error" for s in r.results))
                       for r in outcome.reports) or \
         any(not c.reachable for c in outcome.chains.values())
@@ -227,7 +228,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     params = parse_assignments(args.param)
 
     async def go(rt: Any) -> int:
-        outcome = await rt.bot.run_target(args.runbook, args.target, params, requested_by=user,
+        outcome = await rt.bot.runs.run_target(args.runbook, args.target, params, requested_by=user,
                                           source="terminal", dry_run=args.dry_run,
                                           approver=_prompt_approver(args.yes, user))
         if args.dry_run:
@@ -238,7 +239,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"# {host.name} ({host.address}:{host.port})")
                     print("\n".join(f"  {line}" for line in lines))
             return EXIT_OK
-        await rt.bot.drain()
+        await rt.bot.tasks.drain()
         incident = await rt.store.get_incident(outcome.incident.id)
         if args.json:
             print(json.dumps({
@@ -251,7 +252,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                                      for s in r.results],
                            "causes": [c.to_json() for c in r.causes]}
                           for r in outcome.reports],
-                "pending_approvals": [p["token"] for p in outcome.pending]}, indent=2))
+                "pending_approvals": [p.token for p in outcome.pending]}, indent=2))
         else:
             print(f"{incident.ref}: {incident.phase}"
                   + (f", likely cause {incident.cause}" if incident.cause else ""))
@@ -263,7 +264,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     async def go(rt: Any) -> int:
         hosts = rt.bot.inventory.resolve(args.target)
-        chains = await asyncio.gather(*(rt.bot.discover(h, args.url) for h in hosts))
+        chains = await asyncio.gather(*(rt.bot.runs.discover(h, args.url) for h in hosts))
         if args.json:
             print(json.dumps([c.to_json() for c in chains] if len(chains) > 1
                              else chains[0].to_json(), indent=2))
@@ -338,8 +339,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     async def go(rt: Any) -> int:
-        ok = await rt.bot.approve_elsewhere(args.token, args.command == "approve", local_user(),
-                                            say=lambda line: print(line, flush=True))
+        ok = await rt.bot.approvals.approve_elsewhere(
+            args.token, args.command == "approve", local_user(),
+            say=lambda line: print(line, flush=True))
         return EXIT_OK if ok else EXIT_FAIL
 
     return asyncio.run(_with_runtime(settings, go))
@@ -347,8 +349,9 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     async def go(rt: Any) -> int:
-        incident = await rt.bot.incident(args.incident)
-        incident = await rt.bot.resolve(incident.id, local_user(), "resolved from the terminal")
+        incident = await rt.bot.incidents.incident(args.incident)
+        incident = await rt.bot.incidents.resolve(incident.id, local_user(),
+                                                  "resolved from the terminal")
         print(f"{incident.ref}: {incident.status}")
         return EXIT_OK
 

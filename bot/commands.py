@@ -9,10 +9,11 @@ import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.approvals import ask_in_thread
 from bot.errors import BotError
 from bot.models import IncidentStatus
 from bot.params import parse_assignments
-from bot.service import Opsbot, ask_in_thread
+from bot.service import Opsbot
 
 Respond = Callable[[str], Awaitable[None]]
 
@@ -81,7 +82,7 @@ async def _run(bot: Opsbot, args: list[str], user: str) -> Answer:
         return Answer("Usage: `run <runbook> <host|group> [--plan] [key=value ...]`")
     runbook, target, params = args[0], args[1], parse_assignments(args[2:])
     if plan:
-        plans = await bot.run_target(runbook, target, params, requested_by=user,
+        plans = await bot.runs.run_target(runbook, target, params, requested_by=user,
                                      source="slack", approver=ask_in_thread, dry_run=True)
         assert isinstance(plans, list)
         text = "\n".join(f"*{host.name}*\n```" + "\n".join(lines) + "```" for host, lines in plans)
@@ -89,10 +90,10 @@ async def _run(bot: Opsbot, args: list[str], user: str) -> Answer:
     # validate now, so a typo is answered at once
     rb = bot.catalog.get(runbook)
     hosts = bot.inventory.resolve(target)
-    bot.targets(rb, hosts, {}, params)
+    bot.runs.targets(rb, hosts, {}, params)
 
     async def later(respond: Respond) -> None:
-        outcome = await bot.run_target(runbook, target, params, requested_by=user,
+        outcome = await bot.runs.run_target(runbook, target, params, requested_by=user,
                                        source="slack", approver=ask_in_thread)
         assert not isinstance(outcome, list)
         await respond(f"{runbook} on {target}: done, see {outcome.incident.ref}'s thread.")
@@ -125,13 +126,13 @@ async def _incidents(bot: Opsbot, args: list[str], user: str) -> Answer:
 async def _status(bot: Opsbot, args: list[str], user: str) -> Answer:
     if len(args) != 1:
         return Answer("Usage: `status <INC-n>`")
-    incident = await bot.incident(args[0])
+    incident = await bot.incidents.incident(args[0])
     approvals = await bot.requests.approvals_of(incident.id)
     lines = [f"*{incident.ref}* {incident.title}", f"status: {incident.status} · "
              f"phase: {incident.phase}", f"runbook: {incident.runbook or '—'} · hosts: "
              f"{', '.join(incident.hosts) or '—'}", f"cause: {incident.cause or 'not known yet'}"]
-    lines += [f"approval {a['step_id']} on {a['host']}: {a['status']}"
-              + (f" by {a['decided_by']}" if a.get("decided_by") else "") for a in approvals]
+    lines += [f"approval {a.step_id} on {a.host}: {a.status}"
+              + (f" by {a.decided_by}" if a.decided_by else "") for a in approvals]
     return Answer("\n".join(lines))
 
 
@@ -139,7 +140,7 @@ async def _timeline(bot: Opsbot, args: list[str], user: str) -> Answer:
     if len(args) not in (1, 2) or \
             (len(args) == 2 and args[1] not in ("md", "json", "csv", "postmortem")):
         return Answer("Usage: `timeline <INC-n> [md|json|csv|postmortem]`")
-    incident = await bot.incident(args[0])
+    incident = await bot.incidents.incident(args[0])
     fmt = args[1] if len(args) == 2 else "md"
 
     async def later(respond: Respond) -> None:
@@ -164,10 +165,10 @@ async def _timeline(bot: Opsbot, args: list[str], user: str) -> Answer:
 async def _resolve(bot: Opsbot, args: list[str], user: str) -> Answer:
     if len(args) != 1:
         return Answer("Usage: `resolve <INC-n>`")
-    incident = await bot.incident(args[0])
+    incident = await bot.incidents.incident(args[0])
     if incident.status is IncidentStatus.RESOLVED:
         return Answer(f"{incident.ref} is already resolved.")
-    await bot.resolve(incident.id, user, f"resolved by <@{user}>")
+    await bot.incidents.resolve(incident.id, user, f"resolved by <@{user}>")
     return Answer(f"{incident.ref} resolved.")
 
 

@@ -38,3 +38,7 @@ class NotFound(BotError):
 class TemplateFailed(BotError):
     """A runbook template or `when` condition failed to render (an undefined name, a sandbox
     refusal, bad syntax): Jinja's own error, with its message."""
+
+
+class StoreError(BotError):
+    """The database cannot be opened or written (the store's own errors, translated)."""

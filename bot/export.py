@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from bot.adapters.store import Store
 from bot.models import Incident
+from bot.ports import Records
 from bot.postmortem import markdown as postmortem
 from bot.postmortem import parse_time
 
@@ -22,14 +22,6 @@ CSV_FIELDS = ("seq", "time", "actor", "event", "host", "step", "status", "comman
 
 
 BATCH = 2000  # events per chunk yielded: few generator hops and writes, memory still flat
-
-
-def _records(store: Store, incident_id: int) -> Iterator[tuple[int, str, str, str, str, str]]:
-    """(seq, ts, actor, action, detail JSON text, hash) of an incident's audit records, in
-    order: plain tuples straight from the database (a dict per row costs more than the export)."""
-    yield from store.db.stream(
-        "SELECT seq, ts, actor, action, detail, hash FROM audit WHERE incident_id = ? "
-        "ORDER BY seq", (incident_id,))
 
 
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # json.loads' own scanner
@@ -50,10 +42,10 @@ def _js(value: Any) -> str:
     return encode_basestring_ascii(value) if type(value) is str else json.dumps(value)
 
 
-def _events(store: Store, incident_id: int) -> Iterator[tuple[dict[str, Any], str]]:
+def _events(store: Records, incident_id: int) -> Iterator[tuple[dict[str, Any], str]]:
     """Each event (seq, time, actor, event, detail parsed, hash), with its detail's stored
     JSON text."""
-    for seq, ts, actor, action, detail, digest in _records(store, incident_id):
+    for seq, ts, actor, action, detail, digest in store.audit_stream(incident_id):
         yield ({"seq": seq, "time": ts, "actor": actor, "event": action,
                 "detail": parse_json(detail) if detail else {}, "hash": digest}, detail or "{}")
 
@@ -85,11 +77,11 @@ def _summary(ev: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict | list))[:300]
 
 
-def _impact(store: Store, incident: Incident) -> tuple[str | None, str | None]:
+def _impact(store: Records, incident: Incident) -> tuple[str | None, str | None]:
     alerts = store.alerts_of(incident.id)
-    starts = [a["starts_at"] for a in alerts if parse_time(a.get("starts_at"))]
-    ends = [a["ends_at"] for a in alerts if a["status"] == "resolved"
-            and parse_time(a.get("ends_at"))]
+    starts = [a.starts_at for a in alerts if a.starts_at and parse_time(a.starts_at)]
+    ends = [a.ends_at for a in alerts if a.status == "resolved"
+            and a.ends_at and parse_time(a.ends_at)]
     return (min(starts) if starts else incident.opened_at,
             max(ends) if ends else incident.resolved_at)
 
@@ -98,7 +90,7 @@ def _md_cell(text: Any) -> str:
     return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(store: Store, incident: Incident) -> Iterator[str]:
+def markdown(store: Records, incident: Incident) -> Iterator[str]:
     start, end = _impact(store, incident)
     diagnoses = store.diagnoses_of(incident.id)
     approvals = store.approvals_of(incident.id)
@@ -118,10 +110,10 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
         yield ("| received (UTC) | alert | status | started | ended | labels |\n"
                "|---|---|---|---|---|---|\n")
         for a in alerts:
-            labels = ", ".join(f"{k}={v}" for k, v in (a["labels"] or {}).items())
-            ended = a["ends_at"] if parse_time(a.get("ends_at")) else ""
-            yield (f"| {a['received_at']} | {_md_cell(a['name'])} | {a['status']} | "
-                   f"{a['starts_at'] or ''} | {ended} | {_md_cell(labels)} |\n")
+            labels = ", ".join(f"{k}={v}" for k, v in (a.labels or {}).items())
+            ended = a.ends_at if parse_time(a.ends_at) else ""
+            yield (f"| {a.received_at} | {_md_cell(a.name)} | {a.status} | "
+                   f"{a.starts_at or ''} | {ended} | {_md_cell(labels)} |\n")
     else:
         yield "No alert (a run asked for by a person).\n"
     yield "\n## Timeline (UTC)\n\n| time | actor | event | what |\n|---|---|---|---|\n"
@@ -137,26 +129,26 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     yield "".join(rows)
     yield "\n## Steps\n"
     for s in store.iter_steps(incident.id):
-        exit_txt = s["exit_status"] if s["exit_status"] is not None else "—"
-        yield (f"\n### `{s['step_id']}` on {s['host']} — {s['status']} ({s['phase']}, exit "
-               f"{exit_txt}, {s['duration'] or 0:.2f}s, {s['started_at']})\n\n")
-        yield f"```\n$ {s['command']}\n```\n\n"
-        if s["error"]:
-            yield f"Why: {s['error']}\n\n"
-        excerpt = (s["excerpt"] or "").rstrip().replace("```", "ˋˋˋ")
+        exit_txt = s.exit_status if s.exit_status is not None else "—"
+        yield (f"\n### `{s.step_id}` on {s.host} — {s.status} ({s.phase}, exit "
+               f"{exit_txt}, {s.duration or 0:.2f}s, {s.started_at})\n\n")
+        yield f"```\n$ {s.command}\n```\n\n"
+        if s.error:
+            yield f"Why: {s.error}\n\n"
+        excerpt = (s.excerpt or "").rstrip().replace("```", "ˋˋˋ")
         if excerpt:
             yield f"```\n{excerpt}\n```\n\n"
-        yield f"Output: {s['output_bytes'] or 0} bytes, sha256 `{s['digest']}`\n"
+        yield f"Output: {s.output_bytes or 0} bytes, sha256 `{s.digest}`\n"
     yield "\n## Root cause\n\n"
     if diagnoses:
         for d in diagnoses:
-            causes = d["causes"] or []
+            causes = d.causes
             if not causes:
-                yield f"- {d['host']}: no known cause matched the evidence\n"
+                yield f"- {d.host}: no known cause matched the evidence\n"
                 continue
             top = causes[0]
             detail = f" · `{top['detail']}`" if top.get("detail") else ""
-            yield f"- {d['host']}: **{top['cause']}** ({top['confidence']:.0%}){detail}\n"
+            yield f"- {d.host}: **{top['cause']}** ({top['confidence']:.0%}){detail}\n"
             for line in top["evidence"]:
                 yield f"  > `{_md_cell(line)}`\n"
             others = ", ".join(f"{c['cause']} ({c['confidence']:.0%})" for c in causes[1:4])
@@ -166,13 +158,13 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
         yield "No diagnosis was made.\n"
     yield "\n## What was done\n\n"
     if approvals:
-        for a in approvals:
-            who = f" by {a['decided_by']}" if a.get("decided_by") else ""
-            yield (f"- `{a['step_id']}` on {a['host']}: {a['status']}{who} at "
-                   f"{a['decided_at'] or '—'} — `$ {a['display']}`\n")
+        for approval in approvals:
+            who = f" by {approval.decided_by}" if approval.decided_by else ""
+            yield (f"- `{approval.step_id}` on {approval.host}: {approval.status}{who} at "
+                   f"{approval.decided_at or '—'} — `$ {approval.display}`\n")
         for s in store.iter_steps(incident.id, phases=("remediation", "verify")):
-            yield (f"- {s['phase']} `{s['step_id']}` on {s['host']}: {s['status']} at "
-                   f"{s['started_at']}\n")
+            yield (f"- {s.phase} `{s.step_id}` on {s.host}: {s.status} at "
+                   f"{s.started_at}\n")
     else:
         yield "No remediation was proposed.\n"
     yield "\n## Open questions\n\n"
@@ -184,7 +176,7 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     yield "- What follow-up work prevents a repeat (owner, due date)?\n"
 
 
-def as_json(store: Store, incident: Incident) -> Iterator[str]:
+def as_json(store: Records, incident: Incident) -> Iterator[str]:
     start, end = _impact(store, incident)
     head = {"schema": "opsbot.timeline/1", "incident": {
         "ref": incident.ref, "id": incident.id, "title": incident.title,
@@ -192,22 +184,27 @@ def as_json(store: Store, incident: Incident) -> Iterator[str]:
         "hosts": list(incident.hosts), "opened_at": incident.opened_at,
         "resolved_at": incident.resolved_at, "cause": incident.cause,
         "impact": {"start": start, "end": end}, "notes": list(incident.notes)},
-        "alerts": [{k: a[k] for k in ("name", "status", "labels", "annotations", "starts_at",
-                                      "ends_at", "received_at")}
+        "alerts": [{"name": a.name, "status": a.status, "labels": dict(a.labels),
+                    "annotations": dict(a.annotations), "starts_at": a.starts_at,
+                    "ends_at": a.ends_at, "received_at": a.received_at}
                    for a in store.alerts_of(incident.id)],
-        "diagnoses": [{"host": d["host"], "at": d["created_at"], "causes": d["causes"]}
+        "diagnoses": [{"host": d.host, "at": d.created_at, "causes": list(d.causes)}
                       for d in store.diagnoses_of(incident.id)],
-        "approvals": [{k: a[k] for k in ("step_id", "host", "display", "digest", "status",
-                                         "requested_by", "requested_at", "decided_by",
-                                         "decided_at", "reason")}
+        "approvals": [{"step_id": a.step_id, "host": a.host, "display": a.display,
+                       "digest": a.digest, "status": str(a.status),
+                       "requested_by": a.requested_by, "requested_at": a.requested_at,
+                       "decided_by": a.decided_by, "decided_at": a.decided_at,
+                       "reason": a.reason}
                       for a in store.approvals_of(incident.id)]}
     text = json.dumps(head, indent=1)
     yield text[:-2] + ',\n "steps": ['
     first = True
     for s in store.iter_steps(incident.id):
-        item = {k: s[k] for k in ("id", "step_id", "phase", "kind", "host", "command", "action",
-                                  "status", "exit_status", "started_at", "duration", "excerpt",
-                                  "output_bytes", "digest", "error")}
+        item = {"id": s.id, "step_id": s.step_id, "phase": s.phase, "kind": s.kind,
+                "host": s.host, "command": s.command, "action": s.action, "status": s.status,
+                "exit_status": s.exit_status, "started_at": s.started_at,
+                "duration": s.duration, "excerpt": s.excerpt, "output_bytes": s.output_bytes,
+                "digest": s.digest, "error": s.error}
         yield ("\n  " if first else ",\n  ") + json.dumps(item)
         first = False
     yield '\n ],\n "events": ['
@@ -224,7 +221,7 @@ def as_json(store: Store, incident: Incident) -> Iterator[str]:
     yield "".join(out) + "\n ]\n}\n"
 
 
-def as_csv(store: Store, incident: Incident) -> Iterator[str]:
+def as_csv(store: Records, incident: Incident) -> Iterator[str]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_FIELDS)
@@ -246,7 +243,7 @@ def as_csv(store: Store, incident: Incident) -> Iterator[str]:
     yield buf.getvalue()
 
 
-def export(store: Store, incident_id: int, fmt: str) -> Iterator[str]:
+def export(store: Records, incident_id: int, fmt: str) -> Iterator[str]:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     incident = store.get_incident(incident_id)
@@ -254,5 +251,5 @@ def export(store: Store, incident_id: int, fmt: str) -> Iterator[str]:
             "postmortem": postmortem}[fmt](store, incident)
 
 
-def export_text(store: Store, incident_id: int, fmt: str) -> str:
+def export_text(store: Records, incident_id: int, fmt: str) -> str:
     return "".join(export(store, incident_id, fmt))

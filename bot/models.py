@@ -188,6 +188,14 @@ class IncidentStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+class Opening(StrEnum):
+    """How an alert group's firing notification meets the group's latest incident."""
+
+    OPENED = "opened"  # a new incident
+    JOINED = "joined"  # the open one
+    REOPENED = "reopened"  # the resolved one, again (same thread)
+
+
 @dataclass(frozen=True)
 class Incident:
     id: int
@@ -227,6 +235,163 @@ LIFECYCLE = {"diagnosing": "diagnosing", "awaiting approval": "awaiting approval
 IDLE_PHASES = ("investigating", "reopened", "not diagnosed", "diagnosed", "rejected",
                "verified", "verify failed", "remediation failed", "diagnosis failed",
                "remediation interrupted", "remediation not run", "awaiting approval")
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"  # not decided in time
+    VOID = "void"  # superseded by a new run, or its step changed
+    CANCELLED = "cancelled"  # its incident was resolved
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A remediation step waiting for (or after) a person's decision, bound to `digest`."""
+
+    id: int
+    token: str
+    incident_id: int
+    run_id: int
+    runbook: str
+    step_id: str
+    host: str
+    params: Mapping[str, Any]
+    digest: str
+    display: str  # the command exactly as it will run
+    status: ApprovalStatus
+    requested_by: str
+    requested_at: str
+    expires_at: str
+    decided_by: str | None = None
+    decided_at: str | None = None
+    reason: str | None = None
+    cause: str = ""  # the diagnosis it answers, as told when proposed (not stored)
+
+    @property
+    def pending(self) -> bool:
+        return self.status is ApprovalStatus.PENDING
+
+    @property
+    def batch_key(self) -> tuple[int, int, str]:
+        """Approvals with the same key are one batch: one step, one run, several hosts."""
+        return (self.incident_id, self.run_id, self.step_id)
+
+
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    """What an approved step did once carried out (its `approval.outcome` audit record)."""
+
+    phase: str  # "verified", "verify failed", "remediation failed", "not run", ...
+    verified: bool
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """A step as stored: what ran where, how it ended and the stored excerpt of its output."""
+
+    id: int
+    run_id: int | None
+    incident_id: int
+    step_id: str
+    phase: str
+    kind: str
+    host: str
+    command: str
+    action: Any
+    status: str
+    started_at: str | None = None
+    exit_status: int | None = None
+    duration: float | None = None
+    excerpt: str | None = None
+    output_bytes: int | None = None
+    digest: str | None = None
+    truncated: bool = False
+    error: str | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One host's ranked causes (Cause.to_json each) from one run."""
+
+    id: int
+    run_id: int
+    incident_id: int
+    host: str
+    causes: tuple[Mapping[str, Any], ...]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An alert as received for an incident (labels and annotations redacted)."""
+
+    id: int
+    incident_id: int
+    webhook_id: int | None
+    fingerprint: str
+    name: str
+    status: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: str | None
+    ends_at: str | None
+    received_at: str
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A firing notification as the store records it: its group's incident, its alerts, and
+    its webhook marked done (`ingest_many`)."""
+
+    webhook_id: int
+    group_key: str
+    title: str
+    labels: Mapping[str, str]
+    runbook: str | None
+    hosts: tuple[str, ...]
+    notes: tuple[str, ...]
+    alerts: tuple[Mapping[str, Any], ...]
+    actor: str
+    idle_phase: str | None = None  # the phase of a new incident when nothing will run
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    """Where a thread message of an incident was posted (to update it, to check a click)."""
+
+    incident_id: int
+    kind: str
+    ref: str
+    channel: str | None
+    ts: str | None
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """Accepted work not done yet: a webhook ("alert"), a chat "command" or a "click"."""
+
+    id: int
+    kind: str
+    webhook_id: int | None
+    payload: Mapping[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A message (or file) waiting to go to Slack; `version` changes when its content does."""
+
+    id: int
+    incident_id: int
+    key: str
+    kind: str  # "message" | "upload"
+    content: Mapping[str, Any]
+    version: int
+    maybe_sent: bool
 
 
 MAX_INCIDENT_DIGITS = 18  # beyond what SQLite's INTEGER holds, no incident can exist

@@ -10,13 +10,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 from bot import render
-from bot.adapters.store import AsyncStore
 from bot.metrics import Metrics
-from bot.models import Incident, RenderedStep, StepResult
+from bot.models import Approval, Incident, RenderedStep, StepResult
 from bot.outbox import Delivered, Outbox, Outgoing
+from bot.ports import Store
 from bot.progress import Board, Presenter
 from bot.redact import console_safe
 from bot.render import Message
@@ -100,7 +101,7 @@ class Reporter:
     """High-level notifications; one per process, shared by every incident. Everything goes
     through the outbox: a message is in the store before anyone tries to send it."""
 
-    def __init__(self, store: AsyncStore, outbox: Outbox, *,
+    def __init__(self, store: Store, outbox: Outbox, *,
                  approvers: frozenset[str] = frozenset(), metrics: Metrics | None = None) -> None:
         self.store = store
         self.outbox = outbox
@@ -110,7 +111,7 @@ class Reporter:
         self._rooted: set[int] = set()  # incidents whose root message this process enqueued
         # a batch's proposal as first told (verify step, how to approve, cause), by message
         self._proposals: dict[tuple[int, str], tuple[str, str, str]] = {}
-        self._fixes: dict[tuple[int, str], dict[str, tuple[dict[str, Any], list[StepResult],
+        self._fixes: dict[tuple[int, str], dict[str, tuple[Approval, list[StepResult],
                                                             bool]]] = {}
 
     def presenter(self, incident_id: int) -> Presenter:
@@ -141,8 +142,8 @@ class Reporter:
         incident, approvals, diagnoses, alerts = await self.store.root_view(incident_id)
         confidence = None
         for d in reversed(diagnoses):
-            if d["causes"] and d["causes"][0]["cause"] == incident.cause:
-                confidence = d["causes"][0]["confidence"]
+            if d.causes and d.causes[0]["cause"] == incident.cause:
+                confidence = d.causes[0]["confidence"]
                 break
         msg = render.root_message(incident, approvals=approvals, confidence=confidence,
                                   alerts=alerts)
@@ -213,38 +214,38 @@ class Reporter:
             await self.upload(incident_id, f"{incident.ref}-run{run_id}-steps.txt", outputs,
                               f"{incident.ref}: output of every step ({len(reports)} host(s))")
 
-    async def fix(self, approval: Mapping[str, Any], results: Sequence[StepResult],
+    async def fix(self, approval: Approval, results: Sequence[StepResult],
                   verified: bool) -> None:
         """What an approved step did on its host; a batch's hosts share one message."""
-        batch = await self.store.approval_batch(dict(approval))
+        batch = await self.store.approval_batch(approval)
         first = batch[0] if batch else approval
-        key = f"fix:{first['id']}"
-        board = self._fixes.setdefault((approval["incident_id"], key), {})
-        board[approval["host"]] = (dict(approval), list(results), verified)
-        total = len([a for a in batch if a["status"] == "approved"]) or 1
+        key = f"fix:{first.id}"
+        board = self._fixes.setdefault((approval.incident_id, key), {})
+        board[approval.host] = (approval, list(results), verified)
+        total = len([a for a in batch if a.status == "approved"]) or 1
 
         async def show() -> None:
             entries = list(board.values())
-            await self.post(approval["incident_id"], key, render.fix_message(entries, total))
+            await self.post(approval.incident_id, key, render.fix_message(entries, total))
 
-        self.presenter(approval["incident_id"]).later(key, show)
+        self.presenter(approval.incident_id).later(key, show)
 
-    async def approval(self, approval: Mapping[str, Any], *, verify: str = "",
+    async def approval(self, approval: Approval, *, verify: str = "",
                        how_to_approve: str = "") -> None:
         """The approval message of the approval's batch (the same step proposed in one run on
         several hosts: one message, one decision), rendered from the store when sent."""
-        incident_id = approval["incident_id"]
-        batch = await self.store.approval_batch(dict(approval))
+        incident_id = approval.incident_id
+        batch = await self.store.approval_batch(approval)
         first = batch[0] if batch else approval
-        key = f"approval:{first['id']}"
-        if verify or approval.get("cause"):
+        key = f"approval:{first.id}"
+        if verify or approval.cause:
             self._proposals.setdefault((incident_id, key), (verify, how_to_approve,
-                                                            approval.get("cause") or ""))
+                                                            approval.cause or ""))
 
         async def show() -> None:
-            rows = await self.store.approval_batch(dict(first))
+            rows = await self.store.approval_batch(first)
             verify, how, cause = self._proposals.get((incident_id, key), ("", "", ""))
-            head = {**rows[0], "cause": cause} if rows else {**first, "cause": cause}
+            head = replace(rows[0] if rows else first, cause=cause)
             msg = render.approval_message(head, verify=verify, approvers=sorted(self.approvers),
                                           how_to_approve=how, batch=rows)
             await self.post(incident_id, key, msg)

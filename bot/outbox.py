@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.adapters.store import AsyncStore, Row
 from bot.errors import BotError
 from bot.metrics import Metrics
-from bot.models import Incident, canonical_json, sha256_hex
+from bot.models import Incident, OutboxItem, canonical_json, sha256_hex
+from bot.ports import Store
 from bot.render import Message
 
 log = logging.getLogger("opsbot.outbox")
@@ -89,7 +89,7 @@ def message_content(msg: Message) -> dict[str, Any]:
 
 
 class Outbox:
-    def __init__(self, store: AsyncStore, transport: Transport, metrics: Metrics) -> None:
+    def __init__(self, store: Store, transport: Transport, metrics: Metrics) -> None:
         self.store = store
         self.transport = transport
         self.metrics = metrics
@@ -181,7 +181,7 @@ class Outbox:
             sent += 1
         return sent
 
-    async def _send(self, row: Row) -> bool:
+    async def _send(self, row: OutboxItem) -> bool:
         item = await self._outgoing(row)
         try:
             done = await self.transport.deliver(item)
@@ -197,10 +197,10 @@ class Outbox:
             self._blocked_until = time.monotonic() + delay
             log.warning("%s: %s not sent (%s); trying again in %.1fs", item.incident.ref,
                         item.key, exc, delay)
-            await self.store.outbox_retry(row["id"], str(exc), exc.maybe_sent)
+            await self.store.outbox_retry(row.id, str(exc), exc.maybe_sent)
             return False
         self._backoff = BACKOFF_FIRST
-        content = row["content"]
+        content = row.content
         if item.upload:
             data = item.upload[1]
             audit = {"filename": content["filename"], "sha256": sha256_hex(data),
@@ -211,19 +211,19 @@ class Outbox:
         await self.store.outbox_sent(row, done.channel, done.ts, done.updated, audit)
         return True
 
-    async def _outgoing(self, row: Row) -> Outgoing:
+    async def _outgoing(self, row: OutboxItem) -> Outgoing:
         incident, ts = await self.store.outbox_target(row)
-        content: Mapping[str, Any] = row["content"]
-        if row["kind"] == "upload":
+        content: Mapping[str, Any] = row.content
+        if row.kind == "upload":
             data: str | bytes = content["content"] if "content" in content else \
                 base64.b64decode(content["content_base64"])
-            return Outgoing(row["id"], incident, row["key"],
+            return Outgoing(row.id, incident, row.key,
                             upload=(content["filename"], data, content["title"]),
-                            maybe_sent=bool(row["maybe_sent"]))
+                            maybe_sent=bool(row.maybe_sent))
         msg = Message(text=content["text"], blocks=content["blocks"],
                       detail=content.get("detail", ""))
-        return Outgoing(row["id"], incident, row["key"], message=msg, ts=ts,
-                        maybe_sent=bool(row["maybe_sent"]))
+        return Outgoing(row.id, incident, row.key, message=msg, ts=ts,
+                        maybe_sent=bool(row.maybe_sent))
 
     async def flush(self, timeout: float) -> int:
         """Send what waits, as far as Slack allows within `timeout`; returns what is left."""

@@ -13,10 +13,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from bot.adapters.store import Row, Store
-from bot.models import Incident
+from bot.models import AlertRecord, Approval, Diagnosis, Incident, StepRun
+from bot.ports import Records
 
 _RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$")
 
@@ -76,24 +75,23 @@ class Facts:
     impact_start: datetime | None
     impact_end: datetime | None
     detected: datetime | None
-    alerts: list[Row]
-    steps: list[Row]
-    diagnoses: list[Row]
-    approvals: list[Row]
+    alerts: list[AlertRecord]
+    steps: list[StepRun]
+    diagnoses: list[Diagnosis]
+    approvals: list[Approval]
     chain: list[str]
 
 
-def gather(store: Store, incident: Incident) -> Facts:
+def gather(store: Records, incident: Incident) -> Facts:
     alerts = store.alerts_of(incident.id)
-    starts = [t for a in alerts if (t := parse_time(a.get("starts_at")))]
+    starts = [t for a in alerts if (t := parse_time(a.starts_at))]
     ends = [t for a in alerts
-            if a["status"] == "resolved" and (t := parse_time(a.get("ends_at")))]
+            if a.status == "resolved" and (t := parse_time(a.ends_at))]
     opened = parse_time(incident.opened_at)
     chain: list[str] = []
     # only the discovery records, streamed: not the whole log (100,000 records) in memory
-    for (text,) in store.db.stream("SELECT detail FROM audit WHERE incident_id = ? AND "
-                                   "action = 'discovery.traced' ORDER BY seq", (incident.id,)):
-        detail = json.loads(text or "{}")
+    for text in store.audit_details(incident.id, "discovery.traced"):
+        detail = json.loads(text)
         if isinstance(detail, dict) and isinstance(detail.get("chains"), dict):
             chain.extend(line for host, text in detail["chains"].items()
                          if (line := f"{host}: {text}") not in chain)  # each run traces again
@@ -119,21 +117,21 @@ def bars(facts: Facts) -> list[Bar]:
         out.append(Bar("Impact", "alert firing" if facts.impact_end is None else "alert fired",
                        facts.impact_start, end, "crit" if facts.impact_end is None else "done"))
     for s in facts.steps:
-        start = parse_time(s["started_at"])
+        start = parse_time(s.started_at)
         if start is None:
             continue
-        end = start + timedelta(seconds=max(float(s["duration"] or 0), 0.5))
+        end = start + timedelta(seconds=max(float(s.duration or 0), 0.5))
         section = {"diagnostic": "Diagnosis", "remediation": "Remediation",
-                   "verify": "Verify"}.get(s["phase"], "Diagnosis")
-        state = "done" if s["status"] in ("ok", "skipped") else "crit"
-        out.append(Bar(section, f"{s['step_id']} on {s['host']}", start, end, state))
+                   "verify": "Verify"}.get(s.phase, "Diagnosis")
+        state = "done" if s.status in ("ok", "skipped") else "crit"
+        out.append(Bar(section, f"{s.step_id} on {s.host}", start, end, state))
     for a in facts.approvals:
-        start = parse_time(a["requested_at"])
+        start = parse_time(a.requested_at)
         if start is None:
             continue
-        end = parse_time(a.get("decided_at")) or now
-        out.append(Bar("Approval", f"{a['step_id']} {a['status']}", start, end,
-                       "done" if a["status"] == "approved" else "active"))
+        end = parse_time(a.decided_at) or now
+        out.append(Bar("Approval", f"{a.step_id} {a.status}", start, end,
+                       "done" if a.status == "approved" else "active"))
     return sorted(out, key=lambda b: (b.start, b.section))
 
 
@@ -160,13 +158,13 @@ def _cause_lines(facts: Facts) -> Iterator[str]:
         yield "No diagnosis was made.\n"
         return
     for d in facts.diagnoses:
-        causes: list[dict[str, Any]] = d["causes"] or []
+        causes = d.causes
         if not causes:
-            yield f"- {d['host']}: no known cause matched the evidence.\n"
+            yield f"- {d.host}: no known cause matched the evidence.\n"
             continue
         top = causes[0]
         detail = f" ({top['detail']})" if top.get("detail") else ""
-        yield f"- **{d['host']}: {top['cause']}**{detail}, confidence {top['confidence']:.0%}\n"
+        yield f"- **{d.host}: {top['cause']}**{detail}, confidence {top['confidence']:.0%}\n"
         for line in top.get("evidence") or []:
             yield f"  > `{str(line).replace('`', 'ˋ')}`\n"
         others = ", ".join(f"{c['cause']} ({c['confidence']:.0%})" for c in causes[1:4])
@@ -174,7 +172,7 @@ def _cause_lines(facts: Facts) -> Iterator[str]:
             yield f"  - other candidates considered: {others}\n"
 
 
-def markdown(store: Store, incident: Incident) -> Iterator[str]:
+def markdown(store: Records, incident: Incident) -> Iterator[str]:
     facts = gather(store, incident)
     yield f"# Postmortem draft: {incident.ref} · {incident.title}\n\n"
     yield ("*A draft written by opsbot from the incident's record. Fill in the parts marked "
@@ -192,14 +190,14 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     yield "- Customer impact: TODO (who noticed, which requests failed)\n\n"
     yield "## Detection\n\n"
     if facts.alerts:
-        first = min(facts.alerts, key=lambda a: a["received_at"] or "")
-        yield (f"- Alert `{first['name']}` started firing at "
-               f"{_fmt(parse_time(first.get('starts_at')))}; opsbot opened the incident at "
+        first = min(facts.alerts, key=lambda a: a.received_at or "")
+        yield (f"- Alert `{first.name}` started firing at "
+               f"{_fmt(parse_time(first.starts_at))}; opsbot opened the incident at "
                f"{_fmt(facts.detected)}")
         if facts.impact_start and facts.detected:
             yield f" ({_span((facts.detected - facts.impact_start).total_seconds())} later)"
         yield ".\n"
-        labels = first.get("labels") or {}
+        labels = first.labels or {}
         shown = ", ".join(f"{k}={v}" for k, v in labels.items() if k != "alertname")
         if shown:
             yield f"- Alert labels: {shown}\n"
@@ -216,19 +214,19 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     yield "\n## Actions\n\n"
     if facts.approvals:
         for a in facts.approvals:
-            who = f" by {a['decided_by']}" if a.get("decided_by") else ""
-            when = f" at {_fmt(parse_time(a.get('decided_at')))}" if a.get("decided_at") else ""
-            yield (f"- `{a['step_id']}` on {a['host']} (asked by {a['requested_by']}): "
-                   f"{a['status']}{who}{when}\n  `$ {a['display']}`\n")
+            who = f" by {a.decided_by}" if a.decided_by else ""
+            when = f" at {_fmt(parse_time(a.decided_at))}" if a.decided_at else ""
+            yield (f"- `{a.step_id}` on {a.host} (asked by {a.requested_by}): "
+                   f"{a.status}{who}{when}\n  `$ {a.display}`\n")
     else:
         yield "No remediation was proposed or run.\n"
     yield "\n## Verification\n\n"
-    verifies = [s for s in facts.steps if s["phase"] in ("remediation", "verify")]
+    verifies = [s for s in facts.steps if s.phase in ("remediation", "verify")]
     if verifies:
         for s in verifies:
-            yield (f"- {s['phase']} `{s['step_id']}` on {s['host']}: **{s['status']}** at "
-                   f"{_fmt(parse_time(s['started_at']))}"
-                   + (f" — {s['error']}" if s.get("error") else "") + "\n")
+            yield (f"- {s.phase} `{s.step_id}` on {s.host}: **{s.status}** at "
+                   f"{_fmt(parse_time(s.started_at))}"
+                   + (f" — {s.error}" if s.error else "") + "\n")
     else:
         yield "Nothing was changed, so nothing was verified.\n"
     yield "\n## Timeline\n\n"
@@ -247,7 +245,7 @@ def markdown(store: Store, incident: Incident) -> Iterator[str]:
     yield "- [ ] What prevents a repeat (owner, due date)?\n"
 
 
-def chart_png(store: Store, incident: Incident) -> bytes:
+def chart_png(store: Records, incident: Incident) -> bytes:
     """The timeline as a PNG (Pillow; its built-in font), for uploading next to the draft."""
     from PIL import Image, ImageDraw
 

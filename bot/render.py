@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.models import (
     HEALTHY_NOW,
+    Approval,
     Cause,
     Incident,
     IncidentStatus,
@@ -18,6 +19,9 @@ from bot.models import (
     StepResult,
     StepStatus,
 )
+
+if TYPE_CHECKING:
+    from bot.approvals import Decision
 
 SECTION_LIMIT = 3000
 CODE_LIMIT = 2600  # room for the fences and a note inside one section
@@ -75,7 +79,7 @@ STATE_ICON = {"open": "🔴", "diagnosing": "🔎", "awaiting approval": "🟡",
 STATE_WORDS = {"closed": "closed without action"}
 
 
-def root_message(incident: Incident, *, approvals: Sequence[Mapping[str, Any]] = (),
+def root_message(incident: Incident, *, approvals: Sequence[Approval] = (),
                  confidence: float | None = None, alerts: int = 0,
                  closes_at: str | None = None) -> Message:
     """The incident's root message: its lifecycle state first, then what is known."""
@@ -97,7 +101,7 @@ def root_message(incident: Incident, *, approvals: Sequence[Mapping[str, Any]] =
     if incident.cause:
         conf = f" ({confidence:.0%})" if confidence is not None else ""
         blocks.append(_section(f"*Likely cause:* `{incident.cause}`{conf}"))
-    decided = [a for a in approvals if a.get("status") not in (None, "pending")]
+    decided = [a for a in approvals if not a.pending]
     lines = [approval_line(a) for a in decided[-8:]]
     if len(decided) > 8:
         lines.insert(0, f"… {len(decided) - 8} earlier decision(s)")
@@ -123,14 +127,14 @@ def hosts_text(hosts: Sequence[str], limit: int) -> str:
     return shown + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
 
 
-def approval_line(a: Mapping[str, Any]) -> str:
-    decider = a.get("decided_by") or "opsbot"
+def approval_line(a: Approval) -> str:
+    decider = a.decided_by or "opsbot"
     who = f"<@{decider}>" if decider.startswith("U") else decider
     verb = {"approved": "✅ approved", "rejected": "❌ rejected", "expired": "⌛ expired",
-            "void": "🚫 voided", "cancelled": "🚫 cancelled"}.get(a["status"], a["status"])
-    by = f" by {who}" if a["status"] in ("approved", "rejected") else ""
-    reason = f" ({a['reason']})" if a.get("reason") and a["status"] != "approved" else ""
-    return f"`{a['step_id']}` on {a['host']}: {verb}{by} at {a.get('decided_at') or ''}{reason}"
+            "void": "🚫 voided", "cancelled": "🚫 cancelled"}.get(a.status, a.status)
+    by = f" by {who}" if a.status in ("approved", "rejected") else ""
+    reason = f" ({a.reason})" if a.reason and a.status != "approved" else ""
+    return f"`{a.step_id}` on {a.host}: {verb}{by} at {a.decided_at or ''}{reason}"
 
 
 def step_message(step: RenderedStep, result: StepResult | None) -> Message:
@@ -253,7 +257,7 @@ def finding_message(finding: Finding, summaries: Mapping[str, str] | None = None
                    blocks=blocks[:MAX_BLOCKS], detail="\n".join(detail))
 
 
-def fix_message(entries: Sequence[tuple[Mapping[str, Any], Sequence[StepResult], bool]],
+def fix_message(entries: Sequence[tuple[Approval, Sequence[StepResult], bool]],
                 total: int = 1) -> Message:
     """What approved remediation did: per host its step, then its verify step. One host: each
     step with an excerpt of its output; several: one line per host (failures with why)."""
@@ -265,14 +269,14 @@ def fix_message(entries: Sequence[tuple[Mapping[str, Any], Sequence[StepResult],
         for r in results:
             blocks += step_message(r.step, r).blocks
         outcome = "verified" if verified else "not verified" if len(results) > 1 else "failed"
-        head = f"{'✅' if verified else '❌'} {approval['step_id']} on {approval['host']}: " \
+        head = f"{'✅' if verified else '❌'} {approval.step_id} on {approval.host}: " \
             f"{outcome}"
         blocks.insert(0, _section(f"*{_esc(head)}*"))
         detail = "\n".join(step_message(r.step, r).text for r in results)
         return Message(text=head, blocks=blocks[:MAX_BLOCKS], detail=detail)
     waiting = max(0, total - len(entries))
     icon = RUNNING if waiting else "✅" if good == len(entries) else "❌"
-    head = f"{icon} {first['step_id']} on {total} hosts: {good} verified, " \
+    head = f"{icon} {first.step_id} on {total} hosts: {good} verified, " \
         f"{len(entries) - good} not" + (f", {waiting} running" if waiting else "")
     lines = []
     for approval, results, verified in entries:
@@ -281,50 +285,50 @@ def fix_message(entries: Sequence[tuple[Mapping[str, Any], Sequence[StepResult],
                            for r in results)
         why = "" if verified else " — " + _esc(next(
             (r.error or f"{r.status}, exit {r.exit_status}" for r in results if not r.ok), ""))
-        lines.append(f"{'✅' if verified else '❌'} `{approval['host']}`: {steps}{why[:300]}")
+        lines.append(f"{'✅' if verified else '❌'} `{approval.host}`: {steps}{why[:300]}")
     blocks = [_section(f"*{_esc(head)}*")] + _sections(lines, MAX_BLOCKS - 1)
     return Message(text=head, blocks=blocks,
                    detail="\n".join(line.replace("`", "") for line in lines))
 
 
-def approval_message(a: Mapping[str, Any], *, verify: str = "", approvers: Sequence[str] = (),
+def approval_message(a: Approval, *, verify: str = "", approvers: Sequence[str] = (),
                      how_to_approve: str = "",
-                     batch: Sequence[Mapping[str, Any]] = ()) -> Message:
+                     batch: Sequence[Approval] = ()) -> Message:
     """The remediation proposal; with buttons while pending, the decision after. `batch`: the
     same step proposed on several hosts in one run, decided together (a is its first)."""
-    hosts = [b["host"] for b in batch] or [a["host"]]
-    pending = a["status"] == "pending"
+    hosts = [b.host for b in batch] or [a.host]
+    pending = a.status == "pending"
     where = f"`{hosts[0]}`" if len(hosts) == 1 else f"{len(hosts)} hosts"
     plain_where = hosts[0] if len(hosts) == 1 else f"{len(hosts)} hosts"
-    head = (f"🛠️ Proposed remediation on {where}: *{a['step_id']}*"
-            f"{' for `' + a['cause'] + '`' if a.get('cause') else ''}")
+    head = (f"🛠️ Proposed remediation on {where}: *{a.step_id}*"
+            f"{' for `' + a.cause + '`' if a.cause else ''}")
     exactly = "Will run exactly" if len(hosts) == 1 else \
         f"Will run on each host, exactly (as on `{hosts[0]}`)"
-    blocks = [_section(f"{head}\n{exactly}:\n{_code('$ ' + a['display'], 1200)}")]
+    blocks = [_section(f"{head}\n{exactly}:\n{_code('$ ' + a.display, 1200)}")]
     if len(hosts) > 1:
         blocks.append(_section("*Hosts:* " + hosts_text(hosts, 200)))
     if verify:
         blocks.append(_section(f"Then verifies with:\n{_code('$ ' + verify, 800)}"))
     if pending:
         who = ", ".join(f"<@{u}>" for u in approvers) or "nobody (OPSBOT_APPROVERS is empty)"
-        blocks.append(_context(f"Approvers: {who}", f"Expires {a['expires_at']}",
-                               f"digest `{a['digest'][:12]}`"))
-        blocks.append({"type": "actions", "block_id": f"opsbot_approval_{a['id']}", "elements": [
-            {"type": "button", "action_id": APPROVE, "style": "primary", "value": a["token"],
+        blocks.append(_context(f"Approvers: {who}", f"Expires {a.expires_at}",
+                               f"digest `{a.digest[:12]}`"))
+        blocks.append({"type": "actions", "block_id": f"opsbot_approval_{a.id}", "elements": [
+            {"type": "button", "action_id": APPROVE, "style": "primary", "value": a.token,
              "text": {"type": "plain_text", "text": "Approve" if len(hosts) == 1 else
                       f"Approve on {len(hosts)} hosts"}},
-            {"type": "button", "action_id": REJECT, "style": "danger", "value": a["token"],
+            {"type": "button", "action_id": REJECT, "style": "danger", "value": a.token,
              "text": {"type": "plain_text", "text": "Reject"}},
         ]})
-        text = f"🛠️ Approval needed: {a['step_id']} on {plain_where}"
+        text = f"🛠️ Approval needed: {a.step_id} on {plain_where}"
     else:
         blocks.append(_section(approval_line(a)))
-        others = [b for b in batch[1:] if b["status"] != a["status"]]
+        others = [b for b in batch[1:] if b.status != a.status]
         if others:
-            blocks.append(_context(", ".join(f"{b['host']}: {b['status']}" for b in others)))
-        text = f"🛠️ {a['step_id']} on {plain_where}: {a['status']}"
+            blocks.append(_context(", ".join(f"{b.host}: {b.status}" for b in others)))
+        text = f"🛠️ {a.step_id} on {plain_where}: {a.status}"
     return Message(text=text, blocks=blocks[:MAX_BLOCKS],
-                   detail=f"  $ {a['display']}" + (f"\n  on: {', '.join(hosts)}"
+                   detail=f"  $ {a.display}" + (f"\n  on: {', '.join(hosts)}"
                                                    if len(hosts) > 1 else "")
                    + (f"\n  {how_to_approve}" if pending and how_to_approve else ""))
 
@@ -446,3 +450,34 @@ def _plain_host_line(host: str, cells: Sequence[Cell], done: bool) -> str:
     line = f"{host:16} {''.join(_glyph(c) for c in cells)} " + \
         ("done" if done else f"{sum(1 for c in cells if c.result)}/{len(cells)}")
     return line + (f" · not ok: {', '.join(bad)}" if bad else "")
+
+
+def duration_text(seconds: float) -> str:
+    """3600 -> "1 h", 90 -> "1.5 min", 5 -> "5 s"."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def decision_text(decision: Decision) -> str:
+    """The one line the person who decided reads (Slack's ephemeral answer, the terminal)."""
+    from bot.approvals import Outcome
+
+    a, outcome = decision.approval, decision.outcome
+    where = a.host if decision.hosts == 1 else f"{decision.hosts} hosts"
+    if outcome is Outcome.RUNNING:
+        return f"Approved {a.step_id} on {where}: running it now."
+    if outcome is Outcome.HANDED_OVER:
+        return f"Approved {a.step_id} on {where}: handed to the serving opsbot."
+    if outcome is Outcome.REJECTED:
+        return f"Rejected {a.step_id} on {where}."
+    if outcome is Outcome.NOT_AN_APPROVER:
+        return "You are not allowed to approve or reject remediation (not in " \
+               "OPSBOT_APPROVERS). Nothing was run."
+    if outcome is Outcome.TWO_PERSON_RULE:
+        return "You asked for this run, so someone else must approve its remediation " \
+               "(two-person rule). Nothing was run."
+    if outcome is Outcome.WRONG_MESSAGE:
+        return "This approval belongs to another message; nothing was run."
+    return f"This was already {a.status}" + (f" by {a.decided_by}" if a.decided_by else "") + \
+        "; nothing more was done."

@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from bot import edge
-from bot.adapters.sql import DB_ERRORS
-from bot.adapters.store import Store, StoreError, WebhookIn
+from bot.adapters.sql import store_errors
+from bot.adapters.store import Store, WebhookIn
 from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
 from bot.edge import MAX_BODY, BodyRefused, bearer_ok, error, read_body
@@ -69,7 +69,7 @@ def _store_ok(store: Store) -> bool:
     """Readable, and its file and folder writable by us: checked without writing."""
     try:
         store.db.execute("SELECT count(*) FROM meta").fetchone()
-    except DB_ERRORS:
+    except store_errors():
         return False
     if store.shared or store.path == ":memory:":
         return True
@@ -108,8 +108,8 @@ async def metrics(request: web.Request) -> web.Response:
 def _process_figures(rt: Runtime) -> dict[str, float]:
     return {"runbooks_loaded": len(rt.bot.catalog.runbooks),
             "runbook_errors": len(rt.bot.catalog.errors),
-            "background_tasks": len(rt.bot.tasks),
-            "live_incidents": sum(1 for n in rt.bot.live.values() if n),
+            "background_tasks": len(rt.bot.tasks.running),
+            "live_incidents": sum(1 for n in rt.bot.tasks.live.values() if n),
             "ssh_connects": rt.ctx.ssh.connects if rt.ctx._ssh else 0,
             "webhook_batches": rt.intake.batches,
             "alert_batches": rt.bot.alert_batches,
@@ -135,7 +135,7 @@ async def one_line_errors(request: web.Request, handler: Any) -> web.StreamRespo
         if "Allow" in exc.headers:
             refusal.headers["Allow"] = exc.headers["Allow"]
         return refusal
-    except (StoreError, *DB_ERRORS) as exc:
+    except store_errors() as exc:
         log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
         return error(503, f"the store cannot be written ({exc}); nothing was accepted, "
                            "retry later")
@@ -166,8 +166,8 @@ async def _expiry_loop(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await rt.bot.expire_approvals()
-            await rt.bot.close_idle()
+            await rt.bot.approvals.expire()
+            await rt.bot.incidents.close_idle()
         except Exception:  # keep the loop alive; the next round tries again
             log.exception("expiring approvals or closing idle incidents failed")
 
@@ -177,7 +177,7 @@ async def _handover_loop(rt: Runtime) -> None:
     while True:
         try:
             await rt.store.heartbeat()
-            await rt.bot.carry_out_handovers()
+            await rt.bot.approvals.carry_out_handovers()
         except Exception:
             log.exception("taking over approvals from other terminals failed")
         await asyncio.sleep(HANDOVER_INTERVAL)

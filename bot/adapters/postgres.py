@@ -16,7 +16,17 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from bot.adapters.sql import LEASE, Conn, Database, Result, WriteLock, db_errors, to_pyformat
+from bot.adapters.sql import (
+    LEASE,
+    Conn,
+    Database,
+    Result,
+    WriteLock,
+    db_errors,
+    to_pyformat,
+    translated,
+)
+from bot.errors import StoreError
 
 # pg_advisory_xact_lock key of the store's write lock ("opsb" as an int)
 WRITE_LOCK_KEY = 0x6F707362
@@ -82,7 +92,7 @@ class PostgresDatabase(Database):
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
-            with contextlib.suppress(*db_errors(), psycopg_pool.PoolClosed):
+            with contextlib.suppress(StoreError, *db_errors(), psycopg_pool.PoolClosed):
                 self.execute(f"UPDATE replicas SET heartbeat = {NOW} WHERE id = ?",
                              (self._replica,))
 
@@ -127,7 +137,7 @@ class PostgresDatabase(Database):
         if current is not None:  # nested: the outer transaction already holds the lock
             yield current
             return
-        with self.pool.connection() as raw, raw.transaction():
+        with translated(self.target), self.pool.connection() as raw, raw.transaction():
             conn = _PgConn(raw)
             conn.execute("SELECT pg_advisory_xact_lock(?::bigint)", (WRITE_LOCK_KEY,))
             self._local.conn = conn
@@ -138,14 +148,15 @@ class PostgresDatabase(Database):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         current: _PgConn | None = getattr(self._local, "conn", None)
-        if current is not None:  # inside this thread's transaction: see its own writes
-            return current.execute(sql, params)
-        with self.pool.connection() as raw:
-            return _PgConn(raw).execute(sql, params)
+        with translated(self.target):
+            if current is not None:  # inside this thread's transaction: see its own writes
+                return current.execute(sql, params)
+            with self.pool.connection() as raw:
+                return _PgConn(raw).execute(sql, params)
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """A server-side cursor, read 2,000 rows at a time."""
-        with self.pool.connection() as raw, raw.transaction(), \
+        with translated(self.target), self.pool.connection() as raw, raw.transaction(), \
                 raw.cursor(name="opsbot_stream") as cur:
             cur.itersize = 2000
             cur.execute(to_pyformat(sql), tuple(params))
@@ -160,7 +171,7 @@ class PostgresDatabase(Database):
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=HEARTBEAT + 5)
-            with contextlib.suppress(*db_errors(), psycopg_pool.PoolClosed):
+            with contextlib.suppress(StoreError, *db_errors(), psycopg_pool.PoolClosed):
                 self.execute("UPDATE replicas SET heartbeat = 0 WHERE id = ?", (self._replica,))
         with self._leader_lock:
             if self._leader_conn is not None:

@@ -38,7 +38,7 @@ from bot.edge import BodyRefused, error, read_body
 from bot.errors import BotError, IngestError, NotFound
 from bot.ingest import load_json
 from bot.outbox import Delivered, DeliveryError, Outgoing
-from bot.render import APPROVE, REJECT, Message
+from bot.render import APPROVE, REJECT, Message, decision_text
 from bot.service import Opsbot
 
 log = logging.getLogger("opsbot.slack")
@@ -400,7 +400,8 @@ class SlackInbound:
         user = _str(_dict(payload.get("user")).get("id"))
         if not user:
             log.warning("approval click without a user refused")
-            self.bot.spawn(self._respond(url, "opsbot cannot tell who clicked; nothing was run."))
+            self.bot.tasks.spawn(self._respond(url, "opsbot cannot tell who clicked; nothing "
+                                                    "was run."))
             return None
         container, message = _dict(payload.get("container")), _dict(payload.get("message"))
         channel = _str(container.get("channel_id")) or _str(_dict(payload.get("channel")).get("id"))
@@ -409,13 +410,15 @@ class SlackInbound:
 
         async def work() -> None:
             try:
-                refusal = await self.bot.check_origin(token, channel, ts, user)
-                text = refusal or await self.bot.decide(token, approve, user, via="slack",
-                                                        check_authority=True)
+                decision = await self.bot.approvals.check_origin(token, channel, ts, user) or \
+                    await self.bot.approvals.decide(token, approve, user, via="slack",
+                                                    check_authority=True)
             except NotFound:
-                text = "This approval is unknown (it may have been pruned). Nothing was run."
-            if not text.startswith(("Approved", "Rejected")):
-                await self._respond(url, text)
+                await self._respond(url, "This approval is unknown (it may have been pruned). "
+                                         "Nothing was run.")
+                return
+            if not decision.outcome.recorded:
+                await self._respond(url, decision_text(decision))
 
         # recorded before the ack: if opsbot dies now, the next start does it
         if not await self.bot.submit("click", {"token": token, "approve": approve, "user": user,

@@ -27,10 +27,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.config import is_database_url
+from bot.errors import StoreError
 
 LEASE = 15.0  # seconds a replica counts as alive after its last heartbeat
 SQL_TYPES = {"sqlite": {int: "INTEGER", str: "TEXT", float: "FLOAT"},
              "postgresql": {int: "BIGINT", str: "TEXT", float: "DOUBLE PRECISION"}}
+
+
+@contextmanager
+def translated(target: str) -> Iterator[None]:
+    """The database's own errors, as the store's: a StoreError of one line, naming the
+    database without its password (the original is its __cause__, for the log)."""
+    try:
+        yield
+    except db_errors() as exc:
+        raise StoreError(f"the database {target} failed: {one_line(exc)}") from exc
 
 
 def is_postgres_url(target: str) -> bool:
@@ -43,6 +54,11 @@ def db_errors() -> tuple[type[Exception], ...]:
     Called in the `except` clause itself, so it is read when an error comes."""
     pg = sys.modules.get("psycopg")
     return (sqlite3.Error, pg.Error) if pg is not None else (sqlite3.Error,)
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """StoreError and the engines' own errors: what a caller below the store may meet."""
+    return (StoreError, *db_errors())
 
 
 def __getattr__(name: str) -> Any:
@@ -244,22 +260,25 @@ class SqliteDatabase(Database):
         raw = self.raw
         self.lock.acquire(self.urgent)
         try:
-            raw.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-                raw.execute("COMMIT")
-            except BaseException:
-                if raw.in_transaction:  # a failed COMMIT (disk full) may leave it open
-                    raw.execute("ROLLBACK")
-                raise
+            with translated(self.target):
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                    raw.execute("COMMIT")
+                except BaseException:
+                    if raw.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                        raw.execute("ROLLBACK")
+                    raise
         finally:
             self.lock.release()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
-        return self.conn.execute(sql, params)
+        with translated(self.target):
+            return self.conn.execute(sql, params)
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        yield from self.raw.execute(sql, tuple(params))
+        with translated(self.target):
+            yield from self.raw.execute(sql, tuple(params))
 
     def integrity_check(self) -> str:
         row = self.execute("PRAGMA integrity_check").fetchone()

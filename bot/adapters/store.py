@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,17 +38,35 @@ from bot.adapters.sql import (
     one_line,
     open_database,
     shown_target,
+    store_errors,
 )
 from bot.audit import GENESIS, PRUNED, Mark, VerifyReport, record_hash, verify_chain
-from bot.errors import BotError, NotFound
-from bot.models import Incident, IncidentStatus, StepResult, canonical_json
+from bot.errors import NotFound, StoreError
+from bot.models import (
+    AlertRecord,
+    Approval,
+    ApprovalOutcome,
+    ApprovalStatus,
+    Diagnosis,
+    Incident,
+    IncidentStatus,
+    Notification,
+    Opening,
+    OutboxItem,
+    PostedMessage,
+    RenderedStep,
+    StepResult,
+    StepRun,
+    WorkItem,
+    canonical_json,
+)
+from bot.ports import OpeningRule
 from bot.redact import redact, redact_value
 
 P = ParamSpec("P")
 T = TypeVar("T")
 Row = dict[str, Any]
 
-REOPEN_WINDOW = timedelta(hours=24)
 HANDOVER = "via terminal, for the serving opsbot"  # an approval waiting to be claimed
 HANDED_OVER = "via terminal, run by the serving opsbot"
 
@@ -61,10 +79,6 @@ def parse_ts(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-class StoreError(BotError):
-    """The database cannot be opened or written."""
-
-
 @dataclass(frozen=True)
 class WebhookIn:
     """A webhook as received: recorded before it is answered."""
@@ -73,23 +87,6 @@ class WebhookIn:
     body: bytes
     remote: str
     rejected: str | None = None  # why it cannot be read as alerts (kept all the same)
-
-
-@dataclass(frozen=True)
-class Notification:
-    """A firing notification as the store records it: its group's incident, its alerts, and
-    its webhook marked done (`ingest_many`)."""
-
-    webhook_id: int
-    group_key: str
-    title: str
-    labels: Mapping[str, str]
-    runbook: str | None
-    hosts: tuple[str, ...]
-    notes: tuple[str, ...]
-    alerts: tuple[Mapping[str, Any], ...]
-    actor: str
-    idle_phase: str | None = None  # the phase of a new incident when nothing will run
 
 
 def owner_alive(pid: int | None) -> bool:
@@ -244,6 +241,59 @@ class AuditChain:
             self.added = 0
 
 
+def approval_from_row(row: Row) -> Approval:
+    row = _decode(dict(row))
+    return Approval(
+        id=row["id"], token=row["token"], incident_id=row["incident_id"], run_id=row["run_id"],
+        runbook=row["runbook"], step_id=row["step_id"], host=row["host"],
+        params=row["params"] or {}, digest=row["digest"], display=row["display"],
+        status=ApprovalStatus(row["status"]), requested_by=row["requested_by"],
+        requested_at=row["requested_at"], expires_at=row["expires_at"],
+        decided_by=row["decided_by"], decided_at=row["decided_at"], reason=row["reason"])
+
+
+def step_run_from_row(row: Row) -> StepRun:
+    row = _decode(dict(row))
+    return StepRun(
+        id=row["id"], run_id=row["run_id"], incident_id=row["incident_id"],
+        step_id=row["step_id"], phase=row["phase"], kind=row["kind"], host=row["host"],
+        command=row["command"], action=row["action"], status=row["status"],
+        started_at=row["started_at"], exit_status=row["exit_status"], duration=row["duration"],
+        excerpt=row["excerpt"], output_bytes=row["output_bytes"], digest=row["digest"],
+        truncated=bool(row["truncated"]), error=row["error"],
+        facts=row["facts"] if isinstance(row["facts"], dict) else {}, title=row["title"] or "")
+
+
+def diagnosis_from_row(row: Row) -> Diagnosis:
+    row = _decode(dict(row))
+    return Diagnosis(id=row["id"], run_id=row["run_id"], incident_id=row["incident_id"],
+                     host=row["host"], causes=tuple(row["causes"] or ()),
+                     created_at=row["created_at"])
+
+
+def alert_from_row(row: Row) -> AlertRecord:
+    row = _decode(dict(row))
+    return AlertRecord(
+        id=row["id"], incident_id=row["incident_id"], webhook_id=row["webhook_id"],
+        fingerprint=row["fingerprint"], name=row["name"], status=row["status"],
+        labels=row["labels"] or {}, annotations=row["annotations"] or {},
+        starts_at=row["starts_at"], ends_at=row["ends_at"], received_at=row["received_at"])
+
+
+def outbox_from_row(row: Row) -> OutboxItem:
+    row = _decode(dict(row))
+    return OutboxItem(id=row["id"], incident_id=row["incident_id"], key=row["key"],
+                      kind=row["kind"], content=row["content"], version=row["version"],
+                      maybe_sent=bool(row["maybe_sent"]))
+
+
+def work_from_row(row: Row) -> WorkItem:
+    row = _decode(dict(row))
+    return WorkItem(id=row["id"], kind=row["kind"], webhook_id=row["webhook_id"],
+                    payload=row["payload"] if isinstance(row["payload"], dict) else {},
+                    attempts=row["attempts"] or 0)
+
+
 class Store:
     def __init__(self, path: Path | str, *, audit_key: str | None = None,
                  synchronous: str = "FULL", lock: WriteLock | None = None) -> None:
@@ -265,10 +315,10 @@ class Store:
             # a replica id with a lease (renewed by a heartbeat) on a shared server
             self.owner = os.getpid() if self.db.dialect == "sqlite" else \
                 self.db.register_replica(socket.gethostname(), utcnow())
-        except db_errors() as exc:
+        except store_errors() as exc:
             self.db.close()
-            raise StoreError(f"cannot open the database {self.db.target}: {one_line(exc)}") \
-                from None
+            why = one_line(exc.__cause__ or exc)
+            raise StoreError(f"cannot open the database {self.db.target}: {why}") from None
         self._lock = self.db.lock
         self._seen_writes = 0  # first_use calls, to prune expired keys now and then
 
@@ -352,7 +402,7 @@ class Store:
             with self.tx() as conn:
                 conn.execute(UPSERT_META, ('healthcheck', utcnow()))
             return True
-        except db_errors():
+        except store_errors():
             return False
 
     # -- audit ----------------------------------------------------------------------------
@@ -382,6 +432,20 @@ class Store:
         else:
             yield from self.db.query("SELECT * FROM audit WHERE incident_id = ? ORDER BY seq",
                                      (incident_id,))
+
+    def audit_stream(self, incident_id: int) -> Iterator[tuple[int, str, str, str, str, str]]:
+        """(seq, ts, actor, action, detail JSON text, hash) of an incident's records, in order,
+        as plain tuples read as they stream (exports of a long audit log)."""
+        yield from self.db.stream(
+            "SELECT seq, ts, actor, action, detail, hash FROM audit WHERE incident_id = ? "
+            "ORDER BY seq", (incident_id,))
+
+    def audit_details(self, incident_id: int, action: str) -> Iterator[str]:
+        """The detail (JSON text) of an incident's records of one action, in order, streamed:
+        never the whole log in memory."""
+        for (text,) in self.db.stream("SELECT detail FROM audit WHERE incident_id = ? AND "
+                                      "action = ? ORDER BY seq", (incident_id, action)):
+            yield text or "{}"
 
     def verify_audit(self) -> VerifyReport:
         return verify_chain(self.audit_records(), anchor=self._mark(self.db, "anchor"),
@@ -464,7 +528,7 @@ class Store:
     def last_work_id(self) -> int:
         return int(self.db.execute("SELECT coalesce(max(id), 0) FROM work").fetchone()[0])
 
-    def pending_work(self, up_to: int) -> list[Row]:
+    def pending_work(self, up_to: int) -> list[WorkItem]:
         """Unfinished work up to id `up_to` whose process is gone (an earlier process, or a
         replica that died), oldest first, claimed for this one (on PostgreSQL with `FOR UPDATE
         SKIP LOCKED`: two replicas taking over never take the same row); each try is counted,
@@ -485,7 +549,8 @@ class Store:
         if not ids:
             return []
         marks = ", ".join("?" for _ in ids)
-        return self._all(f"SELECT * FROM work WHERE id IN ({marks}) ORDER BY id", tuple(ids))
+        return [work_from_row(r) for r in self.db.query(
+            f"SELECT * FROM work WHERE id IN ({marks}) ORDER BY id", tuple(ids))]
 
     # -- incidents ------------------------------------------------------------------------
     def get_incident(self, incident_id: int) -> Incident:
@@ -536,27 +601,27 @@ class Store:
             rows = [r for r in rows if (r["updated_at"] or "") < quiet]
         return [incident_from_row(r) for r in rows]
 
-    def interrupt_steps(self, incident_id: int, actor: str) -> list[Row]:
+    def interrupt_steps(self, incident_id: int, actor: str) -> list[StepRun]:
         """Steps of the incident left `running`: marked interrupted (with their audit record);
         returns them."""
         with self.tx() as conn:
-            rows = [_decode(r) for r in conn.execute(
+            steps = [step_run_from_row(r) for r in conn.execute(
                 "SELECT * FROM step_runs WHERE incident_id = ? AND status = 'running' ORDER BY id",
                 (incident_id,)).dicts()]
-            for row in rows:
-                self._update(conn, "step_runs", row["id"], {
+            for step in steps:
+                self._update(conn, "step_runs", step.id, {
                     "status": "interrupted", "error": "opsbot stopped while it ran"})
                 self._audit(conn, "step.end", actor, incident_id, {
-                    "step_run_id": row["id"], "step": row["step_id"], "host": row["host"],
+                    "step_run_id": step.id, "step": step.step_id, "host": step.host,
                     "status": "interrupted", "error": "opsbot stopped while it ran"})
-        return rows
+        return steps
 
-    def expired_approvals(self) -> list[Row]:
+    def expired_approvals(self) -> list[Approval]:
         """Pending approvals past their time; with replicas, only for the `expiry` leader."""
         if not self.leader("expiry"):
             return []
-        return self._all("SELECT * FROM approvals WHERE status = 'pending' AND expires_at < ?",
-                         (utcnow(),))
+        return self._approvals("SELECT * FROM approvals WHERE status = 'pending' AND "
+                               "expires_at < ?", (utcnow(),))
 
     def idle_incidents(self, seconds: float) -> list[Incident]:
         """Open incidents not updated for `seconds`."""
@@ -574,37 +639,41 @@ class Store:
 
     def open_or_join(self, group_key: str, *, title: str, labels: Mapping[str, str],
                      runbook: str | None, hosts: list[str], notes: list[str],
-                     actor: str) -> tuple[Incident, str]:
-        """Atomically find the group's incident or open one. Returns (incident, how) where
-        how is "opened", "joined" (already open) or "reopened" (resolved within the window)."""
+                     actor: str, rule: OpeningRule | None = None) -> tuple[Incident, Opening]:
+        """Atomically find the group's incident or open one: `rule` (bot.incidents.opening)
+        says whether its latest incident is joined, reopened or followed by a new one; without
+        one, an open incident is joined, else a new one opened."""
         with self.tx() as conn:
             incident_id, how = self._open_or_join(conn, group_key, title=title, labels=labels,
                                                   runbook=runbook, hosts=hosts, notes=notes,
-                                                  actor=actor)
+                                                  actor=actor, rule=rule)
         return self.get_incident(incident_id), how
 
     def ingest_alerts(self, webhook_id: int, group_key: str, *, title: str,
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
                       notes: list[str], alerts: Sequence[Mapping[str, Any]],
-                      actor: str, idle_phase: str | None = None) -> tuple[Incident, str]:
+                      actor: str, idle_phase: str | None = None,
+                      rule: OpeningRule | None = None) -> tuple[Incident, Opening]:
         """One firing notification, in one transaction (see ingest_many)."""
         return self.ingest_many([Notification(
             webhook_id, group_key, title=title, labels=dict(labels), runbook=runbook,
             hosts=tuple(hosts), notes=tuple(notes), alerts=tuple(alerts), actor=actor,
-            idle_phase=idle_phase)])[0]
+            idle_phase=idle_phase)], rule=rule)[0]
 
-    def ingest_many(self, batch: Sequence[Notification]) -> list[tuple[Incident, str]]:
+    def ingest_many(self, batch: Sequence[Notification], *, rule: OpeningRule | None = None
+                    ) -> list[tuple[Incident, Opening]]:
         """Firing notifications, in order, in one transaction: for each, its group's incident
-        (opened, joined or reopened; put in `idle_phase` when new and nothing will run), its
-        alerts, and its webhook and work rows marked done. A group twice in one batch: the
-        second joins what the first opened."""
-        done: list[tuple[int, str]] = []
+        (opened, joined or reopened, as `rule` says: see open_or_join; put in `idle_phase` when
+        new and nothing will run), its alerts, and its webhook and work rows marked done. A
+        group twice in one batch: the second joins what the first opened."""
+        done: list[tuple[int, Opening]] = []
         with self.tx() as conn:
             chain = AuditChain(self, conn)
             for n in batch:
                 incident_id, how = self._open_or_join(
                     conn, n.group_key, title=n.title, labels=n.labels, runbook=n.runbook,
-                    hosts=list(n.hosts), notes=list(n.notes), actor=n.actor, chain=chain)
+                    hosts=list(n.hosts), notes=list(n.notes), actor=n.actor, chain=chain,
+                    rule=rule)
                 if n.idle_phase and how != "joined":
                     self._update(conn, "incidents", incident_id, {"phase": n.idle_phase})
                 self._insert_alerts(conn, incident_id, n.webhook_id, n.alerts)
@@ -627,20 +696,26 @@ class Store:
     def _open_or_join(self, conn: Conn, group_key: str, *, title: str,
                       labels: Mapping[str, str], runbook: str | None, hosts: list[str],
                       notes: list[str], actor: str,
-                      chain: AuditChain | None = None) -> tuple[int, str]:
+                      chain: AuditChain | None = None,
+                      rule: OpeningRule | None = None) -> tuple[int, Opening]:
         title, labels, notes = redact(title), redact_value(dict(labels)), redact_value(notes)
         row = conn.execute("SELECT id, status, resolved_at FROM incidents WHERE group_key = ?"
                            " ORDER BY id DESC LIMIT 1", (group_key,)).fetchone()
         now = utcnow()
-        if row and row[1] == IncidentStatus.OPEN:
-            return row[0], "joined"
-        if row and row[2] and parse_ts(now) - parse_ts(row[2]) < REOPEN_WINDOW:
-            how, incident_id = "reopened", row[0]
+        latest = IncidentStatus(row[1]) if row else None
+        if rule is not None:
+            how = rule(latest, parse_ts(row[2]) if row and row[2] else None, parse_ts(now))
+        else:
+            how = Opening.JOINED if latest is IncidentStatus.OPEN else Opening.OPENED
+        if row and how is Opening.JOINED:
+            return row[0], how
+        if row and how is Opening.REOPENED:
+            incident_id = row[0]
             self._update(conn, "incidents", incident_id,
                          {"status": "open", "phase": "reopened", "resolved_at": None,
                           "updated_at": now, "cause": None})
         else:
-            how = "opened"
+            how = Opening.OPENED
             incident_id = self._insert(conn, "incidents", {
                 "group_key": group_key, "status": "open", "phase": "investigating",
                 "title": title, "runbook": runbook, "hosts": hosts, "labels": dict(labels),
@@ -678,7 +753,8 @@ class Store:
             self._insert(conn, "alerts", {"incident_id": incident_id, "webhook_id": webhook_id,
                                           "received_at": now, **redact_value(alert)})
 
-    def root_view(self, incident_id: int) -> tuple[Incident, list[Row], list[Row], int]:
+    def root_view(self, incident_id: int
+                  ) -> tuple[Incident, list[Approval], list[Diagnosis], int]:
         """What the root message shows, in one call: incident, approvals, diagnoses, alerts."""
         return (self.get_incident(incident_id), self.approvals_of(incident_id),
                 self.diagnoses_of(incident_id), self.alert_count(incident_id))
@@ -687,8 +763,9 @@ class Store:
         return int(self.db.execute("SELECT count(*) FROM alerts WHERE incident_id = ?",
                                         (incident_id,)).fetchone()[0])
 
-    def alerts_of(self, incident_id: int) -> list[Row]:
-        return self._all("SELECT * FROM alerts WHERE incident_id = ? ORDER BY id", (incident_id,))
+    def alerts_of(self, incident_id: int) -> list[AlertRecord]:
+        return [alert_from_row(r) for r in self.db.query(
+            "SELECT * FROM alerts WHERE incident_id = ? ORDER BY id", (incident_id,))]
 
     # -- runs and steps -------------------------------------------------------------------
     def start_run(self, incident_id: int, runbook: str, target: str, requested_by: str,
@@ -710,7 +787,8 @@ class Store:
             self._audit(conn, "run.finished", actor, incident_id,
                         {"run_id": run_id, "status": status})
 
-    def start_step(self, run_id: int | None, incident_id: int, step: Any, actor: str) -> int:
+    def start_step(self, run_id: int | None, incident_id: int, step: RenderedStep,
+                   actor: str) -> int:
         action = redacted_json(step.action)
         with self.tx() as conn:
             self._audit(conn, "step.start", actor, incident_id,
@@ -739,17 +817,17 @@ class Store:
                 "output_sha256": result.digest, "output_bytes": result.output_bytes,
                 "error": result.error})
 
-    def steps_of(self, incident_id: int) -> list[Row]:
-        return self._all("SELECT * FROM step_runs WHERE incident_id = ? ORDER BY id",
-                         (incident_id,))
+    def steps_of(self, incident_id: int) -> list[StepRun]:
+        return [step_run_from_row(r) for r in self.db.query(
+            "SELECT * FROM step_runs WHERE incident_id = ? ORDER BY id", (incident_id,))]
 
     def iter_steps(self, incident_id: int,
                    phases: tuple[str, ...] = ("diagnostic", "remediation", "verify")
-                   ) -> Iterator[Row]:
+                   ) -> Iterator[StepRun]:
         marks = ", ".join("?" for _ in phases)
         for row in self.db.query(f"SELECT * FROM step_runs WHERE incident_id = ? AND phase IN "
                                  f"({marks}) ORDER BY id", (incident_id, *phases)):
-            yield _decode(row)
+            yield step_run_from_row(row)
 
     def record_diagnosis(self, run_id: int, incident_id: int, host: str,
                          causes: list[dict[str, Any]]) -> None:
@@ -760,14 +838,14 @@ class Store:
             self._audit(conn, "diagnosis", "opsbot", incident_id,
                         {"run_id": run_id, "host": host, "causes": causes})
 
-    def diagnoses_of(self, incident_id: int) -> list[Row]:
-        return self._all("SELECT * FROM diagnoses WHERE incident_id = ? ORDER BY id",
-                         (incident_id,))
+    def diagnoses_of(self, incident_id: int) -> list[Diagnosis]:
+        return [diagnosis_from_row(r) for r in self.db.query(
+            "SELECT * FROM diagnoses WHERE incident_id = ? ORDER BY id", (incident_id,))]
 
     # -- approvals ------------------------------------------------------------------------
     def create_approval(self, *, incident_id: int, run_id: int, runbook: str, step_id: str,
                         host: str, params: Mapping[str, Any], digest: str, display: str,
-                        requested_by: str, ttl: float) -> Row:
+                        requested_by: str, ttl: float) -> Approval:
         token = secrets.token_urlsafe(18)
         now = datetime.now(UTC)
         row = {"token": token, "incident_id": incident_id, "run_id": run_id,
@@ -777,37 +855,40 @@ class Store:
                "expires_at": (now + timedelta(seconds=ttl)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
                + "Z"}
         with self.tx() as conn:
-            row["id"] = self._insert(conn, "approvals", row)
+            approval_id = self._insert(conn, "approvals", row)
             self._audit(conn, "approval.requested", requested_by, incident_id,
-                        {"approval_id": row["id"], "step": step_id, "host": host,
+                        {"approval_id": approval_id, "step": step_id, "host": host,
                          "digest": digest, "command": display, "expires_at": row["expires_at"]})
-        return row
+        return approval_from_row({**row, "id": approval_id, "decided_by": None,
+                                  "decided_at": None, "reason": None})
 
-    def get_approval(self, token: str) -> Row:
-        row = self._one("SELECT * FROM approvals WHERE token = ?", (token,))
-        if row is None:
+    def _approvals(self, sql: str, params: tuple[Any, ...] = ()) -> list[Approval]:
+        return [approval_from_row(r) for r in self.db.query(sql, params)]
+
+    def get_approval(self, token: str) -> Approval:
+        rows = self._approvals("SELECT * FROM approvals WHERE token = ?", (token,))
+        if not rows:
             raise NotFound("no such approval")
-        return row
+        return rows[0]
 
-    def approvals_of(self, incident_id: int, status: str | None = None) -> list[Row]:
+    def approvals_of(self, incident_id: int, status: str | None = None) -> list[Approval]:
         sql = "SELECT * FROM approvals WHERE incident_id = ?"
         params: tuple[Any, ...] = (incident_id,)
         if status:
             sql, params = sql + " AND status = ?", (incident_id, status)
-        return self._all(sql + " ORDER BY id", params)
+        return self._approvals(sql + " ORDER BY id", params)
 
-    def approval_batch(self, approval: Row, status: str | None = None) -> list[Row]:
+    def approval_batch(self, approval: Approval, status: str | None = None) -> list[Approval]:
         """The approvals decided together with this one: the same step proposed in the same
         run, on every host where it was (oldest first; its first is the batch's message)."""
         sql = "SELECT * FROM approvals WHERE incident_id = ? AND run_id = ? AND step_id = ?"
-        params: tuple[Any, ...] = (approval["incident_id"], approval["run_id"],
-                                   approval["step_id"])
+        params: tuple[Any, ...] = approval.batch_key
         if status:
             sql, params = sql + " AND status = ?", (*params, status)
-        return self._all(sql + " ORDER BY id", params)
+        return self._approvals(sql + " ORDER BY id", params)
 
-    def pending_approvals(self) -> list[Row]:
-        return self._all("SELECT * FROM approvals WHERE status = 'pending' ORDER BY id")
+    def pending_approvals(self) -> list[Approval]:
+        return self._approvals("SELECT * FROM approvals WHERE status = 'pending' ORDER BY id")
 
     def decide(self, token: str, status: str, actor: str, reason: str = "") -> bool:
         """Move a pending approval to `status`; True only for the one caller that did it.
@@ -854,7 +935,7 @@ class Store:
             return None
         return (datetime.now(UTC) - parse_ts(row["value"])).total_seconds()
 
-    def claim_handovers(self) -> list[Row]:
+    def claim_handovers(self) -> list[Approval]:
         """Approvals recorded by another process for the serving bot to carry out: each is
         claimed once (several replicas may look)."""
         claimed = []
@@ -876,20 +957,24 @@ class Store:
                                 HANDOVER))
             return cur.rowcount == 1
 
-    def approval_outcome(self, approval: Row) -> Row | None:
+    def approval_outcome(self, approval: Approval) -> ApprovalOutcome | None:
         """The outcome record of an approved step once it was carried out."""
         for row in self.db.query("SELECT * FROM audit WHERE incident_id = ? AND action = "
                                  "'approval.outcome' ORDER BY seq DESC",
-                                 (approval["incident_id"],)):
+                                 (approval.incident_id,)):
             detail = json.loads(row["detail"])
-            if detail.get("approval_id") == approval["id"]:
-                return dict(detail)
+            if detail.get("approval_id") == approval.id:
+                return ApprovalOutcome(phase=str(detail.get("phase") or "not run"),
+                                       verified=bool(detail.get("verified")))
         return None
 
     # -- slack messages -------------------------------------------------------------------
-    def message(self, incident_id: int, kind: str, ref: str) -> Row | None:
-        return self._one("SELECT * FROM messages WHERE incident_id = ? AND kind = ? AND ref = ? "
-                         "ORDER BY id DESC LIMIT 1", (incident_id, kind, ref))
+    def message(self, incident_id: int, kind: str, ref: str) -> PostedMessage | None:
+        row = self._one("SELECT * FROM messages WHERE incident_id = ? AND kind = ? AND ref = ? "
+                        "ORDER BY id DESC LIMIT 1", (incident_id, kind, ref))
+        return None if row is None else PostedMessage(
+            incident_id=row["incident_id"], kind=row["kind"], ref=row["ref"],
+            channel=row["channel"], ts=row["ts"])
 
     # -- signed requests seen ---------------------------------------------------------------
     def first_use(self, key: str, until: float) -> bool:
@@ -939,16 +1024,17 @@ class Store:
             "status": "pending", "version": 1, "attempts": 0, "maybe_sent": 0,
             "owner": self.owner, "created_at": utcnow()})
 
-    def outbox_pending(self, limit: int = 100) -> list[Row]:
+    def outbox_pending(self, limit: int = 100) -> list[OutboxItem]:
         """This process's waiting rows, oldest first (one sender keeps every thread's order).
         With replicas, one of them (the `outbox` leader) sends every replica's rows."""
         if self.shared:
             if not self.leader("outbox"):
                 return []
-            return self._all("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?",
-                             (limit,))
-        return self._all("SELECT * FROM outbox WHERE status = 'pending' AND owner = ? "
-                         "ORDER BY id LIMIT ?", (self.owner, limit))
+            return [outbox_from_row(r) for r in self.db.query(
+                "SELECT * FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?", (limit,))]
+        return [outbox_from_row(r) for r in self.db.query(
+            "SELECT * FROM outbox WHERE status = 'pending' AND owner = ? ORDER BY id LIMIT ?",
+            (self.owner, limit))]
 
     def adopt_outbox(self) -> int:
         """Rows left by processes that are gone (a killed server, a finished `opsbot run`).
@@ -965,35 +1051,34 @@ class Store:
             return int(conn.execute(f"UPDATE outbox SET owner = ? WHERE status = 'pending' AND "
                                     f"owner IN ({marks})", (self.owner, *dead)).rowcount)
 
-    def outbox_sent(self, row: Mapping[str, Any], channel: str | None, ts: str | None,
+    def outbox_sent(self, row: OutboxItem, channel: str | None, ts: str | None,
                     updated: bool, audit: Mapping[str, Any]) -> None:
         """Slack took it: remember where the message is, and audit it, in one transaction.
         A row whose content changed meanwhile stays pending (its latest state goes next)."""
-        incident_id, key = row["incident_id"], row["key"]
+        incident_id, key = row.incident_id, row.key
         with self.tx() as conn:
             conn.execute("UPDATE outbox SET status = 'sent', sent_at = ?, error = NULL "
-                         "WHERE id = ? AND version = ?", (utcnow(), row["id"], row["version"]))
+                         "WHERE id = ? AND version = ?", (utcnow(), row.id, row.version))
             if ts and not updated:
                 if key == "root":
                     conn.execute("UPDATE incidents SET channel = ?, thread_ts = ? WHERE id = ?",
                                  (channel, ts, incident_id))
-                elif row["kind"] == "message":
+                elif row.kind == "message":
                     self._insert(conn, "messages", {"incident_id": incident_id,
                                                     "kind": "thread", "ref": key,
                                                     "channel": channel, "ts": ts,
                                                     "created_at": utcnow()})
-            action = "file.uploaded" if row["kind"] == "upload" else \
+            action = "file.uploaded" if row.kind == "upload" else \
                 "message.updated" if updated else "message.posted"
             self._audit(conn, action, "opsbot", incident_id, dict(audit))
 
-    def outbox_target(self, row: Mapping[str, Any]) -> tuple[Incident, str | None]:
+    def outbox_target(self, row: OutboxItem) -> tuple[Incident, str | None]:
         """The row's incident, and the ts of its message when it was posted before."""
-        incident = self.get_incident(row["incident_id"])
-        if row["key"] == "root":
+        incident = self.get_incident(row.incident_id)
+        if row.key == "root":
             return incident, incident.thread_ts
-        known = self.message(incident.id, "thread", row["key"]) if row["kind"] == "message" \
-            else None
-        return incident, known["ts"] if known else None
+        known = self.message(incident.id, "thread", row.key) if row.kind == "message" else None
+        return incident, known.ts if known else None
 
     def outbox_retry(self, row_id: int, error: str, maybe_sent: bool) -> None:
         with self.tx() as conn:
@@ -1001,13 +1086,13 @@ class Store:
                          "maybe_sent = CASE WHEN ? = 1 THEN 1 ELSE maybe_sent END WHERE id = ?",
                          (error[:300], int(maybe_sent), row_id))
 
-    def outbox_failed(self, row: Mapping[str, Any], error: str) -> None:
+    def outbox_failed(self, row: OutboxItem, error: str) -> None:
         """Slack will never take it (e.g. the channel is gone): said once in the audit log."""
         with self.tx() as conn:
             conn.execute("UPDATE outbox SET status = 'failed', error = ? WHERE id = ?",
-                         (error[:300], row["id"]))
-            self._audit(conn, "message.failed", "opsbot", row["incident_id"],
-                        {"key": row["key"], "error": error[:300]})
+                         (error[:300], row.id))
+            self._audit(conn, "message.failed", "opsbot", row.incident_id,
+                        {"key": row.key, "error": error[:300]})
 
     # -- what /metrics shows ---------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -1056,7 +1141,8 @@ class _Threaded(Generic[P, T]):
     def __init__(self, fn: Callable[Concatenate[Store, P], T]) -> None:
         self.fn = fn
 
-    def __get__(self, store: AsyncStore, owner: object = None) -> Callable[P, Awaitable[T]]:
+    def __get__(self, store: AsyncStore,
+                owner: object = None) -> Callable[P, Coroutine[Any, Any, T]]:
         fn = self.fn
 
         async def threaded(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -1146,7 +1232,7 @@ class AsyncStore:
             return self
         return AsyncStore(self.sync.twin(urgent=True))
 
-    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 

@@ -99,10 +99,10 @@ async def test_long_and_secret_output_is_bounded_and_redacted(running_bot: Runni
     assert "line 0 of noise" in shown and "the end" in shown and "cut" in shown
     assert len(shown) < 10_000
     step = bot.store().steps_of(1)[0]
-    assert step["output_bytes"] > 300_000 and step["truncated"] == 1
-    assert len(step["excerpt"]) <= 16_000
+    assert step.output_bytes > 300_000 and step.truncated == 1
+    assert len(step.excerpt) <= 16_000
     everything = json.dumps(bot.slack.state()) + json.dumps(list(bot.store().audit_records()))
-    everything += step["excerpt"]
+    everything += step.excerpt
     for secret in ("hunter2", "xoxb-1234567890", "s3cr3t-t0ken-value"):
         assert secret not in everything
     assert "password=[REDACTED]" in shown
@@ -124,6 +124,6 @@ async def test_terminal_run_asks_before_remediation(running_bot: RunningBot,
         text = out.decode()
         assert "Approve start_program on web01?" in text and "[y/N]" in text, text
         assert (healthy_web.proxy_status() == 200) is fixed, text
-    decisions = [(a["status"], a["decided_by"]) for a in bot.store().approvals_of(1)]
+    decisions = [(a.status, a.decided_by) for a in bot.store().approvals_of(1)]
     assert [d[0] for d in decisions] == ["rejected", "approved"]
     assert all(d[1].startswith("local:") for d in decisions)

@@ -115,7 +115,7 @@ async def test_resolved_alert_resolves_incident_and_cancels_approvals(
     assert status == 200
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
     await bot.wait(lambda: "resolved" in bot.roots()[0].plain())
-    assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
+    assert bot.store().approvals_of(1)[0].status == "cancelled"
     approval = next(m for m in bot.thread() if "Proposed remediation" in m.plain())
     await bot.wait(lambda: "cancelled" in approval.plain())
     assert "opsbot.approve" not in approval.plain()
@@ -143,7 +143,7 @@ async def test_label_injection_runs_nothing(running_bot: RunningBot, tmp_path: P
                                ("Likely cause", "no known cause", "answers now")))
     await asyncio.sleep(0.5)
     assert not pwned.exists()
-    commands = [s["command"] for s in bot.store().steps_of(2)]
+    commands = [s.command for s in bot.store().steps_of(2)]
     assert commands and not any("pwned" in c for c in commands)
 
 

@@ -37,5 +37,5 @@ async def test_slash_acks_and_healthz_answer_while_a_step_prints_hostile_lines(
         await asyncio.sleep(0.05)
     assert slowest < 1.0, f"the bot stalled for {slowest:.2f}s"
     step = bot.store().steps_of(1)[0]
-    assert step["output_bytes"] == 64 * (32_000 + len(" password=hunter22\n"))
-    assert "hunter22" not in step["excerpt"] and "password=[REDACTED]" in step["excerpt"]
+    assert step.output_bytes == 64 * (32_000 + len(" password=hunter22\n"))
+    assert "hunter22" not in step.excerpt and "password=[REDACTED]" in step.excerpt

@@ -47,7 +47,7 @@ def assert_thread_whole_and_in_order(bot: RunningBot) -> None:
     assert [m.ts for m in messages] == [p["ts"] for p in posted], "thread order != queue order"
     assert len({m.ts for m in thread}) == len(thread)
     # the run's live progress message shows every step finished (the latest state won)
-    assert all(s["status"] != "running" for s in store.steps_of(1))
+    assert all(s.status != "running" for s in store.steps_of(1))
     progress = [m.plain() for m in messages if "host(s) done" in m.plain()]
     assert progress and all(": finished" in text.splitlines()[0] for text in progress), progress
     # metadata marks every post: no two messages carry the same outbox row

@@ -39,7 +39,7 @@ async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web
     status, _ = await bot.click(approval, "opsbot.approve", "U0MALLORY")
     assert status == 200
     await bot.wait(lambda: any("not allowed" in t for t in ephemeral_texts(bot, "U0MALLORY")))
-    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    assert bot.store().approvals_of(1)[0].status == "pending"
     assert healthy_web.program_state() == "STOPPED"
     # an approver clicks twice and a second approver at once: one run
     replay = click_body(approval, "opsbot.approve", user_id="U0ALICE",
@@ -51,10 +51,10 @@ async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web
     assert [s for s, _ in await asyncio.gather(*clicks)] == [200, 200, 200]
     await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=40)
     assert healthy_web.proxy_status() == 200
-    steps = [s["step_id"] for s in bot.store().steps_of(1) if s["phase"] == "remediation"]
+    steps = [s.step_id for s in bot.store().steps_of(1) if s.phase == "remediation"]
     assert steps == ["start_program"]
     decided = bot.store().approvals_of(1)[0]
-    assert decided["status"] == "approved" and decided["decided_by"] in ("U0ALICE", "U0BOB")
+    assert decided.status == "approved" and decided.decided_by in ("U0ALICE", "U0BOB")
     await bot.wait(lambda: "approved by" in approval.plain())
     assert "opsbot.approve" not in approval.plain()
     root = bot.roots()[0].plain()
@@ -64,7 +64,7 @@ async def test_approver_click_fixes_it_once(running_bot: RunningBot, healthy_web
     status, text = await bot.slack_request(replay, timestamp=signed_at)
     assert status == 401 and "replay" in text
     await asyncio.sleep(1)
-    assert [s["step_id"] for s in bot.store().steps_of(1) if s["phase"] == "remediation"] == \
+    assert [s.step_id for s in bot.store().steps_of(1) if s.phase == "remediation"] == \
         ["start_program"]
     actions = [r["action"] for r in bot.store().audit_records(1)]
     assert "approval.refused" in actions and actions.count("approval.approved") == 1
@@ -88,7 +88,7 @@ async def test_a_click_counts_only_on_the_approvals_own_message(
         assert status == 200
     await bot.wait(lambda: len([r for r in bot.slack.responses if r.user == "U0BOB"
                                 and "belongs to another message" in r.text]) == 2)
-    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    assert bot.store().approvals_of(1)[0].status == "pending"
     refused = [r for r in bot.store().audit_records(1) if r["action"] == "approval.refused"]
     assert len(refused) == 2 and "clicked outside its message" in refused[0]["detail"]
     assert healthy_web.program_state() == "STOPPED"
@@ -99,9 +99,9 @@ async def test_two_person_rule_and_reject(running_bot: RunningBot, healthy_web: 
     approval = await incident_with_pending_approval(bot, healthy_web, via_slash="U0ALICE")
     await bot.click(approval, "opsbot.approve", "U0ALICE")
     await bot.wait(lambda: any("two-person rule" in t for t in ephemeral_texts(bot, "U0ALICE")))
-    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    assert bot.store().approvals_of(1)[0].status == "pending"
     await bot.click(approval, "opsbot.reject", "U0BOB")
-    await bot.wait(lambda: bot.store().approvals_of(1)[0]["status"] == "rejected")
+    await bot.wait(lambda: bot.store().approvals_of(1)[0].status == "rejected")
     await bot.wait(lambda: "rejected by <@U0BOB>" in approval.plain())
     assert healthy_web.program_state() == "STOPPED"
 
@@ -121,7 +121,7 @@ async def test_forged_and_stale_requests_get_401(running_bot: RunningBot,
                                         secret="not-the-secret")
     assert status == 401
     await asyncio.sleep(1)
-    assert bot.store().approvals_of(1)[0]["status"] == "pending"
+    assert bot.store().approvals_of(1)[0].status == "pending"
     assert bot.store().get_incident(1).status == "open"
 
 
@@ -168,7 +168,7 @@ async def test_slash_commands(running_bot: RunningBot, healthy_web: WebLab) -> N
     assert "mermaid" in draft.text
     _, text = await bot.slash("resolve INC-1", user=op)
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
-    assert bot.store().approvals_of(1)[0]["status"] == "cancelled"
+    assert bot.store().approvals_of(1)[0].status == "cancelled"
 
 
 @pytest.mark.bot_env(OPSBOT_APPROVAL_TTL="2")
@@ -177,7 +177,7 @@ async def test_pending_approval_expires(running_bot: RunningBot, healthy_web: We
     approval = await incident_with_pending_approval(bot, healthy_web)
     late_click = click_body(approval, "opsbot.approve", user_id="U0BOB",
                             response_url=bot.slack.response_url(channel=CHANNEL, user="U0BOB"))
-    await bot.wait(lambda: bot.store().approvals_of(1)[0]["status"] == "expired", timeout=15)
+    await bot.wait(lambda: bot.store().approvals_of(1)[0].status == "expired", timeout=15)
     await bot.wait(lambda: "expired" in approval.plain())
     assert "opsbot.approve" not in approval.plain()
     # a click on the old buttons after expiry runs nothing, and says why
@@ -200,7 +200,7 @@ async def test_approval_is_bound_to_what_was_shown(running_bot: RunningBot,
     assert status == 200
     await bot.wait(lambda: "the step changed since it was approved" in bot.thread_text())
     assert healthy_web.program_state() == "STOPPED"
-    assert not [s for s in bot.store().steps_of(1) if s["phase"] == "remediation"]
+    assert not [s for s in bot.store().steps_of(1) if s.phase == "remediation"]
 
 
 async def test_restarted_bot_keeps_incident_and_pending_approval(
@@ -239,7 +239,7 @@ async def test_small_team_may_approve_its_own_run(running_bot: RunningBot,
     approval = await incident_with_pending_approval(bot, healthy_web, via_slash="U0ALICE")
     await bot.click(approval, "opsbot.approve", "U0ALICE")
     await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=40)
-    assert bot.store().approvals_of(1)[0]["decided_by"] == "U0ALICE"
+    assert bot.store().approvals_of(1)[0].decided_by == "U0ALICE"
 
 
 async def test_alert_no_runbook_fits_still_opens_an_incident(running_bot: RunningBot) -> None:

@@ -53,7 +53,7 @@ async def test_socket_mode_command_and_click(tmp_path: Path, healthy_web: WebLab
             await slack.wait_for(lambda fake: envelope in fake.socket_acks, timeout=10)
             await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=40)
             assert healthy_web.proxy_status() == 200
-            assert bot.store().approvals_of(1)[0]["decided_by"] == "U0BOB"
+            assert bot.store().approvals_of(1)[0].decided_by == "U0BOB"
     finally:
         await process.stop()
         await slack.stop()

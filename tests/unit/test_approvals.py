@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 from bot.adapters.store import Store
+from bot.approvals import approval_digest
 from bot.executors import ExecContext
 from bot.models import Host
 from bot.params import resolve_params
 from bot.runbooks import load_runbook
 from bot.runner import Runner
-from bot.service import approval_digest
 from tests.unit.test_cli import opsbot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def _pending(store: Store, ttl: float) -> str:
                                 step_id="start_program", host="web01", params={}, digest="d",
                                 display="supervisorctl start", requested_by="alertmanager",
                                 ttl=ttl)
-    return str(row["token"])
+    return row.token
 
 
 def test_an_expired_approval_loses_at_the_click_before_any_sweep(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_an_expired_approval_loses_at_the_click_before_any_sweep(tmp_path: Path)
     token = _pending(store, ttl=-1)
     assert store.decide(token, "approved", "U0BOB") is False
     row = store.get_approval(token)
-    assert row["status"] == "expired" and row["decided_by"] == "opsbot"
+    assert row.status == "expired" and row.decided_by == "opsbot"
     actions = [r["action"] for r in store.audit_records()]
     assert actions[-2:] == ["approval.expired", "approval.ignored"]
     fresh = Store(tmp_path / "b.db")
@@ -47,7 +47,7 @@ def test_opsbot_approve_after_expiry_runs_nothing(tmp_path: Path) -> None:
     done = opsbot(tmp_path, "approve", token)
     assert done.returncode == 1, done.stderr  # 1: the fix did not run (`opsbot approve -h`)
     assert "already expired" in done.stdout
-    assert Store(tmp_path / "opsbot.db").get_approval(token)["status"] == "expired"
+    assert Store(tmp_path / "opsbot.db").get_approval(token).status == "expired"
 
 
 def test_the_digest_covers_verify_target_and_runbook_file(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def incident(tmp_path: Path) -> Store:
                               step_id="start_program", host="web01", params={}, digest="d",
                               display="supervisorctl start ds:docservice",
                               requested_by="alertmanager", ttl=60)
-    store.decide(a["token"], "approved", "U0ALICE")
+    store.decide(a.token, "approved", "U0ALICE")
     store.update_incident(inc.id, status="resolved", phase="resolved")
     return store
 

@@ -2,11 +2,15 @@
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.adapters.sql import DB_ERRORS, is_postgres_url
-from bot.adapters.store import Notification, Store, WebhookIn
+from bot.adapters.sql import is_postgres_url
+from bot.adapters.store import Store, WebhookIn
+from bot.errors import StoreError
+from bot.incidents import REOPEN_WINDOW, opening
+from bot.models import Notification
 from tests.storebackends import raw_sql
 
 
@@ -19,7 +23,8 @@ def store(db_target: str) -> Iterator[Store]:
 
 def open_(store: Store, key: str = "g1") -> tuple[int, str]:
     inc, how = store.open_or_join(key, title="502 on web01", labels={"host": "web01"},
-                                  runbook="nginx-502", hosts=["web01"], notes=[], actor="test")
+                                  runbook="nginx-502", hosts=["web01"], notes=[], actor="test",
+                                  rule=opening)
     return inc.id, how
 
 
@@ -30,6 +35,20 @@ def test_one_group_one_incident_and_reopen(store: Store) -> None:
     assert open_(store) == (1, "reopened")
     assert store.get_incident(1).status == "open"
     assert open_(store, "g2") == (2, "opened")
+
+
+def test_a_group_resolved_longer_than_the_window_ago_opens_a_new_incident(store: Store) -> None:
+    assert open_(store) == (1, "opened")
+    long_ago = (datetime.now(UTC) - REOPEN_WINDOW - timedelta(minutes=1)).strftime(
+        "%Y-%m-%dT%H:%M:%S.000Z")
+    store.update_incident(1, status="resolved", phase="resolved", resolved_at=long_ago)
+    assert open_(store) == (2, "opened")
+    assert store.get_incident(1).status == "resolved"
+    # without the rule (a store used alone), a resolved incident is never reopened
+    store.update_incident(2, status="resolved", phase="resolved")
+    inc, how = store.open_or_join("g1", title="t", labels={}, runbook=None, hosts=[], notes=[],
+                                  actor="test")
+    assert (inc.id, how) == (3, "opened")
 
 
 def test_state_survives_a_restart(db_target: str) -> None:
@@ -48,9 +67,9 @@ def test_first_decision_wins(store: Store) -> None:
     open_(store)
     row = store.create_approval(incident_id=1, run_id=1, runbook="r", step_id="s", host="h",
                                 params={}, digest="d", display="c", requested_by="u", ttl=60)
-    assert store.decide(row["token"], "approved", "U1") is True
-    assert store.decide(row["token"], "rejected", "U2") is False
-    assert store.get_approval(row["token"])["decided_by"] == "U1"
+    assert store.decide(row.token, "approved", "U1") is True
+    assert store.decide(row.token, "rejected", "U2") is False
+    assert store.get_approval(row.token).decided_by == "U1"
 
 
 def _audit_db(path: str) -> tuple[Store, str]:
@@ -288,7 +307,7 @@ def test_notifications_of_many_groups_are_recorded_together_in_order(store: Stor
     assert [(inc.group_key, how) for inc, how in done] == [
         ("g1", "opened"), ("g2", "opened"), ("g1", "joined"), ("g3", "opened")]
     assert done[0][0].id == done[2][0].id and done[0][0].phase == "not diagnosed"
-    assert [r["name"] for r in store.alerts_of(done[0][0].id)] == ["A", "C"]
+    assert [r.name for r in store.alerts_of(done[0][0].id)] == ["A", "C"]
     assert store.db.execute("SELECT count(*) FROM work WHERE status = 'pending'"
                             ).fetchone()[0] == 0
     assert [r["outcome"] for r in store.db.query("SELECT outcome FROM webhooks ORDER BY id")] \
@@ -313,7 +332,7 @@ def test_a_batch_the_database_refuses_leaves_nothing_of_it(store: Store, db_targ
     ids = store.record_webhooks([WebhookIn("alertmanager", b"{}", "") for _ in range(3)])
     before = store.verify_audit().checked
     refuse_alerts_named(db_target, "C")
-    with pytest.raises(DB_ERRORS):
+    with pytest.raises(StoreError):  # the database's own error, translated by the store
         store.ingest_many([_notification(ids[0], "g1", "A"), _notification(ids[1], "g2", "B"),
                            _notification(ids[2], "g3", "C")])
     assert store.db.execute("SELECT count(*) FROM incidents").fetchone()[0] == 0

@@ -64,7 +64,7 @@ def test_a_double_click_on_two_replicas_decides_once(replicas: Callable[[], Stor
     open_group(a, "g")
     token = a.create_approval(incident_id=1, run_id=1, runbook="r", step_id="s", host="h",
                               params={}, digest="d", display="c", requested_by="u",
-                              ttl=60)["token"]
+                              ttl=60).token
     won = at_once(lambda: a.decide(token, "approved", "U1"),
                   lambda: b.decide(token, "approved", "U1"))
     assert sorted(won) == [False, True]  # type: ignore[type-var]
@@ -82,7 +82,7 @@ def test_work_of_a_live_replica_stays_its_own_until_its_lease_is_gone(
     assert a.pending_work(up_to) == []  # nor does a take its own
     a.close()  # a stops: its lease is given up at once
     taken = at_once(lambda: b.pending_work(up_to), lambda: c.pending_work(up_to))
-    ids = [[row["id"] for row in rows] for rows in taken]  # type: ignore[attr-defined]
+    ids = [[row.id for row in rows] for rows in taken]  # type: ignore[attr-defined]
     assert sorted(ids) == [[], [work]]  # exactly one replica took it over
     claimed = b.db.execute("SELECT owner FROM work WHERE id = ?", (work,)).fetchone()
     assert claimed is not None and claimed[0] in (b.owner, c.owner)

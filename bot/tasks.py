@@ -1,0 +1,70 @@
+"""Background work of one process: tasks started after an answer went back, counted per
+incident while they run (a recovery sweep never starts a second run of a live incident)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from bot.errors import BotError
+from bot.redact import redact
+
+log = logging.getLogger("opsbot")
+
+# told in the incident's thread when its background work fails: (incident id, one line)
+Tell = Callable[[int, str], Coroutine[Any, Any, None]]
+
+
+class Tasks:
+    def __init__(self, tell: Tell) -> None:
+        self.tell = tell
+        self.running: set[asyncio.Task[Any]] = set()
+        self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
+        """Run work after the HTTP answer went back; failures are logged and told."""
+        task = asyncio.create_task(coro)
+        self.running.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.running.discard(t)
+            if t.cancelled() or t.exception() is None:
+                return
+            exc = t.exception()
+            log.error("background work failed: %r", exc, exc_info=exc)
+            if incident_id is not None:
+                why = redact(str(exc) if isinstance(exc, BotError)
+                             else f"internal error: {exc!r}")
+                self.spawn(self.tell(incident_id, f"⚠️ {why}"))
+
+        task.add_done_callback(done)
+
+    def hold(self, incident_id: int, coro: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
+        """Count the incident as live from now (before the coroutine starts) until it ends."""
+        self.live[incident_id] += 1
+
+        async def held() -> Any:
+            try:
+                return await coro
+            finally:
+                self.live[incident_id] -= 1
+
+        return held()
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Wait for background work; past `timeout`, cancel what is left (it is marked
+        interrupted and resumed at the next start). Returns how many were cancelled."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while self.running:
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if left is not None and left <= 0:
+                pending = list(self.running)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return len(pending)
+            await asyncio.wait(list(self.running), timeout=left)
+        return 0
