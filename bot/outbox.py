@@ -134,6 +134,10 @@ class Outbox:
         self._wake.set()
 
     # -- sending -------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Look for waiting rows now (another replica wrote some: its NOTIFY)."""
+        self._wake.set()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="opsbot-outbox")

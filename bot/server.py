@@ -172,15 +172,31 @@ async def _expiry_loop(rt: Runtime) -> None:
             log.exception("expiring approvals or closing idle incidents failed")
 
 
-async def _handover_loop(rt: Runtime) -> None:
-    """A sign of life in the store, and approvals decided in another terminal carried out."""
+async def _handover_loop(rt: Runtime, woken: asyncio.Event) -> None:
+    """A sign of life in the store, and approvals decided in another terminal carried out
+    (looked for every HANDOVER_INTERVAL, or at once when a NOTIFY says one was decided)."""
     while True:
         try:
+            woken.clear()
             await rt.store.heartbeat()
             await rt.bot.approvals.carry_out_handovers()
         except Exception:
             log.exception("taking over approvals from other terminals failed")
-        await asyncio.sleep(HANDOVER_INTERVAL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), HANDOVER_INTERVAL)
+
+
+async def _listen_loop(rt: Runtime, handover: asyncio.Event) -> None:
+    """Replicas on PostgreSQL: another replica's commit wakes this one (LISTEN/NOTIFY): its
+    outbox rows go out at once, a handed-over approval is claimed at once. The pollers stay,
+    as the fallback (a lost notification, a lost listening connection)."""
+    def wake(channel: str) -> None:
+        if channel == "outbox":
+            rt.outbox.wake()
+        elif channel == "approvals":
+            handover.set()
+
+    await rt.store.listen(wake)
 
 
 async def _takeover_loop(rt: Runtime, first: asyncio.Task[None]) -> None:
@@ -245,7 +261,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     expiry = asyncio.create_task(_expiry_loop(rt))
     takeover = asyncio.create_task(_takeover_loop(rt, resume)) if rt.store.sync.shared \
         else None
-    handover = asyncio.create_task(_handover_loop(rt))
+    woken = asyncio.Event()
+    handover = asyncio.create_task(_handover_loop(rt, woken))
+    listener = asyncio.create_task(_listen_loop(rt, woken)) if rt.store.sync.shared else None
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -268,6 +286,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         if not resume.done():
             resume.cancel()
         handover.cancel()
+        if listener is not None:
+            listener.cancel()
         if socket_handler is not None:
             await socket_handler.close_async()
         await runner.cleanup()

@@ -6,10 +6,12 @@ that a SQLite deployment never loads psycopg.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,16 +20,20 @@ import psycopg_pool
 
 from bot.adapters.sql import (
     LEASE,
+    WAKE_CHANNELS,
     Conn,
     Database,
     Result,
     WriteLock,
     db_errors,
+    one_line,
     to_pyformat,
     translated,
 )
 from bot.errors import StoreError
 
+log = logging.getLogger("opsbot.store")
+LISTEN_RETRY = 2.0  # seconds before a lost listening connection is opened again
 # pg_advisory_xact_lock key of the store's write lock ("opsb" as an int)
 WRITE_LOCK_KEY = 0x6F707362
 
@@ -77,6 +83,32 @@ class PostgresDatabase(Database):
         self._leader_conn: psycopg.Connection[Any] | None = None
         self._leading: set[str] = set()
         self._leader_lock = threading.Lock()
+
+    def notify(self, conn: Conn, channel: str) -> None:
+        """NOTIFY opsbot_<channel>, delivered when (and only if) the transaction commits;
+        PostgreSQL folds repeats within one transaction into one."""
+        conn.execute("SELECT pg_notify(?, '')", (f"opsbot_{channel}",))
+
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        """LISTEN on a connection of its own (asynchronous, on the event loop). After each
+        (re)connect every channel is woken once: what was notified while nobody listened is
+        looked at too. A lost connection is opened again after LISTEN_RETRY seconds;
+        meanwhile the pollers (the fallback) carry on."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=10,
+                        application_name="opsbot-listen") as conn:
+                    for channel in WAKE_CHANNELS:
+                        await conn.execute(f"LISTEN opsbot_{channel}")
+                    for channel in WAKE_CHANNELS:
+                        wake(channel)
+                    async for note in conn.notifies():
+                        wake(note.channel.removeprefix("opsbot_"))
+            except psycopg.Error as exc:
+                log.warning("listening for other replicas' work failed (%s); polling meanwhile",
+                            one_line(exc))
+            await asyncio.sleep(LISTEN_RETRY)
 
     def register_replica(self, host: str, now: str) -> int:
         with self.tx() as conn:

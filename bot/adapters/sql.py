@@ -20,7 +20,7 @@ import sqlite3
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,10 @@ from bot.config import is_database_url
 from bot.errors import StoreError
 
 LEASE = 15.0  # seconds a replica counts as alive after its last heartbeat
+# what a commit wakes in other processes (PostgreSQL NOTIFY on opsbot_<name>): rows waiting in
+# the Slack outbox (sent by one replica, whichever wrote them), approvals decided (a terminal's
+# decision handed over to the serving bots)
+WAKE_CHANNELS = ("outbox", "approvals")
 SQL_TYPES = {"sqlite": {int: "INTEGER", str: "TEXT", float: "FLOAT"},
              "postgresql": {int: "BIGINT", str: "TEXT", float: "DOUBLE PRECISION"}}
 
@@ -187,6 +191,15 @@ class Database:
     def leader(self, job: str) -> bool:
         """One process of a file does everything: it is always the leader."""
         return True
+
+    def notify(self, conn: Conn, channel: str) -> None:
+        """Wake other processes once this transaction commits. A file's processes poll: on
+        SQLite there is nothing to do."""
+
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        """Until cancelled: wake(channel) each time another process notifies one of
+        WAKE_CHANNELS. On SQLite there is nothing to listen to: it returns at once (the
+        pollers stay the only way, as they always were)."""
 
     def tx(self) -> AbstractContextManager[Conn]:
         """One write transaction holding the database's write lock from its start."""

@@ -915,6 +915,8 @@ class Store:
             row = conn.execute("SELECT id, incident_id, step_id, host, digest FROM approvals "
                                "WHERE token = ?", (token,)).fetchone()
             won = cur.rowcount == 1
+            if won:
+                self.db.notify(conn, "approvals")
             if row:
                 self._audit(conn, f"approval.{status}" if won else "approval.ignored", actor,
                             row[1], {"approval_id": row[0], "step": row[2], "host": row[3],
@@ -1018,7 +1020,9 @@ class Store:
             if row is not None:
                 conn.execute("UPDATE outbox SET content = ?, version = version + 1 "
                              "WHERE id = ?", (canonical_json(dict(content)), row[0]))
+                self.db.notify(conn, "outbox")
                 return int(row[0])
+        self.db.notify(conn, "outbox")
         return self._insert(conn, "outbox", {
             "incident_id": incident_id, "key": key, "kind": kind, "content": dict(content),
             "status": "pending", "version": 1, "attempts": 0, "maybe_sent": 0,
@@ -1231,6 +1235,11 @@ class AsyncStore:
         if self.sync.path == ":memory:":
             return self
         return AsyncStore(self.sync.twin(urgent=True))
+
+    async def listen(self, wake: Callable[[str], None]) -> None:
+        """Until cancelled, wake(channel) when another process commits work for it (outbox
+        rows, decided approvals): PostgreSQL's LISTEN/NOTIFY; on SQLite it returns at once."""
+        await self.sync.db.listen(wake)
 
     async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

@@ -5,12 +5,22 @@ Each Store here stands for one replica (its own pool, its own lease and heartbea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from bot.adapters.store import Store
+from bot import outbox as outbox_module
+from bot import render
+from bot.adapters.store import AsyncStore, Store
+from bot.metrics import Metrics
+from bot.notify import ConsoleTransport
+from bot.outbox import Outbox, message_content
 from tests.lab.postgres import PostgresServer
 
 
@@ -110,3 +120,78 @@ def test_runs_of_a_live_replica_are_not_interrupted_by_another(
     assert b.interrupt_stale_runs("opsbot") == 1
     row = b.db.execute("SELECT status FROM runs WHERE id = ?", (run,)).fetchone()
     assert row == ("interrupted",)
+
+
+async def test_a_notified_replica_sends_another_replicas_message_before_its_poll(
+        postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replica b writes a thread message; replica a sends the outbox (its leader). Without
+    listening, a would find it at its next poll (ADOPT_EVERY, a minute here); woken by b's
+    NOTIFY, it sends it at once. A decided approval wakes a too."""
+    monkeypatch.setattr(outbox_module, "ADOPT_EVERY", 60.0)
+    url = postgres_server.create_database()
+    a, b = AsyncStore(Store(url)), Store(url)
+    incident_id, _ = open_group(b, "g")
+    shown = io.StringIO()
+    outbox = Outbox(a, ConsoleTransport(shown), Metrics())
+    woken: list[str] = []
+    connected = asyncio.Event()
+
+    def wake(channel: str) -> None:
+        woken.append(channel)
+        connected.set()
+        if channel == "outbox":
+            outbox.wake()
+
+    async def shown_within(text: str, seconds: float) -> float | None:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            if text in shown.getvalue():
+                return time.monotonic() - start
+            await asyncio.sleep(0.02)
+        return None
+
+    def post(text: str) -> None:
+        b.enqueue(incident_id, f"note:{text}", "message",
+                  message_content(render.note_message(text)))
+
+    outbox.start()
+    listener: asyncio.Task[None] | None = None
+    try:
+        await asyncio.sleep(0.5)  # a's first look found nothing: it waits for its next poll
+        post("written before a listens")
+        assert await shown_within("written before a listens", 1.5) is None  # no poll yet
+        listener = asyncio.create_task(a.listen(wake))
+        await asyncio.wait_for(connected.wait(), 10)  # connecting wakes every channel once
+        assert await shown_within("written before a listens", 5) is not None
+        await asyncio.sleep(0.5)  # the sender looked again, found nothing: it waits now
+        post("written while a listens")
+        took = await shown_within("written while a listens", 5)
+        assert took is not None and took < 2.0, took  # well before the 60 s poll
+        woken.clear()
+        token = b.create_approval(incident_id=incident_id, run_id=1, runbook="r", step_id="s",
+                                  host="h", params={}, digest="d", display="c",
+                                  requested_by="u", ttl=60).token
+        assert b.decide(token, "approved", "U1")
+        for _ in range(250):
+            if "approvals" in woken:
+                break
+            await asyncio.sleep(0.02)
+        assert "approvals" in woken
+    finally:
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        await outbox.stop(1.0)
+        a.close()
+        b.close()
+
+
+async def test_on_sqlite_nothing_listens_and_the_pollers_stay(tmp_path: Path) -> None:
+    store = AsyncStore(Store(tmp_path / "opsbot.db"))
+    woken: list[str] = []
+    try:
+        await asyncio.wait_for(store.listen(woken.append), 1)  # returns at once
+        assert woken == []
+    finally:
+        store.close()
