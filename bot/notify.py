@@ -193,9 +193,8 @@ class Reporter:
                        summaries: Mapping[str, str]) -> None:
         """Each distinct finding as its own message (hosts that share one, together), hosts
         that could not be diagnosed in one note, and every step's output as one file."""
-        for report in reports:
-            await self.store.record_diagnosis(run_id, incident_id, report.host.name,
-                                              [c.to_json() for c in report.causes])
+        await self.store.record_diagnoses(run_id, incident_id, {
+            report.host.name: [c.to_json() for c in report.causes] for report in reports})
         errors: dict[str, list[str]] = {}
         for report in reports:
             if report.error:

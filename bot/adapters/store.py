@@ -831,12 +831,18 @@ class Store:
 
     def record_diagnosis(self, run_id: int, incident_id: int, host: str,
                          causes: list[dict[str, Any]]) -> None:
+        self.record_diagnoses(run_id, incident_id, {host: causes})
+
+    def record_diagnoses(self, run_id: int, incident_id: int,
+                         causes: Mapping[str, list[dict[str, Any]]]) -> None:
+        """Every host's ranked causes of a run, in one transaction (one record each)."""
         with self.tx() as conn:
-            self._insert(conn, "diagnoses", {"run_id": run_id, "incident_id": incident_id,
-                                             "host": host, "causes": causes,
-                                             "created_at": utcnow()})
-            self._audit(conn, "diagnosis", "opsbot", incident_id,
-                        {"run_id": run_id, "host": host, "causes": causes})
+            for host, found in causes.items():
+                self._insert(conn, "diagnoses", {"run_id": run_id, "incident_id": incident_id,
+                                                 "host": host, "causes": found,
+                                                 "created_at": utcnow()})
+                self._audit(conn, "diagnosis", "opsbot", incident_id,
+                            {"run_id": run_id, "host": host, "causes": found})
 
     def diagnoses_of(self, incident_id: int) -> list[Diagnosis]:
         return [diagnosis_from_row(r) for r in self.db.query(
@@ -1198,6 +1204,7 @@ class AsyncStore:
     steps_of = _Threaded(Store.steps_of)
     iter_steps = _Threaded(Store.iter_steps)
     record_diagnosis = _Threaded(Store.record_diagnosis)
+    record_diagnoses = _Threaded(Store.record_diagnoses)
     diagnoses_of = _Threaded(Store.diagnoses_of)
     create_approval = _Threaded(Store.create_approval)
     get_approval = _Threaded(Store.get_approval)
