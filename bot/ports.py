@@ -160,6 +160,9 @@ class Store(Protocol):
     async def record_diagnosis(self, run_id: int, incident_id: int, host: str,
                                causes: list[dict[str, Any]]) -> None: ...
 
+    async def record_diagnoses(self, run_id: int, incident_id: int,
+                               causes: Mapping[str, list[dict[str, Any]]]) -> None: ...
+
     # -- approvals ------------------------------------------------------------------------
     async def create_approval(self, *, incident_id: int, run_id: int, runbook: str,
                               step_id: str, host: str, params: Mapping[str, Any], digest: str,
