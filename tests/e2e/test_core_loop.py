@@ -107,10 +107,12 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
 async def test_resolved_alert_resolves_incident_and_cancels_approvals(
         running_bot: RunningBot, healthy_web: WebLab) -> None:
     bot = running_bot
-    healthy_web.stop_backend()
+    await asyncio.to_thread(healthy_web.stop_backend)
     await bot.post_alert(alert_payload())
     await bot.wait(lambda: bot.roots() and any("Approve" in m.plain() for m in bot.thread()))
-    healthy_web.heal()
+    # off the loop: the bot serves from this loop, and a heal under load can outlast its
+    # 10 s keep-alive (the next post then met a connection closed under it)
+    await asyncio.to_thread(healthy_web.heal)
     status, _ = await bot.post_alert(alert_payload("resolved"))
     assert status == 200
     await bot.wait(lambda: bot.store().get_incident(1).status == "resolved")
@@ -120,7 +122,7 @@ async def test_resolved_alert_resolves_incident_and_cancels_approvals(
     await bot.wait(lambda: "cancelled" in approval.plain())
     assert "opsbot.approve" not in approval.plain()
     # firing again later reopens it in the same thread
-    healthy_web.stop_backend()
+    await asyncio.to_thread(healthy_web.stop_backend)
     await bot.post_alert(alert_payload())
     await bot.wait(lambda: "reopened" in bot.thread_text())
     assert len(bot.roots()) == 1 and bot.store().get_incident(1).status == "open"
