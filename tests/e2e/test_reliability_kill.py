@@ -267,3 +267,34 @@ async def test_slash_command_cut_by_kill_9_is_answered_after_restart(
     assert not [r for r in store.audit_records() if response_url in json.dumps(r)]
     export = await run_cli(env, "export", "INC-1", "--format", "json")
     assert export.returncode == 0 and response_url not in export.stdout
+
+
+async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
+        tmp_path: Path, slack: FakeSlack, healthy_web: WebLab, inventory_file: Path,
+        known_hosts_file: Path) -> None:
+    """`opsbot approve` hands the fix to the serving bot, which is killed during it: after the
+    restart the command ends (exit 1, "interrupted") instead of waiting for an outcome."""
+    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file)
+    bot = Serve(env, tmp_path / "serve.log")
+    healthy_web.stop_backend()
+    store = Store(env["OPSBOT_DB"])
+    async with aiohttp.ClientSession() as http:
+        await bot.start(http)
+        assert await post_alert(http, bot.url, alert_payload()) is not None
+        await slack.wait_for(approve_buttons, timeout=60)
+        token = store.approvals_of(1, "pending")[0]["token"]
+        approve = asyncio.create_task(run_cli(env, "approve", token))
+        deadline = time.monotonic() + 30
+        while not [s for s in store.steps_of(1)
+                   if s["phase"] == "remediation" and s["status"] == "running"]:
+            assert time.monotonic() < deadline and not approve.done()
+            await asyncio.sleep(0.05)
+        await bot.kill9()
+        await bot.start(http)
+        done = await asyncio.wait_for(approve, 90)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "handed to the serving opsbot" in done.stdout
+        assert done.stdout.rstrip().endswith("on web01: interrupted."), done.stdout
+        assert await bot.stop() == 0
+    fixes = [s["status"] for s in store.steps_of(1) if s["phase"] == "remediation"]
+    assert fixes == ["interrupted"]  # marked, and never run again
