@@ -147,7 +147,7 @@ class Opsbot:
                 for row in await self.store.approvals_of(incident.id, "approved"):
                     if await self.store.approval_outcome(row) is None:  # `opsbot approve` waits
                         await self.store.audit("approval.outcome", "opsbot", incident.id,
-                                               approval_id=row["id"], verified=False,
+                                               approval_id=row.id, verified=False,
                                                phase="interrupted")
                 await self.reporter.note(incident.id, f"⚠️ opsbot stopped during the "
                                          f"remediation ({what}). It is not run again: whether "

@@ -282,11 +282,11 @@ async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
         await bot.start(http)
         assert await post_alert(http, bot.url, alert_payload()) is not None
         await slack.wait_for(approve_buttons, timeout=60)
-        token = store.approvals_of(1, "pending")[0]["token"]
+        token = store.approvals_of(1, "pending")[0].token
         approve = asyncio.create_task(run_cli(env, "approve", token))
         deadline = time.monotonic() + 30
         while not [s for s in store.steps_of(1)
-                   if s["phase"] == "remediation" and s["status"] == "running"]:
+                   if s.phase == "remediation" and s.status == "running"]:
             assert time.monotonic() < deadline and not approve.done()
             await asyncio.sleep(0.05)
         await bot.kill9()
@@ -296,5 +296,5 @@ async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
         assert "handed to the serving opsbot" in done.stdout
         assert done.stdout.rstrip().endswith("on web01: interrupted."), done.stdout
         assert await bot.stop() == 0
-    fixes = [s["status"] for s in store.steps_of(1) if s["phase"] == "remediation"]
+    fixes = [s.status for s in store.steps_of(1) if s.phase == "remediation"]
     assert fixes == ["interrupted"]  # marked, and never run again
