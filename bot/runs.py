@@ -7,7 +7,9 @@ an alert comes from bot.incidents. Proposals go to bot.approvals.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from bot.inventory import Inventory
 from bot.logtime import Clock
 from bot.models import Approval, ExecOutput, Host, Incident, Phase
 from bot.notify import Reporter
+from bot.offload import off_loop
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
 from bot.ports import Store
 from bot.render import duration_text
@@ -86,6 +89,8 @@ class Runs:
         async def run_many(commands: Sequence[str], timeout: float) -> list[ExecOutput]:
             return await ssh.run_many(host, commands, timeout)
 
+        if "bot.discovery" not in sys.modules:  # its first import (crossplane): off the loop
+            await off_loop(importlib.import_module, "bot.discovery")
         from bot.discovery import discover
 
         return await discover(run, host.name, url, sudo=sudo,
