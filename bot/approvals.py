@@ -19,7 +19,7 @@ from bot.inventory import Inventory
 from bot.models import Approval, ApprovalStatus, Host, canonical_json, sha256_hex
 from bot.notify import Reporter
 from bot.ports import Store
-from bot.render import decision_text, duration_text
+from bot.render import decision_text, duration_text, reminder_text
 from bot.runbooks import Catalog, Runbook
 from bot.runner import Proposal, Runner
 from bot.tasks import Tasks
@@ -299,6 +299,18 @@ class Approvals:
         for approval in await self.store.approvals_of(incident_id, "pending"):
             if await self.store.decide(approval.token, status, "opsbot", reason):
                 await self.reporter.approval(await self.store.get_approval(approval.token))
+
+    async def remind(self) -> int:
+        """Approvals pending for OPSBOT_REMIND_AFTER get one reminder in their thread (a batch,
+        one for all its hosts); with replicas, the `reminders` leader sends them. Returns how
+        many reminders were told."""
+        batches: dict[tuple[int, int, str], list[Approval]] = {}
+        for approval in await self.store.due_reminders(self.settings.remind_after):
+            batches.setdefault(approval.batch_key, []).append(approval)
+        for batch in batches.values():
+            await self.reporter.note(batch[0].incident_id, reminder_text(batch),
+                                     key=f"reminder:{batch[0].id}")
+        return len(batches)
 
     async def expire(self) -> int:
         approvals = await self.store.expired_approvals()

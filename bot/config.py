@@ -19,7 +19,7 @@ PREFIXED = {  # env name -> TOML key
 OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
        "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
        "ALLOW_SELF_APPROVAL", "SSH_IDLE",
-       "STOP_TIMEOUT", "CLOSE_AFTER")
+       "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Settings:
     ssh_idle: float = 300.0  # seconds an idle pooled SSH connection is kept
     stop_timeout: float = 20.0  # seconds running steps get to finish on SIGTERM
     close_after: float = 14400.0  # seconds an incident with nothing to do stays open
+    remind_after: float = 600.0  # seconds a pending approval waits before its one reminder
 
     @property
     def slack_enabled(self) -> bool:
@@ -188,4 +189,5 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         ssh_idle=_seconds("OPSBOT_SSH_IDLE", raw.get("ssh_idle", "300")),
         stop_timeout=_seconds("OPSBOT_STOP_TIMEOUT", raw.get("stop_timeout", "20")),
         close_after=_seconds("OPSBOT_CLOSE_AFTER", raw.get("close_after", "14400")),
+        remind_after=_seconds("OPSBOT_REMIND_AFTER", raw.get("remind_after", "600")),
     )

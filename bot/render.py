@@ -481,3 +481,12 @@ def decision_text(decision: Decision) -> str:
         return "This approval belongs to another message; nothing was run."
     return f"This was already {a.status}" + (f" by {a.decided_by}" if a.decided_by else "") + \
         "; nothing more was done."
+
+
+def reminder_text(batch: Sequence[Approval]) -> str:
+    """The one reminder of a pending approval (a batch: the same step on several hosts)."""
+    first = batch[0]
+    where = first.host if len(batch) == 1 else f"{len(batch)} hosts"
+    return (f"⏰ Still waiting for approval: {first.step_id} on {where}, proposed at "
+            f"{first.requested_at}; it expires at {first.expires_at} (the buttons are on the "
+            "proposal above).")

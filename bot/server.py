@@ -163,11 +163,12 @@ def web_app(rt: Runtime, inbound: Any = None) -> web.Application:
 async def _expiry_loop(rt: Runtime) -> None:
     """Approvals that expire, and incidents with nothing left to do that close by themselves."""
     interval = min(EXPIRY_INTERVAL, max(0.5, rt.settings.approval_ttl / 4),
-                   max(0.5, rt.settings.close_after / 4))
+                   max(0.5, rt.settings.close_after / 4), max(0.5, rt.settings.remind_after / 4))
     while True:
         await asyncio.sleep(interval)
         try:
             await rt.bot.approvals.expire()
+            await rt.bot.approvals.remind()
             await rt.bot.incidents.close_idle()
         except Exception:  # keep the loop alive; the next round tries again
             log.exception("expiring approvals or closing idle incidents failed")

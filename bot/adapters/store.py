@@ -167,7 +167,12 @@ def _m3(conn: Conn, db: Database) -> None:
     add_column(conn, db, "work", "owner", int)
 
 
-MIGRATIONS: tuple[Callable[[Conn, Database], None], ...] = (_m1, _m2, _m3)
+def _m4(conn: Conn, db: Database) -> None:
+    """When a pending approval was reminded of (once)."""
+    add_column(conn, db, "approvals", "reminded_at", str)
+
+
+MIGRATIONS: tuple[Callable[[Conn, Database], None], ...] = (_m1, _m2, _m3, _m4)
 
 JSON_COLUMNS = {"hosts", "labels", "notes", "annotations", "params", "action", "facts",
                 "causes", "detail", "payload", "content"}
@@ -622,6 +627,26 @@ class Store:
             return []
         return self._approvals("SELECT * FROM approvals WHERE status = 'pending' AND "
                                "expires_at < ?", (utcnow(),))
+
+    def due_reminders(self, seconds: float) -> list[Approval]:
+        """Pending approvals, not expired, proposed more than `seconds` ago and never reminded
+        of: marked reminded (audited) and returned, each once; with replicas, only for the
+        `reminders` leader."""
+        if not self.leader("reminders"):
+            return []
+        now = datetime.now(UTC)
+        before = (now - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        with self.tx() as conn:
+            rows = conn.execute("UPDATE approvals SET reminded_at = ? WHERE status = 'pending' "
+                                "AND reminded_at IS NULL AND requested_at < ? AND "
+                                "expires_at > ? RETURNING *",
+                                (utcnow(), before, utcnow())).dicts()
+            due = sorted((approval_from_row(r) for r in rows), key=lambda a: a.id)
+            for approval in due:
+                self._audit(conn, "approval.reminded", "opsbot", approval.incident_id,
+                            {"approval_id": approval.id, "step": approval.step_id,
+                             "host": approval.host, "waiting_since": approval.requested_at})
+        return due
 
     def idle_incidents(self, seconds: float) -> list[Incident]:
         """Open incidents not updated for `seconds`."""
@@ -1187,6 +1212,7 @@ class AsyncStore:
     stuck_incidents = _Threaded(Store.stuck_incidents)
     interrupt_steps = _Threaded(Store.interrupt_steps)
     expired_approvals = _Threaded(Store.expired_approvals)
+    due_reminders = _Threaded(Store.due_reminders)
     idle_incidents = _Threaded(Store.idle_incidents)
     open_incident_for_host = _Threaded(Store.open_incident_for_host)
     open_or_join = _Threaded(Store.open_or_join)

@@ -195,3 +195,20 @@ async def test_on_sqlite_nothing_listens_and_the_pollers_stay(tmp_path: Path) ->
         assert woken == []
     finally:
         store.close()
+
+
+def test_a_pending_approval_is_reminded_of_once_by_the_reminders_leader(
+        replicas: Callable[[], Store]) -> None:
+    a, b = replicas(), replicas()
+    incident_id, _ = open_group(a, "g")
+    approval = a.create_approval(incident_id=incident_id, run_id=1, runbook="r", step_id="s",
+                                 host="h", params={}, digest="d", display="c",
+                                 requested_by="u", ttl=600)
+    assert a.due_reminders(60) == []  # not waiting long enough yet
+    time.sleep(0.05)
+    assert [r.id for r in a.due_reminders(0.01)] == [approval.id]  # a leads `reminders`
+    assert b.due_reminders(0.01) == []  # not the leader
+    assert a.due_reminders(0.01) == []  # once only
+    a.close()
+    assert b.due_reminders(0.01) == []  # the new leader does not remind again
+    assert [r["action"] for r in b.audit_records()].count("approval.reminded") == 1
