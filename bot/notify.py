@@ -189,12 +189,12 @@ class Reporter:
                 f"{len(hosts)} hosts ({', '.join(hosts[:20])}{' …' if len(hosts) > 20 else ''})"
             await self.note(incident_id, f"🔗 {who}: {text}", key=f"chain:{hosts[0]}")
 
-    async def findings(self, incident_id: int, run_id: int, reports: Sequence[HostReport],
+    async def findings(self, incident: Incident, run_id: int, reports: Sequence[HostReport],
                        summaries: Mapping[str, str]) -> None:
         """Each distinct finding as its own message (hosts that share one, together), hosts
-        that could not be diagnosed in one note, and every step's output as one file."""
-        await self.store.record_diagnoses(run_id, incident_id, {
-            report.host.name: [c.to_json() for c in report.causes] for report in reports})
+        that could not be diagnosed in one note, and every step's output as one file: all
+        from what it is handed (the diagnosis is recorded by the run, not here)."""
+        incident_id = incident.id
         errors: dict[str, list[str]] = {}
         for report in reports:
             if report.error:
@@ -209,7 +209,6 @@ class Reporter:
                             render.finding_message(finding, summaries))
         outputs = steps_file(reports)
         if outputs:
-            incident = await self.store.get_incident(incident_id)
             await self.upload(incident_id, f"{incident.ref}-run{run_id}-steps.txt", outputs,
                               f"{incident.ref}: output of every step ({len(reports)} host(s))")
 

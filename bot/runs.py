@@ -282,7 +282,9 @@ class Runs:
         for report in reports:
             if report.causes and (best is None or report.causes[0].confidence > best.confidence):
                 best = report.causes[0]
-        await self.reporter.findings(incident.id, run_id, reports, summaries)
+        await self.store.record_diagnoses(run_id, incident.id, {
+            report.host.name: [c.to_json() for c in report.causes] for report in reports})
+        await self.reporter.findings(incident, run_id, reports, summaries)
         await self.store.update_incident(incident.id, "opsbot", phase="diagnosed",
                                          cause=best.cause if best else None)
         proposed = [(await self.approvals.propose(incident.id, run_id, runbook, proposal,
