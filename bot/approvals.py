@@ -277,13 +277,18 @@ class Approvals:
                         await self.execute_all(mine, user)
                     break
                 await asyncio.sleep(0.3)
-            deadline = loop.time() + outcome_wait
+            deadline, told = loop.time() + outcome_wait, False
             for pending in batch:
                 while await self.store.approval_outcome(pending) is None:
                     if loop.time() > deadline:
                         say(f"No outcome after {duration_text(outcome_wait)}; see "
                             f"INC-{approval.incident_id}'s thread.")
                         return False
+                    age = await self.store.serving_age()
+                    if not told and (age is None or age >= HEARTBEAT_FRESH):
+                        told = True  # its restart marks the fix interrupted: that ends this
+                        say(f"The serving opsbot stopped (no sign of life for "
+                            f"{duration_text(round(age or 0))}): waiting for it to restart.")
                     await asyncio.sleep(0.5)
         ok = True
         for pending in batch:

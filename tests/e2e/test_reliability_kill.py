@@ -290,8 +290,10 @@ async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
             assert time.monotonic() < deadline and not approve.done()
             await asyncio.sleep(0.05)
         await bot.kill9()
+        await asyncio.sleep(12)  # past the sign of life's freshness: the command says so
         await bot.start(http)
         done = await asyncio.wait_for(approve, 90)
+        assert "The serving opsbot stopped" in done.stdout
         assert done.returncode == 1, done.stdout + done.stderr
         assert "handed to the serving opsbot" in done.stdout
         assert done.stdout.rstrip().endswith("on web01: interrupted."), done.stdout
