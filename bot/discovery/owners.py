@@ -41,7 +41,7 @@ _USERS = re.compile(r'\("([^"]*)",pid=(\d+),fd=\d+\)')
 
 
 def parse_ss(text: str) -> list[Listener]:
-    """`ss -ltnpH` and `ss -lxnpH` lines (either, or both concatenated)."""
+    """`ss -ltnp` and `ss -lxnp` lines, headers or not (either, or both concatenated)."""
     out = []
     for line in text.splitlines():
         fields = line.split()

@@ -56,7 +56,9 @@ RunMany = Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
 
 PS = "ps -ww -eo pid=,ppid=,user=,args="
 CLOCK = "date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime"
-SS = "ss -ltnpH; ss -lxnpH"
+# TCP as the runbooks' `listening_ports` check asks it (the check then takes discovery's read)
+SS_TCP = "ss -ltnp"
+SS_UNIX = "ss -lxnpH"
 DOCKER_IDS = "docker ps -aq --no-trunc"
 SYSTEMD = "test -d /run/systemd/system && echo systemd"
 DEFAULT_SUPERVISOR_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf")
@@ -311,7 +313,7 @@ class Prober:
         serves it (serves()); otherwise fallback (the runbook's or the inventory's URL) is."""
         chain = Chain(host=self.host, url=url)
         # what every discovery reads, in one session
-        await self.prefetch([PS, CLOCK, SS, SYSTEMD, self.sudo + DOCKER_IDS] + (
+        await self.prefetch([PS, CLOCK, SS_TCP, SS_UNIX, SYSTEMD, self.sudo + DOCKER_IDS] + (
             [self._nginx_dump("nginx", nginx_conf, "")] if nginx_conf else []))
         ps = await self.sh(PS)
         if ps.error is not None or ps.exit_status != 0:
@@ -353,7 +355,8 @@ class Prober:
         self.notes.extend(found.notes)
         if not found.addresses:
             return replace(chain, notes=tuple(self.notes))
-        listeners = await off_loop(parse_ss, (await self.sh(SS)).output)
+        sockets = f"{(await self.sh(SS_TCP)).output}\n{(await self.sh(SS_UNIX)).output}"
+        listeners = await off_loop(parse_ss, sockets)
         # the first address nothing serves (an upstream with one dead server fails there)
         served = [(a, next((li for li in listeners if li.serves(a)), None))
                   for a in found.addresses]
