@@ -65,14 +65,6 @@ def store_errors() -> tuple[type[Exception], ...]:
     return (StoreError, *db_errors())
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DB_ERRORS":  # the older constant: both engines' errors (imports psycopg)
-        import psycopg
-
-        return (sqlite3.Error, psycopg.Error)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class Result:
     """What a statement returned, read whole."""
