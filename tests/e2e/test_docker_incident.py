@@ -58,7 +58,9 @@ async def test_oom_killed_container_is_diagnosed_and_restarted_after_approval(
             await bot.click(approval, "opsbot.approve", "U0BOB")
             await bot.wait(lambda: "verified" in bot.roots()[0].plain(), timeout=120)
             assert app.state()["Running"]
-            assert "(`verify_healthcheck`) on `dock01` — *ok*" in bot.thread_text()
+            # the fix's own message is debounced: it may land just after the root's update
+            await bot.wait(lambda: "(`verify_healthcheck`) on `dock01` — *ok*"
+                           in bot.thread_text(), timeout=10)
 
             from bot.export import export_text
 
