@@ -526,9 +526,16 @@ class Store:
                                                "attempts": 0, "owner": self.owner})
 
     def finish_work(self, work_id: int, outcome: str, status: str = "done") -> None:
+        """The work row is done. A command's `response_url` (a secret: it lets anyone answer
+        the user for 30 minutes) is only needed until then, so the finished row forgets it."""
         with self.tx() as conn:
             conn.execute("UPDATE work SET status = ?, done_at = ?, outcome = ? WHERE id = ?",
                          (status, utcnow(), outcome[:500], work_id))
+            row = conn.execute("SELECT payload FROM work WHERE id = ?", (work_id,)).fetchone()
+            payload = _decode({"payload": row[0]})["payload"] if row else None
+            if isinstance(payload, dict) and "response_url" in payload:
+                self._update(conn, "work", work_id, {"payload": {
+                    k: v for k, v in payload.items() if k != "response_url"}})
 
     def last_work_id(self) -> int:
         return int(self.db.execute("SELECT coalesce(max(id), 0) FROM work").fetchone()[0])

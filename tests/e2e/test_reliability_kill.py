@@ -265,6 +265,7 @@ async def test_slash_command_cut_by_kill_9_is_answered_after_restart(
     assert response_url not in log and "Traceback" not in log
     store = Store(env["OPSBOT_DB"])
     assert not [r for r in store.audit_records() if response_url in json.dumps(r)]
+    assert response_url not in str(store.db.query("SELECT payload FROM work"))  # answered
     export = await run_cli(env, "export", "INC-1", "--format", "json")
     assert export.returncode == 0 and response_url not in export.stdout
 

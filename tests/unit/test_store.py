@@ -355,3 +355,22 @@ def test_a_click_and_its_replay_check_are_one_transaction(store: Store) -> None:
     assert store.add_work("click", {"token": "t"}, seen=("slack:v0=abc", until)) is None
     assert not store.first_use("slack:v0=abc", until)  # the same key as a command's check
     assert [r["id"] for r in store.db.query("SELECT id FROM work")] == [first]
+
+
+def test_a_finished_command_forgets_its_response_url(store: Store) -> None:
+    """A response_url lets anyone answer the user for 30 minutes: the work row keeps it only
+    until the command is answered (a click's row, which has none, is left as it was)."""
+    url = "https://hooks.slack.com/commands/T0/1/secret"
+    command = store.add_work("command", {"text": "run nginx-502 web01", "user": "U0ALICE",
+                                         "response_url": url, "channel": "C0"})
+    click = store.add_work("click", {"token": "t", "approve": True})
+    assert command is not None and click is not None
+    assert url in str(store.db.query("SELECT payload FROM work WHERE id = ?", (command,)))
+    store.finish_work(command, "done")
+    store.finish_work(click, "done")
+    rows = {r["id"]: r for r in store.db.query("SELECT id, status, payload FROM work")}
+    assert url not in str(rows[command]) and rows[command]["status"] == "done"
+    payloads = {k: v if isinstance(v, dict) else json.loads(v)
+                for k, v in ((i, r["payload"]) for i, r in rows.items())}
+    assert payloads[command] == {"text": "run nginx-502 web01", "user": "U0ALICE", "channel": "C0"}
+    assert payloads[click] == {"approve": True, "token": "t"}
