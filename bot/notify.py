@@ -139,12 +139,7 @@ class Reporter:
         return await self._root_now(incident_id)
 
     async def _root_now(self, incident_id: int) -> Incident:
-        incident, approvals, diagnoses, alerts = await self.store.root_view(incident_id)
-        confidence = None
-        for d in reversed(diagnoses):
-            if d.causes and d.causes[0]["cause"] == incident.cause:
-                confidence = d.causes[0]["confidence"]
-                break
+        incident, approvals, confidence, alerts = await self.store.root_view(incident_id)
         msg = render.root_message(incident, approvals=approvals, confidence=confidence,
                                   alerts=alerts)
         await self.outbox.message(incident_id, "root", msg)

@@ -89,6 +89,26 @@ class WebhookIn:
     rejected: str | None = None  # why it cannot be read as alerts (kept all the same)
 
 
+@dataclass(frozen=True)
+class StepStart:
+    """A step about to run, as the store records it (Store.record_steps)."""
+
+    run_id: int | None
+    incident_id: int
+    step: RenderedStep
+    actor: str
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """A step's result, for the step_runs row `step_run_id` (Store.record_steps)."""
+
+    step_run_id: int
+    incident_id: int
+    result: StepResult
+    actor: str
+
+
 def owner_alive(pid: int | None) -> bool:
     """The process that owns a run or outbox row still runs (not this one: an earlier
     server in this process is gone by the time a new one looks)."""
@@ -786,10 +806,33 @@ class Store:
                                           "received_at": now, **redact_value(alert)})
 
     def root_view(self, incident_id: int
-                  ) -> tuple[Incident, list[Approval], list[Diagnosis], int]:
-        """What the root message shows, in one call: incident, approvals, diagnoses, alerts."""
-        return (self.get_incident(incident_id), self.approvals_of(incident_id),
-                self.diagnoses_of(incident_id), self.alert_count(incident_id))
+                  ) -> tuple[Incident, list[Approval], float | None, int]:
+        """What the root message shows, in one call: incident, approvals, the confidence of
+        its cause (bot.notify) and how many alerts it has."""
+        incident = self.get_incident(incident_id)
+        return (incident, self.approvals_of(incident_id),
+                self.cause_confidence(incident_id, incident.cause),
+                self.alert_count(incident_id))
+
+    def cause_confidence(self, incident_id: int, cause: str | None) -> float | None:
+        """The confidence of the newest diagnosis whose likeliest cause is `cause`. Read
+        newest first, a page at a time: an incident run again and again keeps every run's
+        diagnoses, and the root message needs only the latest."""
+        if cause is None:
+            return None
+        before = None
+        while True:
+            rows = self.db.execute(
+                "SELECT id, causes FROM diagnoses WHERE incident_id = ?"
+                + ("" if before is None else " AND id < ?") + " ORDER BY id DESC LIMIT 100",
+                (incident_id,) if before is None else (incident_id, before)).rows
+            for _, found in rows:
+                causes = json.loads(found) if isinstance(found, str) else found
+                if causes and causes[0]["cause"] == cause:
+                    return float(causes[0]["confidence"])
+            if len(rows) < 100:
+                return None
+            before = rows[-1][0]
 
     def alert_count(self, incident_id: int) -> int:
         return int(self.db.execute("SELECT count(*) FROM alerts WHERE incident_id = ?",
@@ -821,33 +864,52 @@ class Store:
 
     def start_step(self, run_id: int | None, incident_id: int, step: RenderedStep,
                    actor: str) -> int:
-        action = redacted_json(step.action)
-        with self.tx() as conn:
-            self._audit(conn, "step.start", actor, incident_id,
-                        {"run_id": run_id, "step": step.step_id, "phase": str(step.phase),
-                         "kind": step.kind, "host": step.host, "command": step.display,
-                         "action": action})
-            return self._insert(conn, "step_runs", {
-                "run_id": run_id, "incident_id": incident_id, "step_id": step.step_id,
-                "phase": str(step.phase), "kind": step.kind, "host": step.host,
-                "command": step.display, "action": action, "status": "running",
-                "started_at": utcnow(), "title": step.title})
+        return self.record_steps([StepStart(run_id, incident_id, step, actor)])[0]
 
     def finish_step(self, step_run_id: int, incident_id: int, result: StepResult,
                     actor: str) -> None:
+        self.record_steps([StepEnd(step_run_id, incident_id, result, actor)])
+
+    def record_steps(self, records: Sequence[StepStart | StepEnd]) -> list[int]:
+        """Steps started and finished, in order, in one transaction (the audit chain's head
+        read and written once): the step_runs id of each."""
+        ids: list[int] = []
         with self.tx() as conn:
-            self._update(conn, "step_runs", step_run_id, {
-                "status": str(result.status), "exit_status": result.exit_status,
-                "started_at": result.started_at, "duration": round(result.duration, 3),
-                "excerpt": result.output, "output_bytes": result.output_bytes,
-                "digest": result.digest, "truncated": int(result.truncated),
-                "error": result.error, "facts": dict(result.facts)})
-            self._audit(conn, "step.end", actor, incident_id, {
-                "step_run_id": step_run_id, "step": result.step.step_id,
-                "host": result.step.host, "status": str(result.status),
-                "exit_status": result.exit_status, "duration": round(result.duration, 3),
-                "output_sha256": result.digest, "output_bytes": result.output_bytes,
-                "error": result.error})
+            chain = AuditChain(self, conn)
+            for rec in records:
+                ids.append(self._start_step(conn, chain, rec) if isinstance(rec, StepStart)
+                           else self._finish_step(conn, chain, rec))
+            chain.close()
+        return ids
+
+    def _start_step(self, conn: Conn, chain: AuditChain, rec: StepStart) -> int:
+        step = rec.step
+        action = redacted_json(step.action)
+        chain.add("step.start", rec.actor, rec.incident_id,
+                  {"run_id": rec.run_id, "step": step.step_id, "phase": str(step.phase),
+                   "kind": step.kind, "host": step.host, "command": step.display,
+                   "action": action})
+        return self._insert(conn, "step_runs", {
+            "run_id": rec.run_id, "incident_id": rec.incident_id, "step_id": step.step_id,
+            "phase": str(step.phase), "kind": step.kind, "host": step.host,
+            "command": step.display, "action": action, "status": "running",
+            "started_at": utcnow(), "title": step.title})
+
+    def _finish_step(self, conn: Conn, chain: AuditChain, rec: StepEnd) -> int:
+        result = rec.result
+        self._update(conn, "step_runs", rec.step_run_id, {
+            "status": str(result.status), "exit_status": result.exit_status,
+            "started_at": result.started_at, "duration": round(result.duration, 3),
+            "excerpt": result.output, "output_bytes": result.output_bytes,
+            "digest": result.digest, "truncated": int(result.truncated),
+            "error": result.error, "facts": dict(result.facts)})
+        chain.add("step.end", rec.actor, rec.incident_id, {
+            "step_run_id": rec.step_run_id, "step": result.step.step_id,
+            "host": result.step.host, "status": str(result.status),
+            "exit_status": result.exit_status, "duration": round(result.duration, 3),
+            "output_sha256": result.digest, "output_bytes": result.output_bytes,
+            "error": result.error})
+        return rec.step_run_id
 
     def steps_of(self, incident_id: int) -> list[StepRun]:
         return [step_run_from_row(r) for r in self.db.query(
@@ -1232,8 +1294,6 @@ class AsyncStore:
     alerts_of = _Threaded(Store.alerts_of)
     start_run = _Threaded(Store.start_run)
     finish_run = _Threaded(Store.finish_run)
-    start_step = _Threaded(Store.start_step)
-    finish_step = _Threaded(Store.finish_step)
     steps_of = _Threaded(Store.steps_of)
     iter_steps = _Threaded(Store.iter_steps)
     record_diagnosis = _Threaded(Store.record_diagnosis)
@@ -1266,6 +1326,18 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._steps = GroupCommit(self, Store.record_steps)
+
+    async def start_step(self, run_id: int | None, incident_id: int, step: RenderedStep,
+                         actor: str) -> int:
+        """Recorded (and audited) before the step runs; the steps that start or end while a
+        transaction is being written share the next one (GroupCommit): a 50-host run's step
+        records cost a few transactions, not one per step."""
+        return await self._steps(StepStart(run_id, incident_id, step, actor))
+
+    async def finish_step(self, step_run_id: int, incident_id: int, result: StepResult,
+                          actor: str) -> None:
+        await self._steps(StepEnd(step_run_id, incident_id, result, actor))
 
     def lane(self) -> AsyncStore:
         """The store on a connection and worker thread of their own, whose writes take the
@@ -1290,6 +1362,62 @@ class AsyncStore:
         self.sync.close()
 
 
+Item = TypeVar("Item")
+
+
+class GroupCommit(Generic[Item, T]):
+    """Group commit: the calls that arrive while a transaction is being written wait together
+    for the next one, written by `write(store, items)` (one result per item, in order) in one
+    transaction on the store's thread. A batch the store refuses is written again one item per
+    transaction, so that an item the store cannot keep is the only one whose caller hears the
+    error (and it is never written afterwards). Each caller is answered once its item is
+    committed."""
+
+    def __init__(self, store: AsyncStore, write: Callable[[Store, list[Item]], list[T]], *,
+                 limit: int = 500) -> None:
+        self.store, self.write, self.limit = store, write, limit
+        self.waiting: list[tuple[Item, asyncio.Future[T]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # transactions written
+
+    async def __call__(self, item: Item) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
+            try:
+                await self._commit(batch)
+            except Exception:  # an item the store refuses: the others each on their own
+                if len(batch) == 1:
+                    continue  # its caller heard it
+                for one in batch:
+                    with contextlib.suppress(Exception):  # that caller hears it
+                        await self._commit([one])
+
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[T]]]) -> None:
+        """One transaction for the batch; each caller gets its item's result, or, when the
+        transaction fails, the error (nothing of the batch was written)."""
+        try:
+            results = await self.store.call(self.write, self.store.sync,
+                                            [item for item, _ in batch])
+        except BaseException as exc:
+            if len(batch) == 1 or not isinstance(exc, Exception):
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception)
+                                             else StoreError("stopped"))
+            raise
+        self.batches += 1
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
 class WebhookIntake:
     """Webhooks recorded by group commit: requests that arrive while a transaction is being
     written wait together for the next one, so a storm costs one fsync per batch, not one per
@@ -1297,8 +1425,6 @@ class WebhookIntake:
     webhook the store cannot keep is the only one answered 503. It has its own connection and
     thread, so a queue of other store work never delays an answer to Alertmanager; each caller
     is answered only once its row is on disk."""
-
-    MAX_BATCH = 500
 
     def __init__(self, store: Store) -> None:
         """A connection of its own to `store`'s database (on SQLite syncing every commit:
@@ -1311,12 +1437,10 @@ class WebhookIntake:
                         lock=store._lock)
             own.db.urgent = True
         self.store = AsyncStore(own)
-        self._queue: list[tuple[WebhookIn, asyncio.Future[int]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self.store, Store.record_webhooks, limit=500)
         self.received = 0  # webhooks recorded (or being recorded) by this intake
         self._looked = 0  # `received` at the last look of `busy`
         self._quiet = 0  # looks in a row that found no new webhook
-        self.batches = 0
 
     def busy(self) -> bool:
         """A burst is going on: webhooks wait to be written, or some came since the last look
@@ -1325,45 +1449,15 @@ class WebhookIntake:
         one caller that looks every few milliseconds (bot.alertqueue)."""
         new, self._looked = self.received != self._looked, self.received
         self._quiet = 0 if new else self._quiet + 1
-        return bool(self._queue) or self._quiet < 2
+        return bool(self._group.waiting) or self._quiet < 2
+
+    @property
+    def batches(self) -> int:
+        return self._group.batches
 
     async def record(self, item: WebhookIn) -> int:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.received += 1
-        self._queue.append((item, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
-        return await future
-
-    async def _write(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
-            try:
-                await self._commit(batch)
-            except Exception:  # a webhook the store refuses: the others each on their own
-                if len(batch) == 1:
-                    continue  # its caller heard it (a 503): never written after that
-                for one in batch:
-                    with contextlib.suppress(Exception):  # that caller hears it (a 503)
-                        await self._commit([one])
-
-    async def _commit(self, batch: list[tuple[WebhookIn, asyncio.Future[int]]]) -> None:
-        """One transaction for the batch; each caller gets its webhook's id, or, when the
-        transaction fails, the error (a 503 each: nothing of the batch was written)."""
-        try:
-            ids = await self.store.call(self.store.sync.record_webhooks,
-                                        [item for item, _ in batch])
-        except BaseException as exc:
-            if len(batch) == 1 or not isinstance(exc, Exception):
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception)
-                                             else StoreError("stopped"))
-            raise
-        self.batches += 1
-        for (_, future), webhook_id in zip(batch, ids, strict=True):
-            if not future.done():
-                future.set_result(webhook_id)
+        return await self._group(item)
 
     def close(self) -> None:
         self.store.close()

@@ -1,5 +1,6 @@
 """The store, on both backends (a SQLite file, a database on the lab's real PostgreSQL)."""
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -7,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.adapters.sql import is_postgres_url
-from bot.adapters.store import Store, WebhookIn
+from bot.adapters.store import AsyncStore, Store, WebhookIn
 from bot.errors import StoreError
 from bot.incidents import REOPEN_WINDOW, opening
-from bot.models import Notification
+from bot.models import Notification, Phase, RenderedStep, StepResult, StepStatus
 from tests.storebackends import raw_sql
 
 
@@ -374,3 +375,76 @@ def test_a_finished_command_forgets_its_response_url(store: Store) -> None:
                 for k, v in ((i, r["payload"]) for i, r in rows.items())}
     assert payloads[command] == {"text": "run nginx-502 web01", "user": "U0ALICE", "channel": "C0"}
     assert payloads[click] == {"approve": True, "token": "t"}
+
+
+def _step(host: str, step_id: str = "loadavg") -> RenderedStep:
+    return RenderedStep(step_id, "ssh", Phase.DIAGNOSTIC, host, {"command": "cat /proc/loadavg"},
+                        "cat /proc/loadavg", 10, "Load average")
+
+
+async def test_steps_of_many_hosts_are_recorded_in_few_transactions(db_target: str) -> None:
+    """50 hosts start a step at once: their records share one transaction, each caller gets
+    its own row, and every start and end is in the audit chain, in order."""
+    store = AsyncStore(Store(db_target))
+    try:
+        inc_id, _ = open_(store.sync)
+        run = await store.start_run(inc_id, "loadavg", "bench", "tester", "terminal", {})
+        hosts = [f"web{i:02d}" for i in range(50)]
+        ids = await asyncio.gather(*(store.start_step(run, inc_id, _step(h), "tester")
+                                     for h in hosts))
+        assert len(set(ids)) == 50 and store._steps.batches == 1
+        await asyncio.gather(*(store.finish_step(sid, inc_id, StepResult(
+            _step(h), StepStatus.OK, 0, "2026-11-30T00:00:00Z", 0.01, h, len(h), "ab" * 32),
+            "tester") for sid, h in zip(ids, hosts, strict=True)))
+        assert store._steps.batches == 2
+        rows = {r.id: r for r in store.sync.steps_of(inc_id)}
+        assert [(rows[sid].host, rows[sid].status, rows[sid].excerpt) for sid in ids] == \
+            [(h, "ok", h) for h in hosts]
+        audit = [(r["action"], json.loads(r["detail"])) for r in store.sync.audit_records()
+                 if r["action"].startswith("step.")]
+        assert [d["host"] for a, d in audit if a == "step.start"] == hosts
+        assert [d["step_run_id"] for a, d in audit if a == "step.end"] == ids
+        assert store.sync.verify_audit().ok
+    finally:
+        store.close()
+
+
+async def test_a_step_record_the_database_refuses_fails_only_its_own_caller(
+        db_target: str) -> None:
+    store = AsyncStore(Store(db_target))
+    try:
+        inc_id, _ = open_(store.sync)
+        if is_postgres_url(db_target):
+            raw_sql(db_target, "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE "
+                               "EXCEPTION 'refused'; END $$ LANGUAGE plpgsql")
+            raw_sql(db_target, "CREATE TRIGGER refuse BEFORE INSERT ON step_runs FOR EACH ROW "
+                               "WHEN (NEW.host = 'bad') EXECUTE FUNCTION refuse()")
+        else:
+            raw_sql(db_target, "CREATE TRIGGER refuse BEFORE INSERT ON step_runs WHEN "
+                               "NEW.host = 'bad' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        done = await asyncio.gather(*(store.start_step(None, inc_id, _step(h), "tester")
+                                      for h in ("web01", "bad", "web02")),
+                                    return_exceptions=True)
+        assert isinstance(done[1], StoreError)
+        assert [r.host for r in store.sync.steps_of(inc_id)] == ["web01", "web02"]
+        audit = [json.loads(r["detail"])["host"] for r in store.sync.audit_records()
+                 if r["action"] == "step.start"]
+        assert audit == ["web01", "web02"] and store.sync.verify_audit().ok
+    finally:
+        store.close()
+
+
+def test_the_root_message_reads_the_newest_diagnosis_of_the_cause(store: Store) -> None:
+    """An incident run again and again keeps every diagnosis: the confidence shown is the
+    newest one whose likeliest cause is the incident's, however far back it is."""
+    inc_id, _ = open_(store)
+    cause = [{"cause": "upstream_down", "confidence": 0.6, "evidence": [], "remediation": []}]
+    store.record_diagnoses(1, inc_id, {"web01": cause})
+    store.record_diagnoses(2, inc_id, {f"web{i:03d}": [] for i in range(250)})
+    assert store.cause_confidence(inc_id, "upstream_down") == 0.6
+    assert store.cause_confidence(inc_id, "disk_full") is None
+    assert store.cause_confidence(inc_id, None) is None
+    store.record_diagnoses(3, inc_id, {"web01": [{**cause[0], "confidence": 0.9}]})
+    store.update_incident(inc_id, cause="upstream_down")
+    _, _, confidence, _ = store.root_view(inc_id)
+    assert confidence == 0.9
