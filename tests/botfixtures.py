@@ -20,6 +20,7 @@ import pytest
 from bot.adapters.store import Store
 from bot.config import Settings, load_settings
 from bot.edge import HEADER_TIMEOUT
+from bot.outbox import Outbox
 from bot.server import serve
 from tests.fakeslack import FakeSlack, Msg
 from tests.lab import free_port
@@ -156,11 +157,25 @@ class BotProcess:
         assert ready.is_set(), "opsbot did not start within 30 s"
         return settings
 
-    async def stop(self) -> None:
-        if self.task is not None:
+    async def stop(self, *, flush: bool = True) -> None:
+        """Stop as SIGTERM does. `flush=False`, at a test's end: what the outbox still holds
+        stays in the store (as when Slack is slow) instead of being sent, at Slack's pace of
+        about a post a second, to a stand-in nobody reads any more."""
+        if self.task is None:
+            return
+        with pytest.MonkeyPatch.context() as patch:
+            if not flush:
+                patch.setattr(Outbox, "stop", _stop_unflushed)
             self.stop_event.set()
             await asyncio.wait_for(self.task, 60)
-            self.task = None
+        self.task = None
+
+
+_outbox_stop = Outbox.stop
+
+
+async def _stop_unflushed(outbox: Outbox, timeout: float) -> int:
+    return await _outbox_stop(outbox, 0.0)
 
 
 @pytest.fixture
@@ -192,5 +207,5 @@ async def serving_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory:
         bot = RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
         bot.process = process
         yield bot
-    await process.stop()
+    await process.stop(flush=False)
     await slack.stop()

@@ -73,5 +73,5 @@ async def test_oom_killed_container_is_diagnosed_and_restarted_after_approval(
             assert "### `docker_restart` on dock01 — ok (remediation" in md
             assert "approved by U0BOB" in md
     finally:
-        await process.stop()
+        await process.stop(flush=False)
         await slack.stop()

@@ -59,7 +59,7 @@ async def field_bot(tmp_path: Path, field_inventory: tuple[Path, Path]
     settings = await process.start()
     async with aiohttp.ClientSession() as session:
         yield RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env, process)
-    await process.stop()
+    await process.stop(flush=False)
     await slack.stop()
 
 

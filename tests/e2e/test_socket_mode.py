@@ -55,5 +55,5 @@ async def test_socket_mode_command_and_click(tmp_path: Path, healthy_web: WebLab
             assert healthy_web.proxy_status() == 200
             assert bot.store().approvals_of(1)[0].decided_by == "U0BOB"
     finally:
-        await process.stop()
+        await process.stop(flush=False)
         await slack.stop()
