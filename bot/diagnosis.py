@@ -422,12 +422,13 @@ def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[st
     if any(name not in params for name in PLACEHOLDER.findall(cond.pattern)):
         return  # cannot be judged without the parameter
     pattern = PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), cond.pattern)
-    regex = _compile(pattern)
-    if isinstance(lines, StepLines):  # one scan of the whole text rules most steps out at once
-        whole = _compile(pattern, re.MULTILINE)
-        present = [step for step in present if whole.search(lines.text(step))]
-    found = ((line, match) for step in present for line in reversed(lines[step])
-             if (match := regex.search(line)))
+    found: Iterator[tuple[str, re.Match[str]]]
+    if isinstance(lines, StepLines):  # each (pattern, step) is scanned once per diagnosis
+        found = (hit for step in present for hit in lines.hits(step, pattern))
+    else:
+        regex = _compile(pattern)
+        found = ((line, match) for step in present for line in reversed(lines[step])
+                 if (match := regex.search(line)))
     if cond.absent:
         if next(found, None) is None:
             yield "", {}
@@ -509,16 +510,32 @@ def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
 
 class StepLines(dict[str, list[str]]):
     """The lines of each step, and each step's text joined once: a regex that finds nothing in
-    the whole text finds nothing in any line, so most signals cost one scan, not one per line."""
+    the whole text finds nothing in any line, so most signals cost one scan, not one per line.
+    The matching lines of a (pattern, step) are kept: the rules reuse a pattern in many signals
+    and conditions (the fatal start-up lines, the restart evidence, the proxy's answer)."""
 
     def __init__(self, lines: Mapping[str, list[str]]) -> None:
         super().__init__(lines)
         self._texts: dict[str, str] = {}
+        self._hits: dict[tuple[str, str], list[tuple[str, re.Match[str]]]] = {}
 
     def text(self, step: str) -> str:
         if step not in self._texts:
             self._texts[step] = "\n".join(self[step])
         return self._texts[step]
+
+    def hits(self, step: str, pattern: str) -> list[tuple[str, re.Match[str]]]:
+        """The lines of a step that the pattern matches, most recent first, with their match
+        (the MAX_SCAN most recent: as many as any signal or condition looks at)."""
+        key = (pattern, step)
+        if key not in self._hits:
+            found: list[tuple[str, re.Match[str]]] = []
+            if _compile(pattern, re.MULTILINE).search(self.text(step)):
+                regex = _compile(pattern)
+                found = list(islice(((line, match) for line in reversed(self[step])
+                                     if (match := regex.search(line))), MAX_SCAN))
+            self._hits[key] = found
+        return self._hits[key]
 
 
 def _product(values: Any) -> float:
