@@ -373,10 +373,13 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `proxy_buffers_too_small`, `uwsgi_buffer_size_too_small`, `http_to_uwsgi_socket`,
 `ipv6_localhost`, `backend_listens_on_loopback`, `port_mismatch`, `socket_path_mismatch`,
 `stale_upstream_address`, `inodes_exhausted`, `certificate_chain_untrusted`,
-`privileged_port_denied`, `database_not_initialised`, `listen_backlog_full` under their labels;
-`port_already_in_use`, `stale_unix_socket`, `stale_pid_file`, `exec_failed` under
-`upstream_crashloop`, where the labelling guideline puts them; `too_many_open_files`,
-`inotify_watches_exhausted` under `unknown`), with its own advice first in `remediation`.
+`privileged_port_denied`, `database_not_initialised`, `database_schema_not_upgraded`,
+`listen_backlog_full`, `backend_listens_on_other_address`, `backend_bound_to_container_hostname`,
+`dependency_name_unresolved` under their labels; `port_already_in_use`, `stale_unix_socket`,
+`stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `node_heap_exhausted`,
+`cpu_lacks_instructions` under `upstream_crashloop`, where the labelling guideline puts them;
+`too_many_open_files`, `inotify_watches_exhausted` under `unknown`), with its own advice first in
+`remediation`.
 
 `evidence` maps a step id to the raw text the step printed, or to a JSON object or list (docker
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.
@@ -417,7 +420,12 @@ Docker restart policies and `Restart=` restart without saying so. They contradic
 stopped by hand since (supervisord `STOPPED`, systemd `inactive (dead)`), and a specific cause
 with its own evidence (the app's error about a dependency, an OOM, a full disk, EACCES, a
 certificate) contradicts the crash loop in turn. A port held by another process, a stale unix
-socket or pid file are crash loops with their own `detail`. Request-time errors (PHP fatal
+socket or pid file are crash loops with their own `detail`, and so are a process's own limits
+and builds: V8's heap limit (`JavaScript heap out of memory`, whatever memory the host has; only
+the host's or container's memory running out is `oom_killed`) and an instruction the CPU lacks
+(the kernel's `trap invalid opcode`, SIGILL). A dependency's name that does not resolve from the
+backend is `dns_or_network` (the network between them), and Node.js's `connect ECONNREFUSED` to a
+port nginx does not dial is a refused dependency. Request-time errors (PHP fatal
 errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up lines:
 they count only with a restart seen.
 

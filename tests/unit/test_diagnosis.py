@@ -746,11 +746,118 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     ("docker_logs", "[backend] Unhandled exception. System.AggregateException: One or more host "
      "shutdown operations failed. (Failed to bind to address http://127.0.0.1:35005: address "
      "already in use.)", "upstream_crashloop", "port_already_in_use"),
+    # a dependency's service name that does not resolve from the backend: the compose network,
+    # not the database (https://github.com/wger-project/docker/issues/91)
+    ("docker_logs", 'psycopg2.OperationalError: could not translate host name "db" to address',
+     "dns_or_network", "dependency_name_unresolved"),
+    # Node.js refused on ::1 for "localhost" on a non-default PostgreSQL port
+    # (https://github.com/nearform/the-fastify-workshop/issues/905)
+    ("app_logs", "          Error: connect ECONNREFUSED ::1:5433", "dependency_down",
+     "ipv6_localhost"),
+    # the Document Server's own schema check after an upgrade
+    # (https://github.com/ONLYOFFICE/DocumentServer/issues/1911)
+    ("app_logs", '[ERROR] [localhost] [docId] [userId] nodeJS - DB table "task_result" does not '
+     'contain tenant column, columns info: [{"column_name":"id"},{"column_name":"status"},'
+     '{"column_name":"status_info"},{"column_name":"created_at"},{"column_name":"last_open_date"},'
+     '{"column_name":"user_index"},{"column_name":"change_id"},{"column_name":"callback"},'
+     '{"column_name":"baseurl"},{"column_name":"password"},{"column_name":"additional"}]',
+     "dependency_down", "database_schema_not_upgraded"),
+    # V8's own heap limit: the app's fault, not the host's memory
+    # (https://github.com/alkem-io/server/issues/5563)
+    ("app_logs", "FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of "
+     "memory", "upstream_crashloop", "node_heap_exhausted"),
+    # SIGILL in a prebuilt native module on a CPU without SSE4.2
+    # (https://github.com/bluesky-social/pds/issues/158)
+    ("kernel_log", "kernel: traps: node[23207] trap invalid opcode ip:7f22afe5cec3 sp:7ffc11f4e2e0 "
+     "error:0 in libvips-cpp.so.42[7f22af6a4000+a69000]", "upstream_crashloop",
+     "cpu_lacks_instructions"),
+    # php-fpm finds its unix socket answered by another master
+    # (https://github.com/richarvey/nginx-php-fpm/issues/60)
+    ("app_logs", "[18-Aug-2016 17:38:44] ERROR: An another FPM instance seems to already listen on "
+     "/var/run/php-fpm.sock", "upstream_crashloop", "port_already_in_use"),
+    # musl's strerror(EADDRINUSE) in an Alpine image's php-fpm
+    # (https://github.com/alexjustesen/speedtest-tracker/issues/1787)
+    ("docker_logs", "[12-Nov-2024 10:08:57] ERROR: unable to bind listening socket for address "
+     "'127.0.0.1:9000': Address in use (98)", "upstream_crashloop", "port_already_in_use"),
+    # php-fpm rejects a directive it does not know (https://github.com/voxpupuli/puppet-php/issues/100)
+    ("app_logs", "[19-Jul-2015 22:56:44] ERROR: [/etc/php5/fpm/php-fpm.conf:118] unknown entry "
+     "'systemd_interval'", "upstream_crashloop", None),
+    # php-fpm's pid file directory gone after a reboot (https://github.com/maicong/LNMP/issues/24)
+    ("app_logs", "[12-Apr-2018 16:11:26] ERROR: Unable to create the PID file "
+     "(/run/php-fpm/php-fpm-index.pid).: No such file or directory (2)", "upstream_crashloop",
+     "runtime_dir_missing"),
+    # nginx on musl names EMFILE its own way (https://github.com/hypothesis/h/pull/6770)
+    ("nginx_error_log", "2021/07/08 12:43:00 [crit] 15#15: accept4() failed (24: No file "
+     "descriptors available)", "unknown", "too_many_open_files"),
+    # Next.js standalone bound to Docker's container-ID HOSTNAME
+    # (https://github.com/crawlseo/crawlseo/pull/10)
+    ("docker_logs", "- Local:         http://b11e77089501:3000", "wrong_proxy_config",
+     "backend_bound_to_container_hostname"),
+    # the Document Server image's start script with an empty host and port from its config
+    # (https://github.com/ONLYOFFICE/Docker-DocumentServer/issues/503)
+    ("docker_logs", "Waiting for connection to the  host on port", "upstream_crashloop",
+     "image_config_unreadable"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
     assert (causes[0].cause, causes[0].detail) == (label, detail)
     assert causes[0].evidence == (text,)
+
+
+def test_a_node_connect_error_to_another_service_is_a_dependency(rules):
+    # a Node.js app's own outbound connection refused, on a port no rule knows (a Next.js app
+    # proxying to its API, https://github.com/vercel/next.js/issues/24391): what it needs is down
+    line = ("Error occurred proxying http://127.0.0.1:8888/somepath Error: connect ECONNREFUSED "
+            "127.0.0.1:8888")
+    causes = diagnose(rules, {"app_logs": line + "\n"})
+    assert (causes[0].cause, causes[0].detail) == ("dependency_down", None)
+    assert causes[0].evidence == (line,)
+    # on ::1 for "localhost": the Node.js >= 17 address order (https://github.com/adonisjs/core/issues/4253)
+    causes = diagnose(rules, {"app_logs": "Error: connect ECONNREFUSED ::1:3306\n"})
+    assert (causes[0].cause, causes[0].detail) == ("dependency_down", "ipv6_localhost")
+    assert "127.0.0.1" in causes[0].remediation[0]
+
+
+def test_refused_on_one_address_answered_on_another_is_where_the_backend_listens(rules):
+    # wget inside the container: 127.0.0.1 refuses, localhost answers on ::1
+    # (https://github.com/overleaf/overleaf/issues/1146)
+    name = "wrong_proxy_config--g-overleaf-node-web-on-ipv6-loopback-nginx-127"
+    assert not is_held_out(name)
+    causes = diagnose(rules, evidence_of(name))
+    assert (causes[0].cause, causes[0].detail) == ("wrong_proxy_config",
+                                                   "backend_listens_on_other_address")
+    assert "Connecting to 127.0.0.1:3000... failed: Connection refused." in causes[0].evidence
+    # refused alone, nothing answering elsewhere: no address mismatch
+    refused = "\n".join(line for line in step_output(name, "healthcheck").splitlines()
+                        if "localhost" not in line and "connected" not in line)
+    alone = diagnose(rules, {"healthcheck": refused})
+    assert all(c.detail != "backend_listens_on_other_address" for c in alone)
+
+
+def test_the_document_server_images_own_nginx_dials_its_own_loopback(rules):
+    # the ONLYOFFICE image runs nginx and docservice together: 127.0.0.1:8000 from the bridge
+    # gateway's client is right there (https://github.com/Euro-Office/DocumentServer/issues/360)
+    name = "upstream_crashloop--g-eurooffice-docservice-sigill-libvips-no-sse42"
+    assert not is_held_out(name)
+    causes = diagnose(rules, {"nginx_error_log": step_output(name, "nginx_error_log")})
+    assert all(c.detail != "loopback_inside_container" for c in causes)
+    # an nginx container dialing its own 127.0.0.1:9000 for php-fpm still is
+    other = "wrong_proxy_config--a-docker-webserver-fastcgi-pass-localhost"
+    assert diagnose(rules, evidence_of(other))[0].detail == "loopback_inside_container"
+
+
+def test_indented_df_output_and_a_socket_missing_in_docker_logs(rules):
+    # df pasted indented in a thread (https://github.com/Unitech/pm2/issues/2799)
+    df = ("    Filesystem      Size  Used Avail Use% Mounted on\n"
+          "    /dev/root        23G   23G   43M 100% /\n")
+    causes = diagnose(rules, {"disk": df})
+    assert causes[0].cause == "disk_full"
+    assert causes[0].evidence == ("    /dev/root        23G   23G   43M 100% /",)
+    # nginx in a container logs the missing socket to docker logs
+    # (https://github.com/richarvey/nginx-php-fpm: the old config's socket path)
+    line = line_of("wrong_proxy_config--a-richarvey-old-config-socket-path", "nginx_error_log",
+                   "connect() to unix:")
+    assert diagnose(rules, {"docker_logs": line})[0].cause == "wrong_proxy_config"
 
 
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
