@@ -797,6 +797,13 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (https://github.com/ONLYOFFICE/Docker-DocumentServer/issues/503)
     ("docker_logs", "Waiting for connection to the  host on port", "upstream_crashloop",
      "image_config_unreadable"),
+    # an old libpq against PostgreSQL's scram-sha-256 (AUTH_REQ_SASL = 10)
+    # (https://github.com/ONLYOFFICE/DocumentServer/issues/1537)
+    ("app_logs", "psql: authentication method 10 not supported", "dependency_down",
+     "postgres_auth_method_unsupported"),
+    # the Nextcloud connector's check of a Document Server that wants a JWT
+    # (https://github.com/ONLYOFFICE/onlyoffice-nextcloud/issues/747)
+    ("healthcheck", "Error occurred in the document service: Invalid token", "jwt_mismatch", None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
