@@ -804,6 +804,14 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # the Nextcloud connector's check of a Document Server that wants a JWT
     # (https://github.com/ONLYOFFICE/onlyoffice-nextcloud/issues/747)
     ("healthcheck", "Error occurred in the document service: Invalid token", "jwt_mismatch", None),
+    # the Nextcloud connector (PHP's cURL) speaking https to the Document Server's plain port 80
+    # (https://github.com/ONLYOFFICE/onlyoffice-nextcloud/issues/938)
+    ("healthcheck", "An error occurred while trying to connect (cURL error 35: error:0A00010B:SSL "
+     "routines::wrong version number (see https://curl.haxx.se/libcurl/c/libcurl-errors.html ) "
+     "for https://192.168.1.247:80/healthcheck)", "tls_mismatch", "https_to_plain_port"),
+    # Python 2's EACCES is an IOError (https://github.com/lucyparsons/OpenOversight/issues/299)
+    ("app_logs", "IOError: [Errno 13] Permission denied: '/tmp/openoversight.log'",
+     "permission_denied", None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
