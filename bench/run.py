@@ -153,7 +153,7 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
     assert isinstance(lab, BenchLab)
     n = len(lab.hosts)
     bench = f"Warm fan-out, one command on {n} hosts (the server's pooled connections)"
-    result = _warm(lab, folder, "loadavg", rounds)
+    result = _warm(lab, folder, "loadavg", rounds, OPSBOT_BENCH_SSHD_PIDS=_sshd_pids(lab))
     if result["errors"] or result["hosts"] != n:
         raise RuntimeError(f"warm run: {result['hosts']} hosts, errors {result['errors']}")
     peers: tuple[str, ...] = ()
@@ -178,6 +178,25 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
                       note=f"{result['connects']} SSH connections opened for "
                            f"{rounds + 1} runs on {n} hosts (warm-up included)."))
     report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
+    _hosts_figures(report, bench, result)
+
+
+def _sshd_pids(lab: object) -> str:
+    from bench.lab import BenchLab
+
+    assert isinstance(lab, BenchLab)
+    return ",".join(str(h.process.pid) for h in lab.hosts)
+
+
+def _hosts_figures(report: Report, bench: str, result: dict) -> None:
+    """The hosts' side of a warm run: their CPU, and the least wall time it allows here."""
+    spent = tuple(result.get("hosts_cpu") or ())
+    if not spent:
+        return
+    cores = os.cpu_count() or 1
+    report.add(Figure(bench, "hosts' CPU per run (sshd sessions and commands)", "s", spent))
+    report.add(Figure(bench, f"least wall time the hosts' CPU allows on {cores} cores", "s",
+                      tuple(s / cores for s in spent)))
 
 
 def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> None:
@@ -190,7 +209,8 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
     web.stop_backend()  # a real 502: the backend is down behind nginx
     rounds = min(rounds, 3)  # a run takes tens of seconds on one 2-core machine
     result = _warm(lab, folder, "nginx-502", rounds, OPSBOT_INVENTORY=str(lab.web_inventory),
-                   OPSBOT_RUNBOOKS=str(ROOT / "runbooks"))
+                   OPSBOT_RUNBOOKS=str(ROOT / "runbooks"),
+                   OPSBOT_BENCH_SSHD_PIDS=_sshd_pids(lab))
     if result["hosts"] != n:
         raise RuntimeError(f"diagnosis: {result['hosts']} hosts, errors {result['errors']}")
     report.add(Figure(bench, "opsbot", "s", tuple(result["samples"]), Target(2.0),
@@ -202,10 +222,15 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
                            + (f"; step errors: {result['errors']}" if result["errors"]
                               else "")))
     report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
+    _hosts_figures(report, bench, result)
     report.note(bench, "All 50 hosts are this one machine: every host-side command (curl, ss, "
-                "supervisorctl, a Python program, nginx -t, ...) of every host competes for "
-                "the same 2 cores, and discovery reads every supervisord it sees in `ps` "
-                "(other labs' included). Compare the wall time with opsbot's own CPU.")
+                "`supervisorctl status` — a Python program the runbook's supervisorctl_status "
+                "step runs on every host, read once with discovery —, nginx -t, ...) of every "
+                "host competes with opsbot for the same cores. The hosts' CPU (every sshd "
+                "session and command under the lab's sshd servers) divided by the cores is the "
+                "least wall time this machine can give the run, whatever opsbot does; on a "
+                "fleet each host spends its share on its own CPU. A step that takes "
+                "discovery's read shows the time of discovery's session.")
 
 
 def bench_logs(report: Report, lab: object, rounds: int, folder: Path) -> None:

@@ -6,7 +6,9 @@ Builds the runtime as `opsbot serve` does, runs RUNBOOK on TARGET once to open t
 connections, then ROUNDS more times, each timed from the call to the end of its background work.
 Prints JSON: the samples (wall, and opsbot's own CPU seconds), how many SSH connections were
 opened, the most SSH sessions (a shell each on the host) one run asked for, the slowest steps,
-and how the hosts fared.
+and how the hosts fared. With OPSBOT_BENCH_SSHD_PIDS (the lab's sshd servers, comma-separated),
+also the hosts' CPU seconds per run: every sshd process under those servers and every command
+they ran (the sessions are reaped by their connection's sshd, which lives across the runs).
 """
 
 from __future__ import annotations
@@ -22,6 +24,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def host_cpu(servers: set[int]) -> float:
+    """CPU seconds (user + system, with reaped children) of the sshd servers `servers` and of
+    every process under them, as /proc has them now."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    spent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        spent[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    total = 0
+    for pid, ticks in spent.items():
+        up, seen = pid, 0
+        while up not in servers and up > 1 and seen < 64:
+            up, seen = parent.get(up, 0), seen + 1
+        if up in servers:
+            total += ticks
+    return total / tick
 
 
 async def no_approver(row: Any, proposal: Any) -> None:
@@ -42,13 +71,18 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 return outcome
 
             first = await once()
-            samples, cpu, longest, sessions = [], [], [], []
+            servers = {int(p) for p in os.environ.get("OPSBOT_BENCH_SSHD_PIDS", "").split(",")
+                       if p.strip().isdigit()}
+            samples, cpu, longest, sessions, hosts_cpu = [], [], [], [], []
             for _ in range(rounds):
+                on_hosts = host_cpu(servers) if servers else 0.0
                 began, began_cpu = time.perf_counter(), time.process_time()
                 opened = rt.ctx.ssh.sessions
                 outcome = await once()
                 samples.append(time.perf_counter() - began)
                 cpu.append(time.process_time() - began_cpu)
+                if servers:
+                    hosts_cpu.append(host_cpu(servers) - on_hosts)
                 sessions.append(rt.ctx.ssh.sessions - opened)
                 longest.append(max(s.duration for r in outcome.reports for s in r.results))
             errors = [f"{r.host.name}: {r.error or s.error}" for r in outcome.reports
@@ -58,7 +92,8 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 for s in r.results:
                     slowest[s.step.step_id] = max(slowest.get(s.step.step_id, 0.0), s.duration)
             top = dict(sorted(slowest.items(), key=lambda kv: -kv[1])[:5])
-            return {"samples": samples, "cpu": cpu, "longest_step": longest, "slowest_steps": top,
+            return {"samples": samples, "cpu": cpu, "hosts_cpu": hosts_cpu,
+                    "longest_step": longest, "slowest_steps": top,
                     "connects": rt.ctx.ssh.connects, "sessions": max(sessions),
                     "hosts": len(outcome.reports), "first": len(first.reports),
                     "steps": sum(len(r.results) for r in outcome.reports),
