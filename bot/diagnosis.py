@@ -27,6 +27,8 @@ from datetime import datetime
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
+from re import _constants as _sre  # type: ignore[attr-defined]
+from re import _parser as _sre_parser  # type: ignore[attr-defined]
 from typing import Any, Literal, get_args
 
 import yaml
@@ -419,16 +421,19 @@ def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[st
     present = [step for step in cond.steps if step in lines]
     if not present:
         return
-    if any(name not in params for name in PLACEHOLDER.findall(cond.pattern)):
-        return  # cannot be judged without the parameter
-    pattern = PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), cond.pattern)
+    pattern = cond.pattern
+    names = _placeholders(pattern)
+    if names:
+        if any(name not in params for name in names):
+            return  # cannot be judged without the parameter
+        pattern = PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), pattern)
     found: Iterator[tuple[str, re.Match[str]]]
     if isinstance(lines, StepLines):  # each (pattern, step) is scanned once per diagnosis
         found = (hit for step in present for hit in lines.hits(step, pattern))
     else:
-        regex = _compile(pattern)
+        regex, needles = _compile(pattern), _needles(pattern)
         found = ((line, match) for step in present for line in reversed(lines[step])
-                 if (match := regex.search(line)))
+                 if _may_match(needles, line) and (match := regex.search(line)))
     if cond.absent:
         if next(found, None) is None:
             yield "", {}
@@ -508,6 +513,70 @@ def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
     return re.compile(pattern, flags)
 
 
+def _may_match(needles: tuple[str, ...], text: str) -> bool:
+    """False when `text` holds none of the texts every match needs (one of `needles`)."""
+    if not needles:
+        return True
+    for needle in needles:
+        if needle in text:
+            return True
+    return False
+
+
+@lru_cache(maxsize=2048)
+def _placeholders(pattern: str) -> tuple[str, ...]:
+    return tuple(PLACEHOLDER.findall(pattern))
+
+
+@lru_cache(maxsize=2048)
+def _needles(pattern: str) -> tuple[str, ...]:
+    """Texts one of which every match of `pattern` contains, read from the parsed regex: its
+    longest run of plain characters, or an alternation's runs (one per branch); () when none
+    is sure (case-insensitive parts, classes, optional parts count for nothing). A text that
+    holds none of them is not searched: the rules' ~400 regexes per host were most of the
+    diagnosis's CPU, and a substring test costs a fraction of a regex scan."""
+    try:
+        parsed = _sre_parser.parse(pattern)
+    except Exception:  # the regex module's own parser: anything odd means no shortcut
+        return ()
+    if parsed.state.flags & re.IGNORECASE:
+        return ()
+    return _required(list(parsed))
+
+
+def _required(items: list[tuple[Any, Any]]) -> tuple[str, ...]:
+    best: tuple[str, ...] = ()
+
+    def consider(found: tuple[str, ...]) -> None:
+        nonlocal best
+        if found and all(found) and (not best or min(map(len, found)) > min(map(len, best))):
+            best = found
+
+    run: list[str] = []
+    for op, av in items:
+        if op is _sre.LITERAL:
+            run.append(chr(av))
+            continue
+        consider(("".join(run),) if run else ())
+        run = []
+        if op is _sre.SUBPATTERN:
+            _, add_flags, _, inner = av
+            if not add_flags & re.IGNORECASE:
+                consider(_required(list(inner)))
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT):
+            low, _, inner = av
+            if low >= 1:
+                consider(_required(list(inner)))
+        elif op is _sre.ATOMIC_GROUP:
+            consider(_required(list(av)))
+        elif op is _sre.BRANCH:
+            branches = [_required(list(b)) for b in av[1]]
+            if all(branches):
+                consider(tuple(dict.fromkeys(n for b in branches for n in b)))
+    consider(("".join(run),) if run else ())
+    return best
+
+
 class StepLines(dict[str, list[str]]):
     """The lines of each step, and each step's text joined once: a regex that finds nothing in
     the whole text finds nothing in any line, so most signals cost one scan, not one per line.
@@ -530,10 +599,13 @@ class StepLines(dict[str, list[str]]):
         key = (pattern, step)
         if key not in self._hits:
             found: list[tuple[str, re.Match[str]]] = []
-            if _compile(pattern, re.MULTILINE).search(self.text(step)):
+            needles = _needles(pattern)  # a text without them cannot match: no scan
+            if _may_match(needles, self.text(step)) and \
+                    _compile(pattern, re.MULTILINE).search(self.text(step)):
                 regex = _compile(pattern)
                 found = list(islice(((line, match) for line in reversed(self[step])
-                                     if (match := regex.search(line))), MAX_SCAN))
+                                     if _may_match(needles, line)
+                                     and (match := regex.search(line))), MAX_SCAN))
             self._hits[key] = found
         return self._hits[key]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,6 +17,8 @@ from bot.diagnosis import (
     LABELS,
     MAX_QUOTES,
     EvidenceInvalid,
+    _may_match,
+    _needles,
     diagnose,
     load_evidence,
     load_rules,
@@ -1036,3 +1039,39 @@ def test_bad_evidence_is_one_clear_line(tmp_path, text, words):
 def test_missing_evidence_file(tmp_path):
     with pytest.raises(EvidenceInvalid, match="cannot read evidence"):
         load_evidence(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("pattern", "needles"), [
+    ("upstream prematurely closed connection", ("upstream prematurely closed connection",)),
+    (r"\(111: [^)]*\) while connecting to.*upstream", (") while connecting to",)),
+    (r"Starting gunicorn [\d.]+|\*\*\* Starting uWSGI", ("Starting gunicorn ",
+                                                        "*** Starting uWSGI")),
+    (r"^Mem:\s+\d{1,3}\s", ("Mem:",)),
+    (r"a(?:bc)?d|(?:xyz){0,3}", ()),  # a branch that needs nothing: no shortcut
+    (r"(?i:No space left on)|\bENOSPC\b", ()),  # case-insensitive: no shortcut
+    (r"(?i)enospc", ()),
+    (r"(?:refused){2,}", ("refused",)),
+])
+def test_a_regex_is_searched_only_in_text_holding_what_every_match_needs(pattern, needles):
+    assert _needles(pattern) == needles
+
+
+def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
+    """Every case of the corpus is diagnosed the same with and without the substring test that
+    rules texts out before a regex scan; and on every line a rule's regex matches, the test
+    lets it through (held-out cases are compared, never printed)."""
+    paths = [*TRAIN, *HELD_OUT, *UNRESOLVED]
+    cases = [load_case(p) for p in paths]
+    fast = [diagnose_case(rules, case) for case in cases]
+    patterns = {c.pattern for cause in rules.causes.values() for s in cause.signals
+                for c in (s, *s.also, *s.unless) if "{" not in c.pattern}
+    missed = 0
+    for case in cases:
+        for text in case["evidence"].values():
+            for line in (text if isinstance(text, str) else json.dumps(text)).splitlines():
+                missed += sum(1 for p in patterns if re.search(p, line)
+                              and not _may_match(_needles(p), line))
+    monkeypatch.setattr("bot.diagnosis._needles", lambda pattern: ())
+    slow = [diagnose_case(rules, case) for case in cases]
+    differ = sum(1 for a, b in zip(fast, slow, strict=True) if a != b)
+    assert (differ, missed) == (0, 0), f"{differ} of {len(cases)} cases differ"
