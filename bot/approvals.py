@@ -301,8 +301,14 @@ class Approvals:
     # -- voided and expired ---------------------------------------------------------------
     async def void_pending(self, incident_id: int, reason: str,
                            status: str = "void") -> None:
-        for approval in await self.store.approvals_of(incident_id, "pending"):
-            if await self.store.decide(approval.token, status, "opsbot", reason):
+        """Every pending approval of the incident, in one transaction; each batch's message
+        (the same step on several hosts: one message) told once."""
+        pending = await self.store.approvals_of(incident_id, "pending")
+        won = await self.store.decide_many([a.token for a in pending], status, "opsbot", reason)
+        told: set[tuple[int, int, str]] = set()
+        for approval, decided in zip(pending, won, strict=True):
+            if decided and approval.batch_key not in told:
+                told.add(approval.batch_key)
                 await self.reporter.approval(await self.store.get_approval(approval.token))
 
     async def remind(self) -> int:

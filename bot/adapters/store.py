@@ -995,34 +995,47 @@ class Store:
         Expiry is checked here, at the moment of the decision (a click, `opsbot approve`, after
         a restart), not only by the sweep: a pending approval past its time becomes `expired`
         and the decision loses."""
+        return self.decide_many([token], status, actor, reason)[0]
+
+    def decide_many(self, tokens: Sequence[str], status: str, actor: str,
+                    reason: str = "") -> list[bool]:
+        """`decide` for each token, in order, in one transaction (voiding a run's pending
+        approvals on 50 hosts: one transaction, not 50)."""
         with self.tx() as conn:
-            now = utcnow()
-            late = conn.execute("UPDATE approvals SET status = 'expired', decided_by = 'opsbot', "
-                                "decided_at = ?, reason = 'not decided in time' WHERE token = ? "
-                                "AND status = 'pending' AND expires_at < ?", (now, token, now))
-            if late.rowcount == 1:
-                row = conn.execute("SELECT id, incident_id, step_id, host, digest FROM approvals "
-                                   "WHERE token = ?", (token,)).fetchone()
-                self._audit(conn, "approval.expired", "opsbot", row[1],
-                            {"approval_id": row[0], "step": row[2], "host": row[3],
-                             "digest": row[4], "reason": "not decided in time",
-                             "at_decision_by": actor})
-                if status == "expired":
-                    return True
-            cur = conn.execute("UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
-                               " reason = ? WHERE token = ? AND status = 'pending'",
-                               (status, actor, utcnow(), reason, token))
+            chain = AuditChain(self, conn)
+            won = [self._decide(conn, chain, token, status, actor, reason) for token in tokens]
+            chain.close()
+            return won
+
+    def _decide(self, conn: Conn, chain: AuditChain, token: str, status: str, actor: str,
+                reason: str) -> bool:
+        now = utcnow()
+        late = conn.execute("UPDATE approvals SET status = 'expired', decided_by = 'opsbot', "
+                            "decided_at = ?, reason = 'not decided in time' WHERE token = ? "
+                            "AND status = 'pending' AND expires_at < ?", (now, token, now))
+        if late.rowcount == 1:
             row = conn.execute("SELECT id, incident_id, step_id, host, digest FROM approvals "
                                "WHERE token = ?", (token,)).fetchone()
-            won = cur.rowcount == 1
-            if won:
-                self.db.notify(conn, "approvals")
-            if row:
-                self._audit(conn, f"approval.{status}" if won else "approval.ignored", actor,
-                            row[1], {"approval_id": row[0], "step": row[2], "host": row[3],
-                                     "digest": row[4], "reason": reason,
-                                     **({} if won else {"wanted": status})})
-            return won
+            chain.add("approval.expired", "opsbot", row[1],
+                      {"approval_id": row[0], "step": row[2], "host": row[3],
+                       "digest": row[4], "reason": "not decided in time",
+                       "at_decision_by": actor})
+            if status == "expired":
+                return True
+        cur = conn.execute("UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
+                           " reason = ? WHERE token = ? AND status = 'pending'",
+                           (status, actor, utcnow(), reason, token))
+        row = conn.execute("SELECT id, incident_id, step_id, host, digest FROM approvals "
+                           "WHERE token = ?", (token,)).fetchone()
+        won = cur.rowcount == 1
+        if won:
+            self.db.notify(conn, "approvals")
+        if row:
+            chain.add(f"approval.{status}" if won else "approval.ignored", actor, row[1],
+                      {"approval_id": row[0], "step": row[2], "host": row[3],
+                       "digest": row[4], "reason": reason,
+                       **({} if won else {"wanted": status})})
+        return won
 
     # -- approvals decided in another process (`opsbot approve` while a bot serves) --------
     def heartbeat(self) -> None:
@@ -1305,6 +1318,7 @@ class AsyncStore:
     approval_batch = _Threaded(Store.approval_batch)
     pending_approvals = _Threaded(Store.pending_approvals)
     decide = _Threaded(Store.decide)
+    decide_many = _Threaded(Store.decide_many)
     heartbeat = _Threaded(Store.heartbeat)
     serving_age = _Threaded(Store.serving_age)
     claim_handovers = _Threaded(Store.claim_handovers)

@@ -72,3 +72,20 @@ def test_the_digest_covers_verify_target_and_runbook_file(tmp_path: Path) -> Non
     assert digest(p={**params, "http_timeout": 9}) != base  # only the verify step reads it
     path.write_text(path.read_text() + "\n# edited\n")
     assert digest(rb=load_runbook(path)) != base
+
+
+def test_a_new_run_voids_the_pending_approvals_of_every_host_at_once(tmp_path: Path) -> None:
+    """decide_many: one transaction for a run's approvals on many hosts; each is decided as
+    `decide` would (an expired one stays expired), and audited in order."""
+    store = Store(tmp_path / "a.db")
+    tokens = [_pending(store, ttl=600) for _ in range(3)] + [_pending(store, ttl=-1)]
+    store.decide(tokens[1], "approved", "U0BOB")
+    before = store.verify_audit().checked
+    won = store.decide_many(tokens, "void", "opsbot", "superseded by a new run of the incident")
+    assert won == [True, False, True, False]
+    assert [store.get_approval(t).status for t in tokens] == ["void", "approved", "void",
+                                                              "expired"]
+    actions = [r["action"] for r in store.audit_records()][before:]
+    assert actions == ["approval.void", "approval.ignored", "approval.void", "approval.expired",
+                       "approval.ignored"]
+    assert store.verify_audit().ok
