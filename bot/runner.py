@@ -189,9 +189,9 @@ class Runner:
         handle = await listener.step_started(rendered)
         started_at, t0 = _now_iso(), time.monotonic()
         try:
-            out = await asyncio.wait_for(
-                self.kinds[step.kind].run(rendered.action, host, rendered.timeout),
-                rendered.timeout + 15)  # a backstop: executors enforce their own timeout
+            async with asyncio.timeout(rendered.timeout + 15):  # a backstop: executors
+                out = await self.kinds[step.kind].run(rendered.action, host,  # time their own
+                                                      rendered.timeout)
         except TimeoutError:
             out = ExecOutput(None, "", error=f"timed out after {rendered.timeout:g}s",
                              timed_out=True)

@@ -164,9 +164,9 @@ class SshPool:
                 # stderr joins stdout on the host, so lines are never split between them
                 # bounded: a host that stopped answering on a pooled connection never
                 # confirms the session
-                return await asyncio.wait_for(
-                    conn.create_process(PRELUDE + command, encoding=None,
-                                        stdin=asyncssh.DEVNULL), timeout)
+                async with asyncio.timeout(timeout):  # no task of its own, as wait_for has
+                    return await conn.create_process(PRELUDE + command, encoding=None,
+                                                     stdin=asyncssh.DEVNULL)
             except TimeoutError:  # this connection is not trusted again
                 if entry.conn is conn:
                     entry.conn = None
