@@ -1,7 +1,8 @@
 """The slash command's sub-commands, parsed and answered. Slack-free: the adapter passes the
 text and the user, and gets back what to say now (`ack`) and later (`respond`). What the answer
 now reads or writes goes through the store's request lane (`bot.requests`): never behind a
-running diagnosis's writes."""
+running diagnosis's writes. The answer is made on the HTTP server's own loop (bot.edge): what
+needs the bot's loop (its outbox, its tasks) goes there through `bot.tasks`."""
 
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ async def _resolve(bot: Opsbot, args: list[str], user: str) -> Answer:
     incident = await bot.incidents.incident(args[0])
     if incident.status is IncidentStatus.RESOLVED:
         return Answer(f"{incident.ref} is already resolved.")
-    await bot.incidents.resolve(incident.id, user, f"resolved by <@{user}>")
+    await bot.tasks.call(bot.incidents.resolve(incident.id, user, f"resolved by <@{user}>"))
     return Answer(f"{incident.ref} resolved.")
 
 

@@ -1,4 +1,11 @@
-"""What every HTTP request meets first: bounded reads, one-line errors, bearer tokens.
+"""What every HTTP request meets first: the server's own thread, bounded reads, one-line
+errors, bearer tokens.
+
+The HTTP server runs on a thread and event loop of its own (`ServerThread`): a 50-host
+diagnosis keeps the bot's loop busy with SSH packets, rules and store results, and an answer
+to Slack or Alertmanager waited behind all of that for its turn. On its own loop an answer
+waits only for the interpreter's lock. Handlers hand work to the bot's loop thread-safely
+(bot.tasks.Tasks); what they store goes through the store's lanes, which any loop may await.
 
 aiohttp's `request.content.read(n)` returns only what is buffered, so a body sent in many
 packets (chunked transfer, a slow link) would be cut short; `read_body` reads to the end, up to a
@@ -8,7 +15,10 @@ size limit and within a time limit.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
+import threading
+from typing import Any
 
 from aiohttp import http_exceptions, web
 
@@ -67,3 +77,52 @@ def bearer_ok(header: str | None, token: str) -> bool:
     UTF-8 (aiohttp keeps them as surrogates) simply do not match."""
     given = (header or "").encode("utf-8", "surrogateescape")
     return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+class ServerThread:
+    """`app` served on `host:port` by a thread with an event loop of its own."""
+
+    def __init__(self, app: web.Application, host: str, port: int, **runner: Any) -> None:
+        self.app, self.host, self.port, self.runner_options = app, host, port, runner
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._listening: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, name="opsbot-http", daemon=True)
+
+    async def start(self) -> None:
+        """Returns once the server listens; raises what kept it from listening (OSError)."""
+        self._thread.start()
+        await asyncio.wrap_future(self._listening)
+
+    async def stop(self) -> None:
+        """Stop taking requests, let those under way finish (aiohttp's shutdown_timeout),
+        end the thread."""
+        if self.loop is not None and self._stop is not None and not self._ended.done():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.wrap_future(self._ended)
+
+    def _main(self) -> None:
+        loop = self.loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            if not self._listening.done():
+                self._listening.set_exception(exc)
+        finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+            if not self._listening.done():
+                self._listening.set_exception(RuntimeError("the HTTP server stopped"))
+            self._ended.set_result(None)
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.app, **self.runner_options)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+            self._listening.set_result(None)
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()

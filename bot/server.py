@@ -18,7 +18,7 @@ from bot.adapters.sql import store_errors
 from bot.adapters.store import Store, WebhookIn
 from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
-from bot.edge import MAX_BODY, BodyRefused, bearer_ok, error, read_body
+from bot.edge import MAX_BODY, BodyRefused, ServerThread, bearer_ok, error, read_body
 from bot.errors import BotError, IngestError
 from bot.ingest import parse_alertmanager
 from bot.metrics import CONTENT_TYPE
@@ -248,12 +248,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     earlier_work = await rt.store.last_work_id()  # what earlier processes left is resumed
     # keepalive_timeout closes a connection that sends no complete request in time: it bounds
     # the wait for headers (slow or idle clients) as well as idle keep-alive connections
-    runner = web.AppRunner(web_app(rt, inbound), access_log=None,
-                            keepalive_timeout=edge.HEADER_TIMEOUT,
-                            shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
-    await site.start()
+    # on a thread and loop of its own: answers never wait for this loop's runs (bot.edge)
+    http = ServerThread(web_app(rt, inbound), settings.listen_host, settings.listen_port,
+                        access_log=None, keepalive_timeout=edge.HEADER_TIMEOUT,
+                        shutdown_timeout=5)
+    await http.start()
     mode = "Socket Mode" if settings.socket_mode else "HTTP" if settings.slack_enabled \
         else "console (no SLACK_BOT_TOKEN)"
     log.info("opsbot listening on http://%s:%d (Slack: %s; %d runbook(s), %d host(s))",
@@ -297,7 +296,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
             listener.cancel()
         if socket_handler is not None:
             await socket_handler.close_async()
-        await runner.cleanup()
+        await http.stop()
         await rt.close(work_timeout=settings.stop_timeout,
                        flush_timeout=max(10.0, settings.stop_timeout / 2))
         if inbound is not None:  # after the work it answers for

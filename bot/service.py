@@ -59,8 +59,9 @@ class Opsbot:
     async def submit(self, kind: str, payload: dict[str, Any],
                      job: Callable[[], Awaitable[Any]], *,
                      seen: tuple[str, float] | None = None) -> bool:
-        """A command or click: recorded before it is answered, done in the background, and
-        done again at the next start if this process dies first. `seen`: the request's replay
+        """A command or click: recorded before it is answered (through the request lane, from
+        the caller's loop), done in the background on the bot's loop, and done again at the
+        next start if this process dies first. `seen`: the request's replay
         key, checked and remembered with the work row (one transaction); False, and nothing
         done, when it was seen already."""
         work_id = await self.requests.add_work(kind, payload, seen=seen)
@@ -182,7 +183,11 @@ class Opsbot:
 
     def accept_alert(self, group: AlertGroup, webhook_id: int) -> None:
         """An answered webhook, processed in the background (bot.alertqueue: in batches, after
-        the burst being answered). Its work row makes it survive a crash meanwhile."""
+        the burst being answered). Its work row makes it survive a crash meanwhile. From any
+        thread (the HTTP server's): the queue lives on the bot's loop."""
+        self.tasks.soon(self._queue_alert, group, webhook_id)
+
+    def _queue_alert(self, group: AlertGroup, webhook_id: int) -> None:
         if self._alerts is None:
             self._alerts = AlertQueue(self.incidents.handle_alert_batch, self.intake_busy,
                                       self.tasks.spawn)

@@ -1,5 +1,9 @@
 """Background work of one process: tasks started after an answer went back, counted per
-incident while they run (a recovery sweep never starts a second run of a live incident)."""
+incident while they run (a recovery sweep never starts a second run of a live incident).
+
+All of it runs on the bot's event loop (the one `Tasks` was made on). The HTTP server answers
+on a thread and loop of its own (bot.edge.ServerThread): what it starts or asks of the bot
+comes here through `spawn`, `soon` and `call`, which hand it over thread-safely."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.errors import BotError
 from bot.redact import redact
@@ -16,16 +20,44 @@ log = logging.getLogger("opsbot")
 
 # told in the incident's thread when its background work fails: (incident id, one line)
 Tell = Callable[[int, str], Coroutine[Any, Any, None]]
+T = TypeVar("T")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Tasks:
     def __init__(self, tell: Tell) -> None:
+        """Made on the bot's running loop: the loop all background work runs on."""
         self.tell = tell
+        self.loop = asyncio.get_running_loop()
         self.running: set[asyncio.Task[Any]] = set()
         self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
 
+    def soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """`fn(*args)` on the bot's loop: now when called there, else at its next turn."""
+        if _running_loop() is self.loop:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` run on the bot's loop, from any loop (for what touches the bot's
+        loop-bound state: its tasks, locks and outbox)."""
+        if _running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
     def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
-        """Run work after the HTTP answer went back; failures are logged and told."""
+        """Run work after the HTTP answer went back; failures are logged and told. From any
+        thread: the task runs on the bot's loop."""
+        if _running_loop() is not self.loop:
+            self.loop.call_soon_threadsafe(self.spawn, coro, incident_id)
+            return
         task = asyncio.create_task(coro)
         self.running.add(task)
 

@@ -1,17 +1,23 @@
-"""Slack's requests are answered while the store's writer is busy with a run.
+"""Slack's and Alertmanager's requests are answered while the bot is busy with a run.
 
 The store writes a run's steps one after another on its worker thread; an accepted command or
 click is written (its replay check, its work row) on a lane of its own, whose writes take the
 database's write lock first. Here the worker is held busy with a run's writes queued behind
 it: signed slash commands (one reading the store) and a signed click are answered, and the
-click is on disk as work, before any of those writes lands. No timing thresholds (those are
-in bench/).
+click is on disk as work, before any of those writes lands.
+
+The HTTP server answers on a thread and event loop of its own (bot.edge.ServerThread): here
+the bot's loop is held outright, and a command, a click and an alert webhook sent from another
+thread are answered all the same, the click and the webhook on disk; what they start runs once
+the bot's loop is free. No timing thresholds (those are in bench/).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,15 @@ from bot.adapters.store import Store
 from bot.app import Runtime, build
 from bot.config import load_settings
 from bot.server import web_app
-from tests.botfixtures import CHANNEL, ROOT, SIGNING_SECRET, bot_env
+from tests.botfixtures import (
+    ALERT_TOKEN,
+    CHANNEL,
+    ROOT,
+    SIGNING_SECRET,
+    BotProcess,
+    alert_payload,
+    bot_env,
+)
 from tests.fakeslack import FakeSlack
 from tests.lab import free_port
 from tests.slacksign import block_actions_body, sign, slash_command_body
@@ -123,3 +137,104 @@ async def test_command_and_click_are_acked_while_a_run_keeps_the_store_busy(
         await asyncio.sleep(0.1)
     assert work_rows(served.db) == [("click", "done")]
     assert any("unknown" in r.plain() for r in served.slack.responses)
+
+
+@dataclass
+class Serving:
+    url: str
+    slack: FakeSlack
+    db: Path
+
+
+@pytest.fixture
+async def serving(tmp_path: Path) -> AsyncIterator[Serving]:
+    """`opsbot serve` (its HTTP server on a thread of its own), the bot on this test's loop."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("all:\n  hosts:\n    edge01:\n      ansible_host: 192.0.2.10\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    slack = FakeSlack(channels=(CHANNEL,))
+    slack_url = await slack.start()
+    port = free_port()
+    process = BotProcess({**bot_env(tmp_path / "opsbot.db", slack_url, inventory, known_hosts,
+                                    port), "OPSBOT_OPERATORS": "U0ALICE"})
+    await process.start()
+    try:
+        yield Serving(f"http://127.0.0.1:{port}", slack, tmp_path / "opsbot.db")
+    finally:
+        await process.stop()
+        await slack.stop()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """A blocking POST, from a thread of its own."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 (loopback)
+        return resp.status, resp.read().decode()
+
+
+def incident_titles(db: Path) -> list[str]:
+    store = Store(db)
+    try:
+        return [r["title"] for r in store.db.query("SELECT title FROM incidents")]
+    finally:
+        store.close()
+
+
+def webhook_rows(db: Path) -> int:
+    store = Store(db)
+    try:
+        return len(store.db.query("SELECT id FROM webhooks"))
+    finally:
+        store.close()
+
+
+async def test_requests_are_answered_while_the_bots_loop_is_held(serving: Serving) -> None:
+    respond = serving.slack.response_url(channel=CHANNEL, user="U0ALICE")
+    slack_url = f"{serving.url}/slack/events"
+    help_body = slash_command_body("help", "U0ALICE", response_url=respond)
+    click = block_actions_body("opsbot.approve", "no-such-token", "U0ALICE", CHANNEL,
+                               "1700000000.000100", response_url=respond)
+    alert = json.dumps(alert_payload(host="elsewhere01")).encode()
+    seen: dict[str, object] = {}
+    done = threading.Event()
+
+    def send() -> None:  # Slack and Alertmanager, while the bot's loop is held
+        try:
+            seen["answers"] = [
+                post(slack_url, help_body, sign(SIGNING_SECRET, help_body)),
+                post(slack_url, click, sign(SIGNING_SECRET, click)),
+                post(f"{serving.url}/alerts/alertmanager", alert,
+                     {"Authorization": f"Bearer {ALERT_TOKEN}",
+                      "Content-Type": "application/json"})]
+            # on disk before the answers, and nothing done yet: that needs the bot's loop
+            seen["stored"] = (work_rows(serving.db), webhook_rows(serving.db),
+                              incident_titles(serving.db))
+        except BaseException as exc:  # reported below
+            seen["failure"] = exc
+        finally:
+            done.set()
+
+    def hold() -> None:  # the bot's loop (this test's) does nothing else meanwhile
+        seen["released by the sender"] = done.wait(60)
+
+    threading.Thread(target=send).start()
+    asyncio.get_running_loop().call_soon(hold)
+    await asyncio.sleep(0)  # `hold` runs first
+    assert seen.get("failure") is None and seen["released by the sender"]
+    answers = seen["answers"]
+    assert isinstance(answers, list)
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert "incident response" in answers[0][1]
+    assert json.loads(answers[2][1])["status"] == "accepted"
+    assert seen["stored"] == ([("click", "pending"), ("alert", "pending")], 1, [])
+    # once the loop is free, what they started runs: the click is done and answered, the
+    # webhook opens its incident
+    for _ in range(300):
+        if incident_titles(serving.db) and work_rows(serving.db)[0] == ("click", "done") and \
+                serving.slack.responses:
+            break
+        await asyncio.sleep(0.1)
+    assert incident_titles(serving.db) == ["nginx answers 502 on elsewhere01"]
+    assert work_rows(serving.db)[0] == ("click", "done")
+    assert any("unknown" in r.plain() for r in serving.slack.responses)
