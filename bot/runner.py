@@ -28,6 +28,7 @@ from bot.models import (
     canonical_json,
     sha256_hex,
 )
+from bot.offload import off_loop
 from bot.redact import OFF_LOOP, bound, redact
 from bot.runbooks import Runbook, Step
 from bot.templates import evaluate, template_names
@@ -325,10 +326,11 @@ class Runner:
             report.results.append(result)
             if result.status is not StepStatus.ERROR:
                 report.evidence[step.id] = evidence
-        if runbook.rules is not None:
-            from bot.diagnosis import diagnose
+        if runbook.rules is not None:  # every rule's patterns over every step's lines: CPU
+            from bot.diagnosis import diagnose  # work, off the loop (10-60 ms a host)
 
-            report.causes = list(diagnose(runbook.rules, report.evidence, params, since))
+            report.causes = await off_loop(diagnose, runbook.rules, report.evidence, params,
+                                           since)
         self._propose(runbook, report,
                       context=render_context(host, params, facts, done, report.evidence))
         await listener.host_finished(host.name)
