@@ -66,6 +66,20 @@ def _high_water_kib(pid: int) -> int:
     return 0
 
 
+def cpu_and_waits(pid: int) -> tuple[float, float]:
+    """Seconds a process's threads have run on a CPU, and have waited, runnable, for one (the
+    kernel's schedstat): on a shared machine the second says how much of a wall time was
+    the machine's load, not the process's own work."""
+    ran = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return ran / 1e9, waited / 1e9
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -477,7 +477,7 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
 
     from bench.ack import SECRET, USER, drive
     from bench.lab import BenchLab, log_runbooks
-    from bench.procs import free_port
+    from bench.procs import cpu_and_waits, free_port
     from tests.lab.process import port_open, wait_until
 
     assert isinstance(lab, BenchLab)
@@ -514,7 +514,7 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                      SLACK_BOT_TOKEN="xoxb-test-token", SLACK_SIGNING_SECRET=SECRET,
                      SLACK_API_URL=f"{fake_root}api/", OPSBOT_CHANNEL="C0INCIDENT",
                      OPSBOT_OPERATORS=USER, OPSBOT_APPROVERS=USER)
-    slash, clicks, worst, p99lag = [], [], [], []
+    slash, clicks, worst, p99lag, cpu, waited = [], [], [], [], [], []
     for r in range(min(rounds, 3)):
         env["OPSBOT_DB"] = str(folder / f"ack-{r}.db")
         lag_file = folder / f"lag-{r}.json"
@@ -531,7 +531,11 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                      "-d", "15", "-p", str(server.pid), "-o", f"{profile}.{r}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait)
             load = ["run nginx-502 bench"] + ["run container-log bench01"] * 20
+            ran, queued = cpu_and_waits(server.pid)
             result = asyncio.run(drive(f"http://127.0.0.1:{port}", fake_root, 10, 50, load))
+            ran_after, queued_after = cpu_and_waits(server.pid)
+            cpu.append(ran_after - ran)
+            waited.append(queued_after - queued)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -558,6 +562,12 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.add(Figure(bench, "event loop worst lag", "ms", tuple(worst), Target(20),
                       note="per round, the latest a 5 ms ticker on the server's loop came"))
     report.add(Figure(bench, "event loop lag p99", "ms", tuple(p99lag)))
+    report.add(Figure(bench, "opsbot CPU while driven", "s", tuple(cpu),
+                      note="all of the server's threads, from the first load command to the "
+                           "last answer (its schedstat)"))
+    report.add(Figure(bench, "opsbot waiting for a core while driven", "s", tuple(waited),
+                      note="the same threads' time runnable but not running: the machine's "
+                           "load, summed over the threads"))
     report.note(bench, f"{len(slash) + len(clicks)} requests at 50/s for 10 s per round, while "
                 "`/opsbot run nginx-502 bench` (discovery and 13 steps on 50 hosts) and 20 × "
                 "`/opsbot run container-log bench01` (the 200 MB json-file log) run. Clicks "
