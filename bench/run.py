@@ -153,7 +153,7 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
     assert isinstance(lab, BenchLab)
     n = len(lab.hosts)
     bench = f"Warm fan-out, one command on {n} hosts (the server's pooled connections)"
-    result = _warm(lab, folder, "loadavg", rounds, OPSBOT_BENCH_SSHD_PIDS=_sshd_pids(lab))
+    result = _warm(lab, folder, "loadavg", rounds)
     if result["errors"] or result["hosts"] != n:
         raise RuntimeError(f"warm run: {result['hosts']} hosts, errors {result['errors']}")
     peers: tuple[str, ...] = ()
@@ -178,7 +178,6 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
                       note=f"{result['connects']} SSH connections opened for "
                            f"{rounds + 1} runs on {n} hosts (warm-up included)."))
     report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
-    _hosts_figures(report, bench, result)
 
 
 def _sshd_pids(lab: object) -> str:
