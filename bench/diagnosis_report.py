@@ -370,16 +370,16 @@ now; nothing is proposed.
 
 **Finer causes.** A cause may carry `detail` (in `--json` too): a recurring cause outside the
 contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
-`proxy_buffers_too_small`, `uwsgi_buffer_size_too_small`, `http_to_uwsgi_socket`,
-`ipv6_localhost`, `backend_listens_on_loopback`, `port_mismatch`, `socket_path_mismatch`,
-`stale_upstream_address`, `inodes_exhausted`, `certificate_chain_untrusted`,
-`privileged_port_denied`, `database_not_initialised`, `database_schema_not_upgraded`,
-`listen_backlog_full`, `backend_listens_on_other_address`, `backend_bound_to_container_hostname`,
-`dependency_name_unresolved` under their labels; `port_already_in_use`, `stale_unix_socket`,
-`stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `node_heap_exhausted`,
-`cpu_lacks_instructions` under `upstream_crashloop`, where the labelling guideline puts them;
-`too_many_open_files`, `inotify_watches_exhausted` under `unknown`), with its own advice first in
-`remediation`.
+`proxy_buffers_too_small`, `uwsgi_buffer_size_too_small`, `http_to_uwsgi_socket`, `ipv6_localhost`,
+`backend_listens_on_loopback`, `port_mismatch`, `socket_path_mismatch`,
+`php_socket_version_mismatch`, `stale_upstream_address`, `inodes_exhausted`,
+`certificate_chain_untrusted`, `privileged_port_denied`, `database_not_initialised`,
+`database_schema_not_upgraded`, `listen_backlog_full`, `backend_listens_on_other_address`,
+`backend_bound_to_container_hostname`, `dependency_name_unresolved` under their labels;
+`port_already_in_use`, `stale_unix_socket`, `stale_pid_file`, `runtime_dir_missing`, `exec_failed`,
+`node_heap_exhausted`, `cpu_lacks_instructions` under `upstream_crashloop`, where the labelling
+guideline puts them; `too_many_open_files`, `inotify_watches_exhausted` under `unknown`), with its
+own advice first in `remediation`.
 
 `evidence` maps a step id to the raw text the step printed, or to a JSON object or list (docker
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.

@@ -815,6 +815,18 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # Python 2's EACCES is an IOError (https://github.com/lucyparsons/OpenOversight/issues/299)
     ("app_logs", "IOError: [Errno 13] Permission denied: '/tmp/openoversight.log'",
      "permission_denied", None),
+    # nginx names the socket of another PHP version than the image runs
+    # (https://github.com/passbolt/passbolt_docker/issues/245)
+    ("nginx_error_log", "connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or "
+     "directory) while connecting to upstream", "wrong_proxy_config",
+     "php_socket_version_mismatch"),
+    # a socket without a version missing in nginx's container log: php-fpm never started
+    # (https://github.com/whatwedo/docker-base-images/issues/38)
+    ("docker_logs", "2020/02/20 16:45:08 [crit] 551#551: *1 connect() to "
+     "unix:/var/run/php-fpm.sock failed (2: No such file or directory) while connecting to "
+     "upstream, client: 172.17.0.1, "
+     "server: , request: \"GET / HTTP/1.1\", upstream: \"fastcgi://unix:/var/run/php-fpm.sock:\", "
+     "host: \"localhost:5000\"", "upstream_down", None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
