@@ -890,6 +890,18 @@ def test_indented_df_output_and_a_socket_missing_in_docker_logs(rules):
     assert diagnose(rules, {"docker_logs": line})[0].cause == "wrong_proxy_config"
 
 
+def test_a_premature_close_then_refused_is_a_backend_that_died_not_a_keepalive_race(rules):
+    # the backend crashed mid-request, then refused (https://github.com/untoldone/bloomapi/issues/37)
+    name = "upstream_down--a-bloomapi-backend-crash"
+    assert not is_held_out(name)
+    causes = diagnose(rules, evidence_of(name))
+    assert causes[0].cause == "upstream_down"
+    assert all(c.detail != "upstream_keepalive_race" for c in causes)
+    # the premature close alone is still the keepalive race (a Jetty thread's nginx line)
+    jetty = "wrong_proxy_config--a-jetty-upstream-keepalive-race"
+    assert diagnose(rules, evidence_of(jetty))[0].detail == "upstream_keepalive_race"
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
