@@ -377,9 +377,10 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `database_schema_not_upgraded`, `listen_backlog_full`, `backend_listens_on_other_address`,
 `backend_bound_to_container_hostname`, `dependency_name_unresolved` under their labels;
 `port_already_in_use`, `stale_unix_socket`, `stale_pid_file`, `runtime_dir_missing`, `exec_failed`,
-`node_heap_exhausted`, `cpu_lacks_instructions` under `upstream_crashloop`, where the labelling
-guideline puts them; `too_many_open_files`, `inotify_watches_exhausted` under `unknown`), with its
-own advice first in `remediation`.
+`node_heap_exhausted`, `cpu_lacks_instructions`, `shared_library_missing`,
+`bind_address_not_available` under `upstream_crashloop`, where the labelling guideline puts them;
+`too_many_open_files`, `inotify_watches_exhausted` under `unknown`), with its own advice first in
+`remediation`.
 
 `evidence` maps a step id to the raw text the step printed, or to a JSON object or list (docker
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.
@@ -413,8 +414,9 @@ so three agreeing signals of 0.5 (0.875) beat one signal of 0.95 that a 0.8 sign
 `Error: Cannot find module`, `node:internal/...` throw sites and its closing `Node.js vN`, nodemon
 `app crashed`, npm's failed lifecycle, the JVM's `Exception in thread "main"`, Spring Boot's
 `APPLICATION FAILED TO START`, gunicorn's `Worker failed to boot`, uWSGI's `no python application
-found`, php-fpm's `FPM initialization failed`, a Python traceback outside a request), name
-`upstream_crashloop` even when no restart is seen: what fixes it is the error, not a start, and
+found`, php-fpm's `FPM initialization failed`, the dynamic loaders' missing libraries, a Python
+traceback outside a request), name `upstream_crashloop` even when no restart is seen: what fixes
+it is the error, not a start, and
 Docker restart policies and `Restart=` restart without saying so. They contradict
 `upstream_down`, since nginx's refusal only says "down or crashing". Not when the backend was
 stopped by hand since (supervisord `STOPPED`, systemd `inactive (dead)`), and a specific cause

@@ -827,6 +827,20 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
      "upstream, client: 172.17.0.1, "
      "server: , request: \"GET / HTTP/1.1\", upstream: \"fastcgi://unix:/var/run/php-fpm.sock:\", "
      "host: \"localhost:5000\"", "upstream_down", None),
+    # the dynamic loaders: glibc's (https://github.com/tianon/docker-brew-ubuntu-core/issues/39)
+    # and musl's, in a container that exits at once (https://github.com/lkwg82/h2o.docker/issues/1)
+    ("docker_logs", "openconnect: error while loading shared libraries: libopenconnect.so.5: "
+     "cannot open shared object file: No such file or directory", "upstream_crashloop",
+     "shared_library_missing"),
+    ("docker_logs", "Error loading shared library libstdc++.so.6: No such file or directory "
+     "(needed by /usr/local/bin/h2o)", "upstream_crashloop", "shared_library_missing"),
+    # told to listen on an address the container does not have: Node.js
+    # (https://github.com/wg-easy/wg-easy/issues/812) and Go
+    # (https://github.com/compassvpn/agent/pull/117, a restart loop)
+    ("docker_logs", "Error: listen EADDRNOTAVAIL: address not available 192.168.1.230:51821",
+     "upstream_crashloop", "bind_address_not_available"),
+    ("journal", "listen tcp 172.17.0.1:9100: bind: cannot assign requested address",
+     "upstream_crashloop", "bind_address_not_available"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
