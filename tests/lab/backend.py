@@ -33,12 +33,11 @@ import errno
 import json
 import os
 import socket
-import socketserver
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MODES = ("normal", "crash", "slow")
 
@@ -108,57 +107,67 @@ def ping_redis(address: str, timeout: float = 3.0) -> str | None:
     return None
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "docservice/lab"
-    protocol_version = "HTTP/1.1"
-    mode = "normal"
-    slow_seconds = 6.0
+def http_servers() -> tuple[type, type, Callable[[Path], Any]]:
+    """(Handler, ThreadingHTTPServer, serve_unix), imported only once the start-up checks
+    passed: a start that fails (crash mode, no Redis, a full disk) exits before http.server is
+    even imported, well within supervisord's startsecs on a loaded machine."""
+    import socketserver
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    @property
-    def peer(self) -> str:
-        """The client's address; `unix` for a connection on the unix socket."""
-        address = self.client_address
-        return address[0] if isinstance(address, tuple) and address else "unix"
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "docservice/lab"
+        protocol_version = "HTTP/1.1"
+        mode = "normal"
+        slow_seconds = 6.0
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.mode == "slow":
-            log("WARN", f'{self.peer} "{self.requestline}" waiting on a slow call')
-            time.sleep(self.slow_seconds)
-        if self.path.split("?", 1)[0] == "/healthcheck":
-            self.answer(200, b"true", "application/json")
-        elif self.path.split("?", 1)[0] == "/":
-            self.answer(200, b"Document Server is running (opsbot test lab)\n", "text/plain")
-        else:
-            self.answer(404, b"Not Found\n", "text/plain")
+        @property
+        def peer(self) -> str:
+            """The client's address; `unix` for a connection on the unix socket."""
+            address = self.client_address
+            return address[0] if isinstance(address, tuple) and address else "unix"
 
-    def answer(self, status: int, body: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            log("WARN", f'client went away before the answer to "{self.requestline}"')
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.mode == "slow":
+                log("WARN", f'{self.peer} "{self.requestline}" waiting on a slow call')
+                time.sleep(self.slow_seconds)
+            if self.path.split("?", 1)[0] == "/healthcheck":
+                self.answer(200, b"true", "application/json")
+            elif self.path.split("?", 1)[0] == "/":
+                self.answer(200, b"Document Server is running (opsbot test lab)\n", "text/plain")
+            else:
+                self.answer(404, b"Not Found\n", "text/plain")
 
-    def log_request(self, code="-", size="-") -> None:
-        log("INFO", f'{self.peer} "{self.requestline}" {code}')
+        def answer(self, status: int, body: bytes, content_type: str) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                log("WARN", f'client went away before the answer to "{self.requestline}"')
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's naming)
-        log("WARN", format % args)
+        def log_request(self, code="-", size="-") -> None:
+            log("INFO", f'{self.peer} "{self.requestline}" {code}')
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's naming)
+            log("WARN", format % args)
 
 
-class ThreadingUnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+    class ThreadingUnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
 
 
-def serve_unix(path: Path) -> ThreadingUnixHTTPServer:
-    """Listen on the unix socket path (replacing a stale one), mode 0666, in a thread."""
-    path.unlink(missing_ok=True)
-    server = ThreadingUnixHTTPServer(str(path), Handler)
-    path.chmod(0o666)
-    threading.Thread(target=server.serve_forever, name="unix-socket", daemon=True).start()
-    return server
+    def serve_unix(path: Path) -> ThreadingUnixHTTPServer:
+        """Listen on the unix socket path (replacing a stale one), mode 0666, in a thread."""
+        path.unlink(missing_ok=True)
+        server = ThreadingUnixHTTPServer(str(path), Handler)
+        path.chmod(0o666)
+        threading.Thread(target=server.serve_forever, name="unix-socket", daemon=True).start()
+        return server
+
+    return Handler, ThreadingHTTPServer, serve_unix
 
 
 def fail(message: str) -> int:
@@ -196,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if error is not None:
             return fail(f"failed to start docservice: redis {args.redis}: {error}")
 
+    Handler, ThreadingHTTPServer, serve_unix = http_servers()
     Handler.mode = mode
     Handler.slow_seconds = args.slow_seconds
     server = ThreadingHTTPServer((args.host, args.port), Handler)

@@ -50,6 +50,7 @@ from .process import (
     wait_until,
 )
 from .sshd import LAB_USER, ensure_lab_user
+from .supervisor import Supervisor
 
 BACKEND_SCRIPT = Path(__file__).with_name("backend.py")
 PROGRAM = "ds:docservice"
@@ -138,9 +139,11 @@ command={SYSTEM_PYTHON} {BACKEND_SCRIPT} --port {backend_port} --mode-file {ds /
 directory={ds}
 autostart=true
 autorestart=true
-; a start that exits within 5 s failed (a loaded machine starts Python slowly: with 1 s, the
-; crash mode ran past startsecs, counted as started, and was restarted without end)
-startsecs=5
+; a start that exits within 2 s failed: the crash mode exits ~0.1 s after its spawn on a
+; machine with a load of 10 (startsecs=1 was once too short on a heavily loaded machine: the
+; crash mode ran past it, counted as started, and was restarted without end); every start that
+; succeeds waits startsecs before it is RUNNING, so it is kept short
+startsecs=2
 startretries=3
 stopsignal=TERM
 stopwaitsecs=5
@@ -205,8 +208,11 @@ class WebLab:
 
     def program_state(self) -> str:
         """RUNNING, STOPPED, STARTING, BACKOFF, FATAL, EXITED, ... (second column of status)."""
-        fields = self.program_status().split()
-        return fields[1] if len(fields) > 1 and fields[0] == self.program else "UNKNOWN"
+        return self.supervisor.state(self.program)
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.supervisor_socket)
 
     def error_log_lines(self) -> list[str]:
         try:
@@ -252,7 +258,7 @@ class WebLab:
         """`supervisorctl stop`: nginx 502, connect() failed (111: Connection refused)."""
         self._point_proxy_at(self.backend_port)
         self._set_mode("normal")
-        self.supervisorctl("stop", self.program)
+        self.supervisor.stop(self.program)
         self._wait_state({"STOPPED"})
         self._wait_port_closed()
         self._wait_proxy(lambda status: status == 502, "502 through nginx")
@@ -304,7 +310,7 @@ class WebLab:
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("normal")
-        self.supervisorctl("stop", self.program)
+        self.supervisor.stop(self.program)
         self._wait_port_closed()
         self._fill_data_dir()
         self._start_failing_program(until)
@@ -350,11 +356,11 @@ class WebLab:
 
     def _start_failing_program(self, until: str) -> None:
         """(Re)start the program, which is bound to fail at start-up; wait for `until`."""
-        self.supervisorctl("stop", self.program)
+        self.supervisor.stop(self.program)
         self._wait_port_closed()
         # `start` returns once the first attempt failed ("ERROR (spawn error)"); supervisord
         # keeps retrying in the background until FATAL.
-        self.supervisorctl("start", self.program)
+        self.supervisor.start(self.program)
         self._wait_state({until} if until == "FATAL" else {"BACKOFF", "FATAL"}, timeout=60)
         self._wait_proxy(lambda status: status == 502, "502 through nginx")
 
@@ -374,9 +380,9 @@ class WebLab:
 
     def _restart_program(self, mode: str) -> None:
         self._set_mode(mode)
-        self.supervisorctl("stop", self.program)
+        self.supervisor.stop(self.program)
         self._wait_port_closed()
-        self.supervisorctl("start", self.program)
+        self.supervisor.start(self.program)
         self._wait_state({"RUNNING"}, timeout=20)
 
     def _wait_state(self, states: set[str], timeout: float = 20) -> None:
