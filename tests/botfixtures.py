@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.adapters import slack as slack_adapter
+from bot.adapters.slack import PACE
 from bot.adapters.store import Store
 from bot.config import Settings, load_settings
 from bot.edge import HEADER_TIMEOUT
@@ -138,17 +140,30 @@ def bot_env(db: Path, slack_url: str, inventory: Path, known_hosts: Path,
     }
 
 
-class BotProcess:
-    """`opsbot serve` inside this test's event loop; start() and stop() may repeat (restart)."""
+# Slack's own pace (bot.adapters.slack.PACE: about a post a second per channel) is kept by
+# bots that talk to a stand-in enforcing it (FakeSlack.enforce_rate_limits, the `opsbot run` of
+# test_thread_at_scale); the stand-in of the other tests takes calls as fast as they come, and
+# their bots keep a pace of their own, a hundred times faster: what a test waits for is the
+# bot's work, not a second per message.
+TEST_PACE = {method: (interval / 100, burst) for method, (interval, burst) in PACE.items()}
 
-    def __init__(self, env: dict[str, str]) -> None:
+
+class BotProcess:
+    """`opsbot serve` inside this test's event loop; start() and stop() may repeat (restart).
+    `slack_pace`: post at Slack's own pace instead of TEST_PACE."""
+
+    def __init__(self, env: dict[str, str], *, slack_pace: bool = False) -> None:
         self.env = env
         self.task: asyncio.Task[None] | None = None
         self.stop_event = asyncio.Event()
+        self.pace = pytest.MonkeyPatch()
+        self.slack_pace = slack_pace
 
     async def start(self) -> Settings:
         settings = load_settings(self.env, serving=True)
         ready, self.stop_event = asyncio.Event(), asyncio.Event()
+        if not self.slack_pace:
+            self.pace.setattr(slack_adapter, "PACE", TEST_PACE)
         self.task = asyncio.create_task(serve(settings, ready=ready, stop=self.stop_event))
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait([waiter, self.task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -169,6 +184,7 @@ class BotProcess:
             self.stop_event.set()
             await asyncio.wait_for(self.task, 60)
         self.task = None
+        self.pace.undo()
 
 
 _outbox_stop = Outbox.stop
@@ -198,7 +214,7 @@ async def serving_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory:
     marker = request.node.get_closest_marker("bot_env")
     if marker:
         env.update(marker.kwargs)
-    process = BotProcess(env)
+    process = BotProcess(env, slack_pace=request.node.get_closest_marker("slack_pace") is not None)
     settings = await process.start()
     # idle connections are dropped before the server's keep-alive timeout would close them:
     # a request sent on one the server is closing at that moment gets a reset
