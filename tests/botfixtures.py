@@ -18,7 +18,6 @@ import aiohttp
 import pytest
 
 from bot.adapters import slack as slack_adapter
-from bot.adapters.slack import PACE
 from bot.adapters.store import Store
 from bot.config import Settings, load_settings
 from bot.edge import HEADER_TIMEOUT
@@ -26,6 +25,7 @@ from bot.outbox import Outbox
 from bot.server import serve
 from tests.fakeslack import FakeSlack, Msg
 from tests.lab import free_port
+from tests.pacedbot import TEST_PACE
 from tests.slacksign import click_body, sign, slash_command_body
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,17 +140,9 @@ def bot_env(db: Path, slack_url: str, inventory: Path, known_hosts: Path,
     }
 
 
-# Slack's own pace (bot.adapters.slack.PACE: about a post a second per channel) is kept by
-# bots that talk to a stand-in enforcing it (FakeSlack.enforce_rate_limits, the `opsbot run` of
-# test_thread_at_scale); the stand-in of the other tests takes calls as fast as they come, and
-# their bots keep a pace of their own, a hundred times faster: what a test waits for is the
-# bot's work, not a second per message.
-TEST_PACE = {method: (interval / 100, burst) for method, (interval, burst) in PACE.items()}
-
-
 class BotProcess:
     """`opsbot serve` inside this test's event loop; start() and stop() may repeat (restart).
-    `slack_pace`: post at Slack's own pace instead of TEST_PACE."""
+    `slack_pace`: post at Slack's own pace instead of TEST_PACE (see tests/pacedbot.py)."""
 
     def __init__(self, env: dict[str, str], *, slack_pace: bool = False) -> None:
         self.env = env

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from bot.adapters.store import RUNNING_PHASES, Store
-from tests.botfixtures import ALERT_TOKEN, CHANNEL, alert_payload, bot_env, run_cli
+from tests.botfixtures import ALERT_TOKEN, CHANNEL, ROOT, alert_payload, bot_env, run_cli
 from tests.fakeslack import FakeSlack, Msg
 from tests.lab import WebLab, free_port
 from tests.slacksign import click_body, sign, slash_command_body
@@ -34,7 +34,7 @@ KILLS = int(os.environ.get("OPSBOT_TEST_KILLS", "5"))
 
 
 class Serve:
-    """`python -m bot serve` as a child process."""
+    """`python -m bot serve` as a child process (at TEST_PACE: tests/pacedbot.py)."""
 
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
         self.env, self.log, self.args = env, log, args
@@ -44,7 +44,8 @@ class Serve:
     async def start(self, http: aiohttp.ClientSession) -> None:
         with self.log.open("a") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", *self.args, "serve", env={**os.environ, **self.env},
+                sys.executable, "-m", "tests.pacedbot", *self.args, "serve",
+                env={**os.environ, **self.env}, cwd=ROOT,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
         deadline = time.monotonic() + 180  # a busy CI machine starts Python slowly
         while time.monotonic() < deadline:
