@@ -153,7 +153,7 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
     assert isinstance(lab, BenchLab)
     n = len(lab.hosts)
     bench = f"Warm fan-out, one command on {n} hosts (the server's pooled connections)"
-    result = _warm(lab, folder, "loadavg", rounds)
+    result = _warm(lab, folder, "loadavg", rounds, OPSBOT_BENCH_FLOOR_COMMAND=ONE_COMMAND)
     if result["errors"] or result["hosts"] != n:
         raise RuntimeError(f"warm run: {result['hosts']} hosts, errors {result['errors']}")
     peers: tuple[str, ...] = ()
@@ -178,6 +178,14 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
                       note=f"{result['connects']} SSH connections opened for "
                            f"{rounds + 1} runs on {n} hosts (warm-up included)."))
     report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
+    if result.get("floor"):
+        report.add(Figure(bench, "asyncssh alone on the same connections", "s",
+                          tuple(result["floor"]),
+                          note="asyncssh alone on the same connections: the command run on "
+                               "every host with `conn.run` right after each opsbot round (no "
+                               "store, runbook, audit or thread): what any asyncssh-based tool "
+                               "waits for on this machine."))
+        report.add(Figure(bench, "asyncssh alone, CPU", "s", tuple(result["floor_cpu"])))
 
 
 def _sshd_pids(lab: object) -> str:

@@ -9,6 +9,8 @@ opened, the most SSH sessions (a shell each on the host) one run asked for, the 
 and how the hosts fared. With OPSBOT_BENCH_SSHD_PIDS (the lab's sshd servers, comma-separated),
 also the hosts' CPU seconds per run: every sshd process under those servers and every command
 they ran (the sessions are reaped by their connection's sshd, which lives across the runs).
+With OPSBOT_BENCH_FLOOR_COMMAND, after each round that command alone runs on every host through
+asyncssh on the same pooled connections (no store, no runbook): the floor of the design here.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
             servers = {int(p) for p in os.environ.get("OPSBOT_BENCH_SSHD_PIDS", "").split(",")
                        if p.strip().isdigit()}
             samples, cpu, longest, sessions, hosts_cpu = [], [], [], [], []
+            floor_command = os.environ.get("OPSBOT_BENCH_FLOOR_COMMAND")
+            floor: list[float] = []
+            floor_cpu: list[float] = []
             for _ in range(rounds):
                 on_hosts = host_cpu(servers) if servers else 0.0
                 began, began_cpu = time.perf_counter(), time.process_time()
@@ -85,6 +90,13 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                     hosts_cpu.append(host_cpu(servers) - on_hosts)
                 sessions.append(rt.ctx.ssh.sessions - opened)
                 longest.append(max(s.duration for r in outcome.reports for s in r.results))
+                if floor_command:
+                    conns = [await rt.ctx.ssh.connection(h)
+                             for h in rt.bot.runs.inventory.resolve(target)]
+                    began, began_cpu = time.perf_counter(), time.process_time()
+                    await asyncio.gather(*(c.run(floor_command, check=False) for c in conns))
+                    floor.append(time.perf_counter() - began)
+                    floor_cpu.append(time.process_time() - began_cpu)
             errors = [f"{r.host.name}: {r.error or s.error}" for r in outcome.reports
                       for s in r.results if r.error or s.error]
             slowest: dict[str, float] = {}
@@ -92,7 +104,8 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 for s in r.results:
                     slowest[s.step.step_id] = max(slowest.get(s.step.step_id, 0.0), s.duration)
             top = dict(sorted(slowest.items(), key=lambda kv: -kv[1])[:5])
-            return {"samples": samples, "cpu": cpu, "hosts_cpu": hosts_cpu,
+            return {"samples": samples, "cpu": cpu, "hosts_cpu": hosts_cpu, "floor": floor,
+                    "floor_cpu": floor_cpu,
                     "longest_step": longest, "slowest_steps": top,
                     "connects": rt.ctx.ssh.connects, "sessions": max(sessions),
                     "hosts": len(outcome.reports), "first": len(first.reports),
