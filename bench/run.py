@@ -174,6 +174,8 @@ def bench_warm(report: Report, lab: object, rounds: int, folder: Path) -> None:
             _close_masters(control)
         report.add(Figure(bench, "ansible wall, masters open", "s", tuple(samples[1:])))
         peers = ("ansible wall, masters open",)
+    if result.get("floor"):
+        peers = (*peers, "asyncssh alone on the same connections")
     report.add(Figure(bench, "opsbot", "s", tuple(result["samples"]), Target(0.15), peers,
                       note=f"{result['connects']} SSH connections opened for "
                            f"{rounds + 1} runs on {n} hosts (warm-up included)."))

@@ -304,6 +304,8 @@ class Approvals:
         """Every pending approval of the incident, in one transaction; each batch's message
         (the same step on several hosts: one message) told once."""
         pending = await self.store.approvals_of(incident_id, "pending")
+        if not pending:
+            return
         won = await self.store.decide_many([a.token for a in pending], status, "opsbot", reason)
         told: set[tuple[int, int, str]] = set()
         for approval, decided in zip(pending, won, strict=True):

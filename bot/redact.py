@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 MASK = "[REDACTED]"
@@ -135,7 +136,11 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {redact(str(k)): _redact_keyed(str(k), v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            key, secret = _key(str(k))
+            out[key] = MASK if secret and isinstance(v, str) and v else redact_value(v)
+        return out
     if isinstance(value, list | tuple):
         return [redact_value(v) for v in value]
     return value
@@ -144,11 +149,11 @@ def redact_value(value: Any) -> Any:
 _SECRET_KEY = re.compile("|".join(_KEY_WORDS))
 
 
-def _redact_keyed(key: str, value: Any) -> Any:
-    """A mapping's value under a key that names a secret is masked whole."""
-    if isinstance(value, str) and value and _SECRET_KEY.search(key.lower()):
-        return MASK
-    return redact_value(value)
+@lru_cache(maxsize=1024)
+def _key(key: str) -> tuple[str, bool]:
+    """A mapping's key, redacted, and whether it names a secret (its non-empty text value is
+    then masked whole). Keys repeat in every record (step, host, run_id...): read once each."""
+    return redact(key), _SECRET_KEY.search(key.lower()) is not None
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
