@@ -5,9 +5,10 @@ A webhook is durable (its work row committed) before it is answered, so this que
 and paces the processing: a process that dies with webhooks queued resumes them at its next
 start. During a burst (webhooks being answered right now) the worker waits until the burst
 pauses, at most MAX_DEFER after the oldest webhook arrived, and then takes up to BATCH at a
-time (while the burst goes on, it then rests as long as the batch took: the answers keep at
-least half of the loop): a storm of alerts of many groups opens its incidents a batch per
-transaction instead of competing, a webhook at a time, with the answers for the cores.
+time (while the burst goes on, it then rests as long as the batch took: the answers, on the
+HTTP server's own thread, keep at least half of the interpreter): a storm of alerts of many
+groups opens its incidents a batch per transaction instead of competing, a webhook at a time,
+with the answers for the cores.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ Item = tuple[AlertGroup, int]  # the parsed payload and its webhook id
 
 
 class AlertQueue:
+    """Lives on the bot's loop: `put` is called there (bot.service.Opsbot.accept_alert hands
+    each answered webhook over from the HTTP server's thread)."""
+
     def __init__(self, handle: Callable[[Sequence[Item]], Awaitable[None]],
                  busy: Callable[[], bool],
                  spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:

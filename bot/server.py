@@ -1,4 +1,6 @@
-"""The HTTP server: Alertmanager webhooks, Slack requests, health and metrics."""
+"""The HTTP server: Alertmanager webhooks, Slack requests, health and metrics. It answers on a
+thread and event loop of its own (bot.edge.ServerThread); the bot's work runs on the loop that
+`serve` runs on."""
 
 from __future__ import annotations
 
