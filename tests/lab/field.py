@@ -40,6 +40,7 @@ from .process import (
     wait_until,
 )
 from .sshd import LAB_USER, ensure_lab_user
+from .supervisor import Supervisor
 from .web import _TEMP_PATHS, BACKEND_SCRIPT, SYSTEM_PYTHON, _worker_user, mount_tmpfs, unmount
 
 PROXY_TIMEOUT_S = 2
@@ -206,9 +207,12 @@ class FieldLab:
                      timeout=60)
         return (result.stdout + result.stderr).strip()
 
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.supervisor_conf.parent / "supervisor.sock")
+
     def state(self, program: str = "myapp") -> str:
-        fields = self.supervisorctl("status", program).split()
-        return fields[1] if len(fields) > 1 else "UNKNOWN"
+        return self.supervisor.state(program)
 
     def wait_state(self, states: set[str], program: str = "myapp", timeout: float = 30) -> None:
         wait_until(lambda: self.state(program) in states, timeout,
@@ -241,9 +245,9 @@ class FieldLab:
 
     def _restart(self, mode: str, until: set[str]) -> None:
         self._mode(mode)
-        self.supervisorctl("stop", "myapp")
+        self.supervisor.stop("myapp")
         wait_until(lambda: not port_open("127.0.0.1", self.app_port), 15, "myapp port closed")
-        self.supervisorctl("start", "myapp")
+        self.supervisor.start("myapp")
         self.wait_state(until)
 
     def heal(self) -> None:
@@ -255,13 +259,13 @@ class FieldLab:
                 != "normal":
             self._restart("normal", {"RUNNING"})
         if self.state("sockapp") != "RUNNING":
-            self.supervisorctl("start", "sockapp")
+            self.supervisor.start("sockapp")
             self.wait_state({"RUNNING"}, "sockapp")
         self.wait_status(200)
         self.wait_status(200, self.sock_url)
 
     def stop_app(self) -> None:
-        self.supervisorctl("stop", "myapp")
+        self.supervisor.stop("myapp")
         self.wait_state({"STOPPED"})
         self.wait_status(502)
 
@@ -291,7 +295,7 @@ class FieldLab:
         self.wait_status(502, self.sock_url)
 
     def disk_full(self) -> None:
-        self.supervisorctl("stop", "myapp")
+        self.supervisor.stop("myapp")
         wait_until(lambda: not port_open("127.0.0.1", self.app_port), 15, "myapp port closed")
         fd = os.open(self.data_dir / "fill", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -301,7 +305,7 @@ class FieldLab:
                         os.write(fd, chunk)
         finally:
             os.close(fd)
-        self.supervisorctl("start", "myapp")
+        self.supervisor.start("myapp")
         self.wait_state({"BACKOFF", "FATAL"})
         self.wait_status(502)
 
