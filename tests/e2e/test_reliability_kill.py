@@ -285,20 +285,29 @@ async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
         assert await post_alert(http, bot.url, alert_payload()) is not None
         await slack.wait_for(approve_buttons, timeout=60)
         token = store.approvals_of(1, "pending")[0].token
-        approve = asyncio.create_task(run_cli(env, "approve", token))
+        approve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "approve", token,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         deadline = time.monotonic() + 30
         while not [s for s in store.steps_of(1)
                    if s.phase == "remediation" and s.status == "running"]:
-            assert time.monotonic() < deadline and not approve.done()
+            assert time.monotonic() < deadline and approve.returncode is None
             await asyncio.sleep(0.05)
         await bot.kill9()
-        await asyncio.sleep(12)  # past the sign of life's freshness: the command says so
+        # once the sign of life is stale (HEARTBEAT_FRESH), the command says so; then the restart
+        said = ""
+        while "The serving opsbot stopped" not in said:
+            assert approve.stdout is not None
+            line = (await asyncio.wait_for(approve.stdout.readline(), 60)).decode()
+            assert line, said
+            said += line
         await bot.start(http)
-        done = await asyncio.wait_for(approve, 90)
-        assert "The serving opsbot stopped" in done.stdout
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert "handed to the serving opsbot" in done.stdout
-        assert done.stdout.rstrip().endswith("on web01: interrupted."), done.stdout
+        out, err = await asyncio.wait_for(approve.communicate(), 90)
+        said += out.decode()
+        assert approve.returncode == 1, said + err.decode()
+        assert "handed to the serving opsbot" in said
+        assert said.rstrip().endswith("on web01: interrupted."), said
         assert await bot.stop() == 0
     fixes = [s.status for s in store.steps_of(1) if s.phase == "remediation"]
     assert fixes == ["interrupted"]  # marked, and never run again
