@@ -409,27 +409,26 @@ so three agreeing signals of 0.5 (0.875) beat one signal of 0.95 that a 0.8 sign
 `[error] ... upstream` line), and it is reported only when no other cause reaches `threshold`
 (0.5), with confidence `symptom * (1 - best other cause)`, capped at its `max_confidence` (0.45).
 
-**The backend's own words first.** Each stack's fatal start-up lines, taken from the programs
-(Go `panic:` / `goroutine N [running]:`, Rust `panicked at`, .NET `Unhandled exception.`, Node.js
+**The backend's own words first.** Each stack's fatal start-up lines, taken from the programs (Go
+`panic:` / `goroutine N [running]:`, Rust `panicked at`, .NET `Unhandled exception.`, Node.js
 `Error: Cannot find module`, `node:internal/...` throw sites and its closing `Node.js vN`, nodemon
 `app crashed`, npm's failed lifecycle, the JVM's `Exception in thread "main"`, Spring Boot's
 `APPLICATION FAILED TO START`, gunicorn's `Worker failed to boot`, uWSGI's `no python application
 found`, php-fpm's `FPM initialization failed`, the dynamic loaders' missing libraries, a Python
-traceback outside a request), name `upstream_crashloop` even when no restart is seen: what fixes
-it is the error, not a start, and
-Docker restart policies and `Restart=` restart without saying so. They contradict
-`upstream_down`, since nginx's refusal only says "down or crashing". Not when the backend was
-stopped by hand since (supervisord `STOPPED`, systemd `inactive (dead)`), and a specific cause
-with its own evidence (the app's error about a dependency, an OOM, a full disk, EACCES, a
-certificate) contradicts the crash loop in turn. A port held by another process, a stale unix
-socket or pid file are crash loops with their own `detail`, and so are a process's own limits
+traceback outside a request), name `upstream_crashloop` even when no restart is seen: what fixes it
+is the error, not a start, and Docker restart policies and `Restart=` restart without saying so.
+They contradict `upstream_down`, since nginx's refusal only says "down or crashing". Not when the
+backend was stopped by hand since (supervisord `STOPPED`, systemd `inactive (dead)`), and a
+specific cause with its own evidence (the app's error about a dependency, an OOM, a full disk,
+EACCES, a certificate) contradicts the crash loop in turn. A port held by another process, a stale
+unix socket or pid file are crash loops with their own `detail`, and so are a process's own limits
 and builds: V8's heap limit (`JavaScript heap out of memory`, whatever memory the host has; only
-the host's or container's memory running out is `oom_killed`) and an instruction the CPU lacks
-(the kernel's `trap invalid opcode`, SIGILL). A dependency's name that does not resolve from the
-backend is `dns_or_network` (the network between them), and Node.js's `connect ECONNREFUSED` to a
-port nginx does not dial is a refused dependency. Request-time errors (PHP fatal
-errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up lines:
-they count only with a restart seen.
+the host's or container's memory running out is `oom_killed`) and an instruction the CPU lacks (the
+kernel's `trap invalid opcode`, SIGILL). A dependency's name that does not resolve from the backend
+is `dns_or_network` (the network between them), and Node.js's `connect ECONNREFUSED` to a port
+nginx does not dial is a refused dependency. Request-time errors (PHP fatal errors, gunicorn's
+`Error handling request`, Flask's `Exception on /`) are not start-up lines: they count only with a
+restart seen.
 
 Remediation: a cause's `remediation` items come first (advice sentences, then step ids); an item
 `{{do: restart_program, when: [supervisorctl_status]}}` is offered only when one of those steps was
