@@ -841,6 +841,18 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
      "upstream_crashloop", "bind_address_not_available"),
     ("journal", "listen tcp 172.17.0.1:9100: bind: cannot assign requested address",
      "upstream_crashloop", "bind_address_not_available"),
+    # libcurl's errors read the same from PHP (cURL error N) as from the curl tool: the ONLYOFFICE
+    # connector's check refused (https://github.com/ONLYOFFICE/onlyoffice-nextcloud/issues/334),
+    # timed out with older libcurl's wording (.../issues/160), unresolved (.../issues/231)
+    ("healthcheck", "Error when trying to connect (cURL error 7: Failed to connect to "
+     "next.myserver.de port 443: Connection refused (see "
+     "https://curl.haxx.se/libcurl/c/libcurl-errors.html))\u2716", "upstream_down", None),
+    ("healthcheck", "Error when trying to connect (cURL error 28: Operation timed out after 60001 "
+     "milliseconds with 0 out of 0 bytes received (see "
+     "http://curl.haxx.se/libcurl/c/libcurl-errors.html))", "upstream_timeout", None),
+    ("app_logs", "Request converted file on check error: cURL error 6: Could not resolve host: "
+     "https,%20https,%20https,%20https,%20https (see "
+     "http://curl.haxx.se/libcurl/c/libcurl-errors.html)", "dns_or_network", None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
