@@ -1,11 +1,12 @@
 """What every HTTP request meets first: the server's own thread, bounded reads, one-line
 errors, bearer tokens.
 
-The HTTP server runs on a thread and event loop of its own (`ServerThread`): a 50-host
-diagnosis keeps the bot's loop busy with SSH packets, rules and store results, and an answer
-to Slack or Alertmanager waited behind all of that for its turn. On its own loop an answer
-waits only for the interpreter's lock. Handlers hand work to the bot's loop thread-safely
-(bot.tasks.Tasks); what they store goes through the store's lanes, which any loop may await.
+The HTTP server (and Slack's Socket Mode, when used) runs on a thread and event loop of its
+own (`ServerThread`): a 50-host diagnosis keeps the bot's loop busy with SSH packets, rules
+and store results, and an answer to Slack or Alertmanager waited behind all of that for its
+turn. On its own loop an answer waits only for the interpreter's lock. Handlers hand work to
+the bot's loop thread-safely (bot.tasks.Tasks); what they store goes through the store's lanes,
+which any loop may await.
 
 aiohttp's `request.content.read(n)` returns only what is buffered, so a body sent in many
 packets (chunked transfer, a slow link) would be cut short; `read_body` reads to the end, up to a
@@ -18,12 +19,14 @@ import asyncio
 import concurrent.futures
 import hmac
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
 
 from bot.ingest import MAX_PAYLOAD
 
+T = TypeVar("T")
 MAX_BODY = MAX_PAYLOAD  # bytes, for every POST endpoint
 HEADER_TIMEOUT = 10.0  # seconds for a connection to deliver a request's headers (idle too)
 BODY_TIMEOUT = 15.0  # seconds to receive a whole body once its headers arrived
@@ -94,6 +97,12 @@ class ServerThread:
         """Returns once the server listens; raises what kept it from listening (OSError)."""
         self._thread.start()
         await asyncio.wrap_future(self._listening)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` run on the server's loop, for what must live there (Socket Mode's
+        websocket, whose envelopes are answered like the HTTP requests)."""
+        assert self.loop is not None, "start() first"
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     async def stop(self) -> None:
         """Stop taking requests, let those under way finish (aiohttp's shutdown_timeout),

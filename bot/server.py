@@ -241,20 +241,29 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     inbound = None
     socket_handler = None
     if settings.slack_enabled:
-        from bot.adapters.slack import SlackInbound, bolt_app, start_socket_mode
+        from bot.adapters.slack import SlackInbound
 
         inbound = SlackInbound(rt.bot, settings, rt.client)
-        if settings.socket_mode:
-            socket_handler = await start_socket_mode(bolt_app(inbound, rt.client),
-                                                     settings.slack_app_token or "")
     earlier_work = await rt.store.last_work_id()  # what earlier processes left is resumed
+    # on a thread and loop of its own: answers never wait for this loop's runs (bot.edge).
     # keepalive_timeout closes a connection that sends no complete request in time: it bounds
     # the wait for headers (slow or idle clients) as well as idle keep-alive connections
-    # on a thread and loop of its own: answers never wait for this loop's runs (bot.edge)
     http = ServerThread(web_app(rt, inbound), settings.listen_host, settings.listen_port,
                         access_log=None, keepalive_timeout=edge.HEADER_TIMEOUT,
                         shutdown_timeout=5)
     await http.start()
+    if inbound is not None and settings.socket_mode:  # its acks on the server's thread too
+        from bot.adapters.slack import bolt_app, start_socket_mode
+
+        async def socket_mode() -> Any:
+            return await start_socket_mode(bolt_app(inbound, rt.client),
+                                           settings.slack_app_token or "")
+
+        try:
+            socket_handler = await http.call(socket_mode())
+        except BaseException:
+            await http.stop()
+            raise
     mode = "Socket Mode" if settings.socket_mode else "HTTP" if settings.slack_enabled \
         else "console (no SLACK_BOT_TOKEN)"
     log.info("opsbot listening on http://%s:%d (Slack: %s; %d runbook(s), %d host(s))",
@@ -297,7 +306,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         if listener is not None:
             listener.cancel()
         if socket_handler is not None:
-            await socket_handler.close_async()
+            await http.call(socket_handler.close_async())
         await http.stop()
         await rt.close(work_timeout=settings.stop_timeout,
                        flush_timeout=max(10.0, settings.stop_timeout / 2))
