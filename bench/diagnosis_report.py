@@ -377,7 +377,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `database_schema_not_upgraded`, `listen_backlog_full`, `backend_listens_on_other_address`,
 `backend_bound_to_container_hostname`, `dependency_name_unresolved` under their labels;
 `port_already_in_use`, `stale_unix_socket`, `stale_pid_file`, `runtime_dir_missing`, `exec_failed`,
-`node_heap_exhausted`, `cpu_lacks_instructions`, `shared_library_missing`,
+`exit_config_error`, `node_heap_exhausted`, `cpu_lacks_instructions`, `shared_library_missing`,
 `bind_address_not_available` under `upstream_crashloop`, where the labelling guideline puts them;
 `too_many_open_files`, `inotify_watches_exhausted` under `unknown`), with its own advice first in
 `remediation`.

@@ -853,6 +853,10 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     ("app_logs", "Request converted file on check error: cURL error 6: Could not resolve host: "
      "https,%20https,%20https,%20https,%20https (see "
      "http://curl.haxx.se/libcurl/c/libcurl-errors.html)", "dns_or_network", None),
+    # php-fpm exits with EX_CONFIG under systemd, older systemd without the code's name
+    # (https://github.com/magenx/Magento-Automated-Server-Configuration-from-MagenX/issues/154)
+    ("journal", "Feb 15 18:41:18 server.timestorybag.com systemd[1]: php-fpm.service: main process "
+     "exited, code=exited, status=78/n/a", "upstream_crashloop", "exit_config_error"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
