@@ -159,9 +159,13 @@ class BotProcess:
         self.task = asyncio.create_task(serve(settings, ready=ready, stop=self.stop_event))
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait([waiter, self.task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if self.task.done():
-            self.task.result()  # raises what stopped the server
-        assert ready.is_set(), "opsbot did not start within 30 s"
+        try:
+            if self.task.done():
+                self.task.result()  # raises what stopped the server
+            assert ready.is_set(), "opsbot did not start within 30 s"
+        except BaseException:
+            self.pace.undo()
+            raise
         return settings
 
     async def stop(self, *, flush: bool = True) -> None:
@@ -170,13 +174,15 @@ class BotProcess:
         about a post a second, to a stand-in nobody reads any more."""
         if self.task is None:
             return
-        with pytest.MonkeyPatch.context() as patch:
-            if not flush:
-                patch.setattr(Outbox, "stop", _stop_unflushed)
-            self.stop_event.set()
-            await asyncio.wait_for(self.task, 60)
-        self.task = None
-        self.pace.undo()
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                if not flush:
+                    patch.setattr(Outbox, "stop", _stop_unflushed)
+                self.stop_event.set()
+                await asyncio.wait_for(self.task, 60)
+        finally:
+            self.task = None
+            self.pace.undo()
 
 
 _outbox_stop = Outbox.stop
@@ -211,9 +217,11 @@ async def serving_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory:
     # idle connections are dropped before the server's keep-alive timeout would close them:
     # a request sent on one the server is closing at that moment gets a reset
     connector = aiohttp.TCPConnector(keepalive_timeout=HEADER_TIMEOUT / 2)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        bot = RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
-        bot.process = process
-        yield bot
-    await process.stop(flush=False)
-    await slack.stop()
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            bot = RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env)
+            bot.process = process
+            yield bot
+    finally:  # a failed test's bot stops too (and its Slack pace is restored)
+        await process.stop(flush=False)
+        await slack.stop()
