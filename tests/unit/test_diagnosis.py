@@ -857,6 +857,13 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (https://github.com/magenx/Magento-Automated-Server-Configuration-from-MagenX/issues/154)
     ("journal", "Feb 15 18:41:18 server.timestorybag.com systemd[1]: php-fpm.service: main process "
      "exited, code=exited, status=78/n/a", "upstream_crashloop", "exit_config_error"),
+    # the Document Server image's nginx names ETIMEDOUT "Unknown error": the number counts
+    # (https://github.com/ONLYOFFICE/Docker-DocumentServer/issues/659)
+    ("nginx_error_log", "2023/10/05 11:19:29 [error] 6399#6399: *647 upstream timed out (110: "
+     "Unknown error) while reading response header from upstream, client: 172.17.0.1, server: , "
+     "request: \"POST /ConvertService.ashx HTTP/1.1\", upstream: "
+     "\"http://127.0.0.1:8000/ConvertService.ashx\", host: \"localhost:88\"", "upstream_timeout",
+     None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
