@@ -864,6 +864,10 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
      "request: \"POST /ConvertService.ashx HTTP/1.1\", upstream: "
      "\"http://127.0.0.1:8000/ConvertService.ashx\", host: \"localhost:88\"", "upstream_timeout",
      None),
+    # PHP clients of a proxy that timed out (https://github.com/ONLYOFFICE/onlyoffice-nextcloud/issues/45)
+    ("app_logs", "file_get_contents(https://onlyoffice.mydomin.com/ConvertService.ashx): failed to "
+     "open stream: HTTP request failed! HTTP/1.1 504 Gateway Time-out  at "
+     "/var/www/nextcloud/apps/onlyoffice/lib/documentservice.php#381", "upstream_timeout", None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
