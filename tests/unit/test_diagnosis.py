@@ -943,6 +943,15 @@ def test_a_premature_close_then_refused_is_a_backend_that_died_not_a_keepalive_r
     assert diagnose(rules, evidence_of(jetty))[0].detail == "upstream_keepalive_race"
 
 
+def test_nginx_lines_in_a_containers_log_are_the_symptom_too(rules):
+    # nginx's reset line, logged by its container (https://github.com/ddev/ddev/issues/2542): with
+    # nothing else, the answer is "unknown", not a guess from the weak reset signal
+    line = line_of("oom_killed--a-ddev-php-fpm-sigkill", "docker_logs", "recv() failed (104:")
+    causes = diagnose(rules, {"docker_logs": line + "\n"})
+    assert causes[0].cause == "unknown"
+    assert causes[0].evidence == (line,)
+
+
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):
     causes = diagnose(rules, evidence_of("upstream_crashloop--b-ynh-docservice-eaddrinuse-8000"))
     assert (causes[0].cause, causes[0].detail) == ("upstream_crashloop", "port_already_in_use")
