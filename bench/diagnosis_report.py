@@ -594,7 +594,13 @@ Held-out part (totals only):
 - **The errno, not its text.** nginx prints `strerror()` of the libc it was built with: musl
   says `(113: Host is unreachable)` and `(99: Address not available)` where glibc says `No route to
   host` and `Cannot assign requested address`, and a libc without the text prints `(111: Unknown
-  error)`. The rules read the number.
+  error)` (the ONLYOFFICE Document Server image's nginx logs its timeouts as `(110: Unknown
+  error)`). The rules read the number, in every nginx pattern.
+- **Node.js 17+ dials `localhost` on `::1` first**: an app whose database or cache listens on
+  IPv4 only gets `connect ECONNREFUSED ::1:PORT`; the dependency is up, the address is not.
+- **A PHP client speaks libcurl's words**: `cURL error 7: Failed to connect`, `cURL error 28:
+  Operation timed out`, `cURL error 35: ... wrong version number` (the ONLYOFFICE connectors'
+  checks) are the curl tool's `curl: (7)`, `(28)`, `(35)`.
 - **gunicorn says "Perhaps out of memory?" after every timeout kill**: since 20.1 a worker that
   missed `--timeout` is aborted, then killed, and the arbiter logs `Worker (pid:N) was sent
   SIGKILL! Perhaps out of memory?` after `[CRITICAL] WORKER TIMEOUT`; the aborted worker's
