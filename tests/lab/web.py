@@ -144,7 +144,7 @@ autorestart=true
 ; crash mode ran past it, counted as started, and was restarted without end); every start that
 ; succeeds waits startsecs before it is RUNNING, so it is kept short
 startsecs=2
-startretries=3
+startretries=2
 stopsignal=TERM
 stopwaitsecs=5
 stdout_logfile={ds / 'out.log'}
@@ -266,7 +266,7 @@ class WebLab:
     def crashloop(self, until: str = "FATAL") -> None:
         """Crash mode: BACKOFF then FATAL "Exited too quickly"; nginx 502 connection refused.
 
-        `until` is the state to wait for: "FATAL" (stable, ~10-20 s) or "BACKOFF" (first failure).
+        `until` is the state to wait for: "FATAL" (stable, ~4 s) or "BACKOFF" (first failure).
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("crash")
@@ -295,7 +295,7 @@ class WebLab:
         """Redis stopped, then the program restarted: it exits at start-up with
         `Error: connect ECONNREFUSED 127.0.0.1:<redis port>`; BACKOFF, then FATAL; nginx 502.
 
-        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~10-20 s).
+        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~4 s).
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("normal")
@@ -306,7 +306,7 @@ class WebLab:
         """The data tmpfs filled to 100%, then the program restarted: it exits at start-up with
         `[Errno 28] No space left on device: '<data dir>/docservice.state.tmp'`; nginx 502.
 
-        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~10-20 s).
+        `until`: "BACKOFF" (the first failed start, ~1 s) or "FATAL" (~4 s).
         """
         self._point_proxy_at(self.backend_port)
         self._set_mode("normal")
