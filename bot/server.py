@@ -112,7 +112,8 @@ def _process_figures(rt: Runtime) -> dict[str, float]:
     return {"runbooks_loaded": len(rt.bot.catalog.runbooks),
             "runbook_errors": len(rt.bot.catalog.errors),
             "background_tasks": len(rt.bot.tasks.running),
-            "live_incidents": sum(1 for n in rt.bot.tasks.live.values() if n),
+            # read on the store's thread while the bot's loop changes it: copied at once (in C)
+            "live_incidents": sum(1 for n in list(rt.bot.tasks.live.values()) if n),
             "ssh_connects": rt.ctx.ssh.connects if rt.ctx._ssh else 0,
             "webhook_batches": rt.intake.batches,
             "alert_batches": rt.bot.alert_batches,
