@@ -4,7 +4,8 @@
     (the driver, `drive`, is called by bench/run.py)
 
 `serve` runs the same server as `opsbot serve` (settings from OPSBOT_*/SLACK_* in the
-environment) with one more task on its loop: a 5 ms ticker recording how late each tick came,
+environment) with one more task on the bot's loop (where the runs run; the HTTP server answers
+on a thread and loop of its own): a 5 ms ticker recording how late each tick came,
 from the moment the server is ready (it listens) until it is told to stop (SIGTERM).
 On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON.
 

@@ -569,7 +569,8 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.add(Figure(bench, "click ack p50", "ms", tuple(clicks)))
     report.add(Figure(bench, "click ack p99", "ms", (p99(clicks),), Target(50)))
     report.add(Figure(bench, "event loop worst lag", "ms", tuple(worst), Target(20),
-                      note="per round, the latest a 5 ms ticker on the server's loop came"))
+                      note="per round, the latest a 5 ms ticker on the bot's loop came (the "
+                           "runs' loop; the HTTP server answers on a thread of its own)"))
     report.add(Figure(bench, "event loop lag p99", "ms", tuple(p99lag)))
     report.add(Figure(bench, "opsbot CPU while driven", "s", tuple(cpu),
                       note="all of the server's threads, from the first load command to the "
