@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -37,13 +38,30 @@ class Tasks:
         self.loop = asyncio.get_running_loop()
         self.running: set[asyncio.Task[Any]] = set()
         self.live: Counter[int] = Counter()  # incidents with runs or fixes going on here
+        self._handed: list[tuple[Callable[..., object], tuple[Any, ...]]] = []  # by threads
+        self._handed_lock = threading.Lock()
 
     def soon(self, fn: Callable[..., object], /, *args: Any) -> None:
-        """`fn(*args)` on the bot's loop: now when called there, else at its next turn."""
+        """`fn(*args)` on the bot's loop: now when called there, else at its next turn. What
+        other threads hand over meanwhile is taken in one turn, in order (a burst of webhooks
+        wakes the bot's loop once, not once each)."""
         if _running_loop() is self.loop:
             fn(*args)
-        else:
-            self.loop.call_soon_threadsafe(fn, *args)
+            return
+        with self._handed_lock:
+            self._handed.append((fn, args))
+            if len(self._handed) > 1:
+                return  # the bot's loop was asked already: it takes this one with the rest
+        self.loop.call_soon_threadsafe(self._take_handed)
+
+    def _take_handed(self) -> None:
+        with self._handed_lock:
+            handed, self._handed = self._handed, []
+        for fn, args in handed:
+            try:
+                fn(*args)
+            except Exception:  # one failing hand-over must not lose the others
+                log.exception("work handed to the bot's loop failed")
 
     async def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro` run on the bot's loop, from any loop (for what touches the bot's
@@ -56,7 +74,7 @@ class Tasks:
         """Run work after the HTTP answer went back; failures are logged and told. From any
         thread: the task runs on the bot's loop."""
         if _running_loop() is not self.loop:
-            self.loop.call_soon_threadsafe(self.spawn, coro, incident_id)
+            self.soon(self.spawn, coro, incident_id)
             return
         task = asyncio.create_task(coro)
         self.running.add(task)

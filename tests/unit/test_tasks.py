@@ -58,3 +58,25 @@ async def test_on_the_bots_own_loop_nothing_is_deferred() -> None:
         return "answered"
 
     assert await tasks.call(answer()) == "answered"
+
+
+async def test_hand_overs_from_another_thread_keep_their_order() -> None:
+    async def tell(incident_id: int, line: str) -> None:
+        raise AssertionError("nothing fails here")
+
+    tasks = Tasks(tell)
+    got: list[int] = []
+
+    def broken(n: int) -> None:
+        raise ValueError(n)
+
+    def from_another_thread() -> None:
+        for n in range(200):
+            tasks.soon(broken if n == 50 else got.append, n)  # one failing: the rest go on
+
+    await asyncio.to_thread(from_another_thread)
+    for _ in range(100):
+        if len(got) == 199:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [n for n in range(200) if n != 50]
