@@ -57,10 +57,12 @@ async def field_bot(tmp_path: Path, field_inventory: tuple[Path, Path]
     env = bot_env(tmp_path / "opsbot.db", await slack.start(), *field_inventory, port)
     process = BotProcess(env)
     settings = await process.start()
-    async with aiohttp.ClientSession() as session:
-        yield RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env, process)
-    await process.stop(flush=False)
-    await slack.stop()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield RunningBot(f"http://127.0.0.1:{port}", settings, slack, session, env, process)
+    finally:  # a failed test's bot stops too (and its Slack pace is restored)
+        await process.stop(flush=False)
+        await slack.stop()
 
 
 def alert(host: str, url: str) -> dict[str, object]:
