@@ -99,6 +99,7 @@ def verify_chain(records: Iterable[Mapping[str, Any]], *, anchor: Mark | None,
                              "OPSBOT_AUDIT_KEY: the newest records may have been cut off", 0)
     anchor_seq, prev = (anchor.seq, anchor.hash) if anchor else (0, GENESIS)
     expected_seq, checked, prune_seen = anchor_seq + 1, 0, anchor is None
+    at_head = prev if head is not None and head.seq == anchor_seq else None
     for rec in records:
         seq = rec["seq"]
         if seq != expected_seq:
@@ -113,11 +114,16 @@ def verify_chain(records: Iterable[Mapping[str, Any]], *, anchor: Mark | None,
             prune_seen = (detail.get("through_seq") == anchor.seq
                           and detail.get("anchor_hash") == anchor.hash)
         prev, expected_seq, checked = rec["hash"], seq + 1, checked + 1
+        if head is not None and seq == head.seq:
+            at_head = prev
     last = expected_seq - 1
     if head is None:
         if checked and key:
             return bad(last, "the head (the newest record) is missing", checked)
-    elif last != head.seq or prev != head.hash:
+    elif last < head.seq or at_head != head.hash:
+        # records after the head (appended by a serving bot once the head was read, each
+        # linked and hashed like the others) are fine; a chain that ends before the head, or
+        # passes its seq with another hash, is not
         at = expected_seq if last < head.seq else head.seq
         return bad(at, f"chain ends at {last} but the head says {head.seq}", checked)
     if not prune_seen:

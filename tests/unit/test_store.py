@@ -9,6 +9,7 @@ import pytest
 
 from bot.adapters.sql import is_postgres_url
 from bot.adapters.store import AsyncStore, Store, WebhookIn
+from bot.audit import verify_chain
 from bot.errors import StoreError
 from bot.incidents import REOPEN_WINDOW, opening
 from bot.models import Notification, Phase, RenderedStep, StepResult, StepStatus
@@ -189,6 +190,22 @@ def test_keyed_prune_leaves_a_keyed_record_and_still_verifies(db_target: str) ->
     assert not Store(path, audit_key="other").verify_audit().ok
     _truncate_newest(path, pruned[0]["seq"])  # cut the record after the prune
     assert not store.verify_audit().ok
+
+
+@pytest.mark.parametrize("key", ["k3y", None])
+def test_records_appended_after_the_head_was_read_verify(db_target: str,
+                                                         key: str | None) -> None:
+    """`opsbot audit verify` of a serving bot's database: the head is read, then the records,
+    and the bot appended meanwhile. The newer records are checked like the others; a record
+    at the head's seq with another hash still fails."""
+    store, path = _keyed_db(db_target, key)
+    head = store._mark(store.db, "head")
+    assert head is not None
+    store.audit("test.event", "tester", 1, n="after")
+    report = verify_chain(store.audit_records(), anchor=None, head=head, key=key)
+    assert report.ok and report.checked == head.seq + 1, report
+    raw_sql(path, "UPDATE audit SET hash = ? WHERE seq = ?", ("0" * 64, head.seq))
+    assert not verify_chain(store.audit_records(), anchor=None, head=head, key=key).ok
 
 
 def test_keyed_head_deleted_outright_fails_verify(db_target: str) -> None:
