@@ -77,6 +77,7 @@ async def either_bot(request: pytest.FixtureRequest, tmp_path: Path
         yield bot
 
 
+@pytest.mark.slack_pace  # the burst alone on the CPU: its hundreds of posts are not read here
 async def test_a_burst_is_committed_and_opened_in_fewer_transactions_than_payloads(
         either_bot: RunningBot) -> None:
     bot = either_bot
@@ -99,6 +100,7 @@ async def test_a_burst_is_committed_and_opened_in_fewer_transactions_than_payloa
         store.close()
 
 
+@pytest.mark.slack_pace
 async def test_a_payload_the_store_refuses_is_answered_503_alone_and_nothing_answered_200_is_lost(
         light_bot: RunningBot) -> None:
     bot = light_bot

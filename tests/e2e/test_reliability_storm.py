@@ -18,6 +18,7 @@ pytestmark = pytest.mark.lab
 GROUPS, COPIES, CLIENTS = 1000, 5, 50
 
 
+@pytest.mark.slack_pace  # the storm alone on the CPU: its thousands of posts are not read here
 async def test_storm_of_5000_alerts_one_incident_per_group_every_payload_kept(
         running_bot: RunningBot) -> None:
     bot = running_bot
