@@ -53,18 +53,25 @@ class Served:
     db: Path
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    """opsbot's server with its Runtime at hand (the store's worker can be held busy)."""
+async def bot_under_test(tmp_path: Path) -> tuple[FakeSlack, int, dict[str, str]]:
+    """A started Slack stand-in, a free port and the env of a bot whose one host (TEST-NET) is
+    never dialled; U0ALICE is an operator."""
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text("all:\n  hosts:\n    edge01:\n      ansible_host: 192.0.2.10\n")
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
     slack = FakeSlack(channels=(CHANNEL,))
-    slack_url = await slack.start()
     port = free_port()
-    env = {**bot_env(tmp_path / "opsbot.db", slack_url, inventory, known_hosts, port),
-           "OPSBOT_RUNBOOKS": str(ROOT / "runbooks"), "OPSBOT_OPERATORS": "U0ALICE"}
+    env = {**bot_env(tmp_path / "opsbot.db", await slack.start(), inventory, known_hosts, port),
+           "OPSBOT_OPERATORS": "U0ALICE"}
+    return slack, port, env
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    """opsbot's server with its Runtime at hand (the store's worker can be held busy)."""
+    slack, port, env = await bot_under_test(tmp_path)
+    env["OPSBOT_RUNBOOKS"] = str(ROOT / "runbooks")
     settings = load_settings(env, serving=True)
     rt = build(settings)
     runner = web.AppRunner(web_app(rt, SlackInbound(rt.bot, settings, rt.client)))
@@ -149,15 +156,8 @@ class Serving:
 @pytest.fixture
 async def serving(tmp_path: Path) -> AsyncIterator[Serving]:
     """`opsbot serve` (its HTTP server on a thread of its own), the bot on this test's loop."""
-    inventory = tmp_path / "inventory.yaml"
-    inventory.write_text("all:\n  hosts:\n    edge01:\n      ansible_host: 192.0.2.10\n")
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("")
-    slack = FakeSlack(channels=(CHANNEL,))
-    slack_url = await slack.start()
-    port = free_port()
-    process = BotProcess({**bot_env(tmp_path / "opsbot.db", slack_url, inventory, known_hosts,
-                                    port), "OPSBOT_OPERATORS": "U0ALICE"})
+    slack, port, env = await bot_under_test(tmp_path)
+    process = BotProcess(env)
     await process.start()
     try:
         yield Serving(f"http://127.0.0.1:{port}", slack, tmp_path / "opsbot.db")

@@ -40,7 +40,7 @@ from .process import (
     wait_until,
 )
 from .sshd import LAB_USER, ensure_lab_user
-from .supervisor import Supervisor
+from .supervisor import START_POLICY, Supervisor
 from .web import _TEMP_PATHS, BACKEND_SCRIPT, SYSTEM_PYTHON, _worker_user, mount_tmpfs, unmount
 
 PROXY_TIMEOUT_S = 2
@@ -141,12 +141,7 @@ user={LAB_USER}
 directory={app}
 autostart=true
 autorestart=true
-; a start that exits within 2 s failed: the crash mode exits ~0.1 s after its spawn on a
-; machine with a load of 10 (startsecs=1 was once too short on a heavily loaded machine: the
-; crash mode ran past it, counted as started, and was restarted without end); every start that
-; succeeds waits startsecs before it is RUNNING, so it is kept short
-startsecs=2
-startretries=2
+{START_POLICY}
 stopwaitsecs=5
 stdout_logfile={app / 'app.log'}
 stderr_logfile={app / 'app.err'}

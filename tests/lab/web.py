@@ -50,7 +50,7 @@ from .process import (
     wait_until,
 )
 from .sshd import LAB_USER, ensure_lab_user
-from .supervisor import Supervisor
+from .supervisor import START_POLICY, Supervisor
 
 BACKEND_SCRIPT = Path(__file__).with_name("backend.py")
 PROGRAM = "ds:docservice"
@@ -139,12 +139,7 @@ command={SYSTEM_PYTHON} {BACKEND_SCRIPT} --port {backend_port} --mode-file {ds /
 directory={ds}
 autostart=true
 autorestart=true
-; a start that exits within 2 s failed: the crash mode exits ~0.1 s after its spawn on a
-; machine with a load of 10 (startsecs=1 was once too short on a heavily loaded machine: the
-; crash mode ran past it, counted as started, and was restarted without end); every start that
-; succeeds waits startsecs before it is RUNNING, so it is kept short
-startsecs=2
-startretries=2
+{START_POLICY}
 stopsignal=TERM
 stopwaitsecs=5
 stdout_logfile={ds / 'out.log'}
