@@ -868,6 +868,42 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     ("app_logs", "file_get_contents(https://onlyoffice.mydomin.com/ConvertService.ashx): failed to "
      "open stream: HTTP request failed! HTTP/1.1 504 Gateway Time-out  at "
      "/var/www/nextcloud/apps/onlyoffice/lib/documentservice.php#381", "upstream_timeout", None),
+    # Amazon ECS's stop reason for a task container killed at its memory limit
+    # (https://github.com/kortix-ai/suna/pull/6705)
+    ("docker_ps", "exit 137  OutOfMemoryError: container killed due to memory usage  19:51:01",
+     "oom_killed", None),
+    # a container's memory at its limit, as docker stats reports it
+    # (https://github.com/stefanko-ch/Nexus-Stack/issues/546)
+    ("memory", "budibase   CPU 172.95%   MEM 1023MiB / 1GiB  (99.94%)", "oom_killed",
+     "container_memory_limit_reached"),
+    # an app printing libcurl's curl_error() after its own prefix
+    # (https://github.com/elementor/wp2static/issues/326)
+    ("app_logs", "cURL error:Could not resolve host", "dns_or_network", None),
+    # the ONLYOFFICE editor's token error, as the browser shows it
+    # (https://github.com/mickael-kerjean/filestash/issues/516)
+    ("browser_console", "The document security token is not correctly formed.", "jwt_mismatch",
+     None),
+    # PostgreSQL's postmaster finds no address to listen on
+    # (https://github.com/jwetzell/docker-guacamole/issues/7)
+    ("docker_logs", "FATAL:  could not create any TCP/IP sockets", "dependency_down",
+     "database_failed_to_start"),
+    # SELinux denies the backend's own connect to its database's port
+    # (https://github.com/ansible-community/ara/issues/86)
+    ("audit_log", "type=AVC msg=audit(1572463010.990:105990): avc:  denied  { name_connect } for  "
+     "pid=6039 comm=\"gunicorn\" dest=3306 scontext=system_u:system_r:init_t:s0 "
+     "tcontext=system_u:object_r:mysqld_port_t:s0 tclass=tcp_socket permissive=0",
+     "permission_denied", "selinux_denial"),
+    # Rails cannot write its log file (https://github.com/mlibrary/heliotrope/issues/73)
+    ("app_logs", "Rails Error: Unable to access log file. Please ensure that "
+     "/opt/heliotrope/releases/20160315192027/log/production.log exists and is writable (ie, make "
+     "it writable for user and group: chmod 0664 "
+     "/opt/heliotrope/releases/20160315192027/log/production.log). The log level has been raised "
+     "to WARN and the output directed to STDERR until the problem is fixed.",
+     "permission_denied", None),
+    # uvicorn cannot parse what nginx forwards (two Host headers)
+    # (https://github.com/rotki/rotki/pull/12544)
+    ("app_logs", "Invalid HTTP request received.", "wrong_proxy_config",
+     "backend_rejects_proxied_request"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
@@ -1149,3 +1185,18 @@ def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
     slow = [diagnose_case(rules, case) for case in cases]
     differ = sum(1 for a, b in zip(fast, slow, strict=True) if a != b)
     assert (differ, missed) == (0, 0), f"{differ} of {len(cases)} cases differ"
+
+
+def test_a_database_that_cannot_listen_is_a_dependency_not_the_backends_crash_loop(rules):
+    # PostgreSQL under systemd, its port taken (a public troubleshooting note quoting the journal,
+    # https://github.com/Fzwsk/SysAdm-Doc, PostgreSQL/postgre-Troubleshooting): the database's own
+    # start failure is what the backend lacks, whatever made it fail
+    prefix = "Jan 30 21:40:32 brj2prdsmlmst.solusi247.com pg_ctl[3590]: "
+    journal = "".join(prefix + line + "\n" for line in (
+        "LOG:  could not bind IPv6 socket: Address already in use",
+        'WARNING:  could not create listen socket for "*"',
+        "FATAL:  could not create any TCP/IP sockets"))
+    journal += prefix.replace(":32 ", ":33 ") + "pg_ctl: could not start server\n"
+    causes = diagnose(rules, {"journal": journal})
+    assert (causes[0].cause, causes[0].detail) == ("dependency_down", "database_failed_to_start")
+    assert causes[0].evidence[0].endswith("pg_ctl: could not start server")
