@@ -904,6 +904,10 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (https://github.com/rotki/rotki/pull/12544)
     ("app_logs", "Invalid HTTP request received.", "wrong_proxy_config",
      "backend_rejects_proxied_request"),
+    # JRuby's Puma fails binding its unix socket over a file left by the last run
+    # (https://github.com/puma/puma/issues/475)
+    ("app_logs", "add_unix_listener at /usr/local/rvm/gems/jruby-1.7.4@tk/gems/puma-2.7.1-java/lib/"
+     "puma/binder.rb:261", "upstream_crashloop", "stale_unix_socket"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
