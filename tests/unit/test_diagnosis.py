@@ -908,6 +908,10 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (https://github.com/puma/puma/issues/475)
     ("app_logs", "add_unix_listener at /usr/local/rvm/gems/jruby-1.7.4@tk/gems/puma-2.7.1-java/lib/"
      "puma/binder.rb:261", "upstream_crashloop", "stale_unix_socket"),
+    # a Rails app's Redis refused, in Ruby's own words (its "Caused by:" line)
+    # (https://github.com/southbridgeio/redmine_2fa/issues/75)
+    ("app_logs", "Errno::ECONNREFUSED: Connection refused - connect(2) for 127.0.0.1:6379",
+     "dependency_down", None),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
