@@ -912,6 +912,13 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (https://github.com/southbridgeio/redmine_2fa/issues/75)
     ("app_logs", "Errno::ECONNREFUSED: Connection refused - connect(2) for 127.0.0.1:6379",
      "dependency_down", None),
+    # nginx out of its own connections (https://github.com/medic/cht-core/issues/2076)
+    ("nginx_error_log", "2016/03/14 00:35:26 [alert] 25909#0: *164106 1024 worker_connections are "
+     "not enough while connecting to upstream, client: 41.210.155.91, server: _, request: \"GET "
+     "/medic/ HTTP/1.1\", upstream: \"http://127.0.0.1:280/medic/\", host: "
+     "\"lg.app.medicmobile.org\", referrer: "
+     "\"https://lg.app.medicmobile.org/medic/_design/medic/_rewrite/\"", "wrong_proxy_config",
+     "worker_connections_exhausted"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
