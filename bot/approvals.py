@@ -13,16 +13,12 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from bot.adapters.store import HANDOVER
-from bot.config import Settings
 from bot.errors import BotError, InventoryError
-from bot.inventory import Inventory
 from bot.models import Approval, ApprovalStatus, Host, canonical_json, sha256_hex
-from bot.notify import Reporter
-from bot.ports import Store
+from bot.parts import Part
 from bot.render import decision_text, duration_text, reminder_text
-from bot.runbooks import Catalog, Runbook
-from bot.runner import Proposal, Runner
-from bot.tasks import Tasks
+from bot.runbooks import Runbook
+from bot.runner import Proposal
 
 HEARTBEAT_FRESH = 10.0  # a sign of life younger than this: a bot serves the database
 
@@ -70,17 +66,7 @@ class Decision:
     hosts: int = 1  # approvals decided together (the same step of one run on several hosts)
 
 
-class Approvals:
-    def __init__(self, settings: Settings, store: Store, catalog: Catalog, inventory: Inventory,
-                 runner: Runner, reporter: Reporter, tasks: Tasks) -> None:
-        self.settings = settings
-        self.store = store
-        self.catalog = catalog
-        self.inventory = inventory
-        self.runner = runner
-        self.reporter = reporter
-        self.tasks = tasks
-
+class Approvals(Part):
     async def propose(self, incident_id: int, run_id: int, runbook: Runbook,
                       proposal: Proposal, requested_by: str, host: Host) -> Approval:
         approval = await self.store.create_approval(

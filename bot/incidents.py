@@ -16,10 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.approvals import Approvals, ask_in_thread
-from bot.config import Settings
 from bot.errors import NotFound, StoreError
 from bot.ingest import alert_host
-from bot.inventory import Inventory
 from bot.models import (
     IDLE_PHASES,
     AlertGroup,
@@ -30,12 +28,10 @@ from bot.models import (
     Opening,
     parse_incident_ref,
 )
-from bot.notify import Reporter
-from bot.ports import Store
+from bot.parts import Deps, Part
 from bot.render import duration_text
-from bot.runbooks import Catalog, Runbook
+from bot.runbooks import Runbook
 from bot.runs import Runs
-from bot.tasks import Tasks
 
 log = logging.getLogger("opsbot")
 
@@ -64,17 +60,9 @@ class AlertPlan:
     started_at: str
 
 
-class Incidents:
-    def __init__(self, settings: Settings, store: Store, catalog: Catalog, inventory: Inventory,
-                 reporter: Reporter, tasks: Tasks, runs: Runs, approvals: Approvals, *,
-                 requests: Store | None = None) -> None:
-        self.settings = settings
-        self.store = store
-        self.requests = requests or store  # what an answer waits for goes first (lane)
-        self.catalog = catalog
-        self.inventory = inventory
-        self.reporter = reporter
-        self.tasks = tasks
+class Incidents(Part):
+    def __init__(self, deps: Deps, runs: Runs, approvals: Approvals) -> None:
+        super().__init__(deps)
         self.runs = runs
         self.approvals = approvals
         self._group_locks: dict[str, asyncio.Lock] = {}

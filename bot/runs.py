@@ -16,19 +16,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.approvals import Approvals, Approver
-from bot.config import Settings
 from bot.errors import BotError, TemplateFailed
-from bot.inventory import Inventory
 from bot.logtime import Clock
 from bot.models import Approval, ExecOutput, Host, Incident, Phase
-from bot.notify import Reporter
 from bot.offload import off_loop
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
-from bot.ports import Store
+from bot.parts import Deps, Part
 from bot.render import duration_text
-from bot.runbooks import Catalog, Runbook
-from bot.runner import HostReport, Runner, render_context, render_step
-from bot.tasks import Tasks
+from bot.runbooks import Runbook
+from bot.runner import HostReport, render_context, render_step
 
 if TYPE_CHECKING:  # discovery (and its nginx parser) loads when a run first needs it
     from bot.discovery import Chain
@@ -56,18 +52,11 @@ class RunOutcome:
     chains: Mapping[str, Chain] = field(default_factory=dict)
 
 
-class Runs:
-    def __init__(self, settings: Settings, store: Store, catalog: Catalog, inventory: Inventory,
-                 runner: Runner, reporter: Reporter, tasks: Tasks,
-                 approvals: Approvals) -> None:
-        self.settings = settings
-        self.store = store
-        self.catalog = catalog
-        self.inventory = inventory
-        self.runner = runner
-        self.reporter = reporter
-        self.tasks = tasks
+class Runs(Part):
+    def __init__(self, deps: Deps, approvals: Approvals) -> None:
+        super().__init__(deps)
         self.approvals = approvals
+
     # -- discovery ------------------------------------------------------------------------
     async def discover(self, host: Host, url: str | None = None, *,
                        fallback: str | None = None) -> Chain:

@@ -21,6 +21,7 @@ from bot.incidents import Incidents
 from bot.inventory import Inventory
 from bot.models import AlertGroup, WorkItem
 from bot.notify import Reporter
+from bot.parts import Deps, Part
 from bot.ports import Store
 from bot.render import decision_text
 from bot.runbooks import Catalog
@@ -31,24 +32,15 @@ from bot.tasks import Tasks
 log = logging.getLogger("opsbot")
 
 
-class Opsbot:
+class Opsbot(Part):
     def __init__(self, settings: Settings, store: Store, catalog: Catalog,
                  inventory: Inventory, runner: Runner, reporter: Reporter, *,
                  requests: Store | None = None) -> None:
-        self.settings = settings
-        self.store = store
-        self.requests = requests or store  # what an answer waits for goes first (lane)
-        self.catalog = catalog
-        self.inventory = inventory
-        self.runner = runner
-        self.reporter = reporter
-        self.tasks = Tasks(reporter.note)
-        self.approvals = Approvals(settings, store, catalog, inventory, runner, reporter,
-                                   self.tasks)
-        self.runs = Runs(settings, store, catalog, inventory, runner, reporter, self.tasks,
-                         self.approvals)
-        self.incidents = Incidents(settings, store, catalog, inventory, reporter, self.tasks,
-                                   self.runs, self.approvals, requests=self.requests)
+        super().__init__(Deps(settings, store, requests or store, catalog, inventory, runner,
+                              reporter, Tasks(reporter.note)))
+        self.approvals = Approvals(self.deps)
+        self.runs = Runs(self.deps, self.approvals)
+        self.incidents = Incidents(self.deps, self.runs, self.approvals)
         self.accepting = True  # False once stopping: no new work is started
         self.intake_busy: Callable[[], bool] = lambda: False  # webhooks are being answered
         # answers a resumed slash command (its work payload, a line); set by the Slack adapter
