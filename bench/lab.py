@@ -56,10 +56,7 @@ class BenchLab:
         """known_hosts, an Ansible YAML inventory (group `bench`), and a runbooks folder with
         only the one-command runbook (the whole diagnosis uses the project's runbooks/)."""
         self.known_hosts.write_text("".join(f"{h.known_hosts_line}\n" for h in self.hosts))
-        hosts = {h.name: {"ansible_host": h.address, "ansible_port": h.port,
-                          "ansible_user": h.user,
-                          "ansible_ssh_private_key_file": str(h.key_file)}
-                 for h in self.hosts}
+        hosts = {h.name: h.inventory_vars() for h in self.hosts}
         self.inventory.write_text(yaml.safe_dump(
             {"all": {"children": {"bench": {"hosts": hosts}}}}, sort_keys=False))
         self.runbooks.mkdir(exist_ok=True)
@@ -79,22 +76,7 @@ class BenchLab:
             return self.web
         web = self.web = start_web(self.root / "web")
         self.on_close(web.stop)
-        lab_vars = {
-            "opsbot_supervisor_conf": str(web.supervisor_conf),
-            "opsbot_nginx_error_log": str(web.nginx_error_log),
-            "opsbot_nginx_conf": str(web.nginx_conf),
-            "opsbot_health_url": web.health_url,
-            "opsbot_proxy_url": web.proxy_url,
-            "opsbot_upstream_port": web.backend_port,
-            "opsbot_program": web.program,
-            "opsbot_app_log": str(web.app_log),
-            "opsbot_supervisor_log": str(web.supervisor_log),
-            "opsbot_dependencies": f"redis:{web.redis.address}",
-        }
-        hosts = {h.name: {"ansible_host": h.address, "ansible_port": h.port,
-                          "ansible_user": h.user,
-                          "ansible_ssh_private_key_file": str(h.key_file), **lab_vars}
-                 for h in self.hosts}
+        hosts = {h.name: {**h.inventory_vars(), **web.inventory_vars()} for h in self.hosts}
         self.web_inventory.write_text(yaml.safe_dump(
             {"all": {"children": {"bench": {"hosts": hosts}}}}, sort_keys=False))
         return web

@@ -39,22 +39,7 @@ def fleet(lab_dir: Path, web_lab: WebLab) -> Iterator[tuple[Path, Path, list[str
         known = lab_dir / "fleet_known_hosts"
         known.write_text("".join(f"{s.known_hosts_line}\n" for s in servers))
         known.chmod(0o644)
-        lab_vars = {
-            "opsbot_supervisor_conf": str(web_lab.supervisor_conf),
-            "opsbot_nginx_error_log": str(web_lab.nginx_error_log),
-            "opsbot_nginx_conf": str(web_lab.nginx_conf),
-            "opsbot_health_url": web_lab.health_url,
-            "opsbot_proxy_url": web_lab.proxy_url,
-            "opsbot_upstream_port": web_lab.backend_port,
-            "opsbot_program": web_lab.program,
-            "opsbot_app_log": str(web_lab.app_log),
-            "opsbot_supervisor_log": str(web_lab.supervisor_log),
-            "opsbot_dependencies": f"redis:{web_lab.redis.address}",
-        }
-        hosts = {s.name: {"ansible_host": s.address, "ansible_port": s.port,
-                          "ansible_user": s.user,
-                          "ansible_ssh_private_key_file": str(s.key_file), **lab_vars}
-                 for s in servers}
+        hosts = {s.name: {**s.inventory_vars(), **web_lab.inventory_vars()} for s in servers}
         inventory = lab_dir / "fleet.yaml"
         inventory.write_text(yaml.safe_dump({"all": {"children": {"fleet": {"hosts": hosts}}}}))
         inventory.chmod(0o644)

@@ -132,28 +132,8 @@ def inventory_file(
 ) -> Path:
     """Ansible YAML inventory: group `web` = web01 + web02, with the lab's real paths, its
     supervisord log and its Redis as the one dependency (`redis:127.0.0.1:<port>`)."""
-    lab_vars = {
-        "opsbot_supervisor_conf": str(web_lab.supervisor_conf),
-        "opsbot_nginx_error_log": str(web_lab.nginx_error_log),
-        "opsbot_nginx_conf": str(web_lab.nginx_conf),
-        "opsbot_health_url": web_lab.health_url,
-        "opsbot_proxy_url": web_lab.proxy_url,
-        "opsbot_upstream_port": web_lab.backend_port,
-        "opsbot_program": web_lab.program,
-        "opsbot_app_log": str(web_lab.app_log),
-        "opsbot_supervisor_log": str(web_lab.supervisor_log),
-        "opsbot_dependencies": f"redis:{web_lab.redis.address}",
-    }
-    hosts = {
-        name: {
-            "ansible_host": server.address,
-            "ansible_port": server.port,
-            "ansible_user": server.user,
-            "ansible_ssh_private_key_file": str(server.key_file),
-            **lab_vars,
-        }
-        for name, server in lab_hosts.items()
-    }
+    hosts = {name: {**server.inventory_vars(), **web_lab.inventory_vars()}
+             for name, server in lab_hosts.items()}
     path = lab_dir / "inventory.yaml"
     path.write_text(
         yaml.safe_dump({"all": {"children": {"web": {"hosts": hosts}}}}, sort_keys=False)

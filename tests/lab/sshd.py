@@ -105,6 +105,11 @@ class SshServer:
     def known_hosts_line(self) -> str:
         return f"{host_pattern(self.address, self.port)} {self.host_key_pub}"
 
+    def inventory_vars(self) -> dict[str, str | int]:
+        """This host's login as an Ansible inventory names it."""
+        return {"ansible_host": self.address, "ansible_port": self.port,
+                "ansible_user": self.user, "ansible_ssh_private_key_file": str(self.key_file)}
+
     def ssh_argv(self, command: str, known_hosts: Path | None = None) -> list[str]:
         """An `ssh` command line that logs in with the client key and verifies the host key."""
         return [

@@ -180,8 +180,23 @@ class WebLab:
     _nginx: LabProcess | None = field(default=None, repr=False)
     _supervisord: LabProcess | None = field(default=None, repr=False)
 
-    # --- observation ------------------------------------------------------------------------
+    def inventory_vars(self) -> dict[str, str | int]:
+        """The lab's real paths as a host's inventory variables, its supervisord log, and its
+        Redis as the one dependency (`redis:127.0.0.1:<port>`)."""
+        return {
+            "opsbot_supervisor_conf": str(self.supervisor_conf),
+            "opsbot_nginx_error_log": str(self.nginx_error_log),
+            "opsbot_nginx_conf": str(self.nginx_conf),
+            "opsbot_health_url": self.health_url,
+            "opsbot_proxy_url": self.proxy_url,
+            "opsbot_upstream_port": self.backend_port,
+            "opsbot_program": self.program,
+            "opsbot_app_log": str(self.app_log),
+            "opsbot_supervisor_log": str(self.supervisor_log),
+            "opsbot_dependencies": f"redis:{self.redis.address}",
+        }
 
+    # --- observation ------------------------------------------------------------------------
     def proxy_status(self, timeout: float = 10.0) -> int:
         """HTTP status nginx answers for proxy_url (0: no HTTP answer at all)."""
         return http_get(self.proxy_url, timeout)[0]
