@@ -919,6 +919,16 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
      "\"lg.app.medicmobile.org\", referrer: "
      "\"https://lg.app.medicmobile.org/medic/_design/medic/_rewrite/\"", "wrong_proxy_config",
      "worker_connections_exhausted"),
+    # the dependencies' own start failures: Redis cannot listen
+    # (https://github.com/redis-windows/redis-windows/issues/45; before Redis 5.0 "Creating Server
+    # TCP listening socket", https://github.com/nodezoo/nodezoo-workshop/issues/34) and RabbitMQ
+    # fails to boot (https://github.com/rabbitmq/rabbitmq-server/issues/3789)
+    ("docker_logs", "1988:M 05 May 2025 11:23:04.085 # Failed listening on port 6379 (tcp), "
+     "aborting.", "dependency_down", "database_failed_to_start"),
+    ("app_logs", "Creating Server TCP listening socket *:6379: bind: Address already in use",
+     "dependency_down", "database_failed_to_start"),
+    ("app_logs", "2021-11-23 04:37:54.238 [error] <0.271.0> BOOT FAILED", "dependency_down",
+     "broker_failed_to_start"),
 ])
 def test_app_server_lines_from_public_logs(rules, step, text, label, detail):
     causes = diagnose(rules, {step: text + "\n"})
