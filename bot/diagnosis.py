@@ -399,7 +399,7 @@ def _split_by_time(lines: dict[str, list[str]], clock: Clock | None
     return current, {step: old for step, old in earlier.items() if old}
 
 
-def _fires(signal: Signal, lines: Lines, params: Params) -> str | None:
+def _fires(signal: Signal, lines: StepLines, params: Params) -> str | None:
     """None if the signal does not fire; else the line it rests on ('' for an absence).
     The named groups of the line's match fill {placeholders} of the `also` conditions, so that
     a condition can name what the line names (the address nginx dialed, its port)."""
@@ -411,11 +411,12 @@ def _fires(signal: Signal, lines: Lines, params: Params) -> str | None:
     return None
 
 
-def _holds(cond: Condition, lines: Lines, params: Params) -> str | None:
+def _holds(cond: Condition, lines: StepLines, params: Params) -> str | None:
     return next((hit for hit, _ in _matches(cond, lines, params)), None)
 
 
-def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[str, dict[str, str]]]:
+def _matches(cond: Condition, lines: StepLines,
+             params: Params) -> Iterator[tuple[str, dict[str, str]]]:
     """The lines that satisfy a condition, most recent first, with their named groups; for an
     absence, one ('', {}) when the step ran and no line matches."""
     present = [step for step in cond.steps if step in lines]
@@ -427,13 +428,9 @@ def _matches(cond: Condition, lines: Lines, params: Params) -> Iterator[tuple[st
         if any(name not in params for name in names):
             return  # cannot be judged without the parameter
         pattern = PLACEHOLDER.sub(lambda m: re.escape(params[m.group(1)]), pattern)
-    found: Iterator[tuple[str, re.Match[str]]]
-    if isinstance(lines, StepLines):  # each (pattern, step) is scanned once per diagnosis
-        found = (hit for step in present for hit in lines.hits(step, pattern))
-    else:
-        regex, needles = _compile(pattern), _needles(pattern)
-        found = ((line, match) for step in present for line in reversed(lines[step])
-                 if _may_match(needles, line) and (match := regex.search(line)))
+    # each (pattern, step) is scanned once per diagnosis (StepLines keeps what it found)
+    found: Iterator[tuple[str, re.Match[str]]] = (
+        hit for step in present for hit in lines.hits(step, pattern))
     if cond.absent:
         if next(found, None) is None:
             yield "", {}
