@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import http_exceptions, web
 
 from bot.ingest import MAX_PAYLOAD
+from bot.tasks import run_on
 
 T = TypeVar("T")
 MAX_BODY = MAX_PAYLOAD  # bytes, for every POST endpoint
@@ -102,7 +103,7 @@ class ServerThread:
         """Await `coro` run on the server's loop, for what must live there (Socket Mode's
         websocket, whose envelopes are answered like the HTTP requests)."""
         assert self.loop is not None, "start() first"
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        return await run_on(self.loop, coro)
 
     async def stop(self) -> None:
         """Stop taking requests, let those under way finish (aiohttp's shutdown_timeout),

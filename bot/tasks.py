@@ -31,6 +31,13 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+async def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Await `coro` run on `loop`, from any loop (directly when called on `loop` itself)."""
+    if _running_loop() is loop:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
 class Tasks:
     def __init__(self, tell: Tell) -> None:
         """Made on the bot's running loop: the loop all background work runs on."""
@@ -66,9 +73,7 @@ class Tasks:
     async def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro` run on the bot's loop, from any loop (for what touches the bot's
         loop-bound state: its tasks, locks and outbox)."""
-        if _running_loop() is self.loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        return await run_on(self.loop, coro)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], incident_id: int | None = None) -> None:
         """Run work after the HTTP answer went back; failures are logged and told. From any
