@@ -197,6 +197,7 @@ class WebLab:
         }
 
     # --- observation ------------------------------------------------------------------------
+
     def proxy_status(self, timeout: float = 10.0) -> int:
         """HTTP status nginx answers for proxy_url (0: no HTTP answer at all)."""
         return http_get(self.proxy_url, timeout)[0]
