@@ -26,8 +26,11 @@ from typing import Any, Literal
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.diagnosis import LABELS, Rules, diagnose, load_rules  # noqa: E402
+import yaml  # noqa: E402
+
+from bot.diagnosis import LABELS, Rules, current_lines, diagnose, load_rules  # noqa: E402
 from bot.models import Cause  # noqa: E402
+from bot.similar import Incident, Library, dump, load_library, term_counts  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "evidence"
 FIELD = CORPUS / "field"
@@ -89,8 +92,40 @@ def case_since(case: dict[str, Any]) -> datetime | None:
         return None
 
 
-def diagnose_case(rules: Rules, case: dict[str, Any]) -> list[Cause]:
-    return diagnose(rules, case["evidence"], case.get("params") or {}, since=case_since(case))
+def diagnose_case(rules: Rules, case: dict[str, Any], *, case_id: str | None = None,
+                  library: Library | None = None) -> list[Cause]:
+    """Diagnose a corpus case. The past incidents compared with are `library`, else the rules'
+    own; a training case is one of them: `case_id` (its file stem) leaves it out, so that it is
+    compared with the others only, as if it were new."""
+    if library is None and rules.similar is not None:
+        library = load_library(Path(rules.similar))
+    if library is not None and case_id is not None:
+        library = library.without(case_id)
+    return diagnose(rules, case["evidence"], case.get("params") or {}, since=case_since(case),
+                    library=library)
+
+
+# ---------------------------------------------------------------- past incidents (training only)
+
+def incident_of(path: Path) -> Incident:
+    """A training case as a past incident: the terms of its current lines and its cause."""
+    case = load_case(path)
+    source = case.get("source_url") or f"lab capture tests/data/evidence/{path.name}"
+    return Incident(id=path.stem, cause=case["label"], source=str(source),
+                    terms=term_counts(current_lines(case["evidence"], case_since(case))))
+
+
+def write_library(rules_path: Path) -> Path | None:
+    """Write the rules' past-incidents file (its `similar:`) from the training part only."""
+    data = yaml.safe_load(rules_path.read_text(encoding="utf-8"))
+    name = data.get("similar") if isinstance(data, dict) else None
+    if not name:
+        return None
+    out = rules_path.parent / str(name)
+    text = dump(incident_of(p) for p in corpus_cases("train"))
+    if not out.exists() or out.read_text(encoding="utf-8") != text:
+        out.write_text(text, encoding="utf-8")
+    return out
 
 
 # ---------------------------------------------------------------- measuring
@@ -121,11 +156,13 @@ def stack_of(case: dict[str, Any]) -> str:
     return "other"
 
 
-def measure(rules: Rules, paths: Iterable[Path]) -> list[dict[str, Any]]:
+def measure(rules: Rules, paths: Iterable[Path],
+            library: Library | None = None) -> list[dict[str, Any]]:
+    """Diagnose each case, each compared with the past incidents but itself."""
     rows = []
     for path in paths:
         case = load_case(path)
-        causes = diagnose_case(rules, case)
+        causes = diagnose_case(rules, case, case_id=path.stem, library=library)
         ranked = [c.cause for c in causes]
         rows.append({
             "case": path.stem, "label": case["label"], "ranked": ranked,
@@ -151,19 +188,31 @@ def rate(hits: int, n: int) -> str:
     return f"{hits}/{n} ({100 * hits / n:.0f}%)" if n else "-"
 
 
-def summary_table(train: list[dict[str, Any]], held: list[dict[str, Any]] | None) -> str:
-    field_train = [r for r in train if r["origin"] == "field"]
-    out = ["| part | cases | top-1 | top-3 |", "|---|---:|---:|---:|"]
-    for name, rows in (("training: lab captures + field (not held out)", train),
-                       ("of which field cases", field_train)):
-        out.append(f"| {name} | {len(rows)} | {rate(sum(r['top1'] for r in rows), len(rows))} "
-                   f"| {rate(sum(r['top3'] for r in rows), len(rows))} |")
-    if held is None:
-        out.append("| held-out field third | not measured in this run | | |")
-    else:
-        out.append(f"| **held-out field third** | {len(held)} "
-                   f"| {rate(sum(r['top1'] for r in held), len(held))} "
-                   f"| {rate(sum(r['top3'] for r in held), len(held))} |")
+def summary_table(train: list[dict[str, Any]], held: list[dict[str, Any]] | None,
+                  alone: tuple[list[dict[str, Any]], list[dict[str, Any]] | None] | None = None
+                  ) -> str:
+    """Top-1/top-3 of each part; with `alone` (the same parts diagnosed by the rules without
+    past incidents) a second column pair says what the comparison adds."""
+    def cells(rows: list[dict[str, Any]]) -> str:
+        return (f"{rate(sum(r['top1'] for r in rows), len(rows))} "
+                f"| {rate(sum(r['top3'] for r in rows), len(rows))}")
+
+    def field(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r["origin"] == "field"]
+
+    extra = " rules alone: top-1 | rules alone: top-3 |" if alone else ""
+    out = ["| part | cases | top-1 | top-3 |" + extra,
+           "|---|---:|---:|---:|" + ("---:|---:|" if alone else "")]
+    parts: list[tuple[str, list[dict[str, Any]] | None, list[dict[str, Any]] | None]] = [
+        ("training: lab captures + field (not held out)", train, alone[0] if alone else None),
+        ("of which field cases", field(train), field(alone[0]) if alone else None),
+        ("**held-out field third**", held, alone[1] if alone else None)]
+    for name, rows, rows_alone in parts:
+        if rows is None:
+            out.append(f"| {name} | not measured in this run | | |" + (" | |" if alone else ""))
+            continue
+        more = f" {cells(rows_alone)} |" if rows_alone is not None else ""
+        out.append(f"| {name} | {len(rows)} | {cells(rows)} |{more}")
     return "\n".join(out)
 
 
@@ -245,7 +294,8 @@ def case_table(rows: list[dict[str, Any]]) -> str:
 
 
 def render(train: list[dict[str, Any]], held: list[dict[str, Any]] | None,
-           rules_path: Path) -> str:
+           rules_path: Path,
+           alone: tuple[list[dict[str, Any]], list[dict[str, Any]] | None] | None = None) -> str:
     origins = Counter(r["origin"] for r in train)
     rel = rules_path.relative_to(ROOT) if rules_path.is_relative_to(ROOT) else rules_path
     held_matrix = (confusion_matrix(held) if held is not None
@@ -254,7 +304,7 @@ def render(train: list[dict[str, Any]], held: list[dict[str, Any]] | None,
         rules=rel, n=len(train), lab=origins["lab"], quoted=origins["quoted"],
         mixed=origins["mixed"], field=origins["field"],
         held_n=len(held) if held is not None else len(corpus_cases("held_out")),
-        summary=summary_table(train, held), accuracy=accuracy_table(train),
+        summary=summary_table(train, held, alone), accuracy=accuracy_table(train),
         stacks=stack_table(train, held), matrix=confusion_matrix(train), held_matrix=held_matrix,
         confusion=confusion(train), cases=case_table(train),
         signal_fields=table(("field", "meaning"), SIGNAL_FIELDS),
@@ -367,6 +417,21 @@ only called earlier when it is older under any zone (UTC-12..UTC+14).
 and no cause reaches the threshold, the result is one cause `unknown` with `detail:
 "healthy_now"`, the probes' status lines as evidence and no remediation: the service answers
 now; nothing is proposed.
+
+**Past incidents when the rules are silent.** When no rule names a cause (nothing but the bare
+symptom, or nothing at all) and the probes do not answer, the evidence is compared with the past
+incidents in `runbooks/rules/http-502.cases.json` (`similar:` in the rules file; `bot/similar.py`):
+the training part of the corpus below, each case reduced to the words of its lines (lower case,
+no times, numbers, ids or hashes; nginx's errno kept as `errno111`) and the cause its source
+established. The 9 incidents closest by TF-IDF cosine vote for their causes, weighted by
+closeness; when the closest is at least 0.1 alike and one cause holds at least half of the
+votes, that cause is offered as a *candidate*: confidence 0.35 to 0.45 (under the threshold),
+`detail: "like_past_incidents"`, the input lines that carry the likeness quoted verbatim, and
+first in `remediation` an advice line naming the closest incidents (their public threads) to
+compare with before acting. A named cause is never second-guessed, and the file holds no
+held-out case: it is written by this report from the training part, and each training case is
+measured against the others only (leave-one-out), as if it were new. The summary table gives
+the figures with and without it.
 
 **Finer causes.** A cause may carry `detail` (in `--json` too): a recurring cause outside the
 contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
@@ -508,6 +573,7 @@ Held-out part: {held_n} field cases, a fixed third chosen by the hash of the fil
 it too). The rules were never tuned on them; their contents and names are never printed, only the
 totals below. The held-out figure is taken after the rules are frozen; a rule changed after
 looking at it must say so in its commit, and the figure is then no longer out-of-sample.
+"rules alone" is the same measurement without the past incidents.
 
 {summary}
 
@@ -629,12 +695,20 @@ def main() -> int:
                         help="measure the training part only (while tuning rules: the held-out "
                              "third is looked at only at the end, and only as totals)")
     args = parser.parse_args()
+    written = write_library(args.rules.resolve())  # from the training part only
     rules = load_rules(args.rules.resolve())
     train = measure(rules, corpus_cases("train"))
     held = None if args.train_only else measure(rules, corpus_cases("held_out"))
+    alone = Library(())  # no past incidents: what the rules alone answer
+    train_alone = measure(rules, corpus_cases("train"), alone)
+    held_alone = None if args.train_only else measure(rules, corpus_cases("held_out"), alone)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(train, held, args.rules.resolve()), encoding="utf-8")
-    for name, rows in (("training", train), ("held-out", held)):
+    args.out.write_text(render(train, held, args.rules.resolve(), (train_alone, held_alone)),
+                        encoding="utf-8")
+    if written is not None:
+        print(f"wrote {written.relative_to(ROOT) if written.is_relative_to(ROOT) else written}")
+    for name, rows in (("training", train), ("held-out", held), ("training, rules alone",
+                       train_alone), ("held-out, rules alone", held_alone)):
         if rows is not None:
             n = len(rows)
             print(f"{name}: {n} cases, top-1 {rate(sum(r['top1'] for r in rows), n)}, "

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot.errors import BotError, RunbookInvalid
 from bot.logtime import Clock, line_time
 from bot.models import HEALTHY_NOW, Cause
+from bot.similar import Library, Likeness, load_library
 
 Label = Literal["upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
                 "dns_or_network", "wrong_proxy_config", "tls_mismatch", "dependency_down",
@@ -54,6 +55,10 @@ PROBES = ("healthcheck", "proxy_check")  # the steps that fetch the service over
 PROBE_STATUS = re.compile(r"^HTTP (\d{3})$")
 HEALTHY_SUMMARY = ("The service answers now (every probe got 2xx) and no current log line names a "
                    "cause; the failure the alert saw may have been brief.")
+# a candidate from past incidents (bot/similar.py): under the threshold, its confidence rising
+# with the neighbours' agreement, above the bare symptom's
+LIKENESS_BASE, LIKENESS_SPAN = 0.25, 0.2
+LIKENESS_DETAIL = "like_past_incidents"
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 STEP_ID = re.compile(r"[a-z][a-z0-9_]*")
 Lines = Mapping[str, list[str]]  # step id -> its output's lines
@@ -136,6 +141,9 @@ class Rules(_Strict):
     steps: tuple[str, ...] = DEFAULT_STEPS  # remediation step ids the runbooks define
     threshold: float = Field(default=0.5, gt=0, le=1)  # a cause below it is only a candidate
     report_floor: float = Field(default=0.15, ge=0, le=1)  # candidates below it are not shown
+    # past incidents (a file beside the rules, written by bench/diagnosis_report.py): when no
+    # rule names a cause, the closest ones' shared cause is offered as a candidate
+    similar: str | None = None
     causes: dict[Label, CauseRule]
 
     @model_validator(mode="after")
@@ -189,6 +197,15 @@ def load_rules(path: Path) -> Rules:
     except OSError as exc:
         raise RunbookInvalid(f"{path}:1: cannot read rules: {exc.strerror or exc}") from None
     rules = _load_rules(path, text)
+    if rules.similar is not None:  # read now: a broken file is an error at load time
+        where = path.parent / rules.similar
+        try:
+            load_library(where)
+        except RunbookInvalid as exc:
+            line = next((n for n, row in enumerate(text.splitlines(), 1)
+                         if row.startswith("similar:")), 1)
+            raise RunbookInvalid(f"{path}:{line}: similar: {exc}") from None
+        rules = rules.model_copy(update={"similar": str(where)})
     _loaded[key] = (*version, rules)
     return rules
 
@@ -288,16 +305,17 @@ def load_evidence(path: Path | str) -> dict[str, Any]:
 
 def diagnose(rules: Rules, evidence: Mapping[str, Any],
              params: Mapping[str, Any] | None = None,
-             since: datetime | Clock | None = None) -> list[Cause]:
+             since: datetime | Clock | None = None, *,
+             library: Library | None = None) -> list[Cause]:
     """Rank the causes the evidence supports, most likely first. Never raises on odd input.
 
     `params` are the runbook's (or discovery's) facts: upstream_port, program, container, ...
     `since` is when the incident started (a datetime, or a Clock that also knows the host's UTC
     offset, its boot time and the margin): older log lines are shown as `earlier`, not counted.
+    `library`: the past incidents to compare with when no rule names a cause (default: the
+    rules' own `similar` file, if any).
     """
-    clock = Clock(since) if isinstance(since, datetime) else \
-        since if isinstance(since, Clock) else None  # anything else: the time is unknown
-    current, earlier_lines = _split_by_time(_lines_by_step(evidence), clock)
+    current, earlier_lines = _split_by_time(_lines_by_step(evidence), _clock(since))
     lines, stale = StepLines(current), StepLines(earlier_lines)
     params = _usable_params(params)
     fired: dict[str, list[tuple[Signal, str | None]]] = {label: [] for label in rules.causes}
@@ -330,18 +348,25 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
     best = max(scores.values(), default=0.0)
     named = any(scores[label] >= (rule.threshold or rules.threshold)
                 for label, rule in rules.causes.items() if label != "unknown")
+    specific = 0.0
     if "unknown" in rules.causes:
         # `unknown` signals with a `detail` name a cause outside the labels (port in use, ...):
         # scored like any cause. The others describe the bare symptom (a 502): reported, capped,
         # only when no cause is named, and the less the better the best other cause fits.
         rule = rules.causes["unknown"]
-        finer = [pair for pair in fired["unknown"] if pair[0].detail]
-        specific = score("unknown", finer)
+        specific = score("unknown", [pair for pair in fired["unknown"] if pair[0].detail])
+        named = named or specific >= (rule.threshold or rules.threshold)
+    healthy = _probes_answer(lines)
+    # no rule says anything but the symptom: what did the closest past incidents have?
+    likeness = None if named or healthy or best >= rules.report_floor else \
+        _nearest(rules, lines, library)
+    if likeness is not None:
+        best = LIKENESS_BASE + LIKENESS_SPAN * likeness.share
+    if "unknown" in rules.causes:
+        rule = rules.causes["unknown"]
         symptom = 0.0 if named else min(score("unknown", fired["unknown"]) * (1.0 - best),
                                         rule.max_confidence)
         scores["unknown"] = max(specific, symptom)
-        named = named or specific >= (rule.threshold or rules.threshold)
-    healthy = _probes_answer(lines)
     if healthy and not named:
         unknown = rules.causes.get("unknown")
         return [Cause(cause="unknown", confidence=unknown.max_confidence if unknown else 0.45,
@@ -352,6 +377,8 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
     causes = [_cause(label, scores[label], rule, fired[label], lines)
               for label, rule in rules.causes.items()
               if scores[label] >= max(rules.report_floor, 1e-9)]
+    if likeness is not None:
+        causes.append(_like(likeness, best, rules.causes[likeness.cause], lines))  # type: ignore[index]
     causes.sort(key=lambda c: (-c.confidence, LABELS.index(c.cause)))
     if earlier:
         if not causes and "unknown" in rules.causes:  # only history: say so, name nothing
@@ -362,6 +389,45 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
         if causes:
             causes[0] = replace(causes[0], earlier=tuple(earlier[:MAX_EARLIER]))
     return causes
+
+
+def current_lines(evidence: Mapping[str, Any],
+                  since: datetime | Clock | None = None) -> dict[str, list[str]]:
+    """The lines of each step as `diagnose` reads them, less those older than the incident."""
+    return _split_by_time(_lines_by_step(evidence), _clock(since))[0]
+
+
+def _clock(since: datetime | Clock | None) -> Clock | None:
+    return Clock(since) if isinstance(since, datetime) else \
+        since if isinstance(since, Clock) else None  # anything else: the time is unknown
+
+
+def _nearest(rules: Rules, lines: Lines, library: Library | None) -> Likeness | None:
+    """The cause the closest past incidents share, when it is a cause of these rules."""
+    if library is None:
+        if rules.similar is None:
+            return None
+        try:
+            library = load_library(Path(rules.similar))
+        except RunbookInvalid:  # checked at load time; gone since: no comparison
+            return None
+    likeness = library.nearest(lines)
+    if likeness is None or likeness.cause == "unknown" or likeness.cause not in rules.causes:
+        return None
+    return likeness
+
+
+def _like(likeness: Likeness, confidence: float, rule: CauseRule, lines: Lines) -> Cause:
+    """A candidate cause from past incidents: their cause, the lines that look like theirs."""
+    seen = ", ".join(dict.fromkeys(i.source for i in likeness.incidents[:3]))
+    advice = (f"No rule names the cause; the past incidents closest to this output were "
+              f"{likeness.cause} ({seen}): compare with them before acting.")
+    remediation = [advice] + [item if isinstance(item, str) else item.do
+                              for item in rule.remediation
+                              if isinstance(item, str) or any(s in lines for s in item.when)]
+    return Cause(cause=likeness.cause, confidence=round(confidence, 4), evidence=likeness.quotes,
+                 remediation=tuple(dict.fromkeys(remediation)), summary=rule.summary,
+                 detail=LIKENESS_DETAIL)
 
 
 def _probes_answer(lines: Lines) -> list[str]:
