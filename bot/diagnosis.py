@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot.errors import BotError, RunbookInvalid
 from bot.logtime import Clock, line_time
-from bot.models import HEALTHY_NOW, Cause
+from bot.models import HEALTHY_NOW, LIKE_PAST_INCIDENTS, Cause
 from bot.similar import Library, Likeness, load_library
 
 Label = Literal["upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
@@ -58,7 +58,7 @@ HEALTHY_SUMMARY = ("The service answers now (every probe got 2xx) and no current
 # a candidate from past incidents (bot/similar.py): under the threshold, its confidence rising
 # with the neighbours' agreement, above the bare symptom's
 LIKENESS_BASE, LIKENESS_SPAN = 0.25, 0.2
-LIKENESS_DETAIL = "like_past_incidents"
+LIKENESS_DETAIL = LIKE_PAST_INCIDENTS
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 STEP_ID = re.compile(r"[a-z][a-z0-9_]*")
 Lines = Mapping[str, list[str]]  # step id -> its output's lines
@@ -378,7 +378,7 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
               for label, rule in rules.causes.items()
               if scores[label] >= max(rules.report_floor, 1e-9)]
     if likeness is not None:
-        causes.append(_like(likeness, best, rules.causes[likeness.cause], lines))  # type: ignore[index]
+        causes.append(_like(likeness, best, rules.causes[likeness.cause]))  # type: ignore[index]
     causes.sort(key=lambda c: (-c.confidence, LABELS.index(c.cause)))
     if earlier:
         if not causes and "unknown" in rules.causes:  # only history: say so, name nothing
@@ -417,14 +417,14 @@ def _nearest(rules: Rules, lines: Lines, library: Library | None) -> Likeness | 
     return likeness
 
 
-def _like(likeness: Likeness, confidence: float, rule: CauseRule, lines: Lines) -> Cause:
+def _like(likeness: Likeness, confidence: float, rule: CauseRule) -> Cause:
     """A candidate cause from past incidents: their cause, the lines that look like theirs."""
     seen = ", ".join(dict.fromkeys(i.source for i in likeness.incidents[:3]))
     advice = (f"No rule names the cause; the past incidents closest to this output were "
               f"{likeness.cause} ({seen}): compare with them before acting.")
-    remediation = [advice] + [item if isinstance(item, str) else item.do
-                              for item in rule.remediation
-                              if isinstance(item, str) or any(s in lines for s in item.when)]
+    # advice only: a likeness is a lead to check, not grounds to propose a change
+    remediation = [advice] + [item for item in rule.remediation
+                              if isinstance(item, str) and not STEP_ID.fullmatch(item)]
     return Cause(cause=likeness.cause, confidence=round(confidence, 4), evidence=likeness.quotes,
                  remediation=tuple(dict.fromkeys(remediation)), summary=rule.summary,
                  detail=LIKENESS_DETAIL)

@@ -158,6 +158,7 @@ class StepResult:
 
 
 HEALTHY_NOW = "healthy_now"  # Cause.detail of the answer "the service answers now"
+LIKE_PAST_INCIDENTS = "like_past_incidents"  # Cause.detail: no rule named it, past incidents did
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from bot.errors import TemplateFailed
 from bot.executors import KINDS, ExecContext, StepKind
 from bot.models import (
+    LIKE_PAST_INCIDENTS,
     Cause,
     ExecOutput,
     Host,
@@ -340,6 +341,9 @@ class Runner:
         if not report.causes:
             return
         top = report.causes[0]
+        if top.detail == LIKE_PAST_INCIDENTS:  # a lead to check: advice, no change proposed
+            report.advice = list(top.remediation)
+            return
         wanted = [r for r in top.remediation if runbook.remediation_step(r)]
         wanted += [s.id for s in runbook.remediation if top.cause in s.fixes and s.id not in wanted]
         report.advice = [r for r in top.remediation if not runbook.remediation_step(r)]

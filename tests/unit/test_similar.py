@@ -102,3 +102,25 @@ def test_a_broken_library_file_is_an_error_at_load_time(tmp_path):
     (tmp_path / "http-502.cases.json").write_text('{"incidents": [{"id": 1}]}', encoding="utf-8")
     with pytest.raises(RunbookInvalid, match=r"r\.yaml:\d+: similar: .*not a past-incidents"):
         load_rules(rules)
+
+
+async def test_a_likeness_is_a_lead_to_check_never_a_proposed_change(rules, tmp_path):
+    """The runner offers the candidate's advice (the past incidents to compare with) and
+    proposes no remediation step on a likeness alone."""
+    from bot.executors import ExecContext
+    from bot.models import Host
+    from bot.runbooks import load_runbook
+    from bot.runner import HostReport, Runner
+
+    runbook = load_runbook(ROOT / "runbooks" / "nginx-502.yaml")
+    causes = diagnose_case(rules, load_case(SILENT), case_id=SILENT.stem)
+    assert causes[0].detail == LIKENESS_DETAIL
+    ctx = ExecContext(known_hosts=tmp_path / "known_hosts")
+    try:
+        report = HostReport(host=Host(name="web01", address="127.0.0.1"), params={},
+                            causes=causes)
+        Runner(ctx)._propose(runbook, report, context={})
+    finally:
+        await ctx.close()
+    assert report.proposals == []
+    assert report.advice and report.advice[0].startswith("No rule names the cause")
