@@ -82,7 +82,9 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
         n += 1
         return f"{time.time():.6f}.{n}.bench"
 
-    async with aiohttp.ClientSession() as http:
+    # a connection per request, as from many Slack senders: no keep-alive connection that the
+    # server closes idle (after HEADER_TIMEOUT) can race a request written into it
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         async def post(body: bytes) -> tuple[float, int]:
             began = time.perf_counter()
             async with http.post(f"{url}/slack/events", data=body,

@@ -120,3 +120,56 @@ def serve(env: Mapping[str, str], log: Path, port: int, timeout: float = 60) -> 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller (v2: /sys/fs/cgroup)
+
+
+@contextlib.contextmanager
+def one_neighbour(pids: Sequence[int], name: str = "opsbot-bench-hosts") -> Iterator[str]:
+    """Run `pids` (and every process they start from now on) as one CPU neighbour: one cpu
+    cgroup with the default weight, instead of one scheduling group per SSH session.
+
+    The simulated hosts run on the same cores as opsbot. sshd makes every session a session of
+    its own (setsid), and under the kernel's autogroup scheduling each session weighs as much as
+    opsbot's whole process: with 50 sessions running, opsbot gets about 1/50 of the machine. On
+    a real deployment the hosts are other machines. Yields what was done (for the report), and
+    moves the processes back to the root group at the end."""
+    groups = [(CPU_CGROUP / name, CPU_CGROUP),
+              (Path("/sys/fs/cgroup") / name, Path("/sys/fs/cgroup"))]
+    for group, root in groups:
+        if not (root / "cgroup.procs").exists():
+            continue
+        try:
+            group.mkdir(exist_ok=True)
+            moved = []
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    (group / "cgroup.procs").write_text(str(pid))
+                    moved.append(pid)
+        except OSError as exc:
+            yield f"not grouped ({exc.strerror or exc}): every session weighs as much as opsbot"
+            return
+        try:
+            yield (f"the simulated hosts' processes ({len(moved)} started, and all they start) "
+                   f"share one cpu cgroup of the default weight, as one neighbour")
+        finally:
+            for pid in pids:  # back to the root group; the sessions that ended are gone
+                with contextlib.suppress(OSError):
+                    (root / "cgroup.procs").write_text(str(pid))
+            for task in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (root / "cgroup.procs").write_text(task)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        return
+    yield "not grouped (no cpu cgroup here): every session weighs as much as opsbot"
+
+
+def pids_of(*names: str) -> list[int]:
+    """The pids of running processes with these exact names (pgrep -x)."""
+    found: list[int] = []
+    for name in names:
+        out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True, check=False)
+        found += [int(pid) for pid in out.stdout.split()]
+    return found
