@@ -19,6 +19,7 @@ answer is an answer: when every probe that ran got 2xx and no cause is named, th
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -62,6 +63,7 @@ LIKENESS_DETAIL = LIKE_PAST_INCIDENTS
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 STEP_ID = re.compile(r"[a-z][a-z0-9_]*")
 Lines = Mapping[str, list[str]]  # step id -> its output's lines
+log = logging.getLogger(__name__)
 Params = Mapping[str, Any]
 
 
@@ -199,13 +201,18 @@ def load_rules(path: Path) -> Rules:
     rules = _load_rules(path, text)
     if rules.similar is not None:  # read now: a broken file is an error at load time
         where = path.parent / rules.similar
-        try:
-            load_library(where)
-        except RunbookInvalid as exc:
-            line = next((n for n, row in enumerate(text.splitlines(), 1)
-                         if row.startswith("similar:")), 1)
-            raise RunbookInvalid(f"{path}:{line}: similar: {exc}") from None
-        rules = rules.model_copy(update={"similar": str(where)})
+        line = next((n for n, row in enumerate(text.splitlines(), 1)
+                     if row.startswith("similar:")), 1)
+        if not where.exists():  # e.g. the rules copied alone: they work, without the fallback
+            log.warning("%s:%d: similar: %s not found: no past incidents to compare with",
+                        path, line, where)
+            rules = rules.model_copy(update={"similar": None})
+        else:
+            try:
+                load_library(where)
+            except RunbookInvalid as exc:
+                raise RunbookInvalid(f"{path}:{line}: similar: {exc}") from None
+            rules = rules.model_copy(update={"similar": str(where)})
     _loaded[key] = (*version, rules)
     return rules
 
@@ -389,6 +396,14 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
         if causes:
             causes[0] = replace(causes[0], earlier=tuple(earlier[:MAX_EARLIER]))
     return causes
+
+
+def diagnose_file(rules_file: str, evidence: Mapping[str, Any],
+                  params: Mapping[str, Any] | None = None,
+                  since: datetime | Clock | None = None) -> list[Cause]:
+    """`diagnose` with the rules read from their file: what a worker process runs (the file
+    is read once per version of it in each process)."""
+    return diagnose(load_rules(Path(rules_file)), evidence, params, since)
 
 
 def current_lines(evidence: Mapping[str, Any],
