@@ -207,6 +207,11 @@ class PostgresDatabase(Database):
                 self.execute("UPDATE replicas SET heartbeat = 0 WHERE id = ?", (self._replica,))
         with self._leader_lock:
             if self._leader_conn is not None:
+                # released by the server before the connection goes: a session's advisory
+                # locks are otherwise freed only when its backend notices the disconnect and
+                # exits, later (the next replica's leader() would still find them held)
+                with contextlib.suppress(psycopg.Error):
+                    self._leader_conn.execute("SELECT pg_advisory_unlock_all()")
                 self._leader_conn.close()
                 self._leader_conn = None
         self.pool.close()
