@@ -94,7 +94,9 @@ def build(settings: Settings, *, out: TextIO | None = None,
     outbox.start()
     reporter = Reporter(store, outbox, approvers=settings.approvers)
     requests = store.lane()
-    bot = Opsbot(settings, store, catalog, inventory, Runner(ctx), reporter, requests=requests)
+    # a serving process (it exports metrics) diagnoses in worker processes: see bot/offload.py
+    bot = Opsbot(settings, store, catalog, inventory, Runner(ctx, apart=export_metrics), reporter,
+                 requests=requests)
     intake = WebhookIntake(store.sync)
     return Runtime(settings, bot, store, ctx, transport, outbox, metrics, intake, requests,
                    client)

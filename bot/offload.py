@@ -3,14 +3,22 @@
 The loop answers Slack within its 3 seconds and times every step; parsing a host's `nginx -T`
 or removing a folder on it would hold every request and every other host's step meanwhile.
 Two threads are enough: more would only queue for the interpreter's lock.
+
+Work that holds that lock for long stretches (the diagnosis rules: a regex search of a step's
+whole text does not release it) goes to worker processes instead in a serving process
+(`off_process`): on a thread it still delays every turn of the loop by a search at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import multiprocessing
+import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -23,3 +31,43 @@ async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> 
     """`fn(*args, **kwargs)` on the offload threads; its exception, if any, is raised here."""
     return await asyncio.get_running_loop().run_in_executor(
         _POOL, functools.partial(fn, *args, **kwargs))
+
+
+log = logging.getLogger(__name__)
+_PROCESSES: ProcessPoolExecutor | None = None
+
+
+def _processes() -> ProcessPoolExecutor:
+    """The worker processes, started on first use from a fork server that has imported the
+    diagnosis (a fork of this multi-threaded process would copy its locks mid-use)."""
+    global _PROCESSES
+    if _PROCESSES is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["bot.diagnosis"])
+        _PROCESSES = ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=ctx)
+    return _PROCESSES
+
+
+async def off_process(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args, **kwargs)` in a worker process (`fn`, its arguments and its result are
+    pickled); if the workers cannot run it (one was killed, none can start), on the offload
+    threads instead: the work is never lost to the pool."""
+    global _PROCESSES
+    try:
+        return await asyncio.get_running_loop().run_in_executor(
+            _processes(), functools.partial(fn, *args, **kwargs))
+    except (BrokenProcessPool, OSError, RuntimeError) as exc:
+        log.warning("worker processes unavailable (%s): running %s on a thread",
+                    type(exc).__name__, getattr(fn, "__name__", "the work"))
+        broken, _PROCESSES = _PROCESSES, None
+        if broken is not None:
+            broken.shutdown(wait=False, cancel_futures=True)
+        return await off_loop(fn, *args, **kwargs)
+
+
+def stop_processes() -> None:
+    """Stop the worker processes (at the end of a serving process; started again on use)."""
+    global _PROCESSES
+    pool, _PROCESSES = _PROCESSES, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -213,6 +213,7 @@ class Runbook:
     steps: tuple[Step, ...]
     remediation: tuple[Step, ...]
     rules: Any = None  # bot.diagnosis.Rules, when the runbook names a rules file
+    rules_file: Path | None = None  # ... and that file
     open_to_alerts: frozenset[str] = frozenset()  # parameters alert labels may set
     open_to_chat: frozenset[str] = frozenset()  # parameters chat arguments may set
     digest: str = ""  # sha256 of the runbook file as loaded (approvals are bound to it)
@@ -379,7 +380,7 @@ def load_runbook(path: Path) -> Runbook:
         loc = ["remediation", i]
         built.append((loc, _build_step(RemediationSpec, item, loc, errs, names)))
     _check_ids(built, errs)
-    rules = None
+    rules = rules_path = None
     if spec.diagnosis:
         from bot.diagnosis import load_rules
 
@@ -397,6 +398,7 @@ def load_runbook(path: Path) -> Runbook:
     return Runbook(name=spec.name, title=spec.title or spec.name, description=spec.description,
                    source=path, matchers=tuple(matchers), params=spec.params, steps=steps,
                    remediation=remediation, rules=rules,
+                   rules_file=rules_path if rules is not None else None,
                    open_to_alerts=frozenset(spec.open_to.alerts),
                    open_to_chat=frozenset(spec.open_to.chat),
                    digest=sha256_hex(path.read_bytes()))

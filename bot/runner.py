@@ -29,7 +29,7 @@ from bot.models import (
     canonical_json,
     sha256_hex,
 )
-from bot.offload import off_loop
+from bot.offload import off_loop, off_process
 from bot.redact import OFF_LOOP, bound, redact
 from bot.runbooks import Runbook, Step
 from bot.templates import evaluate, template_names
@@ -79,6 +79,17 @@ class HostReport:
     proposals: list[Proposal] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
     error: str | None = None  # the run could not start on this host (e.g. a template failed)
+
+
+def _rules_unchanged(runbook: Runbook) -> bool:
+    """The rules file still holds the rules the runbook was loaded with (a worker process
+    reads the file; a file changed or broken since is not what this runbook runs)."""
+    from bot.diagnosis import load_rules
+
+    try:
+        return runbook.rules_file is not None and load_rules(runbook.rules_file) is runbook.rules
+    except Exception:  # noqa: BLE001 (unreadable now: the loaded rules it is, on a thread)
+        return False
 
 
 def _now_iso() -> str:
@@ -182,8 +193,11 @@ def _reads_results(texts: tuple[str, ...]) -> bool:
 
 
 class Runner:
-    def __init__(self, ctx: ExecContext) -> None:
+    def __init__(self, ctx: ExecContext, *, apart: bool = False) -> None:
+        """`apart`: diagnose in worker processes (a serving process, whose event loop must not
+        wait for the interpreter's lock); else on the offload threads (a one-shot command)."""
         self.ctx = ctx
+        self.apart = apart
         self.kinds: dict[str, StepKind] = {name: cls(ctx) for name, cls in KINDS.items()}
 
     async def execute(self, step: Step, rendered: RenderedStep, host: Host,
@@ -327,11 +341,17 @@ class Runner:
             report.results.append(result)
             if result.status is not StepStatus.ERROR:
                 report.evidence[step.id] = evidence
-        if runbook.rules is not None:  # every rule's patterns over every step's lines: CPU
-            from bot.diagnosis import diagnose  # work, off the loop (10-60 ms a host)
+        # every rule's patterns over every step's lines: CPU work (10-60 ms a host), off the
+        # loop; in a serving process out of its interpreter's lock too
+        if runbook.rules is not None:
+            from bot.diagnosis import diagnose, diagnose_file
 
-            report.causes = await off_loop(diagnose, runbook.rules, report.evidence, params,
-                                           since)
+            if self.apart and runbook.rules_file is not None and _rules_unchanged(runbook):
+                report.causes = await off_process(diagnose_file, str(runbook.rules_file),
+                                                  report.evidence, dict(params), since)
+            else:
+                report.causes = await off_loop(diagnose, runbook.rules, report.evidence, params,
+                                               since)
         self._propose(runbook, report,
                       context=render_context(host, params, facts, done, report.evidence))
         await listener.host_finished(host.name)

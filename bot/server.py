@@ -24,6 +24,7 @@ from bot.edge import MAX_BODY, BodyRefused, ServerThread, bearer_ok, error, read
 from bot.errors import BotError, IngestError
 from bot.ingest import parse_alertmanager
 from bot.metrics import CONTENT_TYPE
+from bot.offload import off_loop, stop_processes
 
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -311,6 +312,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         await http.stop()
         await rt.close(work_timeout=settings.stop_timeout,
                        flush_timeout=max(10.0, settings.stop_timeout / 2))
+        await off_loop(stop_processes)  # the diagnosis workers, idle once the work is done
         if inbound is not None:  # after the work it answers for
             await inbound.close()
         log.info("opsbot stopped")

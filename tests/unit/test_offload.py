@@ -1,0 +1,67 @@
+"""Work off the event loop: threads, and worker processes for what holds the interpreter's lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from bench.diagnosis_report import case_since, load_case
+from bot.diagnosis import diagnose, diagnose_file, load_rules
+from bot.offload import off_loop, off_process, stop_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
+CASE = ROOT / "tests" / "data" / "evidence" / "upstream_down--nginx-log-only.json"
+
+
+async def test_off_process_runs_in_another_process_and_gives_the_same_diagnosis():
+    try:
+        assert await off_process(os.getpid) != os.getpid()
+        case = load_case(CASE)
+        apart = await off_process(diagnose_file, str(RULES_FILE), case["evidence"],
+                                  case.get("params") or {}, case_since(case))
+        here = diagnose(load_rules(RULES_FILE), case["evidence"], case.get("params") or {},
+                        case_since(case))
+        assert apart == here and apart[0].cause == "upstream_down"
+    finally:
+        await off_loop(stop_processes)
+
+
+async def test_a_killed_worker_loses_no_work(caplog):
+    """The OOM killer takes a worker: the call it was to run is run on a thread instead, said
+    in one log line, and the next call gets new workers."""
+    try:
+        worker = await off_process(os.getpid)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the pool notices its worker's death
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        assert await off_process(sum, [1, 2, 3]) == 6
+        assert await off_process(os.getpid) != os.getpid()  # new workers
+    finally:
+        await off_loop(stop_processes)
+    warned = [r.getMessage() for r in caplog.records if "worker processes" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0], warned
+
+
+def test_a_worker_reads_the_rules_file_only_while_it_holds_what_the_runbook_loaded(tmp_path):
+    import shutil
+
+    from bot.runbooks import load_runbook
+    from bot.runner import _rules_unchanged
+
+    shutil.copytree(ROOT / "runbooks", tmp_path / "runbooks")
+    runbook = load_runbook(tmp_path / "runbooks" / "nginx-502.yaml")
+    assert runbook.rules_file == tmp_path / "runbooks" / "rules" / "http-502.yaml"
+    assert _rules_unchanged(runbook)
+    with runbook.rules_file.open("a", encoding="utf-8") as f:
+        f.write("# edited since the runbook was loaded\n")
+    assert not _rules_unchanged(runbook)  # the loaded rules run, on a thread
+    runbook.rules_file.write_text("causes: [", encoding="utf-8")
+    assert not _rules_unchanged(runbook)
