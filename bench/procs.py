@@ -67,17 +67,38 @@ def _high_water_kib(pid: int) -> int:
 
 
 def cpu_and_waits(pid: int) -> tuple[float, float]:
-    """Seconds a process's threads have run on a CPU, and have waited, runnable, for one (the
-    kernel's schedstat): on a shared machine the second says how much of a wall time was
-    the machine's load, not the process's own work."""
+    """Seconds a process's threads, and those of the processes it started (opsbot serve's
+    diagnosis workers), have run on a CPU, and have waited, runnable, for one (the kernel's
+    schedstat): on a shared machine the second says how much of a wall time was the
+    machine's load, not the process's own work."""
     ran = waited = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "schedstat").read_text().split()
-        except OSError:  # a thread that ended meanwhile
-            continue
-        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    for proc in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            for task in Path(f"/proc/{proc}/task").iterdir():
+                try:
+                    fields = (task / "schedstat").read_text().split()
+                except OSError:  # a thread that ended meanwhile
+                    continue
+                ran, waited = ran + int(fields[0]), waited + int(fields[1])
     return ran / 1e9, waited / 1e9
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, theirs, ...), from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parent = int(text[text.rindex(")") + 2:].split()[1])  # the field after the state
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
 
 
 def free_port() -> int:

@@ -576,7 +576,8 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                            "runs' loop; the HTTP server answers on a thread of its own)"))
     report.add(Figure(bench, "event loop lag p99", "ms", tuple(p99lag)))
     report.add(Figure(bench, "opsbot CPU while driven", "s", tuple(cpu),
-                      note="all of the server's threads, from the first load command to the "
+                      note="all of the server's threads and its diagnosis workers', from the "
+                           "first load command to the "
                            "last answer (its schedstat)"))
     report.add(Figure(bench, "opsbot waiting for a core while driven", "s", tuple(waited),
                       note="the same threads' time runnable but not running: the machine's "

@@ -55,6 +55,14 @@ def host_cpu(servers: set[int]) -> float:
     return total / tick
 
 
+def own_cpu() -> float:
+    """CPU seconds of this process's threads and of the processes it started (the diagnosis
+    workers of a serving process: bot/offload.py)."""
+    from bench.procs import cpu_and_waits
+
+    return cpu_and_waits(os.getpid())[0]
+
+
 async def no_approver(row: Any, proposal: Any) -> None:
     return None  # remediation waits for a person: the benchmark never approves
 
@@ -81,11 +89,11 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
             floor_cpu: list[float] = []
             for _ in range(rounds):
                 on_hosts = host_cpu(servers) if servers else 0.0
-                began, began_cpu = time.perf_counter(), time.process_time()
+                began, began_cpu = time.perf_counter(), own_cpu()
                 opened = rt.ctx.ssh.sessions
                 outcome = await once()
                 samples.append(time.perf_counter() - began)
-                cpu.append(time.process_time() - began_cpu)
+                cpu.append(own_cpu() - began_cpu)
                 if servers:
                     hosts_cpu.append(host_cpu(servers) - on_hosts)
                 sessions.append(rt.ctx.ssh.sessions - opened)
