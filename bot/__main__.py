@@ -2,4 +2,5 @@ import sys
 
 from bot.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a worker process imports the main module (bot/offload.py)
+    sys.exit(main())

@@ -65,3 +65,12 @@ def test_a_worker_reads_the_rules_file_only_while_it_holds_what_the_runbook_load
     assert not _rules_unchanged(runbook)  # the loaded rules run, on a thread
     runbook.rules_file.write_text("causes: [", encoding="utf-8")
     assert not _rules_unchanged(runbook)
+
+
+def test_a_worker_importing_python_m_bot_as_its_main_module_runs_no_cli():
+    """A forkserver worker imports the parent's main module under another name: `python -m bot
+    serve` must not start a second server (or anything) in each diagnosis worker."""
+    import runpy
+
+    namespace = runpy.run_module("bot.__main__", run_name="__mp_main__")
+    assert callable(namespace["main"])  # imported, not run (running it would exit)
