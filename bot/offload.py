@@ -35,6 +35,9 @@ async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> 
 
 log = logging.getLogger(__name__)
 _PROCESSES: ProcessPoolExecutor | None = None
+# the workers yield to the serving process's threads (its answers): nice is weighed among the
+# processes of one scheduling group, and the workers share the server's
+WORKER_NICE = 10
 
 
 def _processes() -> ProcessPoolExecutor:
@@ -44,7 +47,8 @@ def _processes() -> ProcessPoolExecutor:
     if _PROCESSES is None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["bot.diagnosis"])
-        _PROCESSES = ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=ctx)
+        _PROCESSES = ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=ctx,
+                                         initializer=os.nice, initargs=(WORKER_NICE,))
     return _PROCESSES
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.diagnosis_report import case_since, load_case
 from bot.diagnosis import diagnose, diagnose_file, load_rules
-from bot.offload import off_loop, off_process, stop_processes
+from bot.offload import WORKER_NICE, off_loop, off_process, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
@@ -19,6 +19,8 @@ CASE = ROOT / "tests" / "data" / "evidence" / "upstream_down--nginx-log-only.jso
 async def test_off_process_runs_in_another_process_and_gives_the_same_diagnosis():
     try:
         assert await off_process(os.getpid) != os.getpid()
+        # below the server's threads: a diagnosis never delays an answer for its CPU
+        assert await off_process(os.nice, 0) >= min(19, os.nice(0) + WORKER_NICE)
         case = load_case(CASE)
         apart = await off_process(diagnose_file, str(RULES_FILE), case["evidence"],
                                   case.get("params") or {}, case_since(case))
