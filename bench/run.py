@@ -403,6 +403,30 @@ def bench_footprint(report: Report, lab: object, rounds: int, folder: Path) -> N
     report.add(Figure(bench, "RSS with 100 open incidents", "MiB", tuple(busy)))
 
 
+def _answer_buckets(port: int, route: str) -> dict[float, float]:
+    """The server's opsbot_http_answer_seconds buckets of one route (cumulative counts)."""
+    import re
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": "Bearer bench-metrics"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback)
+        text = resp.read().decode()
+    found: dict[float, float] = {}
+    pattern = re.compile(r'^opsbot_http_answer_seconds_bucket\{le="([^"]+)",route="'
+                         + re.escape(route) + r'"\} (\S+)$', re.MULTILINE)
+    for le, count in pattern.findall(text):
+        found[float("inf") if le == "+Inf" else float(le)] = float(count)
+    return found
+
+
+def _bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    """The upper bound of the (cumulative) bucket holding quantile q."""
+    total = buckets.get(float("inf"), max(buckets.values(), default=0.0))
+    return next((bound for bound in sorted(buckets) if buckets[bound] >= q * total),
+                float("inf"))
+
+
 def _alert(name: str, group: str) -> dict:
     labels = {"alertname": name, "group": group, "severity": "warning"}
     return {"receiver": "opsbot", "status": "firing", "version": "4",
@@ -522,8 +546,10 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                      OPSBOT_INVENTORY=str(inventory), OPSBOT_RUNBOOKS=str(runbooks),
                      SLACK_BOT_TOKEN="xoxb-test-token", SLACK_SIGNING_SECRET=SECRET,
                      SLACK_API_URL=f"{fake_root}api/", OPSBOT_CHANNEL="C0INCIDENT",
-                     OPSBOT_OPERATORS=USER, OPSBOT_APPROVERS=USER)
+                     OPSBOT_OPERATORS=USER, OPSBOT_APPROVERS=USER,
+                     OPSBOT_METRICS_TOKEN="bench-metrics")
     slash, clicks, worst, p99lag, cpu, waited = [], [], [], [], [], []
+    answered: dict[float, float] = {}  # the server's own answer times: bucket -> count
     # the hosts (sshd and what it runs, the Docker daemon serving the logs) as one neighbour
     remote = [h.process.pid for h in lab.hosts] + pids_of("dockerd", "containerd")
     with one_neighbour(remote) as grouping:
@@ -548,6 +574,8 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                 ran_after, queued_after = cpu_and_waits(server.pid)
                 cpu.append(ran_after - ran)
                 waited.append(queued_after - queued)
+                for bound, count in _answer_buckets(port, "/slack/events").items():
+                    answered[bound] = answered.get(bound, 0.0) + count
             finally:
                 server.send_signal(signal.SIGTERM)
                 try:
@@ -571,6 +599,14 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.add(Figure(bench, "slash command ack p99", "ms", (p99(slash),), Target(50)))
     report.add(Figure(bench, "click ack p50", "ms", tuple(clicks)))
     report.add(Figure(bench, "click ack p99", "ms", (p99(clicks),), Target(50)))
+    if answered:
+        report.add(Figure(bench, "server's own answer time p50", "ms",
+                          (_bucket_quantile(answered, 0.5) * 1e3,),
+                          note="opsbot_http_answer_seconds of /slack/events, from its request "
+                               "read to its answer, summed over the rounds: the upper bound of "
+                               "the histogram bucket holding the quantile"))
+        report.add(Figure(bench, "server's own answer time p99", "ms",
+                          (_bucket_quantile(answered, 0.99) * 1e3,)))
     report.add(Figure(bench, "event loop worst lag", "ms", tuple(worst), Target(20),
                       note="per round, the latest a 5 ms ticker on the bot's loop came (the "
                            "runs' loop; the HTTP server answers on a thread of its own)"))

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# an answer to Slack is due within 3 s; most take a few milliseconds
+ANSWER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 5)
 
 
 class StoreCollector:
@@ -89,6 +91,7 @@ class Metrics:
     payloads_received: Counter
     slack_errors: Counter
     step_seconds: Histogram
+    answer_seconds: Histogram
 
     def __init__(self, *, exported: bool = True) -> None:
         self._store_collector: StoreCollector | None = None
@@ -96,7 +99,7 @@ class Metrics:
             unexported: Any = _Unexported()
             self.registry = None
             self.alerts_received = self.payloads_received = unexported
-            self.slack_errors = self.step_seconds = unexported
+            self.slack_errors = self.step_seconds = self.answer_seconds = unexported
             return
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -111,6 +114,10 @@ class Metrics:
         self.step_seconds = Histogram("opsbot_step_duration_seconds", "Step durations",
                                       ["kind", "status"], buckets=STEP_BUCKETS,
                                       registry=self.registry)
+        self.answer_seconds = Histogram("opsbot_http_answer_seconds", "Time from a request's "
+                                        "headers read to its answer, by route",
+                                        ["route"], buckets=ANSWER_BUCKETS,
+                                        registry=self.registry)
 
     def watch_store(self, read: Callable[[], dict[str, Any]],
                     extra: Callable[[], dict[str, float]]) -> None:

@@ -85,8 +85,15 @@ async def test_slack_down_during_an_incident_loses_and_doubles_nothing(
     assert outbox(bot).get("failed", 0) == 0
     if mode == "503":
         assert len(bot.slack.outage_answers) >= 1
+    async with bot.session.get(f"{bot.url}/no-such-route-{mode}") as resp:
+        assert resp.status == 404
     async with bot.session.get(f"{bot.url}/metrics") as resp:
         metrics = await resp.text()
+    # answer times by route; a path no route has is "other", never a label of its own
+    assert re.search(r'opsbot_http_answer_seconds_count\{route="/alerts/alertmanager"\} [1-9]',
+                     metrics), metrics
+    assert 'opsbot_http_answer_seconds_count{route="other"}' in metrics
+    assert "no-such-route" not in metrics
     kind = "server" if mode == "503" else "connection"
     errors = re.search(rf'opsbot_slack_errors_total{{kind="{kind}"}} (\d+)', metrics)
     assert errors and float(errors[1]) >= 1, metrics
