@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.errors import BotError, RunbookInvalid
+from bot.filecache import PerVersion
 from bot.logtime import Clock, line_time
 from bot.models import HEALTHY_NOW, LIKE_PAST_INCIDENTS, Cause
 from bot.similar import Library, Likeness, load_library
@@ -182,7 +183,6 @@ class Rules(_Strict):
 # libyaml's parser when PyYAML has it: the rules file is large (a second of pure-Python parsing
 # at every cold start otherwise)
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_loaded: dict[str, tuple[int, int, Rules]] = {}  # path -> (mtime_ns, size, rules)
 
 
 def load_rules(path: Path) -> Rules:
@@ -190,14 +190,14 @@ def load_rules(path: Path) -> Rules:
     name it); errors name the file and the YAML line."""
     path = Path(path)
     try:
-        stat = path.stat()
-        key, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
-        cached = _loaded.get(key)
-        if cached is not None and cached[:2] == version:
-            return cached[2]
-        text = path.read_text(encoding="utf-8")
+        return _loaded.get(path)
     except OSError as exc:
         raise RunbookInvalid(f"{path}:1: cannot read rules: {exc.strerror or exc}") from None
+
+
+def _read_rules(name: str) -> Rules:
+    path = Path(name)
+    text = path.read_text(encoding="utf-8")
     rules = _load_rules(path, text)
     if rules.similar is not None:  # read now: a broken file is an error at load time
         where = path.parent / rules.similar
@@ -213,8 +213,10 @@ def load_rules(path: Path) -> Rules:
             except RunbookInvalid as exc:
                 raise RunbookInvalid(f"{path}:{line}: similar: {exc}") from None
             rules = rules.model_copy(update={"similar": str(where)})
-    _loaded[key] = (*version, rules)
     return rules
+
+
+_loaded = PerVersion(_read_rules)  # however many runbooks name a rules file
 
 
 def _load_rules(path: Path, text: str) -> Rules:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import RunbookInvalid
+from bot.filecache import PerVersion
 
 NEIGHBOURS = 9  # incidents that vote
 MIN_SIMILARITY = 0.1  # the closest incident must be at least this close (cosine)
@@ -145,7 +146,6 @@ def _quotes(lines: Mapping[str, list[str]], query: Mapping[str, float],
 
 # ---------------------------------------------------------------- the file
 
-_loaded: dict[str, tuple[int, int, Library]] = {}  # path -> (mtime_ns, size, library)
 
 
 def dump(incidents: Iterable[Incident]) -> str:
@@ -159,21 +159,21 @@ def dump(incidents: Iterable[Incident]) -> str:
 def load_library(path: Path) -> Library:
     """Read a library file (once per version of it); errors name the file."""
     try:
-        stat = path.stat()
-        key, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
-        cached = _loaded.get(key)
-        if cached is not None and cached[:2] == version:
-            return cached[2]
-        data = json.loads(path.read_text(encoding="utf-8"))
-        library = Library(tuple(
-            Incident(id=str(row["id"]), cause=str(row["cause"]), source=str(row["source"]),
-                     terms={str(t): int(c) for t, c in row["terms"].items()})
-            for row in data["incidents"]))
+        return _loaded.get(path)
     except OSError as exc:
         raise RunbookInvalid(f"{path}:1: cannot read past incidents: "
                              f"{exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunbookInvalid(f"{path}:1: not a past-incidents file "
                              f"(write it with bench/diagnosis_report.py): {exc}") from None
-    _loaded[key] = (*version, library)
-    return library
+
+
+def _read_library(path: str) -> Library:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return Library(tuple(
+        Incident(id=str(row["id"]), cause=str(row["cause"]), source=str(row["source"]),
+                 terms={str(t): int(c) for t, c in row["terms"].items()})
+        for row in data["incidents"]))
+
+
+_loaded = PerVersion(_read_library)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import Field
 from bot.executors.base import KindParams, StepKind
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
+from bot.filecache import PerVersion
 from bot.models import ExecOutput, Host
 
 HostKey = tuple[str, int, str | None]
@@ -42,26 +42,6 @@ class _Entry:
         self.idle_timer: asyncio.TimerHandle | None = None
 
 
-class _Parsed:
-    """A file read and parsed once, again only when it changes (size, mtime or inode).
-
-    Given a path, asyncssh re-reads known_hosts and the client key for every connection:
-    parsing every known_hosts line (a public key each) per connection was a third of a cold
-    50-host run's CPU (cProfile). The parsed known_hosts still verifies every host key."""
-
-    def __init__(self, parse: Callable[[str], Any]) -> None:
-        self.parse = parse
-        self._seen: dict[str, tuple[tuple[int, int, int], Any]] = {}
-
-    def get(self, path: str) -> Any:
-        st = os.stat(path)
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        seen = self._seen.get(path)
-        if seen is None or seen[0] != stamp:
-            seen = self._seen[path] = (stamp, self.parse(path))
-        return seen[1]
-
-
 def _read_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
     try:
         return asyncssh.read_known_hosts(path)
@@ -78,8 +58,11 @@ class SshPool:
         self._entries: dict[HostKey, _Entry] = {}
         self.connects = 0  # how many connections were opened (pool reuse is observable)
         self.sessions = 0  # how many sessions (channels: a shell each) were asked for
-        self._known = _Parsed(_read_known_hosts)
-        self._keys = _Parsed(lambda path: asyncssh.load_keypairs([path]))
+        # given a path, asyncssh re-reads known_hosts and the client key for every connection:
+        # parsing every known_hosts line (a public key each) per connection was a third of a
+        # cold 50-host run's CPU (cProfile); the parsed known_hosts still verifies every key
+        self._known = PerVersion(_read_known_hosts)
+        self._keys = PerVersion(lambda path: asyncssh.load_keypairs([path]))
 
     def _key(self, host: Host) -> HostKey:
         return (host.address, host.port, host.user)
