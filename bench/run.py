@@ -503,14 +503,13 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     """Signed slash commands and clicks at 50/s while the 50-host diagnosis and 20 container
     log fetches run; the server's worst event-loop lag."""
     import shutil
-    import signal
     import subprocess
 
     import yaml
 
     from bench.ack import SECRET, USER, drive
     from bench.lab import BenchLab, log_runbooks
-    from bench.procs import cpu_and_waits, free_port, one_neighbour, pids_of
+    from bench.procs import cpu_and_waits, free_port, one_neighbour, pids_of, stop
     from tests.lab.process import port_open, wait_until
 
     assert isinstance(lab, BenchLab)
@@ -577,12 +576,7 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                 for bound, count in _answer_buckets(port, "/slack/events").items():
                     answered[bound] = answered.get(bound, 0.0) + count
             finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(90)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait(10)
+                stop(server, grace=90)
             bad = {k: v for k, v in result["statuses"].items() if k != 200}
             if bad or any(s != 200 for s in result["load_acks"]):
                 raise RuntimeError(f"answers other than 200: {bad} {result['load_acks']}")
