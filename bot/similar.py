@@ -18,7 +18,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from bot.errors import RunbookInvalid
@@ -75,17 +76,20 @@ class Likeness:
 @dataclass(frozen=True)
 class Library:
     incidents: tuple[Incident, ...]
-    _idf: dict[str, float] = field(init=False, repr=False, compare=False)
-    _vectors: tuple[dict[str, float], ...] = field(init=False, repr=False, compare=False)
+    # the index (IDF and each incident's vector) is built when first compared with, not when
+    # the rules are loaded: most diagnoses never need it
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def _idf(self) -> dict[str, float]:
         df: Counter[str] = Counter()
         for incident in self.incidents:
             df.update(incident.terms.keys())
         n = len(self.incidents)
-        idf = {term: math.log((n + 1) / (count + 1)) for term, count in df.items()}
-        object.__setattr__(self, "_idf", idf)
-        object.__setattr__(self, "_vectors", tuple(self._vector(i.terms) for i in self.incidents))
+        return {term: math.log((n + 1) / (count + 1)) for term, count in df.items()}
+
+    @cached_property
+    def _vectors(self) -> tuple[dict[str, float], ...]:
+        return tuple(self._vector(i.terms) for i in self.incidents)
 
     def without(self, incident_id: str) -> Library:
         """The library less one incident (to measure a case against the others only)."""
