@@ -28,7 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from bot.diagnosis import LABELS, Rules, current_lines, diagnose, load_rules  # noqa: E402
+from bot.diagnosis import (  # noqa: E402
+    LABELS,
+    YAML_LOADER,
+    Rules,
+    current_lines,
+    diagnose,
+    load_rules,
+)
 from bot.models import Cause  # noqa: E402
 from bot.similar import Incident, Library, dump, load_library, term_counts  # noqa: E402
 
@@ -117,7 +124,7 @@ def incident_of(path: Path) -> Incident:
 
 def write_library(rules_path: Path) -> Path | None:
     """Write the rules' past-incidents file (its `similar:`) from the training part only."""
-    data = yaml.safe_load(rules_path.read_text(encoding="utf-8"))
+    data = yaml.load(rules_path.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506
     name = data.get("similar") if isinstance(data, dict) else None
     if not name:
         return None
