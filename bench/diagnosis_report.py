@@ -179,8 +179,22 @@ def measure(rules: Rules, paths: Iterable[Path],
             "origin": (kind := "field" if path.parent == FIELD else origin(case["source"])),
             "stack": LAB_STACK if kind == "lab" else stack_of(case),
             "steps": sorted(case["evidence"]),
+            "proxy_only": proxy_only(case),
         })
     return rows
+
+
+PROXY_STEPS = frozenset({"nginx_error_log", "proxy_check", "nginx_config_test"})
+NGINX_LOG_LINE = re.compile(r"\[(?:emerg|alert|crit|error|warn|notice|info)\] \d+#\d+: ")
+
+
+def proxy_only(case: dict[str, Any]) -> bool:
+    """Does the case show only the proxy's side: its steps are nginx's (error log, probe
+    through it, `nginx -t`), and any other step holds nothing but nginx error-log lines (nginx's
+    own container log)? Nothing of the backend, its manager or the host."""
+    lines = current_lines(case["evidence"], case_since(case))
+    return all(step in PROXY_STEPS or all(NGINX_LOG_LINE.search(line) for line in step_lines)
+               for step, step_lines in lines.items())
 
 
 def origin(source: str) -> str:
@@ -254,6 +268,21 @@ def stack_table(train: list[dict[str, Any]], held: list[dict[str, Any]] | None) 
     return "\n".join(out)
 
 
+def breadth_table(train: list[dict[str, Any]], held: list[dict[str, Any]] | None) -> str:
+    """Top-1 of the field cases by what their evidence shows: the proxy's side only, or more."""
+    out = ["| evidence | training field cases | training top-1 | held-out cases | held-out top-1 |",
+           "|---|---:|---:|---:|---:|"]
+    for name, want in (("the proxy's side only (nginx's lines)", True),
+                       ("the backend, its manager or the host too", False)):
+        t = [r for r in train if r["origin"] == "field" and r["proxy_only"] is want]
+        h = [r for r in held or [] if r["proxy_only"] is want]
+        held_cells = (f"{len(h)} | {rate(sum(r['top1'] for r in h), len(h))}" if held is not None
+                      else "- | -")
+        out.append(f"| {name} | {len(t)} | {rate(sum(r['top1'] for r in t), len(t))} "
+                   f"| {held_cells} |")
+    return "\n".join(out)
+
+
 def confusion_matrix(rows: list[dict[str, Any]]) -> str:
     """Labelled (rows) against ranked first (columns); 'none' = no cause returned."""
     firsts = [(r["label"], (r["ranked"] or ["none"])[0]) for r in rows]
@@ -312,7 +341,8 @@ def render(train: list[dict[str, Any]], held: list[dict[str, Any]] | None,
         mixed=origins["mixed"], field=origins["field"],
         held_n=len(held) if held is not None else len(corpus_cases("held_out")),
         summary=summary_table(train, held, alone), accuracy=accuracy_table(train),
-        stacks=stack_table(train, held), matrix=confusion_matrix(train), held_matrix=held_matrix,
+        stacks=stack_table(train, held), breadth=breadth_table(train, held),
+        matrix=confusion_matrix(train), held_matrix=held_matrix,
         confusion=confusion(train), cases=case_table(train),
         signal_fields=table(("field", "meaning"), SIGNAL_FIELDS),
         step_commands=table(("step", "command the runbook runs (as captured here)"),
@@ -595,6 +625,17 @@ php-fpm, uwsgi, gunicorn, unicorn/puma, Java, Go, Node.js, Python; then Docker; 
 lab captures run a stand-in backend under supervisord or Docker behind nginx.
 
 {stacks}
+
+### By what the evidence shows
+
+A case whose evidence is only the proxy's side (nginx's error log, the probe through it,
+`nginx -t`; nothing from the backend, its process manager or the host) often names the symptom
+and not the cause: a lone `connect() failed (111: Connection refused)` was, in the threads, a
+stopped backend, a crashing one, a wrong port or address in nginx, or a stale container address.
+In a real run opsbot reads the other side too (what listens, the program's state, its logs); the
+corpus keeps what the threads quoted.
+
+{breadth}
 
 ### Confusion between labels
 

@@ -1228,3 +1228,18 @@ def test_a_database_that_cannot_listen_is_a_dependency_not_the_backends_crash_lo
     causes = diagnose(rules, {"journal": journal})
     assert (causes[0].cause, causes[0].detail) == ("dependency_down", "database_failed_to_start")
     assert causes[0].evidence[0].endswith("pg_ctl: could not start server")
+
+
+def test_proxy_only_tells_the_proxys_side_from_the_backends():
+    """The report's breadth table: nginx's lines (its own steps, or its container's log holding
+    only error-log lines) are the proxy's side; one line of anything else is not."""
+    from bench.diagnosis_report import proxy_only
+
+    nginx = next(p for p in TRAIN if p.stem == "upstream_down--nginx-log-only")
+    line = load_case(nginx)["evidence"]["nginx_error_log"].splitlines()[0]
+    assert proxy_only({"evidence": {"nginx_error_log": line, "proxy_check": "HTTP 502\n"}})
+    assert proxy_only({"evidence": {"docker_logs": f"nginx_1  | {line}\n"}})
+    assert not proxy_only({"evidence": {"docker_logs": f"nginx_1  | {line}\n"
+                                                       "app_1  | Worker failed to boot.\n"}})
+    assert not proxy_only({"evidence": {"nginx_error_log": line,
+                                        "supervisorctl_status": "app  STOPPED  Nov 22 03:04 AM\n"}})
