@@ -139,6 +139,16 @@ class ExecOutput:
 
 
 @dataclass(frozen=True)
+class SocketReply:
+    """What a host's unix socket answered to one request, read to its end (the peer closed), or
+    why there is no whole answer: the stream refused (sshd's AllowStreamLocalForwarding, the
+    socket's permissions, no such socket), a timeout, more than the limit, a lost connection."""
+
+    data: bytes
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class StepResult:
     step: RenderedStep
     status: StepStatus

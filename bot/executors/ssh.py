@@ -23,7 +23,7 @@ from bot.executors.base import KindParams, StepKind
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
 from bot.filecache import PerVersion
-from bot.models import ExecOutput, Host
+from bot.models import ExecOutput, Host, SocketReply
 
 HostKey = tuple[str, int, str | None]
 # AES-GCM first: asyncssh's chacha20-poly1305 makes a cipher object per packet, a tenth of the
@@ -58,6 +58,7 @@ class SshPool:
         self._entries: dict[HostKey, _Entry] = {}
         self.connects = 0  # how many connections were opened (pool reuse is observable)
         self.sessions = 0  # how many sessions (channels: a shell each) were asked for
+        self.streams = 0  # how many streams to a unix socket on a host were asked for
         # given a path, asyncssh re-reads known_hosts and the client key for every connection:
         # parsing every known_hosts line (a public key each) per connection was a third of a
         # cold 50-host run's CPU (cProfile); the parsed known_hosts still verifies every key
@@ -119,29 +120,35 @@ class SshPool:
             entry.conn.close()
             entry.conn = None
 
+    async def _reach(self, host: Host) -> asyncssh.SSHClientConnection | ExecOutput:
+        """The host's pooled connection, or why there is none (nothing was run)."""
+        try:
+            return await self.connection(host)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            return ExecOutput(None, "", error=(
+                f"host key of {host.name} ({host.address}:{host.port}) not verified "
+                f"against {self.known_hosts}: {exc.reason}; nothing was run"))
+        except asyncssh.PermissionDenied:
+            return ExecOutput(None, "", error=(
+                f"SSH login to {host.user or '(default user)'}@{host.address}:"
+                f"{host.port} was refused (check ansible_user and the key)"))
+        except TimeoutError:
+            return ExecOutput(None, "", error=(
+                f"cannot reach {host.name} at {host.address}:{host.port}: no SSH answer "
+                f"within {self.connect_timeout:g}s"))
+        except (OSError, asyncssh.Error) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) \
+                or str(exc) or exc.__class__.__name__
+            return ExecOutput(None, "", error=(
+                f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
+
     async def _open(self, host: Host, entry: _Entry, command: str,
                     timeout: float) -> asyncssh.SSHClientProcess[bytes] | ExecOutput:
         """A session running `command` on the host's pooled connection, or why none opened."""
         for attempt in (1, 2):
-            try:
-                conn = await self.connection(host)
-            except asyncssh.HostKeyNotVerifiable as exc:
-                return ExecOutput(None, "", error=(
-                    f"host key of {host.name} ({host.address}:{host.port}) not verified "
-                    f"against {self.known_hosts}: {exc.reason}; nothing was run"))
-            except asyncssh.PermissionDenied:
-                return ExecOutput(None, "", error=(
-                    f"SSH login to {host.user or '(default user)'}@{host.address}:"
-                    f"{host.port} was refused (check ansible_user and the key)"))
-            except TimeoutError:
-                return ExecOutput(None, "", error=(
-                    f"cannot reach {host.name} at {host.address}:{host.port}: no SSH answer "
-                    f"within {self.connect_timeout:g}s"))
-            except (OSError, asyncssh.Error) as exc:
-                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) \
-                    or str(exc) or exc.__class__.__name__
-                return ExecOutput(None, "", error=(
-                    f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
+            conn = await self._reach(host)
+            if isinstance(conn, ExecOutput):
+                return conn
             self.sessions += 1
             try:
                 # stderr joins stdout on the host, so lines are never split between them
@@ -181,6 +188,41 @@ class SshPool:
             if isinstance(process, ExecOutput):
                 return process
             return await _collect(process, host, timeout)
+        finally:
+            self._checkin(entry)
+
+    async def unix_request(self, host: Host, path: str, request: bytes, timeout: float, *,
+                           limit: int = 2**20) -> SocketReply:
+        """Send `request` to the unix socket at `path` on the host, through the pooled
+        connection (a direct-streamlocal channel: OpenSSH's `AllowStreamLocalForwarding`, the
+        login user's permissions on the socket), and read the answer until the peer closes;
+        no process starts on the host. Stops reading past `limit` bytes (an error)."""
+        entry = self._checkout(host)
+        try:
+            conn = await self._reach(host)
+            if isinstance(conn, ExecOutput):
+                return SocketReply(b"", conn.error)
+            self.streams += 1
+            data = bytearray()
+            async with asyncio.timeout(timeout):
+                reader, writer = await conn.open_unix_connection(path)
+                try:
+                    writer.write(request)
+                    while chunk := await reader.read(65536):
+                        data += chunk
+                        if len(data) > limit:
+                            return SocketReply(bytes(data[:limit]),
+                                               f"{path} answered more than {limit} bytes")
+                finally:
+                    writer.close()
+            return SocketReply(bytes(data))
+        except TimeoutError:
+            return SocketReply(b"", f"{path} did not answer within {timeout:g}s")
+        except asyncssh.ChannelOpenError as exc:
+            return SocketReply(b"", f"{host.name} refused a stream to {path}: {exc.reason}")
+        except (asyncssh.Error, OSError) as exc:
+            return SocketReply(b"", f"stream to {path} on {host.name} lost: "
+                               f"{getattr(exc, 'reason', None) or exc}")
         finally:
             self._checkin(entry)
 
