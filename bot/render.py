@@ -137,6 +137,13 @@ def approval_line(a: Approval) -> str:
     return f"`{a.step_id}` on {a.host}: {verb}{by} at {a.decided_at or ''}{reason}"
 
 
+def _read_by(result: StepResult) -> str:
+    """" · read by discovery (...)" when the step took what discovery read moments before
+    (its how, when the command itself did not run: e.g. supervisord's socket); else ""."""
+    read_by = result.facts.get("read_by")
+    return f" · read by {_esc(read_by)}" if read_by else ""
+
+
 def step_message(step: RenderedStep, result: StepResult | None) -> Message:
     where = f"*{_esc(step.title)}* (`{step.step_id}`) on `{step.host}`"
     command = _code(f"$ {step.display}", 800)
@@ -149,7 +156,8 @@ def step_message(step: RenderedStep, result: StepResult | None) -> Message:
             f"{result.duration:.2f}s")
     if result.facts.get("attempts"):
         head += f" · attempt {result.facts['attempts']}"
-    blocks = [_section(f"{head}\n{command}")]
+    read_by = _read_by(result)
+    blocks = [_section(f"{head}{read_by}\n{command}")]
     if result.error:
         blocks.append(_section(f"*Why:* {_esc(result.error)}"))
     if result.output.strip():
@@ -159,6 +167,7 @@ def step_message(step: RenderedStep, result: StepResult | None) -> Message:
                            f"sha256 `{result.digest[:16]}…`{cut}"))
     text = f"{ICON[result.status]} {step.step_id} on {step.host}: {result.status} ({exit_txt}, " \
            f"{result.duration:.2f}s)"
+    text += read_by
     if result.error:
         text += f" — {_esc(result.error)}"
     return Message(text=text, blocks=blocks, detail=result.output)
@@ -362,7 +371,8 @@ def _step_line(host: str, cell: Cell) -> str:
     if r is None:
         return f"{RUNNING} {where} — running"
     exit_txt = f"exit {r.exit_status}" if r.exit_status is not None else "no exit status"
-    line = f"{ICON[r.status]} {where} — *{r.status}* · {exit_txt} · {r.duration:.2f}s"
+    line = f"{ICON[r.status]} {where} — *{r.status}* · {exit_txt} · {r.duration:.2f}s" \
+        + _read_by(r)
     if r.error:
         line += f" · {_esc(r.error[:200])}"
     return line

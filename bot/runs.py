@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bot.approvals import Approvals, Approver
 from bot.errors import BotError, TemplateFailed
 from bot.logtime import Clock
-from bot.models import Approval, ExecOutput, Host, Incident, Phase
+from bot.models import Approval, ExecOutput, Host, Incident, Phase, SocketReply
 from bot.offload import off_loop
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
 from bot.parts import Deps, Part
@@ -78,13 +78,17 @@ class Runs(Part):
         async def run_many(commands: Sequence[str], timeout: float) -> list[ExecOutput]:
             return await ssh.run_many(host, commands, timeout)
 
+        async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
+            return await ssh.unix_request(host, path, request, timeout)
+
         if "bot.discovery" not in sys.modules:  # its first import (crossplane): off the loop
             await off_loop(importlib.import_module, "bot.discovery")
         from bot.discovery import discover
 
         return await discover(run, host.name, url, sudo=sudo,
                               nginx_conf=host.vars.get("opsbot_nginx_conf"), fallback=fallback,
-                              own_names=(host.name, host.address), run_many=run_many)
+                              own_names=(host.name, host.address), run_many=run_many,
+                              unix_request=unix_request)
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
@@ -262,7 +266,7 @@ class Runs(Part):
         try:
             reports = await self.runner.diagnose(
                 runbook, targets, recorder, since=clocks, found=found,
-                reads={name: {cmd: (r.output, r.started_at, r.duration)
+                reads={name: {cmd: (r.output, r.started_at, r.duration, r.read_by)
                               for cmd, r in c.reads.items()} for name, c in chains.items()})
         finally:
             await self.reporter.run_finished(recorder)

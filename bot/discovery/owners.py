@@ -171,6 +171,10 @@ class SupervisorConf:
     programs: tuple[Program, ...]
     logfile: str = ""
     includes: tuple[str, ...] = ()  # glob patterns of [include] files=, made absolute
+    # the unix socket `supervisorctl -c path` talks to ([supervisorctl] serverurl=unix://...,
+    # of the main file: supervisorctl reads no include); "" when it talks HTTP or cannot run
+    socket: str = ""
+    auth: bool = False  # a username is set on either side: supervisorctl would log in
 
 
 def _ini(text: str) -> configparser.RawConfigParser:
@@ -186,7 +190,7 @@ def parse_supervisor_files(main: str, files: Mapping[str, str]) -> SupervisorCon
     here = posixpath.dirname(main)
     groups: dict[str, str] = {}
     raw_programs: list[tuple[str, dict[str, str], str]] = []
-    logfile, includes = "", []
+    logfile, includes, serverurl, auth = "", [], "", False
     for path, text in files.items():
         try:
             ini = _ini(text)
@@ -201,6 +205,11 @@ def parse_supervisor_files(main: str, files: Mapping[str, str]) -> SupervisorCon
             elif section == "include" and path == main:
                 includes = [f if f.startswith("/") else posixpath.join(here, f)
                             for f in values.get("files", "").split()]
+            elif section == "supervisorctl" and path == main:
+                serverurl = values.get("serverurl", "")
+                auth = auth or bool(values.get("username"))
+            elif section == "unix_http_server":
+                auth = auth or bool(values.get("username"))
             elif section.startswith("group:"):
                 for prog in values.get("programs", "").split(","):
                     if prog.strip():
@@ -216,7 +225,17 @@ def parse_supervisor_files(main: str, files: Mapping[str, str]) -> SupervisorCon
             stdout_log=_logfile(values.get("stdout_logfile", "")),
             stderr_log=_logfile(values.get("stderr_logfile", "")),
             user=values.get("user", ""), directory=values.get("directory", ""), section=path))
-    return SupervisorConf(main, tuple(programs), logfile, tuple(includes))
+    return SupervisorConf(main, tuple(programs), logfile, tuple(includes),
+                          _unix_socket(serverurl), auth)
+
+
+def _unix_socket(serverurl: str) -> str:
+    """The path of a `unix://` serverurl as supervisorctl resolves it; "" for anything else
+    (http://, an unresolved %(ENV_x)s, a relative path)."""
+    path = serverurl.removeprefix("unix://") if serverurl.startswith("unix://") else ""
+    if not path.startswith("/") or "%(" in path:
+        return ""
+    return posixpath.normpath(path)
 
 
 def _logfile(value: str) -> str:

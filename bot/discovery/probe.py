@@ -6,6 +6,7 @@ pid, a container id); nothing read from the host or an alert is pasted into a sh
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import re
 import shlex
@@ -17,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from bot.discovery import supervisor_rpc
 from bot.discovery.chain import Chain, Owner, Read
 from bot.discovery.nginx import (
     Address,
@@ -46,13 +48,16 @@ from bot.discovery.owners import (
     parse_supervisor_status,
     supervisord_confs,
 )
-from bot.models import ExecOutput
+from bot.models import ExecOutput, SocketReply
 from bot.offload import off_loop
 
 # run(command, timeout) -> its output; never raises for a failure on the host
 Run = Callable[[str, float], Awaitable[ExecOutput]]
 # run_many(commands, timeout) -> their outputs, the commands run in one session of the host
 RunMany = Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
+# unix_request(path, request, timeout) -> the answer of a unix socket on the host, read through
+# the connection (no process started); never raises for a failure on the host
+UnixRequest = Callable[[str, bytes, float], Awaitable[SocketReply]]
 
 PS = "ps -ww -eo pid=,ppid=,user=,args="
 CLOCK = "date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime"
@@ -61,6 +66,7 @@ SS_TCP = "ss -ltnp"
 SS_UNIX = "ss -lxnpH"
 DOCKER_IDS = "docker ps -aq --no-trunc"
 SYSTEMD = "test -d /run/systemd/system && echo systemd"
+SOCKET_TIMEOUT = 5.0  # supervisord answers in milliseconds; past this, supervisorctl is asked
 DEFAULT_SUPERVISOR_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf")
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
              "/usr/lib/systemd/system")
@@ -116,14 +122,23 @@ class Prober:
     sshd session and shell on the host instead of one per command)."""
 
     def __init__(self, run: Run, host: str, *, sudo: bool = False, timeout: float = 20,
-                 run_many: RunMany | None = None) -> None:
+                 run_many: RunMany | None = None, unix_request: UnixRequest | None = None
+                 ) -> None:
         self._run, self._run_many, self.host, self.timeout = run, run_many, host, timeout
+        self._unix_request = unix_request
+        # supervisord conf -> why its socket gave no status ("": it did, or it has none)
+        self.socket_misses: dict[str, str] = {}
         self._read: dict[str, Read] = {}
         self.sudo = "sudo -n " if sudo else ""
         self.notes: list[str] = []
         self._supervisor: list[SupervisorConf] | None = None
         self._statuses: dict[str, dict[str, ProgramStatus]] = {}
         self._containers: list[Container] | None = None
+
+    @property
+    def reads(self) -> Mapping[str, Read]:
+        """What was read so far, by command (a status read from a socket under its command)."""
+        return self._read
 
     async def sh(self, command: str) -> ExecOutput:
         if command not in self._read:
@@ -225,14 +240,51 @@ class Prober:
     def _status_command(self, conf: SupervisorConf) -> str:
         return f"{self.sudo}supervisorctl -c {shlex.quote(conf.path)} status"
 
+    async def socket_statuses(self, confs: Sequence[SupervisorConf]) -> None:
+        """Read `supervisorctl status` of these supervisords from their unix sockets (XML-RPC
+        through the SSH connection: no process on the host), as if the command had run; a
+        socket that gives no whole status leaves its command to run (`sh`, `prefetch`)."""
+        todo = [c for c in confs if c.path not in self.socket_misses
+                and self._status_command(c) not in self._read]
+        if self._unix_request is None or not todo:
+            return
+        for conf, why in zip(todo, await asyncio.gather(*(self._socket_status(c) for c in todo)),
+                             strict=True):
+            self.socket_misses[conf.path] = why
+
+    async def _socket_status(self, conf: SupervisorConf) -> str:
+        """Why conf's socket gave no status; "" when it did (read as the command's output),
+        or when it has none to try."""
+        path = _path(conf.socket)
+        if path is None or self._unix_request is None:
+            return ""  # none to try
+        if conf.auth:  # supervisorctl logs in with the file's credentials: never sent here
+            return "the socket asks for a username"
+        began, t0 = _now_iso(), time.monotonic()
+        reply = await self._unix_request(path, supervisor_rpc.REQUEST, SOCKET_TIMEOUT)
+        if reply.error is not None:
+            return reply.error[:200]
+        try:
+            status = await off_loop(supervisor_rpc.read_status, reply.data)
+        except supervisor_rpc.Unreadable as exc:
+            return f"{path}: {str(exc)[:200]}"
+        self._read[self._status_command(conf)] = Read(
+            ExecOutput(status.exit_status, status.text), began, time.monotonic() - t0,
+            via=f"supervisord's socket {path}, XML-RPC")
+        return ""
+
     async def statuses(self, conf: SupervisorConf) -> dict[str, ProgramStatus]:
-        """`supervisorctl status` of one supervisord (asked once: each call starts Python)."""
+        """`supervisorctl status` of one supervisord (asked once: each call starts Python),
+        read from its socket when it answers there (`socket_statuses`)."""
         if conf.path not in self._statuses:
+            await self.socket_statuses([conf])
             status = await self.sh(self._status_command(conf))
             parsed = parse_supervisor_status(status.output)
             if not parsed and conf.programs:
                 line = (status.output.strip().splitlines() or [status.error or "no output"])[0]
-                self.notes.append(f"supervisorctl -c {conf.path} status: {line[:200]}")
+                socket = self.socket_misses.get(conf.path, "")
+                self.notes.append(f"supervisorctl -c {conf.path} status: {line[:200]}"
+                                  + (f" (its socket: {socket})" if socket else ""))
             self._statuses[conf.path] = parsed
         return self._statuses[conf.path]
 
@@ -241,6 +293,7 @@ class Prober:
         """Owners of the supervisord programs `wanted` picks, with their states."""
         picked = [(c, p) for c in await self.supervisor(procs) for p in c.programs if wanted(p)]
         confs = {c.path: c for c, _ in picked}
+        await self.socket_statuses(list(confs.values()))
         await self.prefetch([self._status_command(c) for c in confs.values()])
         states = {path: await self.statuses(c) for path, c in confs.items()}
         return [self.program_owner(c, p, states[c.path].get(p.name), how) for c, p in picked]
@@ -468,12 +521,14 @@ class Prober:
 
 async def discover(run: Run, host: str, url: str, *, sudo: bool = False,
                    nginx_conf: str | None = None, fallback: str | None = None,
-                   own_names: Sequence[str] = (), run_many: RunMany | None = None) -> Chain:
+                   own_names: Sequence[str] = (), run_many: RunMany | None = None,
+                   unix_request: UnixRequest | None = None) -> Chain:
     """The chain behind url on host: nginx server and location, upstream, who holds it.
     With fallback, url is an alert's: traced only if nginx on the host serves it by name (or
-    it names the host itself: own_names, loopback), else fallback is."""
-    prober = Prober(run, host, sudo=sudo, run_many=run_many)
+    it names the host itself: own_names, loopback), else fallback is. With unix_request,
+    supervisord's status is read from its socket where it can be (no supervisorctl run)."""
+    prober = Prober(run, host, sudo=sudo, run_many=run_many, unix_request=unix_request)
     chain = await prober.discover(url, nginx_conf=nginx_conf, fallback=fallback,
                                   own_names=own_names)
-    return replace(chain, reads=dict(prober._read))
+    return replace(chain, reads=dict(prober.reads))
 

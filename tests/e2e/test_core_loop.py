@@ -53,9 +53,13 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
         assert f"(`{step}`) on `web01`" in thread
     assert sorted(set(finished_steps(bot))) == sorted(DIAGNOSTIC_STEPS)
     # what discovery read moments before (the same command) is not run a second time
-    reused = {s.step_id for s in bot.store().steps_of(1)
-              if s.facts.get("read_by") == "discovery"}
-    assert reused == {"supervisorctl_status", "listening_ports"}
+    reused = {s.step_id: s.facts["read_by"] for s in bot.store().steps_of(1)
+              if "read_by" in s.facts}
+    assert reused == {"listening_ports": "discovery", "supervisorctl_status": (
+        f"discovery (supervisord's socket {healthy_web.supervisor_socket}, XML-RPC)")}
+    # the thread says so: supervisorctl did not run, its status came from supervisord's socket
+    assert (f"read by discovery (supervisord's socket {healthy_web.supervisor_socket}, "
+            "XML-RPC)") in thread
     assert "Likely cause on `web01`: *upstream_down*" in thread
     assert "connect() failed (111: Connection refused)" in thread
     approval = next(m for m in bot.thread() if "Proposed remediation" in m.plain())

@@ -38,8 +38,10 @@ def _ssh_port() -> int:
     return int(os.environ.get("OPSBOT_LAB_SSH_PORT", SSH_PORT))
 
 
-def start_host(lab_dir: Path, name: str, last_octet: int, user: str = LAB_USER) -> SshServer:
-    """sshd for test host `name` on 127.0.0.<last_octet> (or the next free 127.0.x.<octet>)."""
+def start_host(lab_dir: Path, name: str, last_octet: int, user: str = LAB_USER, *,
+               stream_local: bool = True) -> SshServer:
+    """sshd for test host `name` on 127.0.0.<last_octet> (or the next free 127.0.x.<octet>);
+    stream_local=False: its sshd refuses streams to unix sockets."""
     port = _ssh_port()
     started = time.monotonic()
     last_error: Exception | None = None
@@ -48,7 +50,8 @@ def start_host(lab_dir: Path, name: str, last_octet: int, user: str = LAB_USER) 
         if port_open(address, port):
             continue
         try:
-            server = start_sshd(lab_dir, address=address, port=port, user=user, name=name)
+            server = start_sshd(lab_dir, address=address, port=port, user=user, name=name,
+                                stream_local=stream_local)
         except LabError as exc:  # lost a race for the address, or sshd is missing / broken
             last_error = exc
             if "not found" in str(exc):

@@ -148,8 +148,10 @@ def start_sshd(
     port: int = SSH_PORT,
     user: str = LAB_USER,
     name: str | None = None,
+    stream_local: bool = True,
 ) -> SshServer:
-    """Start sshd on address:port for `user`; return once it has sent its SSH banner."""
+    """Start sshd on address:port for `user`; return once it has sent its SSH banner.
+    stream_local=False: `AllowStreamLocalForwarding no` (streams to unix sockets refused)."""
     sshd = require_binary("sshd", "/usr/sbin/sshd")
     ensure_lab_user(user)
     if port_open(address, port):
@@ -190,7 +192,7 @@ def start_sshd(
             "PrintLastLog no",
             "X11Forwarding no",
             "AllowTcpForwarding yes",
-            "AllowStreamLocalForwarding yes",
+            f"AllowStreamLocalForwarding {'yes' if stream_local else 'no'}",
             "MaxStartups 100:30:200",
             "MaxSessions 100",
             "LoginGraceTime 30",
