@@ -233,8 +233,9 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
     report.add(Figure(bench, "opsbot CPU per run", "s", tuple(result["cpu"])))
     _hosts_figures(report, bench, result)
     report.note(bench, "All 50 hosts are this one machine: every host-side command (curl, ss, "
-                "`supervisorctl status` — a Python program the runbook's supervisorctl_status "
-                "step runs on every host, read once with discovery —, nginx -t, ...) of every "
+                "nginx -t, ...; not `supervisorctl status`, a Python program: discovery reads "
+                "supervisord's status from its socket over the SSH connection, and the "
+                "runbook's supervisorctl_status step takes that read) of every "
                 "host competes with opsbot for the same cores. The hosts' CPU (every sshd "
                 "session and command under the lab's sshd servers) divided by the cores is the "
                 "least wall time this machine can give the run, whatever opsbot does; on a "
