@@ -478,7 +478,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `certificate_chain_untrusted`, `privileged_port_denied`, `database_not_initialised`,
 `database_schema_not_upgraded`, `listen_backlog_full`, `backend_listens_on_other_address`,
 `backend_bound_to_container_hostname`, `dependency_name_unresolved`, `database_failed_to_start`,
-`broker_failed_to_start`, `selinux_denial`, `container_memory_limit_reached`,
+`broker_failed_to_start`, `database_data_dir_ownership`, `selinux_denial`, `container_memory_limit_reached`,
 `backend_rejects_proxied_request`, `worker_connections_exhausted` under their labels;
 `port_already_in_use`, `stale_unix_socket`, `stale_pid_file`, `runtime_dir_missing`, `exec_failed`,
 `exit_config_error`, `node_heap_exhausted`, `cpu_lacks_instructions`, `shared_library_missing`,

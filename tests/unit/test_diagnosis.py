@@ -890,6 +890,14 @@ def test_kubernetes_says_oom_in_its_own_words(rules):
     # (https://github.com/jwetzell/docker-guacamole/issues/7)
     ("docker_logs", "FATAL:  could not create any TCP/IP sockets", "dependency_down",
      "database_failed_to_start"),
+    # PostgreSQL refuses a data directory it does not own
+    # (https://github.com/Nico640/docker-unms/issues/28)
+    ("docker_logs", 'FATAL:  data directory "/config/postgres" has wrong ownership,',
+     "permission_denied", "database_data_dir_ownership"),
+    # net-tools netstat writes IPv6 without brackets: a backend on ::1 only
+    # (https://github.com/firecrawl/firecrawl-mcp-server/issues/251)
+    ("listening_ports", "tcp        0      0 ::1:3000                :::*                    "
+     "LISTEN      3/node", "wrong_proxy_config", "ipv6_localhost"),
     # SELinux denies the backend's own connect to its database's port
     # (https://github.com/ansible-community/ara/issues/86)
     ("audit_log", "type=AVC msg=audit(1572463010.990:105990): avc:  denied  { name_connect } for  "
