@@ -18,7 +18,7 @@ PREFIXED = {  # env name -> TOML key
 }
 OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
        "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
-       "ALLOW_SELF_APPROVAL", "SSH_IDLE",
+       "ALLOW_SELF_APPROVAL", "SSH_IDLE", "SSH_REUSE_SESSIONS",
        "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER")
 
 
@@ -44,6 +44,7 @@ class Settings:
     approval_ttl: float = 1800.0  # seconds a pending approval stays valid
     allow_self_approval: bool = False  # two-person rule unless set
     ssh_idle: float = 300.0  # seconds an idle pooled SSH connection is kept
+    ssh_reuse_sessions: bool = True  # shell sessions kept open for the next commands
     stop_timeout: float = 20.0  # seconds running steps get to finish on SIGTERM
     close_after: float = 14400.0  # seconds an incident with nothing to do stays open
     remind_after: float = 600.0  # seconds a pending approval waits before its one reminder
@@ -187,6 +188,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         allow_self_approval=_bool("OPSBOT_ALLOW_SELF_APPROVAL",
                                   raw.get("allow_self_approval", "false")),
         ssh_idle=_seconds("OPSBOT_SSH_IDLE", raw.get("ssh_idle", "300")),
+        ssh_reuse_sessions=_bool("OPSBOT_SSH_REUSE_SESSIONS",
+                                 raw.get("ssh_reuse_sessions", "true")),
         stop_timeout=_seconds("OPSBOT_STOP_TIMEOUT", raw.get("stop_timeout", "20")),
         close_after=_seconds("OPSBOT_CLOSE_AFTER", raw.get("close_after", "14400")),
         remind_after=_seconds("OPSBOT_REMIND_AFTER", raw.get("remind_after", "600")),

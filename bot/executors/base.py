@@ -32,6 +32,7 @@ class ExecContext:
     known_hosts: Path
     ssh_idle: float = 300.0
     connect_timeout: float = 10.0
+    ssh_reuse_sessions: bool = True
     _ssh: SshPool | None = field(default=None, repr=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
 
@@ -41,7 +42,8 @@ class ExecContext:
             from bot.executors.ssh import SshPool
 
             self._ssh = SshPool(self.known_hosts, idle=self.ssh_idle,
-                                connect_timeout=self.connect_timeout)
+                                connect_timeout=self.connect_timeout,
+                                reuse_sessions=self.ssh_reuse_sessions)
         return self._ssh
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:

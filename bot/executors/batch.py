@@ -5,6 +5,10 @@ Each command runs in a subshell of its own (`( eval 'command' ) </dev/null`: a s
 command's exit status: a newline, a random marker and the status. The marker never appears whole
 in the script (so not in `ps` output either) and is not exported, so no command and no host can
 print it to end a command's output early or forge its status.
+
+With `ack`, the script first prints a marker line of its own (status 0) before any command
+runs: a shell session kept open between batches (bot.executors.ssh) thus says it took the
+script, as a new session's open confirmation does.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ Piece = bytes | int | None  # output of the current command | its exit status (N
 
 
 class Batch:
-    def __init__(self, commands: Sequence[str]) -> None:
+    def __init__(self, commands: Sequence[str], *, ack: bool = False) -> None:
         marker = secrets.token_hex(16)
         self.sep = f"\n{marker} ".encode()
+        self.ack = ack
         half = len(marker) // 2
         lines = [f'M={marker[:half]}""{marker[half:]}']
+        if ack:
+            lines.append("printf '\\n%s 0\\n' \"$M\"")
         lines += [f"( eval {shlex.quote(c)} ) </dev/null; printf '\\n%s %s\\n' \"$M\" \"$?\""
                   for c in commands]
         self.script = "\n".join(lines) + "\n"

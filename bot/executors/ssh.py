@@ -5,6 +5,30 @@ the system folders added to its PATH (a non-root login's PATH often lacks /usr/s
 ss and supervisorctl live).
 
 One pooled connection per host serves every step of every incident; it closes when idle.
+
+Shell sessions are kept too (`OPSBOT_SSH_REUSE_SESSIONS`, on by default): setting up an SSH
+session (sshd's fork, the session, a login shell) costs the host more than a short command. A
+session runs the prelude, then `exec "$SHELL" -s` (the login shell, reading commands from
+stdin); each `run`, `run_many` or `run_batch` writes its commands to an idle one as a batch
+(bot.executors.batch: each command in a subshell of its own with stdin from /dev/null, then a
+marker line with its status; a fresh random marker per batch, set in the script, so not in
+`ps`). The batch's first line is an acknowledgement: a host that does not acknowledge within the
+first command's timeout "stopped answering", and its connection is dropped, as when a new
+session is not confirmed. One batch at a time per session; at most `MAX_SESSIONS` sessions of
+the pool at once on a connection (OpenSSH's MaxSessions is 10 by default: Docker over SSH needs
+some), `MAX_IDLE` of them kept idle. A session goes back to the idle list only after a batch that
+ended cleanly: every command told its status and nothing more came; after a timeout, the output
+cap or a lost session it is stopped and never reused (a command may still be running in it). An
+idle session that ended, or printed anything, is discarded; one found dead before anything was
+written to it is replaced (nothing ran). What a command changes in its subshell (`cd`, `export`,
+`ulimit`, `set -e`, `exit`, `exec`) ends with it.
+
+Differences from a session per command (the opt-out): a command killed by a signal shows as
+exit status 128+n (from `$?`), not as "killed by signal"; a command ends when its subshell does,
+even if a background process it started still holds the session's output open. The limit: such a
+background process that prints while the session is idle gets the session discarded, but one that
+prints while the next batch runs puts its bytes into that batch's output (a command that leaves
+a process behind writing to stdout should redirect it, e.g. `nohup … >/dev/null 2>&1 &`).
 """
 
 from __future__ import annotations
@@ -32,6 +56,24 @@ HostKey = tuple[str, int, str | None]
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
            "aes256-ctr", "aes192-ctr", "aes128-ctr")
 PRELUDE = 'exec 2>&1\nPATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"\n'
+SHELL = PRELUDE + 'exec "${SHELL:-/bin/sh}" -s\n'  # a kept session: the login shell, on stdin
+MAX_SESSIONS = 8  # the pool's sessions open at once on one connection (busy or idle)
+MAX_IDLE = 4  # idle shell sessions kept per host
+
+
+class _Shell:
+    """A shell session kept open on a pooled connection (`SHELL`), one batch at a time."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes],
+                 conn: asyncssh.SSHClientConnection) -> None:
+        self.process = process
+        self.conn = conn
+        self.watch: asyncio.Task[None] | None = None  # while idle: anything it prints, or its end
+
+    def usable(self, conn: asyncssh.SSHClientConnection | None) -> bool:
+        return conn is self.conn and not self.conn.is_closed() and \
+            self.process.exit_status is None and self.process.exit_signal is None and \
+            not self.process.is_closing() and not self.process.stdout.at_eof()
 
 
 class _Entry:
@@ -40,6 +82,9 @@ class _Entry:
         self.lock = asyncio.Lock()
         self.in_use = 0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle: list[_Shell] = []  # shell sessions waiting for the next batch
+        self.open = 0  # shell sessions of the pool open (or opening) on the host: busy or idle
+        self.waiters: list[asyncio.Future[None]] = []  # runs waiting for a session slot
 
 
 def _read_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
@@ -51,13 +96,15 @@ def _read_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
 
 class SshPool:
     def __init__(self, known_hosts: Path, *, idle: float = 300.0,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, reuse_sessions: bool = True) -> None:
         self.known_hosts = known_hosts
         self.idle = idle
         self.connect_timeout = connect_timeout
+        self.reuse_sessions = reuse_sessions  # False: a new session per run or batch
         self._entries: dict[HostKey, _Entry] = {}
         self.connects = 0  # how many connections were opened (pool reuse is observable)
-        self.sessions = 0  # how many sessions (channels: a shell each) were asked for
+        self.sessions = 0  # how many sessions (channels: a shell each) were opened
+        self.batches = 0  # how many runs or batches were sent to a session (new or kept)
         self.streams = 0  # how many streams to a unix socket on a host were asked for
         # given a path, asyncssh re-reads known_hosts and the client key for every connection:
         # parsing every known_hosts line (a public key each) per connection was a third of a
@@ -117,6 +164,7 @@ class SshPool:
 
     def _close_idle(self, entry: _Entry) -> None:
         if entry.in_use == 0 and entry.conn is not None:
+            self._drop_idle(entry)
             entry.conn.close()
             entry.conn = None
 
@@ -142,21 +190,128 @@ class SshPool:
             return ExecOutput(None, "", error=(
                 f"cannot reach {host.name} at {host.address}:{host.port}: {reason}"))
 
-    async def _open(self, host: Host, entry: _Entry, command: str,
-                    timeout: float) -> asyncssh.SSHClientProcess[bytes] | ExecOutput:
-        """A session running `command` on the host's pooled connection, or why none opened."""
+    def _drop_idle(self, entry: _Entry) -> None:
+        while entry.idle:
+            self._discard(entry, entry.idle.pop())
+
+    def _discard(self, entry: _Entry, shell: _Shell) -> None:
+        """Stop a shell session for good and free its slot."""
+        if shell.watch is not None:
+            shell.watch.cancel()
+        _stop(shell.process)
+        self._release_slot(entry)
+
+    def _release_slot(self, entry: _Entry) -> None:
+        entry.open -= 1
+        self._wake(entry)
+
+    def _wake(self, entry: _Entry) -> None:
+        """A slot freed or a session went idle: the first run waiting looks again."""
+        while entry.waiters:
+            waiter = entry.waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _take(self, entry: _Entry) -> _Shell | None:
+        """An idle shell session of the host's connection, or None when a new one may be
+        opened (its slot is taken: `open` counts it). Waits while `MAX_SESSIONS` are busy."""
+        while True:
+            while entry.idle:
+                shell = entry.idle.pop()
+                if shell.watch is not None:  # let the watcher go before reading the session
+                    shell.watch.cancel()
+                    try:
+                        await asyncio.wait([shell.watch])
+                    except asyncio.CancelledError:
+                        self._discard(entry, shell)
+                        raise
+                    if not shell.watch.cancelled():  # it printed or ended while idle
+                        self._discard(entry, shell)
+                        continue
+                    shell.watch = None
+                if shell.usable(entry.conn):
+                    return shell
+                self._discard(entry, shell)  # ended while idle: nothing was written to it
+            if entry.open < MAX_SESSIONS:
+                entry.open += 1
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            entry.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in entry.waiters:
+                    entry.waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake(entry)  # woken, but gone: the next one looks instead
+                raise
+
+    def _give_back(self, entry: _Entry, shell: _Shell, clean: bool) -> None:
+        """After a batch: a session that ended cleanly waits for the next one; any other is
+        stopped (a timed-out command may still be running in it)."""
+        if clean and len(entry.idle) < MAX_IDLE and shell.usable(entry.conn):
+            shell.watch = asyncio.get_running_loop().create_task(self._watch(entry, shell))
+            entry.idle.append(shell)
+            self._wake(entry)
+        else:
+            self._discard(entry, shell)
+
+    async def _watch(self, entry: _Entry, shell: _Shell) -> None:
+        """While idle: a session that prints (a process a command left behind) or ends is
+        never given another batch."""
+        with contextlib.suppress(asyncssh.Error, OSError):
+            await shell.process.stdout.read(1)
+        if shell in entry.idle:
+            entry.idle.remove(shell)
+            shell.watch = None
+            self._discard(entry, shell)
+
+    async def _shell(self, host: Host, entry: _Entry, script: str,
+                     timeout: float) -> _Shell | ExecOutput:
+        """A shell session of the host that took `script`: an idle one, or a new one; or why
+        none could be had (nothing ran)."""
+        data = script.encode()
+        while True:
+            shell = await self._take(entry)
+            new = shell is None
+            if shell is None:
+                process = await self._open(host, entry, SHELL, timeout, keep=True)
+                if isinstance(process, ExecOutput):
+                    self._release_slot(entry)
+                    return process
+                shell = _Shell(process, process.channel.get_connection())  # type: ignore[arg-type]
+            try:
+                shell.process.stdin.write(data)
+            except (asyncssh.Error, OSError) as exc:  # nothing was written: nothing ran
+                self._discard(entry, shell)
+                if new:
+                    return ExecOutput(None, "", error=f"SSH connection to {host.name} lost: "
+                                      f"{getattr(exc, 'reason', exc)}; nothing was run")
+                continue
+            self.batches += 1
+            return shell
+
+    async def _open(self, host: Host, entry: _Entry, command: str, timeout: float, *,
+                    keep: bool = False) -> asyncssh.SSHClientProcess[bytes] | ExecOutput:
+        """A session running `command` on the host's pooled connection, or why none opened.
+        `keep`: its stdin stays open (a kept shell session reads batches from it)."""
         for attempt in (1, 2):
             conn = await self._reach(host)
             if isinstance(conn, ExecOutput):
                 return conn
-            self.sessions += 1
             try:
                 # stderr joins stdout on the host, so lines are never split between them
                 # bounded: a host that stopped answering on a pooled connection never
                 # confirms the session
                 async with asyncio.timeout(timeout):  # no task of its own, as wait_for has
-                    return await conn.create_process(PRELUDE + command, encoding=None,
-                                                     stdin=asyncssh.DEVNULL)
+                    if keep:
+                        process = await conn.create_process(command, encoding=None)
+                    else:
+                        process = await conn.create_process(PRELUDE + command, encoding=None,
+                                                            stdin=asyncssh.DEVNULL)
+                self.sessions += 1
+                return process
             except TimeoutError:  # this connection is not trusted again
                 if entry.conn is conn:
                     entry.conn = None
@@ -182,11 +337,20 @@ class SshPool:
         raise AssertionError("unreachable")
 
     async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
+        if self.reuse_sessions:  # a batch of one on a kept shell session
+            outputs: list[ExecOutput] = []
+
+            async def finished(i: int, out: ExecOutput, seconds: float) -> None:
+                outputs.append(out)
+
+            await self.run_batch(host, [(command, timeout)], _nothing, finished)
+            return outputs[0]
         entry = self._checkout(host)
         try:
             process = await self._open(host, entry, command, timeout)
             if isinstance(process, ExecOutput):
                 return process
+            self.batches += 1
             return await _collect(process, host, timeout)
         finally:
             self._checkin(entry)
@@ -231,13 +395,10 @@ class SshPool:
         """The outputs of `commands`, run in one session (`run_batch`), each under `timeout`."""
         outputs: list[ExecOutput] = [ExecOutput(None, "", error="not run")] * len(commands)
 
-        async def started(i: int) -> None:
-            return None
-
         async def finished(i: int, out: ExecOutput, seconds: float) -> None:
             outputs[i] = out
 
-        await self.run_batch(host, [(c, timeout) for c in commands], started, finished)
+        await self.run_batch(host, [(c, timeout) for c in commands], _nothing, finished)
         return outputs
 
     async def run_batch(self, host: Host, commands: Sequence[tuple[str, float]],
@@ -253,21 +414,37 @@ class SshPool:
             return
         entry = self._checkout(host)
         try:
-            batch = Batch([c for c, _ in commands])
+            batch = Batch([c for c, _ in commands], ack=self.reuse_sessions)
             await started(0)
             began = time.monotonic()
-            process = await self._open(host, entry, batch.script, commands[0][1])
-            if isinstance(process, ExecOutput):
-                await finished(0, process, time.monotonic() - began)
-                if process.timed_out:  # the pooled connection froze: the rest try a new one
+            if self.reuse_sessions:
+                session: _Shell | asyncssh.SSHClientProcess[bytes] | ExecOutput = \
+                    await self._shell(host, entry, batch.script, commands[0][1])
+            else:
+                session = await self._open(host, entry, batch.script, commands[0][1])
+            if isinstance(session, ExecOutput):
+                await finished(0, session, time.monotonic() - began)
+                if session.timed_out:  # the pooled connection froze: the rest try a new one
                     done = 1
                 else:  # no connection: every command is told why, none ran
                     for i in range(1, len(commands)):
                         await started(i)
-                        await finished(i, process, 0.0)
+                        await finished(i, session, 0.0)
                     return
+            elif isinstance(session, _Shell):
+                ended = "stopped"
+                try:
+                    done, ended = await _collect_batch(session.process, host, batch, commands,
+                                                       started, finished)
+                finally:  # also when cancelled: a session is reused only after a clean end
+                    if ended == "frozen":  # this connection is not trusted again
+                        if entry.conn is session.conn:
+                            entry.conn = None
+                        session.conn.abort()
+                    self._give_back(entry, session, ended == "clean")
             else:
-                done = await _collect_batch(process, host, batch, commands, started, finished)
+                self.batches += 1
+                done, _ = await _collect_batch(session, host, batch, commands, started, finished)
         finally:
             self._checkin(entry)
         for i in range(done, len(commands)):  # after a stop: one session each
@@ -281,10 +458,15 @@ class SshPool:
         for entry in self._entries.values():
             if entry.idle_timer:
                 entry.idle_timer.cancel()
+            self._drop_idle(entry)
             if entry.conn is not None:
                 entry.conn.close()
                 await entry.conn.wait_closed()
                 entry.conn = None
+
+
+async def _nothing(i: int) -> None:
+    return None
 
 
 async def _collect(process: asyncssh.SSHClientProcess[bytes], host: Host,
@@ -323,12 +505,17 @@ async def _collect(process: asyncssh.SSHClientProcess[bytes], host: Host,
 async def _collect_batch(process: asyncssh.SSHClientProcess[bytes], host: Host, batch: Batch,
                          commands: Sequence[tuple[str, float]],
                          started: Callable[[int], Awaitable[None]],
-                         finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> int:
+                         finished: Callable[[int, ExecOutput, float], Awaitable[None]],
+                         ) -> tuple[int, str]:
     """Stream a batch's output into one bounded capture per command, each under its own
-    timeout. Returns how many commands were told to `finished` (the rest did not run here)."""
+    timeout. Returns how many commands were told to `finished` (the rest did not run here) and
+    how the session ended: "clean" (a kept shell told every status and nothing more came: it
+    may take the next batch), "frozen" (a kept shell never acknowledged the batch within the
+    first command's timeout: the host stopped answering), or "stopped"."""
     loop = asyncio.get_running_loop()
     i, capture, t0 = 0, Capture(), time.monotonic()
     deadline = loop.time() + commands[0][1]
+    acked, stray = not batch.ack, False
 
     def told(status: int | None, error: str | None = None, *, ended: bool = False,
              **kw: Any) -> ExecOutput:
@@ -343,27 +530,41 @@ async def _collect_batch(process: asyncssh.SSHClientProcess[bytes], host: Host, 
                 chunk = await process.stdout.read(65536)
         except TimeoutError:
             _stop(process)
+            if not acked:
+                await finished(0, told(None, f"timed out after {commands[0][1]:g}s: {host.name} "
+                                       "stopped answering on its SSH connection; the command "
+                                       "may have reached it, and was not retried",
+                                       timed_out=True), time.monotonic() - t0)
+                return 1, "frozen"
             await finished(i, told(None, f"timed out after {commands[i][1]:g}s",
                                    timed_out=True), time.monotonic() - t0)
-            return i + 1
+            return i + 1, "stopped"
         except (asyncssh.Error, OSError) as exc:
             await finished(i, told(None, f"SSH connection to {host.name} lost while the command "
                                    f"ran ({getattr(exc, 'reason', exc)}); it was not retried"),
                            time.monotonic() - t0)
-            return i + 1
+            return i + 1, "stopped"
         pieces = batch.feed(chunk) if chunk else [batch.rest()]
         for piece in pieces:
+            if i == len(commands):  # after the last status: printed by something left behind
+                stray = True
+                continue
             if isinstance(piece, bytes):
                 if not capture.feed(piece):
                     _stop(process)
                     await finished(i, told(None, f"stopped: printed more than {capture.cap} "
                                            "bytes (the output cap)", capped=True),
                                    time.monotonic() - t0)
-                    return i + 1
+                    return i + 1, "stopped"
+                continue
+            if not acked:  # the shell took the batch: the first command's time starts now
+                acked, t0 = True, time.monotonic()
+                deadline = loop.time() + commands[0][1]
                 continue
             await finished(i, told(piece, None if piece is not None else
                                    "the command's exit status could not be read", ended=True),
                            time.monotonic() - t0)
+            stray = stray or piece is None
             i += 1
             if i < len(commands):
                 capture, t0 = Capture(), time.monotonic()
@@ -377,12 +578,14 @@ async def _collect_batch(process: asyncssh.SSHClientProcess[bytes], host: Host, 
                                    else f"SSH connection to {host.name} lost while the command "
                                    "ran (no exit status); it was not retried"),
                            time.monotonic() - t0)
-            return i + 1
+            return i + 1, "stopped"
+    if batch.ack:  # a kept shell: anything after the last status makes it unfit for reuse
+        return len(commands), "stopped" if stray or batch.rest() else "clean"
     with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
         await asyncio.wait_for(process.wait_closed(), 2)  # every command told: let it end
     if process.exit_status is None:
         _stop(process)  # something it started still holds the session open
-    return len(commands)
+    return len(commands), "stopped"
 
 
 def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
