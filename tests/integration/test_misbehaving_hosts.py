@@ -210,3 +210,29 @@ async def test_a_held_connection_is_not_closed_as_idle(
     await asyncio.sleep(0.6)
     assert conn.is_closed()  # released: idle close works again
     await pool.close()
+
+
+async def test_a_host_dying_mid_run_is_one_error_and_the_next_run_reconnects(
+        ctx: ExecContext, own_sshd: SshServer, inventory_file: Path) -> None:
+    host = host_of(own_sshd, inventory_file)
+    assert (await ctx.ssh.run(host, "echo warm", 5)).output == "warm\n"  # a kept session now
+
+    async def kill_soon() -> None:
+        await asyncio.sleep(0.5)
+        signal_tree(own_sshd.process.pid, signal.SIGKILL)  # sshd, its sessions, the command
+
+    killing = asyncio.create_task(kill_soon())
+    out = await ctx.ssh.run(host, "echo started; sleep 5", 10)
+    await killing
+    assert out.exit_status is None and out.output == "started\n"
+    assert out.error and out.error.startswith("SSH connection to web03 lost while the command ran")
+    assert out.error.endswith("not retried")
+    own_sshd.process.stop()
+    back = start_sshd(own_sshd.workdir.parent, address=own_sshd.address, port=own_sshd.port,
+                      name="web03")  # the same host key
+    try:
+        again = await ctx.ssh.run(host, "echo back", 10)
+        assert again.output == "back\n", again.error
+        assert (ctx.ssh.connects, ctx.ssh.sessions) == (2, 2)
+    finally:
+        back.process.stop()

@@ -40,3 +40,12 @@ def test_the_marker_is_new_each_time_and_never_whole_in_the_script() -> None:
 def test_commands_are_quoted_into_their_own_subshell() -> None:
     batch = Batch(["echo 'it''s'; exit 3"])
     assert "( eval 'echo '\"'\"'it'\"'\"''\"'\"'s'\"'\"'; exit 3' ) </dev/null;" in batch.script
+
+
+def test_an_acknowledged_batch_says_it_took_the_script_before_any_command() -> None:
+    batch = Batch(["echo a"], ack=True)
+    lines = batch.script.splitlines()
+    assert lines[1] == "printf '\\n%s 0\\n' \"$M\"" and lines[2].startswith("( eval 'echo a' )")
+    assert batch.sep.strip().decode() not in batch.script
+    assert split(batch, batch.sep + b"0\n" + b"a\n" + batch.sep + b"0\n", 3) == \
+        [(b"", 0), (b"a\n", 0)]

@@ -58,3 +58,13 @@ def test_operators_default_to_approvers_and_metrics_token() -> None:
                        "OPSBOT_METRICS_TOKEN": "m"})
     assert s.operators == {"U3", "S0ONCALL"} and s.approvers == {"U1"}
     assert s.metrics_token == "m"
+
+
+def test_ssh_sessions_are_kept_unless_turned_off(tmp_path: Path) -> None:
+    assert load_settings({}).ssh_reuse_sessions is True
+    assert load_settings({"OPSBOT_SSH_REUSE_SESSIONS": "false"}).ssh_reuse_sessions is False
+    cfg = tmp_path / "opsbot.toml"
+    cfg.write_text("ssh_reuse_sessions = false\n")
+    assert load_settings({}, cfg).ssh_reuse_sessions is False
+    with pytest.raises(ConfigError, match="OPSBOT_SSH_REUSE_SESSIONS"):
+        load_settings({"OPSBOT_SSH_REUSE_SESSIONS": "sometimes"})
