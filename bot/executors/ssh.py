@@ -276,7 +276,11 @@ class SshPool:
             shell = await self._take(entry)
             new = shell is None
             if shell is None:
-                process = await self._open(host, entry, SHELL, timeout, keep=True)
+                try:
+                    process = await self._open(host, entry, SHELL, timeout, keep=True)
+                except BaseException:  # cancelled: the slot is free again
+                    self._release_slot(entry)
+                    raise
                 if isinstance(process, ExecOutput):
                     self._release_slot(entry)
                     return process
@@ -409,7 +413,9 @@ class SshPool:
         line no command can know (bot.executors.batch). Each command keeps its own timeout and
         output cap; `started(i)` and `finished(i, output, seconds)` are called as each one
         starts and ends. When a command times out, hits the cap or the session ends early,
-        that one is stopped and the commands after it run one session each (`run`)."""
+        that one is stopped (its session never reused) and the commands after it run one by
+        one (`run`). With `reuse_sessions`, the batch goes to a kept shell session (see the
+        module's docstring); without, to a session of its own."""
         if not commands:
             return
         entry = self._checkout(host)
@@ -447,7 +453,7 @@ class SshPool:
                 done, _ = await _collect_batch(session, host, batch, commands, started, finished)
         finally:
             self._checkin(entry)
-        for i in range(done, len(commands)):  # after a stop: one session each
+        for i in range(done, len(commands)):  # after a stop: one by one
             command, timeout = commands[i]
             await started(i)
             t0 = time.monotonic()
