@@ -179,3 +179,28 @@ async def test_the_opt_out_opens_a_session_per_run(inventory_file: Path,
             all(e.idle == [] and e.open == 0 for e in ctx.ssh._entries.values())
     finally:
         await ctx.close()
+
+
+async def test_a_cancelled_run_leaves_no_session_and_no_slot_behind(
+        inventory_file: Path, known_hosts_file: Path) -> None:
+    pool = SshPool(known_hosts_file)
+    host = web01(inventory_file)
+    try:
+        first = await pool.run(host, "echo $$", 10)
+        with pytest.raises(TimeoutError):  # e.g. the runner's backstop
+            await asyncio.wait_for(pool.run(host, "sleep 2; echo late", 30), 0.5)
+        (entry,) = pool._entries.values()
+        assert entry.open == 0 and entry.idle == []
+        after = await pool.run(host, "sleep 2.5; echo $$", 10)
+        assert after.output != first.output and "late" not in after.output
+        # cancelled while waiting for a slot: the others go on, the slots add up
+        busy = [asyncio.create_task(pool.run(host, "sleep 1; echo busy", 10))
+                for _ in range(MAX_SESSIONS)]
+        await asyncio.sleep(0.3)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.run(host, "echo waiting", 10), 0.2)
+        assert [(await b).output for b in busy] == ["busy\n"] * MAX_SESSIONS
+        assert (await pool.run(host, "echo fine", 10)).output == "fine\n"
+        assert (entry.open, len(entry.idle), entry.waiters) == (MAX_IDLE, MAX_IDLE, [])
+    finally:
+        await pool.close()
