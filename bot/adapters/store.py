@@ -911,9 +911,15 @@ class Store:
             "error": result.error})
         return rec.step_run_id
 
-    def steps_of(self, incident_id: int) -> list[StepRun]:
+    def steps_of(self, incident_id: int, run_id: int | None = None) -> list[StepRun]:
+        """The incident's steps, or only those of its run `run_id` (an incident run again
+        and again holds every earlier run's steps)."""
+        if run_id is None:
+            return [step_run_from_row(r) for r in self.db.query(
+                "SELECT * FROM step_runs WHERE incident_id = ? ORDER BY id", (incident_id,))]
         return [step_run_from_row(r) for r in self.db.query(
-            "SELECT * FROM step_runs WHERE incident_id = ? ORDER BY id", (incident_id,))]
+            "SELECT * FROM step_runs WHERE incident_id = ? AND run_id = ? ORDER BY id",
+            (incident_id, run_id))]
 
     def iter_steps(self, incident_id: int,
                    phases: tuple[str, ...] = ("diagnostic", "remediation", "verify")

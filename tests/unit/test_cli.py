@@ -137,3 +137,30 @@ def test_analyze_names_each_label(tmp_path: Path, case_path: Path) -> None:
         lines.update(line.rstrip() for line in (text or "").splitlines())
     for cause in causes:
         assert set(cause["evidence"]) <= lines
+
+
+def test_a_terminal_command_leaves_the_collector_as_it_found_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up runs without the cyclic collector and is then frozen (a cold run's CPU); the
+    command itself runs with the collector on, and afterwards nothing stays frozen."""
+    import asyncio
+    import gc
+
+    from bot import cli
+    from bot.config import load_settings
+
+    for key in [k for k in os.environ if k.startswith(("OPSBOT_", "SLACK_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OPSBOT_DB", str(tmp_path / "opsbot.db"))
+    monkeypatch.setenv("OPSBOT_RUNBOOKS", str(ROOT / "runbooks"))
+    monkeypatch.setenv("OPSBOT_INVENTORY", str(tmp_path / "inventory.yaml"))
+    seen: list[tuple[bool, int]] = []
+
+    async def command(rt: object) -> int:
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        return 0
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert asyncio.run(cli._with_runtime(load_settings(), command, quiet=True)) == 0
+    assert seen[0][0] and seen[0][1] > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0

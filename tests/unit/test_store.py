@@ -426,6 +426,26 @@ async def test_steps_of_many_hosts_are_recorded_in_few_transactions(db_target: s
         store.close()
 
 
+async def test_steps_of_one_run_leaves_out_the_incidents_earlier_runs(db_target: str) -> None:
+    """An incident run again and again holds every run's steps; asked for one run, the store
+    gives only that run's, in order."""
+    store = AsyncStore(Store(db_target))
+    try:
+        inc_id, _ = open_(store.sync)
+        runs = [await store.start_run(inc_id, "loadavg", "bench", "tester", "terminal", {})
+                for _ in range(3)]
+        for run in runs:
+            for h in ("web01", "web02"):
+                await store.start_step(run, inc_id, _step(h), "tester")
+        await store.start_step(None, inc_id, _step("web03"), "tester")
+        assert len(await store.steps_of(inc_id)) == 7
+        second = await store.steps_of(inc_id, runs[1])
+        assert [(r.run_id, r.host) for r in second] == [(runs[1], "web01"), (runs[1], "web02")]
+        assert await store.steps_of(inc_id, runs[2] + 100) == []
+    finally:
+        store.close()
+
+
 async def test_a_step_record_the_database_refuses_fails_only_its_own_caller(
         db_target: str) -> None:
     store = AsyncStore(Store(db_target))
