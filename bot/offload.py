@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import ParamSpec, TypeVar
+from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+if TYPE_CHECKING:  # multiprocessing on first use: 11-15 ms of every cold `opsbot run`
+    from concurrent.futures import ProcessPoolExecutor
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -45,6 +46,9 @@ def _processes() -> ProcessPoolExecutor:
     diagnosis (a fork of this multi-threaded process would copy its locks mid-use)."""
     global _PROCESSES
     if _PROCESSES is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["bot.diagnosis"])
         _PROCESSES = ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=ctx,
@@ -60,7 +64,7 @@ async def off_process(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
     try:
         return await asyncio.get_running_loop().run_in_executor(
             _processes(), functools.partial(fn, *args, **kwargs))
-    except (BrokenProcessPool, OSError, RuntimeError) as exc:
+    except (BrokenExecutor, OSError, RuntimeError) as exc:  # BrokenProcessPool
         log.warning("worker processes unavailable (%s): running %s on a thread",
                     type(exc).__name__, getattr(fn, "__name__", "the work"))
         broken, _PROCESSES = _PROCESSES, None
