@@ -226,7 +226,8 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
                       note=f"discovery and {result['steps'] // n} steps per host; likely "
                            f"cause(s) found: {', '.join(result['causes']) or 'none'}; "
                            f"{result['connects']} SSH connections for {rounds + 1} runs, "
-                           f"{result['sessions']} SSH sessions per run; "
+                           f"{result['sessions']} SSH sessions opened and "
+                           f"{result.get('batches', '?')} batches of commands sent per run; "
                            f"slowest steps (s): {result['slowest_steps']}"
                            + (f"; step errors: {result['errors']}" if result["errors"]
                               else "")))

@@ -5,7 +5,9 @@
 Builds the runtime as `opsbot serve` does, runs RUNBOOK on TARGET once to open the pooled SSH
 connections, then ROUNDS more times, each timed from the call to the end of its background work.
 Prints JSON: the samples (wall, and opsbot's own CPU seconds), how many SSH connections were
-opened, the most SSH sessions (a shell each on the host) one run asked for, the slowest steps,
+opened, the most SSH sessions (a shell each on the host) one run opened and the most runs or
+batches of commands it sent to sessions (kept sessions are reused: bot/executors/ssh.py), the
+slowest steps,
 and how the hosts fared. With OPSBOT_BENCH_SSHD_PIDS (the lab's sshd servers, comma-separated),
 also the hosts' CPU seconds per run: every sshd process under those servers and every command
 they ran (the sessions are reaped by their connection's sshd, which lives across the runs).
@@ -84,19 +86,21 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
             servers = {int(p) for p in os.environ.get("OPSBOT_BENCH_SSHD_PIDS", "").split(",")
                        if p.strip().isdigit()}
             samples, cpu, longest, sessions, hosts_cpu = [], [], [], [], []
+            batches: list[int] = []
             floor_command = os.environ.get("OPSBOT_BENCH_FLOOR_COMMAND")
             floor: list[float] = []
             floor_cpu: list[float] = []
             for _ in range(rounds):
                 on_hosts = host_cpu(servers) if servers else 0.0
                 began, began_cpu = time.perf_counter(), own_cpu()
-                opened = rt.ctx.ssh.sessions
+                opened, sent = rt.ctx.ssh.sessions, rt.ctx.ssh.batches
                 outcome = await once()
                 samples.append(time.perf_counter() - began)
                 cpu.append(own_cpu() - began_cpu)
                 if servers:
                     hosts_cpu.append(host_cpu(servers) - on_hosts)
                 sessions.append(rt.ctx.ssh.sessions - opened)
+                batches.append(rt.ctx.ssh.batches - sent)
                 longest.append(max(s.duration for r in outcome.reports for s in r.results))
                 if floor_command:
                     conns = [await rt.ctx.ssh.connection(h)
@@ -116,6 +120,7 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                     "floor_cpu": floor_cpu,
                     "longest_step": longest, "slowest_steps": top,
                     "connects": rt.ctx.ssh.connects, "sessions": max(sessions),
+                    "batches": max(batches),
                     "hosts": len(outcome.reports), "first": len(first.reports),
                     "steps": sum(len(r.results) for r in outcome.reports),
                     "causes": sorted({r.causes[0].cause for r in outcome.reports if r.causes}),
