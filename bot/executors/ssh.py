@@ -24,7 +24,8 @@ written to it is replaced (nothing ran). What a command changes in its subshell 
 `ulimit`, `set -e`, `exit`, `exec`) ends with it.
 
 Differences from a session per command (the opt-out): a command killed by a signal shows as
-exit status 128+n (from `$?`), not as "killed by signal"; a command ends when its subshell does,
+exit status 128+n (from `$?`), not as "killed by signal"; `$$` is the kept shell's, the same
+from one run to the next; a command ends when its subshell does,
 even if a background process it started still holds the session's output open. The limit: such a
 background process that prints while the session is idle gets the session discarded, but one that
 prints while the next batch runs puts its bytes into that batch's output (a command that leaves
