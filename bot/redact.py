@@ -131,11 +131,17 @@ async def redact_async(text: str) -> str:
     return await asyncio.to_thread(redact, text)
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})  # nothing in them to redact
+SHORT = 200  # characters: a value this short is redacted once per text (`_redact_short`)
+
+
 def redact_value(value: Any) -> Any:
     """Every string inside a JSON-like value, redacted (keys of mappings too)."""
+    if type(value) in _PLAIN:  # before the Mapping check, an ABC's: slow for a number
+        return value
     if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
+        return _redact_short(value) if len(value) <= SHORT else redact(value)
+    if isinstance(value, dict | Mapping):
         out = {}
         for k, v in value.items():
             key, secret = _key(str(k))
@@ -144,6 +150,13 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_value(v) for v in value]
     return value
+
+
+@lru_cache(maxsize=4096)
+def _redact_short(text: str) -> str:
+    """`redact` of a short value, read once: every audit record repeats the same hosts, step
+    ids, statuses and commands (a 50-host run writes about 150 records)."""
+    return redact(text)
 
 
 _SECRET_KEY = re.compile("|".join(_KEY_WORDS))

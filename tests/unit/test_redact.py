@@ -80,3 +80,24 @@ def test_nested_values_and_secret_keys_are_masked() -> None:
              "notes": ["token=abcdef1234"], "n": 3}
     assert redact_value(value) == {"labels": {"db_password": "[REDACTED]", "host": "web01"},
                                    "notes": ["token=[REDACTED]"], "n": 3}
+
+
+def test_every_kind_of_value_is_redacted_the_same_however_often_it_repeats() -> None:
+    """Short values are read once and kept (audit records repeat them); long ones, other
+    mappings, str subclasses and numbers come out as before."""
+    from enum import StrEnum
+    from types import MappingProxyType
+
+    class Phase(StrEnum):
+        DIAGNOSTIC = "diagnostic"
+
+    long_text = "x" * 300 + " password=hunter22 " + "y" * 300
+    value = {"host": "web01", "cmd": "mysql -phunter22", "phase": Phase.DIAGNOSTIC,
+             "n": 3, "f": 0.5, "ok": True, "none": None, "long": long_text,
+             "proxy": MappingProxyType({"api_key": "abcdef", "n": 1}), "t": ("token=abcdef1",)}
+    for _ in range(3):
+        assert redact_value(value) == {
+            "host": "web01", "cmd": "mysql -p[REDACTED]", "phase": "diagnostic", "n": 3,
+            "f": 0.5, "ok": True, "none": None,
+            "long": "x" * 300 + " password=[REDACTED] " + "y" * 300,
+            "proxy": {"api_key": "[REDACTED]", "n": 1}, "t": ["token=[REDACTED]"]}
