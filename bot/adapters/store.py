@@ -640,12 +640,14 @@ class Store:
             steps = [step_run_from_row(r) for r in conn.execute(
                 "SELECT * FROM step_runs WHERE incident_id = ? AND status = 'running' ORDER BY id",
                 (incident_id,)).dicts()]
+            chain = AuditChain(self, conn)
             for step in steps:
                 self._update(conn, "step_runs", step.id, {
                     "status": "interrupted", "error": "opsbot stopped while it ran"})
-                self._audit(conn, "step.end", actor, incident_id, {
+                chain.add("step.end", actor, incident_id, {
                     "step_run_id": step.id, "step": step.step_id, "host": step.host,
                     "status": "interrupted", "error": "opsbot stopped while it ran"})
+            chain.close()
         return steps
 
     def expired_approvals(self) -> list[Approval]:
@@ -937,12 +939,14 @@ class Store:
                          causes: Mapping[str, list[dict[str, Any]]]) -> None:
         """Every host's ranked causes of a run, in one transaction (one record each)."""
         with self.tx() as conn:
+            chain = AuditChain(self, conn)  # the chain's head read and sealed once, not per host
             for host, found in causes.items():
                 self._insert(conn, "diagnoses", {"run_id": run_id, "incident_id": incident_id,
                                                  "host": host, "causes": found,
                                                  "created_at": utcnow()})
-                self._audit(conn, "diagnosis", "opsbot", incident_id,
-                            {"run_id": run_id, "host": host, "causes": found})
+                chain.add("diagnosis", "opsbot", incident_id,
+                          {"run_id": run_id, "host": host, "causes": found})
+            chain.close()
 
     def diagnoses_of(self, incident_id: int) -> list[Diagnosis]:
         return [diagnosis_from_row(r) for r in self.db.query(

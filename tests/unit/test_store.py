@@ -471,6 +471,23 @@ async def test_a_step_record_the_database_refuses_fails_only_its_own_caller(
         store.close()
 
 
+def test_a_runs_diagnoses_and_interrupted_steps_are_one_audit_record_each(store: Store) -> None:
+    """Many hosts' records written in one transaction: one audit record per host, in order,
+    and the chain (with its sealed head) verifies."""
+    inc_id, _ = open_(store)
+    cause = [{"cause": "upstream_down", "confidence": 0.6, "evidence": [], "remediation": []}]
+    store.record_diagnoses(1, inc_id, {"web01": cause, "web02": [], "web03": []})
+    running = [store.start_step(1, inc_id, _step(h), "tester") for h in ("web01", "web02")]
+    assert [s.id for s in store.interrupt_steps(inc_id, "opsbot")] == running
+    records = [(r["action"], json.loads(r["detail"])) for r in store.audit_records()]
+    assert [d["host"] for a, d in records if a == "diagnosis"] == ["web01", "web02", "web03"]
+    assert [(d["step_run_id"], d["status"]) for a, d in records if a == "step.end"] == \
+        [(running[0], "interrupted"), (running[1], "interrupted")]
+    assert store.verify_audit().ok
+    store.audit("after", "tester")  # the head was sealed where the batch ended
+    assert store.verify_audit().ok
+
+
 def test_the_root_message_reads_the_newest_diagnosis_of_the_cause(store: Store) -> None:
     """An incident run again and again keeps every diagnosis: the confidence shown is the
     newest one whose likeliest cause is the incident's, however far back it is."""
