@@ -6,22 +6,23 @@ ss and supervisorctl live).
 
 One pooled connection per host serves every step of every incident; it closes when idle.
 
-Shell sessions are kept too (`OPSBOT_SSH_REUSE_SESSIONS`, on by default): setting up an SSH
-session (sshd's fork, the session, a login shell) costs the host more than a short command. A
-session runs the prelude, then `exec "$SHELL" -s` (the login shell, reading commands from
-stdin); each `run`, `run_many` or `run_batch` writes its commands to an idle one as a batch
-(bot.executors.batch: each command in a subshell of its own with stdin from /dev/null, then a
-marker line with its status; a fresh random marker per batch, set in the script, so not in
-`ps`). The batch's first line is an acknowledgement: a host that does not acknowledge within the
-first command's timeout "stopped answering", and its connection is dropped, as when a new
-session is not confirmed. One batch at a time per session; at most `MAX_SESSIONS` sessions of
-the pool at once on a connection (OpenSSH's MaxSessions is 10 by default: Docker over SSH needs
-some), `MAX_IDLE` of them kept idle. A session goes back to the idle list only after a batch that
-ended cleanly: every command told its status and nothing more came; after a timeout, the output
-cap or a lost session it is stopped and never reused (a command may still be running in it). An
-idle session that ended, or printed anything, is discarded; one found dead before anything was
-written to it is replaced (nothing ran). What a command changes in its subshell (`cd`, `export`,
-`ulimit`, `set -e`, `exit`, `exec`) ends with it.
+Shell sessions are kept too (`OPSBOT_SSH_REUSE_SESSIONS`, on by default): setting up an SSH session
+(sshd's fork, the session, a login shell) costs the host more than a short command. A session runs
+the prelude, then `exec "$SHELL" -s` (the login shell, reading commands from stdin); each `run`,
+`run_many` or `run_batch` writes its commands to an idle one as a batch (bot.executors.batch: each
+command in a subshell of its own with stdin from /dev/null, then a marker line with its status; a
+fresh random marker per batch, set in the script, so not in `ps`). The batch's first line is an
+acknowledgement: a host that does not acknowledge within the first command's timeout "stopped
+answering", and its connection is dropped, as when a new session is not confirmed. One batch at a
+time per session; at most `MAX_SESSIONS` sessions of the pool at once on a connection (OpenSSH's
+MaxSessions is 10 by default: Docker over SSH needs some; a host that refuses one more on a live
+connection, a hardened `MaxSessions 2`, gets no more than it had open: runs wait for one),
+`MAX_IDLE` of them kept idle. A session goes back to the idle list only after a batch that ended
+cleanly: every command told its status and nothing more came; after a timeout, the output cap or a
+lost session it is stopped and never reused (a command may still be running in it). An idle session
+that ended, or printed anything, is discarded; one found dead before anything was written to it is
+replaced (nothing ran). What a command changes in its subshell (`cd`, `export`, `ulimit`, `set -e`,
+`exit`, `exec`) ends with it.
 
 Differences from a session per command (the opt-out): a command killed by a signal shows as
 exit status 128+n (from `$?`), not as "killed by signal"; `$$` is the kept shell's, the same
@@ -62,6 +63,10 @@ MAX_SESSIONS = 8  # the pool's sessions open at once on one connection (busy or 
 MAX_IDLE = 4  # idle shell sessions kept per host
 
 
+class _AtLimit(Exception):
+    """The host refused one more session on a live connection (its MaxSessions)."""
+
+
 class _Shell:
     """A shell session kept open on a pooled connection (`SHELL`), one batch at a time."""
 
@@ -85,6 +90,7 @@ class _Entry:
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle: list[_Shell] = []  # shell sessions waiting for the next batch
         self.open = 0  # shell sessions of the pool open (or opening) on the host: busy or idle
+        self.limit = MAX_SESSIONS  # lowered when the host refuses more (its sshd's MaxSessions)
         self.waiters: list[asyncio.Future[None]] = []  # runs waiting for a session slot
 
 
@@ -234,7 +240,7 @@ class SshPool:
                 if shell.usable(entry.conn):
                     return shell
                 self._discard(entry, shell)  # ended while idle: nothing was written to it
-            if entry.open < MAX_SESSIONS:
+            if entry.open < entry.limit:
                 entry.open += 1
                 return None
             waiter = asyncio.get_running_loop().create_future()
@@ -279,6 +285,9 @@ class SshPool:
             if shell is None:
                 try:
                     process = await self._open(host, entry, SHELL, timeout, keep=True)
+                except _AtLimit:  # keep fewer sessions: take one that went idle, or wait
+                    self._release_slot(entry)
+                    continue
                 except BaseException:  # cancelled: the slot is free again
                     self._release_slot(entry)
                     raise
@@ -326,8 +335,14 @@ class SshPool:
                     "connection; the command may have reached it, and was not retried"),
                     timed_out=True)
             except (asyncssh.ChannelOpenError, BrokenPipeError) as exc:
-                # the session never opened: nothing ran. A pooled connection that died
-                # while idle: reconnect once.
+                # the session never opened: nothing ran. A live connection that already holds
+                # other sessions of the pool refuses one more: the host's MaxSessions (hardened
+                # configurations set 2-4), not a dead connection: keep fewer sessions on it
+                if keep and entry.open > 1 and entry.conn is conn and not conn.is_closed() \
+                        and isinstance(exc, asyncssh.ChannelOpenError):
+                    entry.limit = max(1, entry.open - 1)
+                    raise _AtLimit from None
+                # A pooled connection that died while idle: reconnect once.
                 entry.conn = None
                 if attempt == 2:
                     return ExecOutput(None, "", error=f"SSH connection to {host.name} lost: "

@@ -204,3 +204,30 @@ async def test_a_cancelled_run_leaves_no_session_and_no_slot_behind(
         assert (entry.open, len(entry.idle), entry.waiters) == (MAX_IDLE, MAX_IDLE, [])
     finally:
         await pool.close()
+
+
+async def test_a_host_allowing_few_sessions_gets_fewer_not_a_new_connection(
+        lab_dir: Path) -> None:
+    """A hardened sshd (`MaxSessions 2`) refuses a third session on the connection: the pool
+    keeps at most what the host allows (runs wait for a session) instead of taking the refusal
+    for a dead connection and opening another."""
+    from tests.lab.fixtures import start_host
+
+    server = start_host(lab_dir, "fewsessions", 8, max_sessions=2)
+    known = lab_dir / f"fewsessions-known-hosts-{os.getpid()}"
+    known.write_text(server.known_hosts_line + "\n")
+    host = Host(server.name, server.address, server.port, server.user, str(server.key_file))
+    pool = SshPool(known)
+    try:
+        outs = await asyncio.gather(*(pool.run(host, f"sleep 0.3; echo {i}", 20)
+                                      for i in range(6)))
+        assert [(o.exit_status, o.output, o.error) for o in outs] == \
+            [(0, f"{i}\n", None) for i in range(6)]
+        (entry,) = pool._entries.values()
+        assert pool.connects == 1 and entry.limit == 2 and pool.sessions == 2
+        again = await asyncio.gather(*(pool.run(host, "echo again", 20) for _ in range(4)))
+        assert all(o.output == "again\n" for o in again) and pool.connects == 1
+        assert pool.sessions == 2
+    finally:
+        await pool.close()
+        server.stop()

@@ -39,9 +39,10 @@ def _ssh_port() -> int:
 
 
 def start_host(lab_dir: Path, name: str, last_octet: int, user: str = LAB_USER, *,
-               stream_local: bool = True) -> SshServer:
+               stream_local: bool = True, max_sessions: int = 100) -> SshServer:
     """sshd for test host `name` on 127.0.0.<last_octet> (or the next free 127.0.x.<octet>);
-    stream_local=False: its sshd refuses streams to unix sockets."""
+    stream_local=False: its sshd refuses streams to unix sockets; max_sessions: its
+    MaxSessions."""
     port = _ssh_port()
     started = time.monotonic()
     last_error: Exception | None = None
@@ -51,7 +52,7 @@ def start_host(lab_dir: Path, name: str, last_octet: int, user: str = LAB_USER, 
             continue
         try:
             server = start_sshd(lab_dir, address=address, port=port, user=user, name=name,
-                                stream_local=stream_local)
+                                stream_local=stream_local, max_sessions=max_sessions)
         except LabError as exc:  # lost a race for the address, or sshd is missing / broken
             last_error = exc
             if "not found" in str(exc):

@@ -149,9 +149,11 @@ def start_sshd(
     user: str = LAB_USER,
     name: str | None = None,
     stream_local: bool = True,
+    max_sessions: int = 100,
 ) -> SshServer:
     """Start sshd on address:port for `user`; return once it has sent its SSH banner.
-    stream_local=False: `AllowStreamLocalForwarding no` (streams to unix sockets refused)."""
+    stream_local=False: `AllowStreamLocalForwarding no` (streams to unix sockets refused);
+    max_sessions: its `MaxSessions` (sessions at once on one connection)."""
     sshd = require_binary("sshd", "/usr/sbin/sshd")
     ensure_lab_user(user)
     if port_open(address, port):
@@ -194,7 +196,7 @@ def start_sshd(
             "AllowTcpForwarding yes",
             f"AllowStreamLocalForwarding {'yes' if stream_local else 'no'}",
             "MaxStartups 100:30:200",
-            "MaxSessions 100",
+            f"MaxSessions {max_sessions}",
             "LoginGraceTime 30",
             "LogLevel VERBOSE",
             # non-root users get /usr/bin:/bin only; the runbooks call nginx (in /usr/sbin)
