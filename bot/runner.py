@@ -199,7 +199,14 @@ class Runner:
         wait for the interpreter's lock); else on the offload threads (a one-shot command)."""
         self.ctx = ctx
         self.apart = apart
-        self.kinds: dict[str, StepKind] = {name: cls(ctx) for name, cls in KINDS.items()}
+        self._kinds: dict[str, StepKind] = {}
+
+    def kind(self, name: str) -> StepKind:
+        """The executor of step kind `name`, made on first use (its module is imported then)."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            kind = self._kinds[name] = KINDS[name](self.ctx)
+        return kind
 
     async def execute(self, step: Step, rendered: RenderedStep, host: Host,
                       listener: StepListener) -> tuple[StepResult, Any]:
@@ -207,8 +214,8 @@ class Runner:
         started_at, t0 = _now_iso(), time.monotonic()
         try:
             async with asyncio.timeout(rendered.timeout + 15):  # a backstop: executors
-                out = await self.kinds[step.kind].run(rendered.action, host,  # time their own
-                                                      rendered.timeout)
+                out = await self.kind(step.kind).run(rendered.action, host,  # time their own
+                                                    rendered.timeout)
         except TimeoutError:
             out = ExecOutput(None, "", error=f"timed out after {rendered.timeout:g}s",
                              timed_out=True)
@@ -235,7 +242,7 @@ class Runner:
         listed). Fewer than two: none."""
         group: list[Step] = []
         for step in steps[start:]:
-            kind = self.kinds[step.kind]
+            kind = self.kind(step.kind)
             if not kind.batches or step.when or (group and step.kind != group[0].kind) or \
                     _reads_results(tuple(t for _, t, _ in kind.templates_of(step.params))):
                 break
@@ -280,7 +287,7 @@ class Runner:
             results[i] = (step, result, evidence)
 
         if run:
-            kind = self.kinds[todo[run[0]][0].kind]
+            kind = self.kind(todo[run[0]][0].kind)
             backstop = sum(todo[i][1].timeout for i in run) + 15  # executors time each one
             try:
                 await asyncio.wait_for(kind.run_batch(

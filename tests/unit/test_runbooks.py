@@ -130,3 +130,29 @@ def test_untrusted_text_is_shell_quoted_when_rendered(tmp_path: Path) -> None:
     params = resolve_params(rb, {"program": "x; touch /tmp/pwned $(id)"})
     step = render_step(rb.steps[0], Phase.DIAGNOSTIC, host, render_context(host, params, {}, {}))
     assert step.display == "supervisorctl status 'x; touch /tmp/pwned $(id)'"
+
+
+def test_a_kind_is_imported_when_a_runbook_first_names_it(tmp_path: Path) -> None:
+    """Runbooks of ssh steps only never import the other kinds (a cold run's CPU); a runbook
+    naming one imports it, and an unknown kind still lists every kind there is."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, MINIMAL)
+    other = write(tmp_path, MINIMAL.replace("kind: ssh\n    when", "kind: http\n    when")
+                  .replace("command: curl -sS http://127.0.0.1:{{ port }}/",
+                           "url: http://127.0.0.1:{{ port }}/"), "http.yaml")
+    bad = write(tmp_path, MINIMAL.replace("kind: ssh\n    when", "kind: shh\n    when"),
+                "bad.yaml")
+    code = (f"import sys\nfrom pathlib import Path\nfrom bot.errors import RunbookInvalid\n"
+            f"from bot.runbooks import load_runbook\nload_runbook(Path({str(path)!r}))\n"
+            "kinds = ('bot.executors.docker', 'bot.executors.http', 'bot.executors.local')\n"
+            "print(sorted(k for k in kinds if k in sys.modules))\n"
+            f"load_runbook(Path({str(other)!r}))\n"
+            "print(sorted(k for k in kinds if k in sys.modules))\n"
+            f"try:\n    load_runbook(Path({str(bad)!r}))\n"
+            "except RunbookInvalid as exc:\n    print(str(exc).splitlines()[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.splitlines()
+    assert out[:2] == ["[]", "['bot.executors.http']"], out
+    assert out[2].endswith("unknown step kind 'shh' (known: docker, http, local, ssh)"), out
