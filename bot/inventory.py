@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,8 @@ def _first(hvars: Mapping[str, Any], *names: str) -> Any:
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    import difflib
+
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.8)
     return close[0] if close else None
 

@@ -7,7 +7,6 @@ table in `bot.executors`; each kind validates its own fields.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Iterable, Mapping
@@ -266,6 +265,8 @@ def _build_step(spec_cls: type[StepSpec], raw: Any, loc: list[Any], errs: _Error
         for err in exc.errors():
             msg: str = err["msg"]
             if err["type"] == "extra_forbidden":
+                import difflib
+
                 fields = list(kind.Params.model_fields)
                 near = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else f"its fields: {', '.join(fields)}"

@@ -168,9 +168,10 @@ def test_a_terminal_command_leaves_the_collector_as_it_found_it(
 
 def test_a_terminal_command_imports_none_of_the_servers_libraries() -> None:
     """A cold `opsbot run` pays for every module it imports: what only a serving process, a
-    PostgreSQL store or a docker/http step needs is imported when first used."""
+    PostgreSQL store, a docker/http step, a TOML config file or a typo's suggestion needs is
+    imported when first used."""
     serving_only = ("multiprocessing", "psycopg", "docker", "aiohttp", "jinja2", "crossplane",
-                    "prometheus_client", "slack_bolt", "slack_sdk")
+                    "prometheus_client", "slack_bolt", "slack_sdk", "tomllib", "difflib")
     code = ("import sys\nimport bot.cli, bot.app, bot.params\n"
             f"print([m for m in {serving_only!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
