@@ -210,8 +210,8 @@ async def _with_runtime(settings: Settings, fn: Any, *, quiet: bool = False) -> 
 
         rt = build(settings, out=sys.stderr if quiet else None, export_metrics=False)
     finally:
-        gc.freeze()
         gc.enable()
+    gc.freeze()
     try:
         return int(await fn(rt))
     finally:

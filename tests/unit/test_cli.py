@@ -148,6 +148,7 @@ def test_a_terminal_command_leaves_the_collector_as_it_found_it(
 
     from bot import cli
     from bot.config import load_settings
+    from bot.errors import InventoryError
 
     for key in [k for k in os.environ if k.startswith(("OPSBOT_", "SLACK_"))]:
         monkeypatch.delenv(key)
@@ -164,6 +165,10 @@ def test_a_terminal_command_leaves_the_collector_as_it_found_it(
     assert asyncio.run(cli._with_runtime(load_settings(), command, quiet=True)) == 0
     assert seen[0][0] and seen[0][1] > 0
     assert gc.isenabled() and gc.get_freeze_count() == 0
+    (tmp_path / "inventory.yaml").write_text("all: [\n")  # the runtime cannot be built
+    with pytest.raises(InventoryError):
+        asyncio.run(cli._with_runtime(load_settings(), command, quiet=True))
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and len(seen) == 1
 
 
 def test_a_terminal_command_imports_none_of_the_servers_libraries() -> None:
