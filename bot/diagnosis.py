@@ -96,8 +96,8 @@ class Condition(_Strict):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, pattern: str) -> str:
-        try:
-            re.compile(PLACEHOLDER.sub("0", pattern))
+        try:  # compiled as the diagnosis compiles it (re keeps it: compiled once per process)
+            re.compile(PLACEHOLDER.sub("0", pattern), re.MULTILINE)
         except re.error as exc:
             raise ValueError(f"bad regex '{pattern}': {exc}") from None
         return pattern
@@ -158,7 +158,8 @@ class Rules(_Strict):
             for i, signal in enumerate(rule.signals):
                 for j, advice in enumerate(signal.suggests):
                     self._check_step(advice, f"causes.{label}.signals.{i}.suggests.{j}")
-                groups = set(_compile(PLACEHOLDER.sub("0", signal.pattern)).groupindex)
+                groups = set(_compile(PLACEHOLDER.sub("0", signal.pattern),
+                                      re.MULTILINE).groupindex)
                 for name in PLACEHOLDER.findall(signal.pattern):
                     if name not in self.params:
                         raise ValueError(f"causes.{label}.signals.{i}.pattern: unknown parameter "
@@ -680,9 +681,10 @@ class StepLines(dict[str, list[str]]):
         if key not in self._hits:
             found: list[tuple[str, re.Match[str]]] = []
             needles = _needles(pattern)  # a text without them cannot match: no scan
+            # one compiled pattern for the text and its lines: a line holds no newline, so ^
+            # and $ match in it as without MULTILINE
             if _may_match(needles, self.text(step)) and \
-                    _compile(pattern, re.MULTILINE).search(self.text(step)):
-                regex = _compile(pattern)
+                    (regex := _compile(pattern, re.MULTILINE)).search(self.text(step)):
                 found = list(islice(((line, match) for line in reversed(self[step])
                                      if _may_match(needles, line)
                                      and (match := regex.search(line))), MAX_SCAN))
