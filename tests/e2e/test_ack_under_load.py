@@ -238,3 +238,25 @@ async def test_requests_are_answered_while_the_bots_loop_is_held(serving: Servin
     assert incident_titles(serving.db) == ["nginx answers 502 on elsewhere01"]
     assert work_rows(serving.db)[0] == ("click", "done")
     assert any("unknown" in r.plain() for r in serving.slack.responses)
+
+
+async def test_the_server_shortens_the_lock_switch_interval_while_it_serves(
+        tmp_path: Path) -> None:
+    """The edge's thread waits for the interpreter's lock while the loop's thread is busy: the
+    server asks it to change threads every millisecond while it serves, and gives the process
+    its old interval back when it stops (tests start many servers in one process)."""
+    import sys
+
+    from bot.server import SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL
+    slack, _port, env = await bot_under_test(tmp_path)
+    process = BotProcess(env)
+    await process.start()
+    try:
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    finally:
+        await process.stop()
+        await slack.stop()
+    assert sys.getswitchinterval() == pytest.approx(before)
