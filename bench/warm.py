@@ -74,7 +74,7 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
     from bot.config import load_settings
 
     with open(os.devnull, "w") as sink:  # noqa: ASYNC230 (once, at start)
-        rt = build(load_settings(), out=sink)
+        rt = build(load_settings(serving=True), out=sink)  # as `opsbot serve` (kept sessions)
         try:
             async def once() -> Any:
                 outcome = await rt.bot.runs.run_target(runbook, target, {}, requested_by="bench",

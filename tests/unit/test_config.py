@@ -61,10 +61,12 @@ def test_operators_default_to_approvers_and_metrics_token() -> None:
 
 
 def test_ssh_sessions_are_kept_unless_turned_off(tmp_path: Path) -> None:
-    assert load_settings({}).ssh_reuse_sessions is True
+    assert load_settings({}, serving=True).ssh_reuse_sessions is True
+    assert load_settings({}).ssh_reuse_sessions is False  # a one-shot command
+    assert load_settings({"OPSBOT_SSH_REUSE_SESSIONS": "true"}).ssh_reuse_sessions is True
     assert load_settings({"OPSBOT_SSH_REUSE_SESSIONS": "false"}).ssh_reuse_sessions is False
     cfg = tmp_path / "opsbot.toml"
     cfg.write_text("ssh_reuse_sessions = false\n")
-    assert load_settings({}, cfg).ssh_reuse_sessions is False
+    assert load_settings({}, cfg, serving=True).ssh_reuse_sessions is False
     with pytest.raises(ConfigError, match="OPSBOT_SSH_REUSE_SESSIONS"):
         load_settings({"OPSBOT_SSH_REUSE_SESSIONS": "sometimes"})
