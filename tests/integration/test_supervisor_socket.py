@@ -188,7 +188,7 @@ async def test_discovery_reads_the_status_from_the_socket(
     conf = status_lab.parsed()
     assert conf.socket == str(status_lab.socket)
     reader = prober(ctx, sshd_host)
-    sessions, streams = ctx.ssh.sessions, ctx.ssh.streams
+    batches, streams = ctx.ssh.batches, ctx.ssh.streams
 
     found = await reader.statuses(conf)
 
@@ -197,7 +197,7 @@ async def test_discovery_reads_the_status_from_the_socket(
     assert read.via == f"supervisord's socket {status_lab.socket}, XML-RPC"
     assert read.read_by == f"discovery (supervisord's socket {status_lab.socket}, XML-RPC)"
     assert read.output.exit_status == 3
-    assert (ctx.ssh.sessions, ctx.ssh.streams) == (sessions, streams + 1)  # no command ran
+    assert (ctx.ssh.batches, ctx.ssh.streams) == (batches, streams + 1)  # no command ran
     assert reader.notes == []
 
 
@@ -206,13 +206,13 @@ async def fallback(ctx: ExecContext, server: SshServer, conf: SupervisorConf,
     """The status of conf as discovery reads it, after its socket failed (`why`): the one
     supervisorctl printed on the host (over ssh, as the login user)."""
     reader = prober(ctx, server)
-    sessions, streams = ctx.ssh.sessions, ctx.ssh.streams
+    batches, streams = ctx.ssh.batches, ctx.ssh.streams
     found = await reader.statuses(conf)
     read = reader.reads[command(conf)]
     assert why in reader.socket_misses[conf.path]
     assert read.via == "" and read.read_by == "discovery"
     assert ctx.ssh.streams == streams + 1  # the socket was tried
-    assert ctx.ssh.sessions == sessions + 1  # then supervisorctl ran, in a session of its own
+    assert ctx.ssh.batches == batches + 1  # then supervisorctl ran (a kept session may take it)
     printed = await asyncio.to_thread(server.ssh, command(conf))
     assert states(read.output.output) == states(printed.stdout + printed.stderr)
     assert {n: s.state for n, s in found.items()} == states(printed.stdout)
