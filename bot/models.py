@@ -139,6 +139,25 @@ class ExecOutput:
 
 
 @dataclass(frozen=True)
+class Read:
+    """A command discovery ran on the host: its output, when it began (UTC, ISO) and how long
+    it took (a command read with others in one session: the session's time). `via`: how the
+    output was read when the command itself did not run, e.g. "supervisord's socket
+    /run/supervisor.sock, XML-RPC" for `supervisorctl status`; "" when the command ran. The
+    runner gives it to the step that runs the same command (discovery ran it moments before)."""
+
+    output: ExecOutput
+    started_at: str
+    duration: float
+    via: str = ""
+
+    @property
+    def read_by(self) -> str:
+        """What the step that takes this read records as its `read_by` fact."""
+        return f"discovery ({self.via})" if self.via else "discovery"
+
+
+@dataclass(frozen=True)
 class SocketReply:
     """What a host's unix socket answered to one request, read to its end (the peer closed), or
     why there is no whole answer: the stream refused (sshd's AllowStreamLocalForwarding, the

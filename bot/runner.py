@@ -23,6 +23,7 @@ from bot.models import (
     ExecOutput,
     Host,
     Phase,
+    Read,
     RenderedStep,
     StepResult,
     StepStatus,
@@ -34,9 +35,6 @@ from bot.redact import OFF_LOOP, bound, redact
 from bot.runbooks import Runbook, Step
 from bot.templates import evaluate, template_names
 
-# a command's output, when it began (UTC, ISO), its seconds, and how it was read (the step's
-# `read_by` fact: "discovery", or e.g. "discovery (supervisord's socket PATH, XML-RPC)")
-Read = tuple[ExecOutput, str, float, str]
 EXCERPT_LIMIT = 16_000  # characters kept per step in the store
 EVIDENCE_LIMIT = 512_000  # characters of a step's output the diagnosis reads
 
@@ -267,10 +265,10 @@ class Runner:
             read = reads.get(str(rendered.action.get("command"))) if rendered.kind == "ssh" \
                 else None
             if read is not None:
-                out, began, took, read_by = read
                 handle = await listener.step_started(rendered)
-                result, evidence = make_result(step, rendered, out, began, took)
-                result = replace(result, facts={**result.facts, "read_by": read_by})
+                result, evidence = make_result(step, rendered, read.output, read.started_at,
+                                               read.duration)
+                result = replace(result, facts={**result.facts, "read_by": read.read_by})
                 await listener.step_finished(handle, result)
                 results[i] = (step, result, evidence)
         run = [i for i in range(len(todo)) if i not in results]

@@ -266,8 +266,7 @@ class Runs(Part):
         try:
             reports = await self.runner.diagnose(
                 runbook, targets, recorder, since=clocks, found=found,
-                reads={name: {cmd: (r.output, r.started_at, r.duration, r.read_by)
-                              for cmd, r in c.reads.items()} for name, c in chains.items()})
+                reads={name: c.reads for name, c in chains.items()})
         finally:
             await self.reporter.run_finished(recorder)
         summaries = getattr(runbook.rules, "summaries", {}) if runbook.rules else {}

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.discovery.nginx import Address, Route, connect_address
-from bot.models import ExecOutput
+from bot.models import Read
 
 KINDS = ("supervisord", "systemd", "docker", "process")
 # dependencies named in a command line or environment: scheme://host:port or --name host:port
@@ -32,24 +32,6 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class Read:
-    """A command discovery ran on the host: its output, when it began (UTC, ISO) and how long
-    it took (a command read with others in one session: the session's time). `via`: how the
-    output was read when the command itself did not run, e.g. "supervisord's socket
-    /run/supervisor.sock, XML-RPC" for `supervisorctl status`; "" when the command ran."""
-
-    output: ExecOutput
-    started_at: str
-    duration: float
-    via: str = ""
-
-    @property
-    def read_by(self) -> str:
-        """What the step that takes this read records as its `read_by` fact."""
-        return f"discovery ({self.via})" if self.via else "discovery"
 
 
 @dataclass(frozen=True)

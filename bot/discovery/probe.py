@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.discovery import supervisor_rpc
-from bot.discovery.chain import Chain, Owner, Read
+from bot.discovery.chain import Chain, Owner
 from bot.discovery.nginx import (
     Address,
     NginxConfig,
@@ -48,7 +48,7 @@ from bot.discovery.owners import (
     parse_supervisor_status,
     supervisord_confs,
 )
-from bot.models import ExecOutput, SocketReply
+from bot.models import ExecOutput, Read, SocketReply
 from bot.offload import off_loop
 
 # run(command, timeout) -> its output; never raises for a failure on the host

@@ -350,9 +350,8 @@ async def test_the_runbook_step_takes_the_socket_read_and_diagnoses_the_same(
     runbook = load_runbook(ROOT / "runbooks" / "nginx-502.yaml")
     params = resolve_params(runbook, host.opsbot_vars())
     runner = Runner(ctx)
-    reads = {cmd: (r.output, r.started_at, r.duration, r.read_by)
-             for cmd, r in chain.reads.items()}
-    taken = await runner.diagnose_host(runbook, host, params, NullListener(), reads=reads)
+    taken = await runner.diagnose_host(runbook, host, params, NullListener(),
+                                       reads=chain.reads)
     ran = await runner.diagnose_host(runbook, host, params, NullListener())
 
     def step(report: object, step_id: str) -> object:
