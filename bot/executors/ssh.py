@@ -330,10 +330,8 @@ class SshPool:
                 if entry.conn is conn:
                     entry.conn = None
                 conn.abort()
-                return ExecOutput(None, "", error=(
-                    f"timed out after {timeout:g}s: {host.name} stopped answering on its SSH "
-                    "connection; the command may have reached it, and was not retried"),
-                    timed_out=True)
+                return ExecOutput(None, "", error=_stopped_answering(host, timeout),
+                                  timed_out=True)
             except (asyncssh.ChannelOpenError, BrokenPipeError) as exc:
                 # the session never opened: nothing ran. A live connection that already holds
                 # other sessions of the pool refuses one more: the host's MaxSessions (hardened
@@ -358,13 +356,7 @@ class SshPool:
 
     async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
         if self.reuse_sessions:  # a batch of one on a kept shell session
-            outputs: list[ExecOutput] = []
-
-            async def finished(i: int, out: ExecOutput, seconds: float) -> None:
-                outputs.append(out)
-
-            await self.run_batch(host, [(command, timeout)], _nothing, finished)
-            return outputs[0]
+            return (await self.run_many(host, [command], timeout))[0]
         entry = self._checkout(host)
         try:
             process = await self._open(host, entry, command, timeout)
@@ -553,9 +545,7 @@ async def _collect_batch(process: asyncssh.SSHClientProcess[bytes], host: Host, 
         except TimeoutError:
             _stop(process)
             if not acked:
-                await finished(0, told(None, f"timed out after {commands[0][1]:g}s: {host.name} "
-                                       "stopped answering on its SSH connection; the command "
-                                       "may have reached it, and was not retried",
+                await finished(0, told(None, _stopped_answering(host, commands[0][1]),
                                        timed_out=True), time.monotonic() - t0)
                 return 1, "frozen"
             await finished(i, told(None, f"timed out after {commands[i][1]:g}s",
@@ -608,6 +598,12 @@ async def _collect_batch(process: asyncssh.SSHClientProcess[bytes], host: Host, 
     if process.exit_status is None:
         _stop(process)  # something it started still holds the session open
     return len(commands), "stopped"
+
+
+def _stopped_answering(host: Host, timeout: float) -> str:
+    """A session not confirmed, or a kept one that did not acknowledge its batch, in time."""
+    return (f"timed out after {timeout:g}s: {host.name} stopped answering on its SSH "
+            "connection; the command may have reached it, and was not retried")
 
 
 def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
