@@ -30,7 +30,6 @@ import yaml  # noqa: E402
 
 from bot.diagnosis import (  # noqa: E402
     LABELS,
-    YAML_LOADER,
     Rules,
     current_lines,
     diagnose,
@@ -38,6 +37,7 @@ from bot.diagnosis import (  # noqa: E402
 )
 from bot.models import Cause  # noqa: E402
 from bot.similar import Incident, Library, dump, load_library, term_counts  # noqa: E402
+from bot.yamlload import SAFE_LOADER  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "evidence"
 FIELD = CORPUS / "field"
@@ -124,7 +124,7 @@ def incident_of(path: Path) -> Incident:
 
 def write_library(rules_path: Path) -> Path | None:
     """Write the rules' past-incidents file (its `similar:`) from the training part only."""
-    data = yaml.load(rules_path.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506
+    data = yaml.load(rules_path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)  # noqa: S506
     name = data.get("similar") if isinstance(data, dict) else None
     if not name:
         return None

@@ -40,6 +40,7 @@ from bot.filecache import PerVersion
 from bot.logtime import Clock, line_time
 from bot.models import HEALTHY_NOW, LIKE_PAST_INCIDENTS, Cause
 from bot.similar import Library, Likeness, load_library
+from bot.yamlload import SAFE_LOADER
 
 Label = Literal["upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
                 "dns_or_network", "wrong_proxy_config", "tls_mismatch", "dependency_down",
@@ -181,9 +182,6 @@ class Rules(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-# libyaml's parser when PyYAML has it: the rules file is large (a second of pure-Python parsing
-# at every cold start otherwise)
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_rules(path: Path) -> Rules:
@@ -222,8 +220,8 @@ _loaded = PerVersion(_read_rules)  # however many runbooks name a rules file
 
 def _load_rules(path: Path, text: str) -> Rules:
     try:
-        root = yaml.compose(text, Loader=YAML_LOADER)
-        data = yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 (a safe loader)
+        root = yaml.compose(text, Loader=SAFE_LOADER)
+        data = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1

@@ -22,6 +22,7 @@ from bot.errors import ParamInvalid, RunbookInvalid
 from bot.executors import KINDS, KindParams
 from bot.models import sha256_hex
 from bot.params import NEVER_OPEN, ParamSpec, coerce_param
+from bot.yamlload import SAFE_LOADER
 
 CAUSES = ("upstream_down", "upstream_crashloop", "oom_killed", "upstream_timeout",
           "dns_or_network", "wrong_proxy_config", "tls_mismatch", "dependency_down",
@@ -41,13 +42,9 @@ class LineList(list[Any]):
     item_lines: list[int]
 
 
-# libyaml's parser when PyYAML has it: PyYAML's own took 0.2 s of CPU to read the three
-# shipped runbooks at every start (the constructors below keep each node's line either way)
-_Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_Parser):  # type: ignore[misc,valid-type]
-    pass
+class _Loader(SAFE_LOADER):  # type: ignore[misc,valid-type]
+    """libyaml's safe loader when PyYAML has it (bot.yamlload); the constructors below keep
+    each node's line either way."""
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
