@@ -309,8 +309,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     gc.freeze()
     # the edge's thread answers Slack while the loop's thread handles 50 hosts' output: each
     # time one waits for the interpreter's lock it waits up to the switch interval (5 ms by
-    # default), several times a request; 1 ms keeps an answer's wait for the lock short
-    # (ack p99 under the bench's load about 290 ms -> 60 ms, same machine, same load)
+    # default), several times a request; 1 ms keeps an answer's wait for the lock short (in the
+    # bench not shown to lower the ack p99 beyond its run-to-run spread: docs/bench.md)
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     if ready is not None:
