@@ -97,8 +97,8 @@ class Condition(_Strict):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, pattern: str) -> str:
-        try:  # compiled as the diagnosis compiles it (re keeps it: compiled once per process)
-            re.compile(PLACEHOLDER.sub("0", pattern), re.MULTILINE)
+        try:  # compiled as the diagnosis compiles it (kept by `_compile`: once per process)
+            _compile(PLACEHOLDER.sub("0", pattern), re.MULTILINE)
         except re.error as exc:
             raise ValueError(f"bad regex '{pattern}': {exc}") from None
         return pattern
@@ -180,8 +180,6 @@ class Rules(_Strict):
 
 
 # ---------------------------------------------------------------- loading
-
-
 
 
 def load_rules(path: Path) -> Rules:
