@@ -1,0 +1,284 @@
+"""Each program's own catalogue of failures (issue 9): a signal added from a program's source is
+proven on a line that the real program printed, here or in a public thread.
+
+Every row: the evidence step, the line verbatim, where it was seen ("run here: <command>" with the
+program's version, or the URL of a public thread that is not a corpus case), and the cause (with
+its detail) that must come first. The lines are never edited: a changed rule that no longer ranks
+them first is a regression of generalisation, not a test to adjust.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.diagnosis import diagnose, load_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
+EVIDENCE = ROOT / "tests" / "data" / "evidence"
+
+CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
+    # ---- php-fpm 8.2.36 (Debian php8.2-fpm), each run with a pool file made to fail one check
+    (
+        "app_logs",
+        "[30-Nov-2026 09:47:27] ERROR: [pool www] the chdir path '/nonexistent/app' does not "
+        "exist or is not a directory",
+        "run here: php-fpm8.2 -F -y c.conf (chdir = /nonexistent/app)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "[30-Nov-2026 09:47:27] ERROR: Unable to globalize '/etc/php/8.2/fpm/nothere/*.conf' "
+        "(ret=2) from /tmp/catalog/fpm/d.conf at line 4.",
+        "run here: php-fpm8.2 -F -y d.conf (include = a missing directory)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "[30-Nov-2026 09:47:30] ALERT: [pool www] pm.max_children must be a positive value",
+        "run here: php-fpm8.2 -F -y a.conf (pm.max_children = 0)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "[30-Nov-2026 09:47:30] ERROR: [pool two] unable to set listen address as it's already "
+        "used in another pool 'www'",
+        "run here: php-fpm8.2 -F -y c.conf (two pools, one listen)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "[30-Nov-2026 09:47:34] ERROR: unable to bind listening socket for address "
+        "'/run/catalog-nodir/php8.2-fpm.sock': No such file or directory (2)",
+        "run here: php-fpm8.2 -F -y e.conf (listen in a missing directory)",
+        "upstream_crashloop",
+        "runtime_dir_missing",
+    ),
+    (
+        "app_logs",
+        "[30-Nov-2026 09:47:35] ERROR: failed to open access log (/nonexistent-dir/access.log): "
+        "No such file or directory (2)",
+        "run here: php-fpm8.2 -F -y f.conf (access.log in a missing directory)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    # ---- uWSGI 2.0.21 (Debian uwsgi, uwsgi-plugin-python3)
+    (
+        "app_logs",
+        "worker respawning too fast !!! i have to sleep a bit (2 seconds)...",
+        "run here: uwsgi --master --plugin python3 --http-socket 127.0.0.1:19421 --wsgi-file "
+        "exits.py --lazy-apps --processes 1 (the app calls os._exit(3))",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "DAMN ! worker 1 (pid: 14949) died :( trying respawn ...",
+        "run here: the same uwsgi command",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "OOPS ! failed loading app in worker 1 (pid 16720)",
+        "run here: uwsgi --master --plugin python3 --http-socket 127.0.0.1:19422 --wsgi-file "
+        "broken.py --lazy-apps --need-app --processes 1",
+        "upstream_crashloop",
+        "app_fails_to_load",
+    ),
+    (
+        "app_logs",
+        "!!! uWSGI process 17185 got Segmentation Fault !!!",
+        "run here: uwsgi --master --plugin python3 --http-socket 127.0.0.1:19423 --wsgi-file "
+        "segv.py (the app reads address 0 with ctypes)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "realpath() of /tmp/catalog/uw/nonexistent.ini failed: No such file or directory "
+        "[core/utils.c line 3662]",
+        "run here: uwsgi --ini /tmp/catalog/uw/nonexistent.ini",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "user nosuchcataloguser not found.",
+        "run here: uwsgi --plugin python3 --http-socket 127.0.0.1:19424 --uid nosuchcataloguser",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    # ---- gunicorn 27.0.1 (PyPI)
+    (
+        "app_logs",
+        "Error: No such user: 'nosuchcataloguser'",
+        "run here: gunicorn -b 127.0.0.1:19431 -u nosuchcataloguser okapp:app",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "Error: can't chdir to '/nonexistent/app'",
+        "run here: gunicorn -b 127.0.0.1:19431 --chdir /nonexistent/app okapp:app",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "Error: class uri 'gevent' invalid or not found: ",
+        "run here: gunicorn -b 127.0.0.1:19431 -k gevent okapp:app (gevent not installed)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "Error: '/nonexistent/gunicorn.conf.py' doesn't exist",
+        "run here: gunicorn -b 127.0.0.1:19431 -c /nonexistent/gunicorn.conf.py okapp:app",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "[2026-11-30 09:48:05 +0000] [21759] [ERROR] Invalid address: ('10.255.255.1', 19431)",
+        "run here: gunicorn -b 10.255.255.1:19431 okapp:app (an address the host lacks)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "app_logs",
+        "[2026-11-30 09:48:05 +0000] [21759] [ERROR] connection to ('10.255.255.1', 19431) "
+        "failed: [Errno 99] Cannot assign requested address",
+        "run here: the same gunicorn command",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    # ---- Puma 5.6.5 (Debian puma)
+    (
+        "app_logs",
+        "! Unable to load application: LoadError: cannot load such file -- catalogx",
+        "run here: puma -b tcp://127.0.0.1:19451 bad.ru (config.ru raises LoadError)",
+        "upstream_crashloop",
+        "app_fails_to_load",
+    ),
+    (
+        "app_logs",
+        "[22764] ! Unable to start worker",
+        "run here: puma -w 2 -b tcp://127.0.0.1:19452 bad.ru",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "[22764] Early termination of worker",
+        "run here: the same puma command",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "[23842] ! Terminating timed out worker (worker failed to check in within 7 seconds): "
+        "23843",
+        "run here: puma -C t.rb ok.ru (workers 2, worker_timeout 7; kill -STOP on worker 0)",
+        "upstream_timeout",
+        "puma_worker_timeout",
+    ),
+    # ---- unicorn 6.0.0 (Debian unicorn)
+    (
+        "app_logs",
+        "E, [2026-11-30T09:49:21.732301 #30741] ERROR -- : adding listener failed "
+        "addr=127.0.0.1:19464 (in use)",
+        "run here: unicorn -l 127.0.0.1:19464 ok.ru (port held by another process)",
+        "upstream_crashloop",
+        "port_already_in_use",
+    ),
+    (
+        "app_logs",
+        "/usr/lib/ruby/vendor_ruby/unicorn/http_server.rb:206:in `pid=': Already running on "
+        "PID:27657 (or pid=/tmp/catalog/rb/live.pid is stale) (ArgumentError)",
+        "run here: unicorn -l 127.0.0.1:19462 -c <(echo \'pid \"live.pid\"\') ok.ru (the pid file "
+        "names a live process)",
+        "upstream_crashloop",
+        "stale_pid_file",
+    ),
+    (
+        "app_logs",
+        "master failed to start, check stderr log for details",
+        "run here: unicorn -D -c pre.rb -l 127.0.0.1:19468 bad.ru (preload_app true)",
+        "upstream_crashloop",
+        None,
+    ),
+    # ---- Node.js clients of the dependencies
+    (
+        "app_logs",
+        "Error: Connection terminated unexpectedly",
+        "run here: pg 8.23.1 Client.connect() to a port that accepts and closes",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Error: Connection terminated due to connection timeout",
+        "run here: pg 8.23.1 Pool.query() (connectionTimeoutMillis 1000) to a port that never "
+        "answers",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "[ioredis] Unhandled error event: Error: connect ECONNREFUSED 127.0.0.1:19479",
+        "run here: ioredis 6.0.0 to a closed port",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "MaxRetriesPerRequestError: Reached the max retries per request limit (which is 1). "
+        "Refer to \"maxRetriesPerRequest\" option for details.",
+        "run here: ioredis 6.0.0 get() with maxRetriesPerRequest 1 to a closed port",
+        "dependency_down",
+        None,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules(RULES_FILE)
+
+
+@pytest.mark.parametrize(("step", "line", "seen", "label", "detail"), CATALOGUE,
+                         ids=[f"{row[3]}:{row[1][:48]}" for row in CATALOGUE])
+def test_a_programs_own_line_names_its_cause(rules, step, line, seen, label, detail):
+    causes = diagnose(rules, {step: line + "\n"})
+    assert causes, f"nothing named for {line!r} ({seen})"
+    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
+    assert line.rstrip() in causes[0].evidence  # quoted as read: trailing blanks dropped
+
+
+def corpus_urls() -> set[str]:
+    """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
+    urls = set()
+    for path in EVIDENCE.rglob("*.json"):
+        try:
+            case = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(case, dict) and isinstance(case.get("source_url"), str):
+            urls.add(case["source_url"].rstrip("/"))
+    return urls
+
+
+def test_every_line_names_where_it_was_seen_and_no_thread_is_a_corpus_case():
+    urls = corpus_urls()
+    for _step, line, seen, _label, _detail in CATALOGUE:
+        assert seen.startswith(("run here: ", "https://")), line
+        if seen.startswith("https://"):
+            assert seen.split()[0].rstrip("/") not in urls, seen
