@@ -60,10 +60,14 @@ RunMany = Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
 UnixRequest = Callable[[str, bytes, float], Awaitable[SocketReply]]
 
 PS = "ps -ww -eo pid=,ppid=,user=,args="
-CLOCK = "date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime"
+# one process: the epoch and the UTC offset from one `date`, the uptime read by the shell
+CLOCK = "date +'%s %z'; read -r up rest </proc/uptime; echo \"$up\""
 # TCP as the runbooks' `listening_ports` check asks it (the check then takes discovery's read)
 SS_TCP = "ss -ltnp"
-SS_UNIX = "ss -lxnpH"
+# unix sockets without their processes: `-p` reads the file descriptors of every process on the
+# host (as costly as the TCP read itself); asked only for a socket that the chain finds held
+SS_UNIX = "ss -lxnH"
+SS_UNIX_OWNERS = "ss -lxnpH"
 DOCKER_IDS = "docker ps -aq --no-trunc"
 SYSTEMD = "test -d /run/systemd/system && echo systemd"
 SOCKET_TIMEOUT = 5.0  # supervisord answers in milliseconds; past this, supervisorctl is asked
@@ -100,9 +104,10 @@ def _supervisor_of(main: str, files: tuple[tuple[str, str], ...]) -> SupervisorC
 
 
 def host_clock(text: str) -> dict[str, Any]:
-    """utc_offset and booted_at from `date -u +%s; date +%z; cut -d' ' -f1 /proc/uptime`."""
+    """utc_offset and booted_at from `CLOCK`: the epoch, the UTC offset (+hhmm) and the
+    seconds since boot, separated by blanks."""
     lines = text.split()
-    if len(lines) < 3 or not lines[0].isdigit():
+    if len(lines) < 2 or not lines[0].isdigit():
         return {}
     out: dict[str, Any] = {}
     m = re.fullmatch(r"([+-])(\d\d)(\d\d)", lines[1])
@@ -111,7 +116,7 @@ def host_clock(text: str) -> dict[str, Any]:
         out["utc_offset"] = sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
     try:
         out["booted_at"] = datetime.fromtimestamp(int(lines[0]) - float(lines[2]), UTC)
-    except ValueError:
+    except (IndexError, ValueError):  # no /proc/uptime
         pass
     return out
 
@@ -414,6 +419,9 @@ class Prober:
         served = [(a, next((li for li in listeners if li.serves(a)), None))
                   for a in found.addresses]
         addr, held = next(((a, h) for a, h in served if h is None), served[0])
+        if held is not None and addr.unix:  # whose socket: the one read with processes
+            owners = await off_loop(parse_ss, (await self.sh(SS_UNIX_OWNERS)).output)
+            held = next((li for li in owners if li.serves(addr)), held)
         chain = replace(chain, address=addr, listening=held is not None)
         pid = min((p for _, p in held.processes), default=None) if held else None
         owner: Owner | None = None
