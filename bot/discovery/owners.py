@@ -315,6 +315,11 @@ def parse_docker_inspect(text: str) -> list[Container]:
         data = json.loads(text)
     except ValueError:
         return []
+    return containers_of(data)
+
+
+def containers_of(data: Any) -> list[Container]:
+    """The containers of `docker inspect`'s JSON array, parsed."""
     out = []
     for c in data if isinstance(data, list) else []:
         state, host_config = c.get("State") or {}, c.get("HostConfig") or {}

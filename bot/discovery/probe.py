@@ -7,6 +7,7 @@ pid, a container id); nothing read from the host or an alert is pasted into a sh
 from __future__ import annotations
 
 import asyncio
+import json
 import posixpath
 import re
 import shlex
@@ -18,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.discovery import supervisor_rpc
+from bot.discovery import docker_api, supervisor_rpc
 from bot.discovery.chain import Chain, Owner
 from bot.discovery.nginx import (
     Address,
@@ -38,6 +39,7 @@ from bot.discovery.owners import (
     SupervisorConf,
     ancestors,
     container_holds,
+    containers_of,
     mentions,
     nginx_masters,
     parse_cgroup,
@@ -139,6 +141,9 @@ class Prober:
         self._supervisor: list[SupervisorConf] | None = None
         self._statuses: dict[str, dict[str, ProgramStatus]] = {}
         self._containers: list[Container] | None = None
+        # Docker's socket asked: (began, t0, ids), or () when it gave no whole answer
+        self._listed: tuple[str, float, list[str]] | tuple[()] | None = None
+        self._ride: list[str] = []  # commands read with the next `prefetch`
 
     @property
     def reads(self) -> Mapping[str, Read]:
@@ -154,7 +159,8 @@ class Prober:
 
     async def prefetch(self, commands: Sequence[str]) -> None:
         """Read these commands' outputs now, in one session, for `sh` to answer from."""
-        todo = [c for c in dict.fromkeys(commands) if c not in self._read]
+        todo = [c for c in dict.fromkeys([*commands, *self._ride]) if c not in self._read]
+        self._ride.clear()
         if len(todo) < 2 or self._run_many is None:
             return
         began, t0 = _now_iso(), time.monotonic()
@@ -320,17 +326,66 @@ class Prober:
         return self._containers
 
     async def _read_containers(self) -> list[Container]:
+        if self._listed is None and self.sudo + DOCKER_IDS not in self._read:
+            self._listed = await self._list_containers()
+        if self._listed:
+            found = await self._inspect_containers(*self._listed)
+            if found is not None:
+                return found
         ids = await self.sh(self.sudo + DOCKER_IDS)
         if ids.exit_status != 0:
             if ids.exit_status not in (127,) and "not found" not in ids.output:
                 line = (ids.output.strip().splitlines() or [ids.error or ""])[0]
                 self.notes.append(f"docker ps: {line[:200]}")
             return []
-        found = [i for i in ids.output.split() if re.fullmatch(r"[0-9a-f]{12,64}", i)]
-        if not found:
+        listed = [i for i in ids.output.split() if re.fullmatch(r"[0-9a-f]{12,64}", i)]
+        if not listed:
             return []
-        out = await self.sh(self.sudo + "docker inspect " + " ".join(found[:500]))
+        out = await self.sh(self.sudo + "docker inspect " + " ".join(listed[:500]))
         return parse_docker_inspect(out.output)
+
+    async def _list_containers(self) -> tuple[str, float, list[str]] | tuple[()]:
+        """(when it began, its monotonic start, the ids) as `docker ps -aq --no-trunc` would
+        list them, from Docker's socket through the connection (docker_api: no docker CLI, a
+        Go program, started on the host); () when the socket gives no whole answer."""
+        if self._unix_request is None:
+            return ()
+        began, t0 = _now_iso(), time.monotonic()
+        reply = await self._unix_request(docker_api.SOCKET, docker_api.LIST, SOCKET_TIMEOUT)
+        if reply.error is not None:
+            return ()
+        try:
+            return began, t0, docker_api.container_ids(reply.data)[:500]
+        except docker_api.Unreadable:
+            return ()
+
+    async def _inspect_containers(self, began: str, t0: float,
+                                  ids: list[str]) -> list[Container] | None:
+        """The listed containers as `docker inspect` tells them, from the socket, recorded
+        as the two commands' reads; None when an answer is not whole (e.g. a container
+        removed meanwhile: the CLI asks again)."""
+        assert self._unix_request is not None
+        request, gate = self._unix_request, asyncio.Semaphore(8)  # streams at once
+
+        async def inspect(container_id: str) -> dict[str, Any]:
+            async with gate:
+                one = await request(docker_api.SOCKET, docker_api.inspect_request(container_id),
+                                    SOCKET_TIMEOUT)
+            if one.error is not None:
+                raise docker_api.Unreadable(one.error)
+            return await off_loop(docker_api.inspected, one.data)
+
+        try:
+            found = list(await asyncio.gather(*(inspect(i) for i in ids)))
+        except docker_api.Unreadable:
+            return None
+        via, took = f"Docker's socket {docker_api.SOCKET}, Engine API", time.monotonic() - t0
+        self._read[self.sudo + DOCKER_IDS] = Read(
+            ExecOutput(0, "".join(f"{i}\n" for i in ids)), began, took, via=via)
+        if ids:
+            self._read[self.sudo + "docker inspect " + " ".join(ids)] = Read(
+                ExecOutput(0, json.dumps(found, indent=4) + "\n"), began, took, via=via)
+        return containers_of(found)
 
     @staticmethod
     def container_owner(c: Container, how: str) -> Owner:
@@ -371,8 +426,14 @@ class Prober:
         serves it (serves()); otherwise fallback (the runbook's or the inventory's URL) is."""
         chain = Chain(host=self.host, url=url)
         # what every discovery reads, in one session
-        await self.prefetch([PS, CLOCK, SS_TCP, SS_UNIX, SYSTEMD, self.sudo + DOCKER_IDS] + (
-            [self._nginx_dump("nginx", nginx_conf, "")] if nginx_conf else []))
+        first = [PS, CLOCK, SS_TCP, SS_UNIX, SYSTEMD] + (
+            [self._nginx_dump("nginx", nginx_conf, "")] if nginx_conf else [])
+        if self._unix_request is None:
+            await self.prefetch([*first, self.sudo + DOCKER_IDS])
+        else:  # the containers from Docker's socket meanwhile; else the CLI, with the next
+            self._listed, _ = await asyncio.gather(self._list_containers(), self.prefetch(first))
+            if not self._listed:
+                self._ride.append(self.sudo + DOCKER_IDS)
         ps = await self.sh(PS)
         if ps.error is not None or ps.exit_status != 0:
             why = ps.error or (ps.output.strip().splitlines() or ["no output"])[0]
