@@ -246,6 +246,135 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
+    (
+        "app_logs",
+        "The Tomcat connector configured to listen on port 8080 failed to start. The port may "
+        "already be in use or the connector may be misconfigured.",
+        "https://github.com/apache/skywalking/issues/3696",
+        "upstream_crashloop",
+        "port_already_in_use",
+    ),
+    (
+        "app_logs",
+        "Failed to configure a DataSource: 'url' attribute is not specified and no embedded "
+        "datasource could be configured.",
+        "https://github.com/apache/servicecomb-java-chassis/issues/1272",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "Failed to bind properties under 'spring.datasource.type' to "
+        "java.lang.Class<javax.sql.DataSource>:",
+        "https://github.com/ulisesbocchio/jasypt-spring-boot/issues/325",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "org.springframework.data.redis.RedisConnectionFailureException: Unable to connect to "
+        "Redis; nested exception is io.lettuce.core.RedisConnectionException: Unable to connect "
+        "to 127.0.0.1:6379",
+        "https://github.com/648540858/wvp-GB28181-pro/issues/680",
+        "dependency_down",
+        None,
+    ),
+    # ---- Node.js 20.20.2 itself (OpenSSL 3.0.19)
+    (
+        "app_logs",
+        "Error: error:0308010C:digital envelope routines::unsupported",
+        "run here: node -e \"require(\'crypto\').createHash(\'md4\')\"",
+        "upstream_crashloop",
+        "openssl3_legacy_algorithm",
+    ),
+    (
+        "app_logs",
+        "node: bad option: --no-such-catalog-option",
+        "run here: node --no-such-catalog-option",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    # ---- PostgreSQL 15.18 (Debian postgresql) on 127.0.0.1:19532, its clients psql and pg 8.23.1
+    (
+        "app_logs",
+        "Error: no pg_hba.conf entry for host \"127.0.0.1\", user \"other\", database \"app\", no "
+        "encryption",
+        "run here: pg Client.connect() as a user pg_hba.conf has no line for",
+        "dependency_down",
+        "database_refuses_client",
+    ),
+    (
+        "app_logs",
+        "psql: error: connection to server at \"127.0.0.1\", port 19532 failed: FATAL:  no "
+        "pg_hba.conf entry for host \"127.0.0.1\", user \"other\", database \"app\", no encryption",
+        "run here: psql \"host=127.0.0.1 port=19532 user=other dbname=app\"",
+        "dependency_down",
+        "database_refuses_client",
+    ),
+    (
+        "app_logs",
+        "2026-11-30 09:53:34.111 UTC [30095] FATAL:  terminating connection due to "
+        "administrator command",
+        "run here: the server's log after pg_terminate_backend() of the app's session",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Error: the database system is shutting down",
+        "run here: pg Client.connect() during pg_ctl stop -m smart",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "2026-11-30 09:53:34.094 UTC [30095] ERROR:  relation \"doc_changes\" does not exist at "
+        "character 16",
+        "run here: the server's log for SELECT id FROM doc_changes on an empty database",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    (
+        "app_logs",
+        "error: relation \"doc_changes\" does not exist",
+        "run here: pg query SELECT id FROM doc_changes on an empty database",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    # the Document Server's docservice (log4js) quoting the same PostgreSQL replies
+    (
+        "app_logs",
+        "[2023-01-12T20:00:12.241] [WARN] [localhost] [docId] [userId] nodeJS - sqlQuery error "
+        "sqlCommand: SELECT * FROM task_result WHERE last_open_date <= : error: relation "
+        "\"task_result\" does not exist",
+        "https://github.com/ONLYOFFICE/DocumentServer/issues/2072",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    (
+        "app_logs",
+        "error: column \"callback\" of relation \"task_result\" does not exist",
+        "https://github.com/ONLYOFFICE/onlyoffice-owncloud/issues/121",
+        "dependency_down",
+        "database_schema_not_upgraded",
+    ),
+    # ---- MySQL client for Node.js (mysql 2.18.1) against a port that closes the connection
+    (
+        "app_logs",
+        "Error: Connection lost: The server closed the connection.",
+        "run here: mysql 2.18.1 createConnection().connect() to a port that accepts and closes",
+        "dependency_down",
+        None,
+    ),
+    # ---- docker compose v2 refusing to start the backend after its database
+    (
+        "docker_logs",
+        "dependency failed to start: container hrm_database exited (0)",
+        "https://github.com/docker/compose/issues/11125",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
