@@ -8,6 +8,10 @@ environment) with one more task on the bot's loop (where the runs run; the HTTP 
 on a thread and loop of its own): a 5 ms ticker recording how late each tick came,
 from the moment the server is ready (it listens) until it is told to stop (SIGTERM).
 On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON.
+With OPSBOT_LAG_TRACE=FILE (off by default), every thread's stack goes to FILE whenever the
+ticker is TRACE_AFTER late (faulthandler's watchdog thread, which needs no interpreter lock:
+it shows the frame even inside a long C call), again every TRACE_AFTER while the loop stays
+blocked, and a line with the lag once the tick comes.
 
 `drive` starts the load (one slash command running the whole nginx-502 diagnosis on the bench
 group, and 20 that fetch a container's log), then sends signed slash commands and button clicks
@@ -17,7 +21,9 @@ at `rate` requests/s for `seconds`, timing each answer (the ack).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
+import os
 import signal
 import sys
 import time
@@ -29,16 +35,35 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TICK = 0.005
+TRACE_AFTER = 0.05  # s late before OPSBOT_LAG_TRACE dumps the stacks
 SECRET = "bench-signing-secret"
 USER = "U0ALICE"
 
 
-async def _watch(lags: list[float]) -> None:
+def _schedstat() -> tuple[float, float, float]:
+    """This thread's ns on a core and ns runnable waiting for one, the process's CPU s."""
+    with open("/proc/thread-self/schedstat", "rb") as f:
+        ran, waited, _ = f.read().split()
+    cpu = os.times()
+    return int(ran) / 1e6, int(waited) / 1e6, (cpu.user + cpu.system) * 1e3
+
+
+async def _watch(lags: list[float], trace: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     while True:
         due = loop.time() + TICK
+        if trace is not None:  # re-armed each tick: fires only when a tick is that late
+            faulthandler.dump_traceback_later(TICK + TRACE_AFTER, repeat=True, file=trace)
+            before = _schedstat()
         await asyncio.sleep(TICK)
         lags.append(max(0.0, loop.time() - due) * 1e3)
+        if trace is not None and lags[-1] > TRACE_AFTER * 1e3:
+            ran, waited, cpu = (b - a for a, b in zip(before, _schedstat(), strict=True))
+            slept = lags[-1] + TICK * 1e3 - ran - waited
+            os.write(trace, f"=== tick late by {lags[-1]:.1f} ms at {time.time():.3f}: the "
+                     f"loop's thread ran {ran:.1f} ms, waited for a core {waited:.1f} ms, "
+                     f"slept (interpreter lock, locks, I/O) {slept:.1f} ms; "
+                     f"the process's CPU {cpu:.0f} ms\n".encode())
         if len(lags) > 2_000_000:  # bounded: ~3 hours of ticks
             del lags[:1_000_000]
 
@@ -52,11 +77,16 @@ async def serve_watched(out: Path) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
+    traced = os.environ.get("OPSBOT_LAG_TRACE")
+    trace = os.open(traced, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if traced else None
+
     async def watch_once_ready() -> None:  # start-up (imports, runbooks) and the stop
         await ready.wait()                  # (draining, closing) are not serving
-        ticker = asyncio.create_task(_watch(lags))
+        ticker = asyncio.create_task(_watch(lags, trace))
         await stop.wait()
         ticker.cancel()
+        if trace is not None:
+            faulthandler.cancel_dump_traceback_later()
 
     watcher = asyncio.create_task(watch_once_ready())
     try:

@@ -556,6 +556,9 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     with one_neighbour(remote) as grouping:
         for r in range(min(rounds, 3)):
             env["OPSBOT_DB"] = str(folder / f"ack-{r}.db")
+            trace = os.environ.get("OPSBOT_LAG_TRACE")  # off by default: bench/ack.py
+            if trace:
+                env["OPSBOT_LAG_TRACE"] = f"{trace}.{r}"
             lag_file = folder / f"lag-{r}.json"
             with (folder / f"ack-{r}.log").open("wb") as log:
                 server = subprocess.Popen([sys.executable, str(ROOT / "bench/ack.py"), "serve",

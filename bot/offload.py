@@ -12,7 +12,9 @@ whole text does not release it) goes to worker processes instead in a serving pr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -32,6 +34,23 @@ async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> 
     """`fn(*args, **kwargs)` on the offload threads; its exception, if any, is raised here."""
     return await asyncio.get_running_loop().run_in_executor(
         _POOL, functools.partial(fn, *args, **kwargs))
+
+
+_IMPORTS: dict[str, concurrent.futures.Future[object]] = {}
+
+
+async def import_off_loop(name: str) -> None:
+    """Module `name` imported once, on an offload thread (a big package's first import holds
+    the loop for a third of a second); every caller awaits that one import. A module being
+    imported is in `sys.modules` from its first line, and an `import` of it elsewhere waits for
+    the import lock: from the loop, that wait held every run and tick (the 50 hosts of one
+    diagnosis tracing at once, the 20 docker steps of a burst)."""
+    future = _IMPORTS.get(name)
+    if future is None or (future.done() and future.exception() is not None):  # failed: again
+        future = _IMPORTS[name] = _POOL.submit(importlib.import_module, name)
+    if not future.done():
+        await asyncio.wrap_future(future)
+    future.result()  # its ImportError, if any, here
 
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,7 @@ an alert comes from bot.incidents. Proposals go to bot.approvals.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import secrets
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +17,7 @@ from bot.approvals import Approvals, Approver
 from bot.errors import BotError, TemplateFailed
 from bot.logtime import Clock
 from bot.models import Approval, ExecOutput, Host, Incident, Phase, SocketReply
-from bot.offload import off_loop
+from bot.offload import import_off_loop
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
 from bot.parts import Deps, Part
 from bot.render import duration_text
@@ -81,8 +79,7 @@ class Runs(Part):
         async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
             return await ssh.unix_request(host, path, request, timeout)
 
-        if "bot.discovery" not in sys.modules:  # its first import (crossplane): off the loop
-            await off_loop(importlib.import_module, "bot.discovery")
+        await import_off_loop("bot.discovery")  # its first import (crossplane): off the loop
         from bot.discovery import discover
 
         return await discover(run, host.name, url, sudo=sudo,

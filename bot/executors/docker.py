@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 import re
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +30,7 @@ from pydantic import Field, model_validator
 from bot.executors.base import ExecContext, KindParams, StepKind
 from bot.executors.capture import HEAD, TAIL, Capture
 from bot.models import ExecOutput, Host
-from bot.offload import off_loop
+from bot.offload import import_off_loop, off_loop
 from bot.redact import redact
 
 if TYPE_CHECKING:  # the docker SDK (and requests) load when a docker step first runs
@@ -418,8 +416,9 @@ class DockerStep(StepKind):
 
     async def run(self, action: Mapping[str, Any], host: Host,
                   timeout: float) -> ExecOutput:  # noqa: ASYNC109 (the StepKind interface)
-        if "docker" not in sys.modules:  # the first docker step: the SDK's import (requests,
-            await off_loop(importlib.import_module, "docker")  # urllib3) held the loop
+        # the first docker step: the SDK's import (requests, urllib3) held the loop
+        await import_off_loop("docker.errors")
+        await import_off_loop("requests.exceptions")
         import docker.errors
         import requests.exceptions
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.diagnosis_report import case_since, load_case
 from bot.diagnosis import diagnose, diagnose_file, load_rules
-from bot.offload import WORKER_NICE, off_loop, off_process, stop_processes
+from bot.offload import WORKER_NICE, import_off_loop, off_loop, off_process, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
@@ -76,3 +82,48 @@ def test_a_worker_importing_python_m_bot_as_its_main_module_runs_no_cli():
 
     namespace = runpy.run_module("bot.__main__", run_name="__mp_main__")
     assert callable(namespace["main"])  # imported, not run (running it would exit)
+
+
+GATE = threading.Event()  # set by the loop while the module below is being imported
+
+
+async def test_an_import_under_way_on_a_thread_never_holds_the_loop(tmp_path, monkeypatch):
+    """Callers that come while the first caller's import runs (it is in sys.modules already)
+    wait for it without blocking the loop: the loop itself opens the gate the import waits
+    for. An `import` on the loop would wait for the module's lock and never open it."""
+    name = f"opsbot_slow_import_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(
+        "import threading\n"
+        "from tests.unit import test_offload\n"
+        "assert test_offload.GATE.wait(20), 'the loop never opened the gate'\n"
+        "THREAD = threading.current_thread()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    GATE.clear()
+    try:
+        first = asyncio.create_task(import_off_loop(name))
+        for _ in range(2000):  # until the import is under way on an offload thread
+            if name in sys.modules:
+                break
+            await asyncio.sleep(0.01)
+        later = [asyncio.create_task(import_off_loop(name)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # the later callers ran up to their wait
+        assert not any(t.done() for t in (first, *later))
+        GATE.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 30)
+        assert sys.modules[name].THREAD is not threading.main_thread()
+    finally:
+        GATE.set()
+        sys.modules.pop(name, None)
+
+
+async def test_a_failed_import_is_raised_to_every_caller_and_tried_again(tmp_path, monkeypatch):
+    name = f"opsbot_broken_import_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text("raise ImportError('not yet')\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for _ in range(2):
+        with pytest.raises(ImportError, match="not yet"):
+            await import_off_loop(name)
+    (tmp_path / f"{name}.py").write_text("FIXED = True\n", encoding="utf-8")
+    importlib.invalidate_caches()
+    await import_off_loop(name)
+    assert sys.modules.pop(name).FIXED
