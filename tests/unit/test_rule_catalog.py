@@ -375,6 +375,73 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- more of uWSGI 2.0.21's own start-up refusals
+    (
+        "app_logs",
+        "The -s/--socket option is missing and stdin is not a socket.",
+        "run here: uwsgi --plugin python3 --wsgi-file okapp.py < /dev/null",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "failed to open python file /nonexistent/app.py",
+        "run here: uwsgi --plugin python3 --http-socket 127.0.0.1:19425 --wsgi-file "
+        "/nonexistent/app.py --need-app",
+        "upstream_crashloop",
+        "app_fails_to_load",
+    ),
+    # ---- RabbitMQ closing the connection, as amqplib prints it
+    (
+        "app_logs",
+        "Error: Connection closed: 320 (CONNECTION-FORCED) with message \"CONNECTION_FORCED - "
+        "broker forced connection closure with reason \'shutdown\'\"",
+        "https://github.com/amqp-node/amqplib/issues/110",
+        "dependency_down",
+        None,
+    ),
+    # ---- JDBC at a Java backend's start-up
+    (
+        "app_logs",
+        "\tCaused by: javax.persistence.PersistenceException: [PersistenceUnit: default] Unable "
+        "to build Hibernate SessionFactory; nested exception is "
+        "org.hibernate.exception.JDBCConnectionException: Unable to open JDBC Connection for "
+        "DDL execution",
+        "https://github.com/asit-asso/extract/issues/309",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "org.postgresql.util.PSQLException: Connection refused. Check that the hostname and "
+        "port are correct and that the postmaster is accepting TCP/IP connections.",
+        "https://github.com/jhades/spring-mvc-angularjs-sample-app/issues/7",
+        "dependency_down",
+        None,
+    ),
+    # ---- Phusion Passenger inside nginx
+    (
+        "nginx_error_log",
+        "nginx: [alert] Unable to start the Phusion Passenger(R) watchdog because it "
+        "encountered the following error during startup: Unable to start the Passenger core: it "
+        "seems to have crashed during startup for an unknown reason, with exit code 1 (-1: "
+        "Unknown error)",
+        "https://github.com/phusion/passenger/issues/2670",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "nginx: [alert] Unable to start the Phusion Passenger watchdog because its executable "
+        "(/usr/share/ruby-rvm/gems/ruby-1.9.3-p194/gems/passenger-3.0.12/agents/PassengerWatchdog) "
+        "does not exist. This probably means that your Phusion Passenger installation is broken "
+        "or incomplete, or that your 'passenger_root' directive is set to the wrong value. "
+        "Please reinstall Phusion Passenger or fix your 'passenger_root' directive, whichever "
+        "is applicable. (-1: Unknown error)",
+        "https://github.com/rvm/rvm/issues/1013",
+        "upstream_crashloop",
+        None,
+    ),
 ]
 
 
