@@ -17,7 +17,8 @@ import functools
 import importlib
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -34,6 +35,40 @@ async def off_loop(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> 
     """`fn(*args, **kwargs)` on the offload threads; its exception, if any, is raised here."""
     return await asyncio.get_running_loop().run_in_executor(
         _POOL, functools.partial(fn, *args, **kwargs))
+
+
+_SHARED: dict[tuple[Callable[..., object], tuple[Hashable, ...]],
+              concurrent.futures.Future[object]] = {}
+
+
+async def off_loop_shared(fn: Callable[..., T], /, *args: Hashable) -> T:
+    """`fn(*args)` on the offload threads, one call for every caller asking for the same
+    while it runs (their results are the same object): the 50 hosts of a fleet sharing one
+    nginx configuration ask for its parse at once, and an lru_cache serves only the callers
+    that come after a parse ended (50 parses of one configuration, holding the interpreter's
+    lock and two cores meanwhile)."""
+    key = (fn, args)
+    future = _SHARED.get(key)
+    if future is None:
+        future = _SHARED[key] = _POOL.submit(fn, *args)
+        future.add_done_callback(lambda _: _SHARED.pop(key, None))
+    result: T = await asyncio.wrap_future(future)  # type: ignore[arg-type]
+    return result
+
+
+def prestart(pool: ThreadPoolExecutor, count: int) -> None:
+    """Start `count` threads of `pool` now (blocking; at start-up). A pool starts a thread
+    when work finds none idle, and the caller of `submit` waits for the new thread's first
+    turn on a core: on a loaded machine, with the loop as the caller, a stall of every run."""
+    gate = threading.Barrier(count + 1)
+    for _ in range(count):
+        pool.submit(gate.wait, 10)
+    gate.wait(10)
+
+
+def prestart_offload() -> None:
+    """The offload threads, started (see `prestart`)."""
+    prestart(_POOL, _POOL._max_workers)
 
 
 _IMPORTS: dict[str, concurrent.futures.Future[object]] = {}

@@ -26,7 +26,7 @@ from bot.edge import MAX_BODY, BodyRefused, ServerThread, bearer_ok, error, read
 from bot.errors import BotError, IngestError
 from bot.ingest import parse_alertmanager
 from bot.metrics import CONTENT_TYPE
-from bot.offload import off_loop, stop_processes
+from bot.offload import off_loop, prestart_offload, stop_processes
 
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -255,6 +255,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     is taken, running steps get `stop_timeout` seconds to finish, the rest is marked
     interrupted (the next start takes it up), and the outbox is flushed as far as Slack allows."""
     rt = build(settings)
+    prestart_offload()  # not started by the loop's first offload, under load (bot.offload)
     rt.metrics.watch_store(rt.store.sync.metrics, lambda: _process_figures(rt))
     rt.bot.intake_busy = rt.intake.busy
     inbound = None

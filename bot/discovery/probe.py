@@ -53,7 +53,7 @@ from bot.discovery.owners import (
 )
 from bot.executors.capture import HEAD, TAIL
 from bot.models import ExecOutput, Read, SocketReply
-from bot.offload import off_loop
+from bot.offload import off_loop, off_loop_shared
 
 # run(command, timeout) -> its output; never raises for a failure on the host
 Run = Callable[[str, float], Awaitable[ExecOutput]]
@@ -201,7 +201,7 @@ class Prober:
                 await self.prefetch(commands[i:])
             out = await self.sh(command)
             try:
-                config = await off_loop(_config_of, out.output)  # crossplane, temp files
+                config = await off_loop_shared(_config_of, out.output)  # crossplane, temp files
             except NginxConfigError as exc:
                 first_error = first_error or f"{command.removeprefix(self.sudo)}: {exc}"
                 continue
@@ -232,7 +232,7 @@ class Prober:
         read = await self.sh(f"cat -- {shlex.quote(conf)}")
         if read.exit_status != 0:
             return None
-        return await off_loop(_supervisor_of, conf, ((conf, read.output),))
+        return await off_loop_shared(_supervisor_of, conf, ((conf, read.output),))
 
     @staticmethod
     def _includes(parsed: SupervisorConf) -> str:
@@ -252,7 +252,7 @@ class Prober:
         for i, m in enumerate(marks):
             end = marks[i + 1].start() if i + 1 < len(marks) else len(more.output)
             files[m.group(1)] = more.output[m.end() + 1:end]
-        return await off_loop(_supervisor_of, conf, tuple(files.items()))
+        return await off_loop_shared(_supervisor_of, conf, tuple(files.items()))
 
     def _status_command(self, conf: SupervisorConf) -> str:
         return f"{self.sudo}supervisorctl -c {shlex.quote(conf.path)} status"

@@ -15,7 +15,15 @@ import pytest
 
 from bench.diagnosis_report import case_since, load_case
 from bot.diagnosis import diagnose, diagnose_file, load_rules
-from bot.offload import WORKER_NICE, import_off_loop, off_loop, off_process, stop_processes
+from bot.offload import (
+    WORKER_NICE,
+    import_off_loop,
+    off_loop,
+    off_loop_shared,
+    off_process,
+    prestart,
+    stop_processes,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
@@ -127,3 +135,37 @@ async def test_a_failed_import_is_raised_to_every_caller_and_tried_again(tmp_pat
     importlib.invalidate_caches()
     await import_off_loop(name)
     assert sys.modules.pop(name).FIXED
+
+
+async def test_callers_asking_for_the_same_work_while_it_runs_share_one_call():
+    """50 hosts sharing one nginx configuration: one parse, not 50 at once."""
+    calls: list[str] = []
+    opened = threading.Event()
+
+    def parse(text: str) -> list[str]:
+        calls.append(text)
+        assert opened.wait(20), "the loop never opened the gate"
+        return text.split()
+
+    callers = [asyncio.create_task(off_loop_shared(parse, "a b c")) for _ in range(5)]
+    other = asyncio.create_task(off_loop_shared(parse, "d e"))
+    await asyncio.sleep(0.05)  # every caller ran up to its wait
+    opened.set()
+    results = await asyncio.wait_for(asyncio.gather(*callers), 30)
+    assert all(r is results[0] for r in results) and results[0] == ["a", "b", "c"]
+    assert await other == ["d", "e"]
+    assert sorted(calls) == ["a b c", "d e"]
+    assert await off_loop_shared(parse, "a b c") == ["a", "b", "c"]  # ended: a new call
+    assert len(calls) == 3
+
+
+def test_prestart_starts_the_pools_threads_before_any_work():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="opsbot-prestart-test")
+    try:
+        prestart(pool, 3)
+        names = [t.name for t in threading.enumerate()]
+        assert sum(n.startswith("opsbot-prestart-test") for n in names) == 3
+    finally:
+        pool.shutdown(wait=True)
