@@ -91,36 +91,36 @@ def parse_ps(text: str) -> dict[int, Proc]:
     return procs
 
 
-_RECORD = re.compile(r"(\d+)/(stat|cmdline):", re.A)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_proc(text: str) -> dict[int, Proc]:
-    """`grep -aHz '' [0-9]*/stat [0-9]*/cmdline` in /proc: NUL-terminated records, each
-    `PID/stat:` and the stat line, or `PID/cmdline:` and one argument (no argument holds a
-    NUL, so none can forge a record). Read as `parse_ps` reads `ps -eo pid,ppid,user,args`:
-    the arguments joined by blanks (trailing empty ones dropped, a newline as a blank, other
+    """`grep -aHz . [0-9]*/stat [0-9]*/cmdline` in /proc: NUL-terminated records, each
+    `PID/stat:` and the stat line, or `PID/cmdline:` and one argument that is not empty (no
+    argument holds a NUL, so none can forge a record; a process that set its title pads its
+    arguments with NULs, thousands of empty ones). Read as `parse_ps` reads `ps -eo pid,ppid,
+    user,args`: the arguments joined by blanks (empty ones dropped, a newline as a blank, other
     control characters as `?`, as ps shows them; other characters as they are, where ps in
     the C locale shows `?`), `[comm]` for a process without any (a kernel thread;
     `[comm] <defunct>` for a zombie); the user is not read ("")."""
     stats: dict[int, tuple[int, str, str]] = {}
-    args: dict[int, list[str]] = {}
+    args: dict[str, list[str]] = {}
     for record in text.split("\0"):
-        m = _RECORD.match(record)
-        if m is None:
+        name, _, value = record.partition(":")
+        number, _, kind = name.partition("/")
+        if kind == "cmdline":
+            args.setdefault(number, []).append(value)
             continue
-        pid, value = int(m.group(1)), record[m.end():]
-        if m.group(2) == "cmdline":
-            args.setdefault(pid, []).append(value)
+        if kind != "stat" or not number.isdigit():
             continue
         open_, close = value.find("("), value.rfind(")")
         rest = value[close + 1:].split(None, 2)
         if open_ < 0 or close < open_ or len(rest) < 2 or not rest[1].isdigit():
             continue
-        stats[pid] = (int(rest[1]), value[open_ + 1:close], rest[0])
+        stats[int(number)] = (int(rest[1]), value[open_ + 1:close], rest[0])
     procs = {}
     for pid, (ppid, comm, state) in stats.items():
-        words = args.get(pid, [])
+        words = args.get(str(pid), [])
         while words and not words[-1]:
             words.pop()
         line = " ".join(words) if words else \

@@ -63,10 +63,10 @@ RunMany = Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
 # the connection (no process started); never raises for a failure on the host
 UnixRequest = Callable[[str, bytes, float], Awaitable[SocketReply]]
 
-# every process: its stat line and arguments, read by one grep (owners.parse_proc); ps reads four
-# files of each process (stat, status, cmdline and environ), this two, at about half ps's cost.
-# grep's status 2 is a process that ended meanwhile. PS when this lists no process.
-PROCS = "cd /proc && { grep -aHsz '' [0-9]*/stat [0-9]*/cmdline; [ $? -le 2 ]; }"
+# every process: its stat line and (non-empty) arguments, read by one grep (owners.parse_proc);
+# ps reads four files of each process (stat, status, cmdline and environ), this two, at less than
+# half ps's cost. grep's status 2 is a process that ended meanwhile. PS when this lists none.
+PROCS = "cd /proc && { grep -aHsz . [0-9]*/stat [0-9]*/cmdline; [ $? -le 2 ]; }"
 PS = "ps -ww -eo pid=,ppid=,user=,args="
 # one process: the epoch and the UTC offset from one `date`, the uptime read by the shell
 CLOCK = "date +'%s %z'; read -r up rest </proc/uptime; echo \"$up\""
