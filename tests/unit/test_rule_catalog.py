@@ -442,6 +442,121 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         None,
     ),
+    # ---- Go 1.19.8 (Debian golang-go): net.Listen's address parsing; lib/pq 1.10.7
+    (
+        "app_logs",
+        "2026/11/30 10:01:31 listen tcp: address 8080: missing port in address",
+        "run here: a Go program calling log.Fatal(http.ListenAndServe(\"8080\", nil))",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "2026/11/30 10:01:31 listen tcp: address 99999: invalid port",
+        "run here: the same program with 127.0.0.1:99999",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "pq: relation \"doc_changes\" does not exist",
+        "run here: lib/pq db.Exec(\"SELECT id FROM doc_changes\") on an empty database",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    (
+        "app_logs",
+        "pq: SSL is not enabled on the server",
+        "run here: lib/pq without sslmode against PostgreSQL 15 without TLS",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "pq: no pg_hba.conf entry for host \"127.0.0.1\", user \"other\", database \"app\", no "
+        "encryption",
+        "run here: lib/pq as a user pg_hba.conf has no line for",
+        "dependency_down",
+        "database_refuses_client",
+    ),
+    # ---- MariaDB 10.11.19 (Debian) on 127.0.0.1:19533, through mysql2 3.24.6 and its own client
+    (
+        "app_logs",
+        "Error: Table 'onlyoffice.task_result' doesn't exist",
+        "run here: mysql2 query SELECT * FROM task_result on an empty database",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    (
+        "app_logs",
+        "Error: Too many connections",
+        "run here: mysql2, one connection more than max_connections (10)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Error: Host '127.0.0.1' is not allowed to connect to this MariaDB server",
+        "run here: mysql2 as app (an account for 'localhost' only) with --skip-name-resolve",
+        "dependency_down",
+        "database_refuses_client",
+    ),
+    (
+        "app_logs",
+        "ERROR 2002 (HY000): Received error packet before completion of TLS handshake. The "
+        "authenticity of the following error cannot be verified: 1130 - Host '127.0.0.1' is not "
+        "allowed to connect to this MariaDB server",
+        "run here: mariadb -h 127.0.0.1 -P 19533 -u app (the same account)",
+        "dependency_down",
+        "database_refuses_client",
+    ),
+    # ---- Java backends on a JVM they do not support; Keycloak's start-up failure line
+    (
+        "journal",
+        "Feb 14 12:25:14 BuildServerTest nexus[54498]: No suitable Java Virtual Machine could "
+        "be found on your system.",
+        "https://github.com/ansible-ThoTeam/nexus3-oss/issues/244",
+        "upstream_crashloop",
+        "java_runtime_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "SEVERE: Running with Java class version 52, which is older than the Minimum required "
+        "version 55. See https://jenkins.io/redirect/java-support/",
+        "https://github.com/jenkinsci/extras-executable-war/pull/62",
+        "upstream_crashloop",
+        "java_runtime_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "Jenkins requires Java versions [17, 11] but you are running with Java 1.8 from "
+        "/usr/lib/jvm/java-8-openjdk-amd64/jre",
+        "https://github.com/jenkinsci/extras-executable-war/pull/62",
+        "upstream_crashloop",
+        "java_runtime_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "Exception in thread \"main\" java.lang.UnsupportedClassVersionError: "
+        "org/nodel/jyhost/Launch : Unsupported major.minor version 51.0",
+        "https://github.com/museumsvictoria/nodel/issues/31",
+        "upstream_crashloop",
+        "java_runtime_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "ERROR: Failed to start server in (production) mode",
+        "https://github.com/keycloak/keycloak/issues/16030",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "ERROR: Unexpected error when starting the server in (production) mode",
+        "https://github.com/loculus-project/loculus/issues/962",
+        "upstream_crashloop",
+        None,
+    ),
 ]
 
 
