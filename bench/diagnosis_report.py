@@ -484,8 +484,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 labels; `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
-`shared_library_missing`, `bind_address_not_available`, `openssl3_legacy_algorithm` under
-`upstream_crashloop`, where the
+`shared_library_missing`, `bind_address_not_available`, `openssl3_legacy_algorithm`,
+`image_platform_mismatch` under `upstream_crashloop`, where the
 labelling guideline puts them; `too_many_open_files`, `inotify_watches_exhausted` under
 `unknown`), with its own advice first in `remediation`.
 

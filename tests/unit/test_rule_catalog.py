@@ -557,6 +557,41 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         None,
     ),
+    # ---- Node.js 20.20.2 without a port, uvicorn 0.54.0 whose lifespan start-up raises
+    (
+        "app_logs",
+        "RangeError [ERR_SOCKET_BAD_PORT]: options.port should be >= 0 and < 65536. Received "
+        "type number (NaN).",
+        "run here: node -e "
+        "\"require(\'http\').createServer().listen(Number(process.env.CATALOG_UNSET_PORT))\"",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "ERROR:    Application startup failed. Exiting.",
+        "run here: uvicorn --lifespan on --host 127.0.0.1 --port 19491 life:app (the app raises "
+        "at lifespan.startup)",
+        "upstream_crashloop",
+        None,
+    ),
+    # ---- Docker running an image of another architecture; Rails without its secret
+    (
+        "docker_logs",
+        "WARNING: The requested image's platform (linux/amd64) does not match the detected host "
+        "platform (linux/arm64/v8) and no specific platform was requested",
+        "https://github.com/JonasHiltl/openchangelog/issues/21",
+        "upstream_crashloop",
+        "image_platform_mismatch",
+    ),
+    (
+        "docker_logs",
+        "2025-02-03 18:59:59 ArgumentError: Missing `secret_key_base` for 'production' "
+        "environment, set this string with `bin/rails credentials:edit` (ArgumentError)",
+        "https://github.com/mrysav/geneac/issues/705",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
 ]
 
 
