@@ -16,7 +16,6 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 MASK = "[REDACTED]"
@@ -152,21 +151,42 @@ def redact_value(value: Any) -> Any:
     return value
 
 
-@lru_cache(maxsize=4096)
+_CLEAN: dict[str, str] = {}  # short texts read once and found without a secret
+_CLEAN_MAX = 4096
+
+
 def _redact_short(text: str) -> str:
     """`redact` of a short value, read once: every audit record repeats the same hosts, step
-    ids, statuses and commands (a 50-host run writes about 150 records)."""
-    return redact(text)
+    ids, statuses and commands (a 50-host run writes about 150 records). Only a text with
+    nothing to mask is remembered, so that no secret stays in memory in its raw form."""
+    hit = _CLEAN.get(text)
+    if hit is not None:
+        return hit
+    out = redact(text)
+    if out == text:
+        if len(_CLEAN) >= _CLEAN_MAX:
+            _CLEAN.clear()
+        _CLEAN[text] = out
+    return out
 
 
 _SECRET_KEY = re.compile("|".join(_KEY_WORDS))
+_KEYS: dict[str, bool] = {}  # keys read once and found without a secret: names a secret?
 
 
-@lru_cache(maxsize=1024)
 def _key(key: str) -> tuple[str, bool]:
     """A mapping's key, redacted, and whether it names a secret (its non-empty text value is
-    then masked whole). Keys repeat in every record (step, host, run_id...): read once each."""
-    return redact(key), _SECRET_KEY.search(key.lower()) is not None
+    then masked whole). Keys repeat in every record (step, host, run_id...): read once each;
+    as with `_redact_short`, a key with something to mask is never remembered."""
+    named = _KEYS.get(key)
+    if named is not None:
+        return key, named
+    out, named = redact(key), _SECRET_KEY.search(key.lower()) is not None
+    if out == key:
+        if len(_KEYS) >= _CLEAN_MAX:
+            _KEYS.clear()
+        _KEYS[key] = named
+    return out, named
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

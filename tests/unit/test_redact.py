@@ -101,3 +101,14 @@ def test_every_kind_of_value_is_redacted_the_same_however_often_it_repeats() -> 
             "f": 0.5, "ok": True, "none": None,
             "long": "x" * 300 + " password=[REDACTED] " + "y" * 300,
             "proxy": {"api_key": "[REDACTED]", "n": 1}, "t": ["token=[REDACTED]"]}
+
+
+def test_no_secret_is_remembered_in_its_raw_form() -> None:
+    """Short values and keys are read once and remembered, but only those with nothing to mask:
+    a secret redacted from a value or a key never stays in the process's memory as it came."""
+    from bot import redact as module
+
+    redact_value({"host": "web01", "cmd": "mysql -phunter2297", "token=abcdef9876": "x"})
+    remembered = " ".join([*module._CLEAN, *module._KEYS])
+    assert "web01" in module._CLEAN and "host" in module._KEYS
+    assert "hunter2297" not in remembered and "abcdef9876" not in remembered
