@@ -11,7 +11,11 @@ On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON.
 With OPSBOT_LAG_TRACE=FILE (off by default), every thread's stack goes to FILE whenever the
 ticker is TRACE_AFTER late (faulthandler's watchdog thread, which needs no interpreter lock:
 it shows the frame even inside a long C call), again every TRACE_AFTER while the loop stays
-blocked, and a line with the lag once the tick comes.
+blocked, and a line with the lag once the tick comes (how the loop's thread spent it: on a
+core, waiting for one, asleep); a line for each answer over TRACE_AFTER (the HTTP thread's),
+and one for each SQLite write transaction that waited, ran or committed for over 20 ms. For
+finding causes only: faulthandler reads running threads' frames without their lock, and about
+one traced round in three ended in a segfault of the server (the round then fails).
 
 `drive` starts the load (one slash command running the whole nginx-502 diagnosis on the bench
 group, and 20 that fetch a container's log), then sends signed slash commands and button clicks
@@ -68,6 +72,67 @@ async def _watch(lags: list[float], trace: int | None = None) -> None:
             del lags[:1_000_000]
 
 
+def _trace_answers(trace: int) -> None:
+    """OPSBOT_LAG_TRACE: for each answer that took over TRACE_AFTER, one line with how the
+    HTTP thread spent that time (its own schedstat; other requests' work included)."""
+    from aiohttp import web
+
+    import bot.server
+
+    timed = bot.server.timed
+
+    @web.middleware
+    async def split(request: web.Request, handler: Any) -> web.StreamResponse:
+        before, began = _schedstat(), time.perf_counter()
+        try:
+            return await timed(request, handler)
+        finally:
+            took = (time.perf_counter() - began) * 1e3
+            if took > TRACE_AFTER * 1e3:
+                ran, waited, _ = (b - a for a, b in zip(before, _schedstat(), strict=True))
+                os.write(trace, f"=== answer took {took:.1f} ms at {time.time():.3f}: the HTTP "
+                         f"thread ran {ran:.1f} ms, waited for a core {waited:.1f} ms, slept "
+                         f"(store lane, interpreter lock) {took - ran - waited:.1f} ms\n"
+                         .encode())
+
+    bot.server.timed = split  # web_app reads it when serve builds the app
+
+
+def _trace_store(trace: int) -> None:
+    """OPSBOT_LAG_TRACE: each SQLite write transaction that waited for the write lock, ran or
+    committed for over 20 ms, one line (its thread, and whether it is the request lane's)."""
+    import contextlib
+    import threading
+    from collections.abc import Iterator
+
+    from bot.adapters import sql
+
+    tx = sql.SqliteDatabase.tx
+
+    @contextlib.contextmanager
+    def timed_tx(self: sql.SqliteDatabase) -> Iterator[Any]:
+        t0 = time.perf_counter()
+        with tx(self) as conn:
+            t1 = time.perf_counter()
+            yield conn
+            t2 = time.perf_counter()
+        t3 = time.perf_counter()
+        if max(t1 - t0, t2 - t1, t3 - t2) > 0.02:
+            frame, names = sys._getframe(1), []
+            while frame is not None and len(names) < 3:
+                if frame.f_code.co_filename.endswith("store.py") and \
+                        frame.f_code.co_name not in ("tx", "<lambda>"):
+                    names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            os.write(trace, f"=== tx {'<'.join(names)} on {threading.current_thread().name} "
+                     f"(urgent: {self.urgent}) at {time.time():.3f}: waited "
+                     f"{(t1 - t0) * 1e3:.1f} ms, body {(t2 - t1) * 1e3:.1f} ms, "
+                     f"commit {(t3 - t2) * 1e3:.1f} ms\n"
+                     .encode())
+
+    sql.SqliteDatabase.tx = timed_tx  # type: ignore[method-assign]
+
+
 async def serve_watched(out: Path) -> None:
     from bot.config import load_settings
     from bot.server import serve
@@ -79,6 +144,9 @@ async def serve_watched(out: Path) -> None:
 
     traced = os.environ.get("OPSBOT_LAG_TRACE")
     trace = os.open(traced, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if traced else None
+    if trace is not None:
+        _trace_answers(trace)
+        _trace_store(trace)
 
     async def watch_once_ready() -> None:  # start-up (imports, runbooks) and the stop
         await ready.wait()                  # (draining, closing) are not serving

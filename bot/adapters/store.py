@@ -1459,7 +1459,7 @@ class WebhookIntake:
         else:
             own = Store(store.path, audit_key=store.audit_key, synchronous="FULL",
                         lock=store._lock)
-            own.db.urgent = True
+            own.db.make_urgent()
         self.store = AsyncStore(own)
         self._group = GroupCommit(self.store, Store.record_webhooks, limit=500)
         self.received = 0  # webhooks recorded (or being recorded) by this intake

@@ -254,6 +254,26 @@ def test_a_twin_writes_the_same_store_from_another_thread(store: Store) -> None:
         twin.db.close()
 
 
+def test_an_answers_commit_never_checkpoints_the_wal(tmp_path) -> None:
+    """The request lane's commits leave the WAL to the store's connection: a commit that
+    checkpoints copies the WAL into the database file and syncs it, and an ack waited."""
+    from pathlib import Path
+
+    store = Store(tmp_path / "o.db")
+    lane = store.twin(urgent=True)
+    try:
+        main = Path(store.path)
+        before = main.stat().st_size
+        for i in range(400):  # well over the 1000 pages (4 MiB) of an automatic checkpoint
+            lane.add_work("click", {"token": f"t{i}", "pad": "x" * 20000})
+        assert main.stat().st_size == before  # all still in the WAL: no checkpoint ran
+        store.heartbeat()  # the serving process's next write of its own checkpoints
+        assert main.stat().st_size > before + 4_000_000
+    finally:
+        lane.db.close()
+        store.close()
+
+
 def test_urgent_writers_take_the_write_lock_before_waiting_ones() -> None:
     """A writer letting go hands the lock on: urgent waiters first, then the others in order;
     the one letting go cannot take it back before them."""
