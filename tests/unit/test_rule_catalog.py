@@ -592,6 +592,57 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "exit_config_error",
     ),
+    # ---- TLS spoken to a plain HTTP port (python3 -m http.server on 127.0.0.1:19495)
+    (
+        "app_logs",
+        "tls: first record does not look like a TLS handshake",
+        "run here: Go 1.19.8 tls.Dial to the plain port",
+        "tls_mismatch",
+        "https_to_plain_port",
+    ),
+    (
+        "app_logs",
+        "Get \"https://127.0.0.1:19495/\": tls: first record does not look like a TLS handshake",
+        "run here: Go 1.19.8 http.Get(\"https://127.0.0.1:19495/\")",
+        "tls_mismatch",
+        "https_to_plain_port",
+    ),
+    (
+        "app_logs",
+        "javax.net.ssl.SSLException: Unsupported or unrecognized SSL message",
+        "run here: OpenJDK 17.0.15 HttpsURLConnection to https://127.0.0.1:19495/",
+        "tls_mismatch",
+        "https_to_plain_port",
+    ),
+    # ---- memory the OS refuses (ulimit -v): the Go runtime, Ruby; Redis full at its maxmemory
+    (
+        "app_logs",
+        "runtime: out of memory: cannot allocate 67108864-byte block (473694208 in use)",
+        "run here: a Go 1.19.8 program allocating 64 MB blocks under ulimit -v 1200000",
+        "oom_killed",
+        "memory_exhausted",
+    ),
+    (
+        "app_logs",
+        "fatal error: out of memory",
+        "run here: the same Go program",
+        "oom_killed",
+        "memory_exhausted",
+    ),
+    (
+        "app_logs",
+        "-e: failed to allocate memory (NoMemoryError)",
+        "run here: ruby -e \'a = []; loop { a << (\"x\" * (64 << 20)) }\' under ulimit -v 600000",
+        "oom_killed",
+        "memory_exhausted",
+    ),
+    (
+        "app_logs",
+        "ReplyError: OOM command not allowed when used memory > 'maxmemory'.",
+        "run here: ioredis 6.0.0 SET of 2 MB on redis-server 7.0.15 --maxmemory 1mb",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
