@@ -181,7 +181,9 @@ def supervisord_confs(procs: Mapping[int, Proc]) -> dict[int, str]:
     """supervisord pid -> its configuration file (as given with -c/--configuration)."""
     out = {}
     for p in procs.values():
-        words = p.args.split()
+        if "supervisord" not in p.args:  # most processes: no split, no basename
+            continue
+        words = p.args.split(None, 2)
         if not any(posixpath.basename(w) == "supervisord" for w in words[:2]):
             continue
         opts = _options(p.args, ("-c", "--configuration"))
