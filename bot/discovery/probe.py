@@ -200,6 +200,7 @@ class Prober:
             if command not in self._read:  # the rest at once
                 await self.prefetch(commands[i:])
             out = await self.sh(command)
+            self._test_read(command)
             try:
                 config = await off_loop_shared(_config_of, out.output)  # crossplane, temp files
             except NginxConfigError as exc:
@@ -213,6 +214,25 @@ class Prober:
         if fallback:
             return fallback[0], fallback[1]
         return "", None
+
+    def _test_read(self, dump: str) -> None:
+        """`nginx -t` with the dump's arguments, read from the dump: `nginx -T` tests the
+        configuration as `-t` does (the same messages on stderr, the same exit status), then
+        prints it on stdout, after them. So a runbook's `nginx -t` check takes this read and no
+        second nginx parses the configuration on the host."""
+        read = self._read.get(dump)
+        if read is None or read.via or read.output.error is not None or \
+                read.output.exit_status is None:
+            return
+        text = read.output.output
+        if read.output.exit_status == 0:  # the test passed: the configuration follows
+            cut = text.find("\n# configuration file ")
+            if cut < 0:
+                return
+            text = text[:cut + 1]
+        self._read.setdefault(dump.replace(" -T", " -t", 1), Read(
+            ExecOutput(read.output.exit_status, text), read.started_at, read.duration,
+            via=f"the test that `{dump.removeprefix(self.sudo)}` ran first"))
 
     # -- supervisord ----------------------------------------------------------------------------
     async def supervisor(self, procs: Mapping[int, Proc]) -> list[SupervisorConf]:
