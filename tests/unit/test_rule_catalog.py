@@ -643,6 +643,43 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- dependencies refused in Python's asyncio, PHP's Predis, the Kafka client, Spring AMQP
+    (
+        "app_logs",
+        "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 5432)",
+        "run here: Python 3.11.7 asyncio.open_connection('127.0.0.1', 5432) with nothing "
+        "listening",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Predis\\Connection\\ConnectionException: Connection refused [tcp://127.0.0.1:6379]",
+        "https://github.com/glosarium/glosarium/issues/6",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "2021-01-21 21:56:36.182  WARN 18 --- [ntainer#0-0-C-1] "
+        "org.apache.kafka.clients.NetworkClient   : [Consumer clientId=consumer-email-1, "
+        "groupId=email] Connection to node -1 (localhost/127.0.0.1:9092) could not be "
+        "established. Broker may not be available.",
+        "https://github.com/obsidiandynamics/kafdrop/issues/35",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "2022-01-25 09:26:48.914  WARN 1608 --- [ntContainer#1-2] "
+        "o.s.a.r.l.SimpleMessageListenerContainer : Consumer raised exception, processing can "
+        "restart if the connection factory supports it. Exception summary: "
+        "org.springframework.amqp.AmqpConnectException: java.net.ConnectException: Connection "
+        "refused: connect",
+        "https://github.com/eclipse-hawkbit/hawkbit/issues/1224",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
