@@ -433,11 +433,11 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
     (
         "nginx_error_log",
         "nginx: [alert] Unable to start the Phusion Passenger watchdog because its executable "
-        "(/usr/share/ruby-rvm/gems/ruby-1.9.3-p194/gems/passenger-3.0.12/agents/PassengerWatchdog) "
-        "does not exist. This probably means that your Phusion Passenger installation is broken "
-        "or incomplete, or that your 'passenger_root' directive is set to the wrong value. "
-        "Please reinstall Phusion Passenger or fix your 'passenger_root' directive, whichever "
-        "is applicable. (-1: Unknown error)",
+        "(/usr/share/ruby-rvm/gems/ruby-1.9.3-p194/gems/passenger-3.0.12/agents/Passen"
+        "gerWatchdog) does not exist. This probably means that your Phusion Passenger "
+        "installation is broken or incomplete, or that your 'passenger_root' directive is set "
+        "to the wrong value. Please reinstall Phusion Passenger or fix your 'passenger_root' "
+        "directive, whichever is applicable. (-1: Unknown error)",
         "https://github.com/rvm/rvm/issues/1013",
         "upstream_crashloop",
         None,
@@ -679,6 +679,50 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "https://github.com/eclipse-hawkbit/hawkbit/issues/1224",
         "dependency_down",
         None,
+    ),
+    # ---- php-fpm children dying under the master (mailcow's php-fpm container)
+    (
+        "docker_logs",
+        "php-fpm-mailcow_1    | [05-Mar-2018 12:01:52] WARNING: [pool www] child 43 said into "
+        "stderr: \"zend_mm_heap corrupted\"",
+        "https://github.com/mailcow/mailcow-dockerized/issues/1141",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        "php-fpm-mailcow_1    | [05-Mar-2018 12:01:52] WARNING: [pool www] child 43 exited with "
+        "code 1 after 49.597904 seconds from start",
+        "https://github.com/mailcow/mailcow-dockerized/issues/1141",
+        "upstream_crashloop",
+        None,
+    ),
+    # ---- the socket's or pid file's directory missing: uWSGI 2.0.21, Puma 5.6.5
+    (
+        "app_logs",
+        "bind(): No such file or directory [core/socket.c line 230]",
+        "run here: uwsgi --plugin python3 --socket /run/catalog-nodir/app.sock --wsgi-file "
+        "okapp.py",
+        "upstream_crashloop",
+        "runtime_dir_missing",
+    ),
+    (
+        "app_logs",
+        "/usr/lib/x86_64-linux-gnu/rubygems-integration/3.1.0/gems/puma-5.6.5/lib/puma"
+        "/binder.rb:196:in `realdirpath': No such file or directory @ realpath_rec - "
+        "/run/catalog-nodir (Errno::ENOENT)",
+        "run here: puma -b unix:///run/catalog-nodir/puma.sock ok.ru",
+        "upstream_crashloop",
+        "runtime_dir_missing",
+    ),
+    (
+        "app_logs",
+        "/usr/lib/x86_64-linux-gnu/rubygems-integration/3.1.0/gems/puma-5.6.5/lib/puma"
+        "/launcher.rb:259:in `write': No such file or directory @ rb_sysopen - "
+        "/run/catalog-nodir/puma.pid (Errno::ENOENT)",
+        "run here: puma -b tcp://127.0.0.1:19454 --pidfile /run/catalog-nodir/puma.pid ok.ru",
+        "upstream_crashloop",
+        "runtime_dir_missing",
     ),
 ]
 
