@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from bot.discovery import docker_api, supervisor_rpc
 from bot.discovery.chain import Chain, Owner
 from bot.discovery.nginx import (
+    MARKER,
     Address,
     NginxConfig,
     NginxConfigError,
@@ -96,6 +97,14 @@ def _path(value: str) -> str | None:
 
 def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _configuration(dump: str) -> str:
+    """The files of an `nginx -T` dump, without the test's messages before them: run as a user
+    other than root, nginx warns there with the time and its pid, so no two hosts' dumps of one
+    configuration are the same text (the parse reads only the files)."""
+    first = MARKER.search(dump)
+    return dump[first.start():] if first else dump
 
 
 @lru_cache(maxsize=32)
@@ -202,7 +211,7 @@ class Prober:
             out = await self.sh(command)
             self._test_read(command)
             try:
-                config = await off_loop_shared(_config_of, out.output)  # crossplane, temp files
+                config = await off_loop_shared(_config_of, _configuration(out.output))
             except NginxConfigError as exc:
                 first_error = first_error or f"{command.removeprefix(self.sudo)}: {exc}"
                 continue

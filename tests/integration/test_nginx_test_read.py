@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.discovery import discover
+from bot.discovery import discover, probe
 from bot.discovery.probe import Prober, Run, RunMany, UnixRequest
 from bot.executors import ExecContext
 from bot.inventory import load_inventory
@@ -101,3 +101,24 @@ async def test_a_failing_test_is_read_whole(ctx: ExecContext, healthy_web: WebLa
     assert read.output.exit_status == itself.exit_status == 1
     assert same(read.output.output) == same(itself.output)
     assert "test failed" in read.output.output
+
+
+async def test_hosts_sharing_a_configuration_parse_it_once(
+        ctx: ExecContext, healthy_web: WebLab, inventory_file: Path) -> None:
+    """nginx run by the login user warns with the time and its pid before the dump: the
+    dumps of web01 and web02 (one nginx) differ, the configuration parsed is one."""
+    conf = str(healthy_web.nginx_conf)
+    before = probe._config_of.cache_info()
+    chains = []
+    for name in ("web01", "web02"):
+        host = load_inventory(inventory_file).hosts[name]
+        run, run_many, unix_request = runs(ctx, host)
+        chains.append(await discover(run, host.name, healthy_web.proxy_url, nginx_conf=conf,
+                                     run_many=run_many, unix_request=unix_request))
+    after = probe._config_of.cache_info()
+
+    dumps = [c.reads[f"nginx -T -c {conf}"].output.output for c in chains]
+    assert dumps[0] != dumps[1] and same(dumps[0]) == same(dumps[1])
+    assert after.misses - before.misses <= 1 and after.hits > before.hits
+    assert chains[0].route == chains[1].route and chains[0].route is not None
+    assert chains[0].params() == chains[1].params()
