@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import importlib
 import logging
@@ -63,12 +64,21 @@ def prestart(pool: ThreadPoolExecutor, count: int) -> None:
     gate = threading.Barrier(count + 1)
     for _ in range(count):
         pool.submit(gate.wait, 10)
-    gate.wait(10)
+    with contextlib.suppress(threading.BrokenBarrierError):  # slow to start: started anyway
+        gate.wait(10)
 
 
 def prestart_offload() -> None:
     """The offload threads, started (see `prestart`)."""
     prestart(_POOL, _POOL._max_workers)
+
+
+def started_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool with its threads started (blocking: on the offload threads, as
+    `await off_loop_shared(started_pool, n, name)`, never on the loop; see `prestart`)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    prestart(pool, workers)
+    return pool
 
 
 _IMPORTS: dict[str, concurrent.futures.Future[object]] = {}

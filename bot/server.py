@@ -255,7 +255,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     is taken, running steps get `stop_timeout` seconds to finish, the rest is marked
     interrupted (the next start takes it up), and the outbox is flushed as far as Slack allows."""
     rt = build(settings)
-    prestart_offload()  # not started by the loop's first offload, under load (bot.offload)
+    prestart_offload()  # threads not started by their first caller, under load (bot.offload)
+    for lane in (rt.store, rt.requests, rt.intake.store):
+        lane.start_thread()
     rt.metrics.watch_store(rt.store.sync.metrics, lambda: _process_figures(rt))
     rt.bot.intake_busy = rt.intake.busy
     inbound = None

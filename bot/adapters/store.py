@@ -1363,6 +1363,12 @@ class AsyncStore:
                           actor: str) -> None:
         await self._steps(StepEnd(step_run_id, incident_id, result, actor))
 
+    def start_thread(self) -> None:
+        """Its worker thread started now (at start-up; see bot.offload.prestart)."""
+        from bot.offload import prestart
+
+        prestart(self._pool, 1)
+
     def lane(self) -> AsyncStore:
         """The store on a connection and worker thread of their own, whose writes take the
         write lock first: the request path's (a signed request's replay check, the work row of

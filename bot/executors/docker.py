@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from bot.executors.base import ExecContext, KindParams, StepKind
 from bot.executors.capture import HEAD, TAIL, Capture
 from bot.models import ExecOutput, Host
-from bot.offload import import_off_loop, off_loop
+from bot.offload import import_off_loop, off_loop, started_pool
 from bot.redact import redact
 
 if TYPE_CHECKING:  # the docker SDK (and requests) load when a docker step first runs
@@ -120,12 +120,15 @@ class Engines:
     def __init__(self, ctx: ExecContext) -> None:
         self.ctx = ctx
         self._pool: ThreadPoolExecutor | None = None  # its own: a hung engine ties up only these
+        self._starting = asyncio.Lock()
         self._engines: dict[str, _Engine] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="opsbot-docker")
+            async with self._starting:  # its threads started off the loop: the loop that
+                if self._pool is None:  # started them waited for each one's turn on a core
+                    self._pool = await off_loop(started_pool, 8, "opsbot-docker")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def get(self, host: Host) -> _Engine:

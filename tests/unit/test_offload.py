@@ -22,6 +22,7 @@ from bot.offload import (
     off_loop_shared,
     off_process,
     prestart,
+    started_pool,
     stop_processes,
 )
 
@@ -163,9 +164,13 @@ def test_prestart_starts_the_pools_threads_before_any_work():
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="opsbot-prestart-test")
+    made = started_pool(2, "opsbot-started-test")
     try:
         prestart(pool, 3)
         names = [t.name for t in threading.enumerate()]
         assert sum(n.startswith("opsbot-prestart-test") for n in names) == 3
+        assert sum(n.startswith("opsbot-started-test") for n in names) == 2
+        assert made.submit(sum, [1, 2]).result(10) == 3
     finally:
         pool.shutdown(wait=True)
+        made.shutdown(wait=True)
