@@ -724,6 +724,44 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "runtime_dir_missing",
     ),
+    # ---- Django 5.2.19 (PyPI) runserver and its SQLite; supervisord 4.2.5 (Debian)
+    (
+        "app_logs",
+        "Error: That port is already in use.",
+        "run here: python manage.py runserver 127.0.0.1:19497 --noreload (port held by another "
+        "process)",
+        "upstream_crashloop",
+        "port_already_in_use",
+    ),
+    (
+        "app_logs",
+        "CommandError: You must set settings.ALLOWED_HOSTS if DEBUG is False.",
+        "run here: python manage.py runserver 127.0.0.1:19498 --noreload with DEBUG = False",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "django.db.utils.OperationalError: no such table: catalog_item",
+        "run here: connection.cursor().execute('select * from catalog_item') on a fresh project",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    (
+        "app_logs",
+        "supervisor: couldn't chdir to /nonexistent/catalog-app: ENOENT",
+        "run here: supervisord with [program:app] directory=/nonexistent/catalog-app (the "
+        "program's log)",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
+    (
+        "app_logs",
+        "Error: Invalid user name nosuchcataloguser in section 'program:app2' (file: 'sv.conf')",
+        "run here: supervisord -c sv.conf with user=nosuchcataloguser",
+        "upstream_crashloop",
+        "exit_config_error",
+    ),
 ]
 
 
