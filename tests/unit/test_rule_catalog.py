@@ -762,6 +762,23 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "exit_config_error",
     ),
+    # ---- a Kubernetes service link where a port is wanted (PORT=tcp://IP:PORT)
+    (
+        "docker_logs",
+        "Error: listen EACCES: permission denied tcp://10.108.13.33:80",
+        "run here: PORT=tcp://10.108.13.33:80 node -e "
+        "\"require(\'http\').createServer().listen(process.env.PORT)\" (Node.js 20.20.2, as root "
+        "and as nobody)",
+        "upstream_crashloop",
+        "k8s_service_link_env_overrides_port",
+    ),
+    (
+        "docker_logs",
+        "Error: Invalid value for '--port': 'tcp://10.43.0.1:8000' is not a valid integer.",
+        "run here: uvicorn --port tcp://10.43.0.1:8000 life:app (uvicorn 0.54.0, Click)",
+        "upstream_crashloop",
+        "k8s_service_link_env_overrides_port",
+    ),
 ]
 
 
