@@ -779,6 +779,23 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "k8s_service_link_env_overrides_port",
     ),
+    # ---- an address the host lacks, in uvicorn's (CPython asyncio's) and the JDK's words
+    (
+        "app_logs",
+        "ERROR:    [Errno 99] error while attempting to bind on address ('10.255.255.1', "
+        "19492): cannot assign requested address",
+        "run here: uvicorn --host 10.255.255.1 --port 19492 life:app (uvicorn 0.54.0, CPython "
+        "3.11.7)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "app_logs",
+        "java.net.BindException: Cannot assign requested address",
+        "run here: OpenJDK 17.0.15 ServerSocket.bind(10.255.255.1:19493)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
 ]
 
 
