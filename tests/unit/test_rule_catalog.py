@@ -796,6 +796,23 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "bind_address_not_available",
     ),
+    # ---- Elasticsearch's disk at its flood stage; the JDK's EACCES
+    (
+        "docker_logs",
+        "flood stage disk watermark [95%] exceeded on "
+        "[2E-4rEiRS1G_2_oztN_guA][2E-4rEi][/usr/share/elasticsearch/data/nodes/0] free: "
+        "952.1mb[1.4%], all indices on this node will marked read-only",
+        "https://github.com/deviantony/docker-elk/issues/219",
+        "disk_full",
+        None,
+    ),
+    (
+        "docker_logs",
+        "java.nio.file.AccessDeniedException: /tmp/catalog/java/acc/data.bin",
+        "run here: OpenJDK 17.0.15 Files.write into a directory nobody may not write (as nobody)",
+        "permission_denied",
+        None,
+    ),
 ]
 
 
