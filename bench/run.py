@@ -621,7 +621,10 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.note(bench, f"{len(slash) + len(clicks)} requests at 50/s for 10 s per round, while "
                 "`/opsbot run nginx-502 bench` (discovery and 13 steps on 50 hosts) and 20 × "
                 "`/opsbot run container-log bench01` (the 200 MB json-file log) run. Clicks "
-                "carry unknown approval tokens: each is verified, looked up and answered.")
+                "carry unknown approval tokens: each is verified, looked up and answered. "
+                "OPSBOT_LAG_TRACE=FILE: stacks of every thread when the loop is 50 ms late, "
+                "and where slow answers and store transactions spent their time, into "
+                "FILE.ROUND (bench/ack.py; for finding causes, not for figures).")
 
 
 BENCH_FUNCS: dict[str, Callable[..., None]] = {
