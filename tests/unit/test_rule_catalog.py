@@ -813,6 +813,29 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         None,
     ),
+    # ---- Tomcat's request threads all busy; PyMongo without a server
+    (
+        "app_logs",
+        "INFO: Maximum number of threads (200) created for connector with address null and port "
+        "8080",
+        "https://github.com/collectivemedia/celos/issues/238",
+        "upstream_timeout",
+        "tomcat_threads_exhausted",
+    ),
+    (
+        "app_logs",
+        "pymongo.errors.ServerSelectionTimeoutError: 127.0.0.1:19499: [Errno 111] Connection "
+        "refused (configured timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: "
+        "20000.0ms), Timeout: 1.5s, Topology Description: <TopologyDescription id: "
+        "6b0d5080ac0fadada8c83d7f, topology_type: Unknown, servers: [<ServerDescription "
+        "('127.0.0.1', 19499) server_type: Unknown, rtt: None, "
+        "error=AutoReconnect('127.0.0.1:19499: [Errno 111] Connection refused (configured "
+        "timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms)')>]>",
+        "run here: pymongo 4.20.1 MongoClient('mongodb://127.0.0.1:19499/', "
+        "serverSelectionTimeoutMS=1500) ping",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
