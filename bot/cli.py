@@ -376,7 +376,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("opsbot").warning(
             "OPSBOT_ALERT_TOKEN is not set: alert webhooks will be refused (401)")
     try:
-        asyncio.run(serve(settings))
+        with logs.off_thread():  # log lines written on a thread: never on the loop's
+            asyncio.run(serve(settings))
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

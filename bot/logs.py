@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -38,3 +42,30 @@ def setup(*, verbose: bool = False, fmt: str = "text") -> None:
     if not verbose:
         for noisy in ("asyncssh", "slack_bolt", "slack_sdk", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _Handoff(QueueHandler):
+    """Hands a record to the writing thread as it is: `redact_logs`'s record factory already
+    made its message and traceback text (QueueHandler would fold the traceback into the
+    message, and the JSON format keeps it apart)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+@contextmanager
+def off_thread() -> Iterator[None]:
+    """While serving: the root logger's handlers write on a thread of their own, so that a log
+    line never holds the event loop (a write to a stderr pipe that its reader drains slowly
+    blocks the writer). Every record queued is written before this returns."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    listener = QueueListener(records, *handlers, respect_handler_level=True)
+    listener.start()
+    root.handlers[:] = [_Handoff(records)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        listener.stop()  # writes what is queued, then ends the thread

@@ -32,3 +32,40 @@ def test_json_lines_are_redacted() -> None:
     out = json.loads(handler.format(record))
     assert "hunter2secret" not in out["message"]
     assert out["message"] == redact("login with password=hunter2secret failed")
+
+
+def test_while_serving_a_blocked_log_writer_never_holds_the_caller() -> None:
+    """`logs.off_thread` (around `opsbot serve`): a handler stuck in its write (a stderr pipe
+    drained slowly) does not hold the thread that logs, i.e. the event loop; every line is
+    written by the time it returns, its traceback still apart in the JSON."""
+    import threading
+
+    from bot import logs
+
+    gate = threading.Event()
+    lines: list[dict] = []
+
+    class Stuck(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            gate.wait(10)
+            lines.append(json.loads(JsonFormatter().format(record)))
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [Stuck()]
+    root.setLevel(logging.INFO)
+    try:
+        with logs.off_thread():
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logging.getLogger("opsbot").exception("step %s failed", "x")
+            assert not lines  # the caller went on while the writer waited
+            gate.set()
+        assert [line["message"] for line in lines] == ["step x failed"]
+        assert "ValueError: boom" in lines[0]["exception"]
+        assert root.handlers[0].__class__ is Stuck  # as it was before serving
+    finally:
+        gate.set()
+        root.handlers[:], level = saved
+        root.setLevel(level)
