@@ -731,6 +731,19 @@ Held-out part (totals only):
   (`fs.inotify.max_user_watches`), not the disk.
 - **The diagnostic can fail too**: `dmesg: read kernel buffer failed: Operation not permitted`
   in the kernel log step says nothing about the backend.
+- **A Kubernetes Service can take an app's port setting**: every pod gets
+  `<SERVICE>_PORT=tcp://IP:PORT` for each Service of its namespace, so a Service named like the
+  app's own variable prefix makes it listen on `tcp://10.108.13.33:80` (Node.js:
+  `listen EACCES: permission denied tcp://...`, which reads like a permission problem) or refuse
+  the option (`Invalid value for '--port': 'tcp://10.43.0.1:8000'`). `enableServiceLinks: false`.
+- **An Alpine image's healthcheck tries localhost on `::1` only**: BusyBox `wget` prints
+  `Connecting to localhost:8080 ([::1]:8080)` and gives up when the server listens on IPv4, and
+  the container turns unhealthy while it serves (the proxy then drops it).
+- **A program's own fatal lines are a catalogue, not a sample**: most of this session's new training
+  cases that the rules got wrong quoted a start-up refusal in words no earlier thread had used. The rules now
+  carry each app server's catalogue read in its source (php-fpm, uWSGI, gunicorn, Puma,
+  unicorn, Passenger, Node.js, Django, Spring Boot, Tomcat, Keycloak, the database clients), each
+  proven on a line the real program printed (tests/unit/test_rule_catalog.py).
 
 ## Per case
 
