@@ -739,11 +739,12 @@ Held-out part (totals only):
 - **An Alpine image's healthcheck tries localhost on `::1` only**: BusyBox `wget` prints
   `Connecting to localhost:8080 ([::1]:8080)` and gives up when the server listens on IPv4, and
   the container turns unhealthy while it serves (the proxy then drops it).
-- **A program's own fatal lines are a catalogue, not a sample**: most of this session's new training
-  cases that the rules got wrong quoted a start-up refusal in words no earlier thread had used. The rules now
-  carry each app server's catalogue read in its source (php-fpm, uWSGI, gunicorn, Puma,
-  unicorn, Passenger, Node.js, Django, Spring Boot, Tomcat, Keycloak, the database clients), each
-  proven on a line the real program printed (tests/unit/test_rule_catalog.py).
+- **A program's own fatal lines are a catalogue, not a sample**: most of this session's new
+  training cases that the rules got wrong quoted a start-up refusal in words no earlier thread
+  had used. The rules now carry each app server's catalogue read in its source (php-fpm, uWSGI,
+  gunicorn, Puma, unicorn, Passenger, Node.js, Django, Spring Boot, Tomcat, Keycloak, the
+  database clients), each proven on a line the real program printed
+  (tests/unit/test_rule_catalog.py).
 
 ## Per case
 
