@@ -55,8 +55,12 @@ async def test_stopped_backend_alert_gives_diagnosed_incident_then_cli_fix(
     # what discovery read moments before (the same command) is not run a second time
     reused = {s.step_id: s.facts["read_by"] for s in bot.store().steps_of(1)
               if "read_by" in s.facts}
-    assert reused == {"listening_ports": "discovery", "supervisorctl_status": (
-        f"discovery (supervisord's socket {healthy_web.supervisor_socket}, XML-RPC)")}
+    assert reused == {
+        "listening_ports": "discovery",
+        "supervisorctl_status": (
+            f"discovery (supervisord's socket {healthy_web.supervisor_socket}, XML-RPC)"),
+        "nginx_config_test": (
+            f"discovery (the test that `nginx -T -c {healthy_web.nginx_conf}` ran first)")}
     # the thread says so: supervisorctl did not run, its status came from supervisord's socket
     assert (f"read by discovery (supervisord's socket {healthy_web.supervisor_socket}, "
             "XML-RPC)") in thread
