@@ -17,13 +17,12 @@ import json
 import re
 from typing import Any
 
+from bot.discovery.rawhttp import Unreadable as Unreadable  # its callers catch it here
+from bot.discovery.rawhttp import answer
+
 SOCKET = "/var/run/docker.sock"  # the CLI's default (DOCKER_HOST unset, the default context)
 REPLY_LIMIT = 2**20  # bytes of an answer read at most (the executor stops reading there)
 _ID = re.compile(r"[0-9a-f]{64}")
-
-
-class Unreadable(ValueError):
-    """The socket's answer is not what the CLI would print (why, in one line)."""
 
 
 def _get(path: str) -> bytes:
@@ -60,14 +59,7 @@ def _json(raw: bytes) -> Any:
     """The JSON body of the daemon's raw HTTP answer; Unreadable unless 200 and whole."""
     if len(raw) > REPLY_LIMIT:
         raise Unreadable(f"an answer of more than {REPLY_LIMIT} bytes")
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise Unreadable("no whole HTTP answer")
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    if len(status) < 2 or not status[0].startswith("HTTP/") or status[1] != "200":
-        raise Unreadable(f"HTTP answer {lines[0][:80]!r}")
-    fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    fields, body = answer(raw)
     if "chunked" in fields.get("transfer-encoding", "").lower():
         body = _dechunk(body)
     elif fields.get("content-length", "").isdigit() and \

@@ -18,16 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot.discovery.rawhttp import Unreadable as Unreadable  # its callers catch it here
+from bot.discovery.rawhttp import answer
+
 API_VERSION = "3.0"  # what supervisorctl expects (supervisor.rpcinterface.API_VERSION)
 REPLY_LIMIT = 2**20  # bytes of an answer read at most (the executor stops reading there)
 # supervisor.states.STOPPED_STATES: STOPPED, EXITED, FATAL, UNKNOWN
 _STOPPED_STATES = {0, 100, 200, 1000}
 _NOT_RUNNING = 3  # supervisor.states.LSBStatusExitStatuses.NOT_RUNNING
 _DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
-
-
-class Unreadable(ValueError):
-    """The socket's answer is not a status supervisorctl would print (why, in one line)."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,7 @@ REQUEST = _request()
 
 
 def _body(raw: bytes) -> bytes:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise Unreadable("no whole HTTP answer")
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    if len(status) < 2 or not status[0].startswith("HTTP/") or status[1] != "200":
-        raise Unreadable(f"HTTP answer {lines[0][:80]!r}")
-    fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    fields, body = answer(raw)
     length = fields.get("content-length", "")
     if not length.isdigit() or int(length) != len(body):
         raise Unreadable("the answer's length is not its Content-Length")
