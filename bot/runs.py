@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from bot.approvals import Approvals, Approver
 from bot.errors import BotError, TemplateFailed
 from bot.logtime import Clock
-from bot.models import Approval, ExecOutput, Host, Incident, Phase, SocketReply
+from bot.models import Approval, Host, Incident, Phase
 from bot.offload import import_off_loop
 from bot.params import ParamSpec, Source, coerce_param, resolve_for_host
 from bot.parts import Deps, Part
@@ -68,24 +68,14 @@ class Runs(Part):
             fallback = coerce_param("url", ParamSpec(type="url"), fallback)
         sudo = coerce_param("sudo", ParamSpec(type="bool"),
                             host.vars.get("opsbot_sudo", False))
-        ssh = self.runner.ctx.ssh
-
-        async def run(command: str, timeout: float) -> ExecOutput:
-            return await ssh.run(host, command, timeout)
-
-        async def run_many(commands: Sequence[str], timeout: float) -> list[ExecOutput]:
-            return await ssh.run_many(host, commands, timeout)
-
-        async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
-            return await ssh.unix_request(host, path, request, timeout)
-
+        calls = self.runner.ctx.ssh.on(host)
         await import_off_loop("bot.discovery")  # its first import (crossplane): off the loop
         from bot.discovery import discover
 
-        return await discover(run, host.name, url, sudo=sudo,
+        return await discover(calls.run, host.name, url, sudo=sudo,
                               nginx_conf=host.vars.get("opsbot_nginx_conf"), fallback=fallback,
-                              own_names=(host.name, host.address), run_many=run_many,
-                              unix_request=unix_request)
+                              own_names=(host.name, host.address), run_many=calls.run_many,
+                              unix_request=calls.unix_request)
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],

@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,15 @@ def _read_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
         return asyncssh.read_known_hosts(path)
     except ValueError as exc:  # a line asyncssh cannot read: verify nothing against it
         raise asyncssh.HostKeyNotVerifiable(f"known_hosts file {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class HostCalls:
+    """One host's `run`, `run_many` and `unix_request` of a pool (what discovery is given)."""
+
+    run: Callable[[str, float], Awaitable[ExecOutput]]
+    run_many: Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
+    unix_request: Callable[[str, bytes, float], Awaitable[SocketReply]]
 
 
 class SshPool:
@@ -353,6 +364,10 @@ class SshPool:
                                   f"starting the command ({getattr(exc, 'reason', exc)}); "
                                   "it may have run, and was not retried")
         raise AssertionError("unreachable")
+
+    def on(self, host: Host) -> HostCalls:
+        return HostCalls(functools.partial(self.run, host), functools.partial(self.run_many, host),
+                         functools.partial(self.unix_request, host))
 
     async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
         if self.reuse_sessions:  # a batch of one on a kept shell session

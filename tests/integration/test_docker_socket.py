@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ import pytest
 from bot.discovery import probe
 from bot.discovery.probe import Prober
 from bot.executors import ExecContext
-from bot.models import ExecOutput, Host, SocketReply
+from bot.models import Host
 from tests.lab import SshServer
 from tests.lab.docker import DockerLab
 
@@ -40,18 +40,9 @@ async def ctx(docker_known_hosts: Path) -> AsyncIterator[ExecContext]:
 
 def prober(ctx: ExecContext, server: SshServer, *, socket: bool) -> Prober:
     host = host_of(server)
-
-    async def run(command: str, timeout: float) -> ExecOutput:
-        return await ctx.ssh.run(host, command, timeout)
-
-    async def run_many(commands: Sequence[str], timeout: float) -> list[ExecOutput]:
-        return await ctx.ssh.run_many(host, commands, timeout)
-
-    async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
-        return await ctx.ssh.unix_request(host, path, request, timeout)
-
-    return Prober(run, host.name, run_many=run_many,
-                  unix_request=unix_request if socket else None)
+    calls = ctx.ssh.on(host)
+    return Prober(calls.run, host.name, run_many=calls.run_many,
+                  unix_request=calls.unix_request if socket else None)
 
 
 async def test_the_socket_tells_the_containers_the_cli_tells(

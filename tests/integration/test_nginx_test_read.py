@@ -9,7 +9,7 @@ it says so, and diagnoses as the step that ran.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from bot.discovery import discover, probe
 from bot.discovery.probe import Prober, Run, RunMany, UnixRequest
 from bot.executors import ExecContext
 from bot.inventory import load_inventory
-from bot.models import ExecOutput, Host, SocketReply, StepResult
+from bot.models import Host, StepResult
 from bot.params import resolve_params
 from bot.runbooks import load_runbook
 from bot.runner import HostReport, NullListener, Runner
@@ -42,16 +42,8 @@ async def ctx(known_hosts_file: Path) -> AsyncIterator[ExecContext]:
 
 
 def runs(ctx: ExecContext, host: Host) -> tuple[Run, RunMany, UnixRequest]:
-    async def run(command: str, timeout: float) -> ExecOutput:
-        return await ctx.ssh.run(host, command, timeout)
-
-    async def run_many(commands: Sequence[str], timeout: float) -> list[ExecOutput]:
-        return await ctx.ssh.run_many(host, commands, timeout)
-
-    async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
-        return await ctx.ssh.unix_request(host, path, request, timeout)
-
-    return run, run_many, unix_request
+    calls = ctx.ssh.on(host)
+    return calls.run, calls.run_many, calls.unix_request
 
 
 async def test_the_check_takes_the_test_of_discoverys_dump(

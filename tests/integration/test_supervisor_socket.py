@@ -29,7 +29,7 @@ from bot.discovery.probe import Prober
 from bot.discovery.supervisor_rpc import REQUEST, read_status
 from bot.executors import ExecContext
 from bot.inventory import load_inventory
-from bot.models import ExecOutput, Host, SocketReply
+from bot.models import Host
 from bot.params import resolve_params
 from bot.runbooks import load_runbook
 from bot.runner import NullListener, Runner
@@ -147,15 +147,8 @@ def host_of(server: SshServer) -> Host:
 
 
 def prober(ctx: ExecContext, server: SshServer) -> Prober:
-    host = host_of(server)
-
-    async def run(command: str, timeout: float) -> ExecOutput:
-        return await ctx.ssh.run(host, command, timeout)
-
-    async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
-        return await ctx.ssh.unix_request(host, path, request, timeout)
-
-    return Prober(run, host.name, unix_request=unix_request)
+    calls = ctx.ssh.on(host_of(server))
+    return Prober(calls.run, server.name, unix_request=calls.unix_request)
 
 
 def command(conf: SupervisorConf) -> str:
@@ -333,14 +326,9 @@ async def test_the_runbook_step_takes_the_socket_read_and_diagnoses_the_same(
     and the diagnosis are those of the run where supervisorctl itself ran."""
     await asyncio.to_thread(healthy_web.stop_backend)
     host = load_inventory(inventory_file).hosts["web01"]
-
-    async def run(command: str, timeout: float) -> ExecOutput:
-        return await ctx.ssh.run(host, command, timeout)
-
-    async def unix_request(path: str, request: bytes, timeout: float) -> SocketReply:
-        return await ctx.ssh.unix_request(host, path, request, timeout)
-
-    chain = await discover(run, host.name, healthy_web.proxy_url, unix_request=unix_request)
+    calls = ctx.ssh.on(host)
+    chain = await discover(calls.run, host.name, healthy_web.proxy_url,
+                           unix_request=calls.unix_request)
     assert chain.owner is not None and chain.owner.label == \
         "supervisord program ds:docservice (STOPPED)"
     status_command = f"supervisorctl -c {healthy_web.supervisor_conf} status"
