@@ -292,7 +292,11 @@ async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
         deadline = time.monotonic() + 30
         while not [s for s in store.steps_of(1)
                    if s.phase == "remediation" and s.status == "running"]:
-            assert time.monotonic() < deadline and approve.returncode is None
+            if approve.returncode is not None:  # it ended before the fix began: say why
+                out, err = await approve.communicate()
+                pytest.fail(f"opsbot approve exited {approve.returncode} before the fix ran: "
+                            f"{(out + err).decode(errors='replace')[-800:]}")
+            assert time.monotonic() < deadline, "the approved fix never started"
             await asyncio.sleep(0.05)
         await bot.kill9()
         # once the sign of life is stale (HEARTBEAT_FRESH), the command says so; then the restart
