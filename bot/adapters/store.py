@@ -957,6 +957,8 @@ class Store:
                         host: str, params: Mapping[str, Any], digest: str, display: str,
                         requested_by: str, ttl: float) -> Approval:
         token = secrets.token_urlsafe(18)
+        while token.startswith("-"):  # `opsbot approve -x...` would read it as an option
+            token = secrets.token_urlsafe(18)
         now = datetime.now(UTC)
         row = {"token": token, "incident_id": incident_id, "run_id": run_id,
                "runbook": runbook, "step_id": step_id, "host": host, "params": dict(params),

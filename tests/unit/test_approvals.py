@@ -6,6 +6,8 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import pytest
+
 from bot.adapters.store import Store
 from bot.approvals import approval_digest
 from bot.executors import ExecContext
@@ -89,3 +91,20 @@ def test_a_new_run_voids_the_pending_approvals_of_every_host_at_once(tmp_path: P
     assert actions == ["approval.void", "approval.ignored", "approval.void", "approval.expired",
                        "approval.ignored"]
     assert store.verify_audit().ok
+
+
+def test_a_token_never_begins_with_a_dash(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`opsbot approve TOKEN` reads a token that begins with '-' as an option and exits 2 (1 in
+    64 of URL-safe tokens did): such a draw is drawn again."""
+    from bot.adapters import store as module
+
+    draws = iter(["-Ab3xYz0qW8rT5uV2sLp9kDm", "Ab3xYz0qW8rT5uV2sLp9kDm-"])
+    monkeypatch.setattr(module.secrets, "token_urlsafe", lambda n: next(draws))
+    token = _pending(Store(tmp_path / "a.db"), ttl=600)
+    assert token == "Ab3xYz0qW8rT5uV2sLp9kDm-"
+    from bot.cli import _parser
+
+    assert _parser().parse_args(["approve", token]).token == token
+    with pytest.raises(SystemExit):  # why: the first draw is no token to the command line
+        _parser().parse_args(["approve", "-Ab3xYz0qW8rT5uV2sLp9kDm"])
