@@ -105,6 +105,33 @@ _PROCESSES: ProcessPoolExecutor | None = None
 WORKER_NICE = 10
 
 
+def _worker_start(nice: int, server: int) -> None:
+    """In each worker: yield to the server's threads (nice), and end when the server does. A
+    worker holds its own task queue's write end, so it never reads an end of file when the
+    server is killed (SIGKILL, the OOM killer): without this it and the fork server stay
+    behind, one set per crash."""
+    os.nice(nice)
+    try:
+        gone = os.pidfd_open(server)  # readable once the server has exited (Linux 5.3+)
+    except OSError:  # no pidfd here: ask every 2 s
+        def watch() -> None:
+            while True:
+                try:
+                    os.kill(server, 0)
+                except ProcessLookupError:
+                    os._exit(0)
+                except PermissionError:  # a pid reused by another user's process
+                    os._exit(0)
+                threading.Event().wait(2)
+    else:
+        def watch() -> None:
+            import select
+
+            select.select([gone], [], [])
+            os._exit(0)
+    threading.Thread(target=watch, name="opsbot-server-watch", daemon=True).start()
+
+
 def _processes() -> ProcessPoolExecutor:
     """The worker processes, started on first use from a fork server that has imported the
     diagnosis (a fork of this multi-threaded process would copy its locks mid-use)."""
@@ -116,7 +143,8 @@ def _processes() -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["bot.diagnosis"])
         _PROCESSES = ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=ctx,
-                                         initializer=os.nice, initargs=(WORKER_NICE,))
+                                         initializer=_worker_start,
+                                         initargs=(WORKER_NICE, os.getpid()))
     return _PROCESSES
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -36,6 +36,8 @@ KILLS = int(os.environ.get("OPSBOT_TEST_KILLS", "5"))
 class Serve:
     """`python -m bot serve` as a child process (at TEST_PACE: tests/pacedbot.py)."""
 
+    started: ClassVar[list[asyncio.subprocess.Process]] = []  # for `no_bot_left`
+
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
         self.env, self.log, self.args = env, log, args
         self.proc: asyncio.subprocess.Process | None = None
@@ -47,6 +49,7 @@ class Serve:
                 sys.executable, "-m", "tests.pacedbot", *self.args, "serve",
                 env={**os.environ, **self.env}, cwd=ROOT,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+        Serve.started.append(self.proc)
         deadline = time.monotonic() + 180  # a busy CI machine starts Python slowly
         while time.monotonic() < deadline:
             try:
@@ -69,6 +72,21 @@ class Serve:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), 90)
+
+
+@pytest.fixture(autouse=True)
+async def no_bot_left() -> AsyncIterator[None]:
+    """A test that fails midway leaves no serving bot behind: what it started is stopped."""
+    yield
+    while Serve.started:
+        proc = Serve.started.pop()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 @pytest.fixture

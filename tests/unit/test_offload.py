@@ -174,3 +174,44 @@ def test_prestart_starts_the_pools_threads_before_any_work():
     finally:
         pool.shutdown(wait=True)
         made.shutdown(wait=True)
+
+
+SERVER = """
+import asyncio, os
+from bot.offload import off_process
+
+async def main():
+    print(await off_process(os.getpid), flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, or a pid gone, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_the_workers_end_when_the_server_is_killed():
+    """A server killed outright (SIGKILL, the OOM killer) leaves no diagnosis worker and no fork
+    server behind: each worker watches the server and ends with it."""
+    import subprocess
+
+    server = subprocess.Popen([sys.executable, "-c", SERVER], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert server.stdout is not None
+        worker = int(server.stdout.readline())
+        forkserver = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert _alive(worker) and _alive(forkserver) and forkserver != server.pid
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 20
+    while (_alive(worker) or _alive(forkserver)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker) and not _alive(forkserver)
