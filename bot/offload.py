@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -75,7 +76,7 @@ def prestart_offload() -> None:
 
 def started_pool(workers: int, name: str) -> ThreadPoolExecutor:
     """A thread pool with its threads started (blocking: on the offload threads, as
-    `await off_loop_shared(started_pool, n, name)`, never on the loop; see `prestart`)."""
+    `await off_loop(started_pool, n, name)`, never on the loop; see `prestart`)."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     prestart(pool, workers)
     return pool
@@ -118,11 +119,9 @@ def _worker_start(nice: int, server: int) -> None:
             while True:
                 try:
                     os.kill(server, 0)
-                except ProcessLookupError:
+                except (ProcessLookupError, PermissionError):  # gone, or its pid reused
                     os._exit(0)
-                except PermissionError:  # a pid reused by another user's process
-                    os._exit(0)
-                threading.Event().wait(2)
+                time.sleep(2)
     else:
         def watch() -> None:
             import select

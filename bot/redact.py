@@ -155,6 +155,13 @@ _CLEAN: dict[str, str] = {}  # short texts read once and found without a secret
 _CLEAN_MAX = 4096
 
 
+def _remember(cache: dict[str, Any], text: str, value: Any) -> None:
+    """`cache[text] = value`, the cache emptied first when it holds _CLEAN_MAX texts."""
+    if len(cache) >= _CLEAN_MAX:
+        cache.clear()
+    cache[text] = value
+
+
 def _redact_short(text: str) -> str:
     """`redact` of a short value, read once: every audit record repeats the same hosts, step
     ids, statuses and commands (a 50-host run writes about 150 records). Only a text with
@@ -164,9 +171,7 @@ def _redact_short(text: str) -> str:
         return hit
     out = redact(text)
     if out == text:
-        if len(_CLEAN) >= _CLEAN_MAX:
-            _CLEAN.clear()
-        _CLEAN[text] = out
+        _remember(_CLEAN, text, out)
     return out
 
 
@@ -183,9 +188,7 @@ def _key(key: str) -> tuple[str, bool]:
         return key, named
     out, named = redact(key), _SECRET_KEY.search(key.lower()) is not None
     if out == key:
-        if len(_KEYS) >= _CLEAN_MAX:
-            _KEYS.clear()
-        _KEYS[key] = named
+        _remember(_KEYS, key, named)
     return out, named
 
 
