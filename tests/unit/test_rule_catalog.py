@@ -21,6 +21,28 @@ RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
 EVIDENCE = ROOT / "tests" / "data" / "evidence"
 
 CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
+    # ---- the official images' entrypoints: the database or broker container exits at start
+    (
+        "docker_logs",
+        "db_1   | Error: Database is uninitialized and superuser password is not specified.",
+        "https://github.com/docker/docs/issues/13944 (docker-compose up of the Django sample)",
+        "dependency_down",
+        "database_failed_to_start",
+    ),
+    (
+        "docker_logs",
+        "error: deprecated environment variables detected",
+        "https://github.com/docker-library/rabbitmq/issues/506 (rabbitmq 3.9 image)",
+        "dependency_down",
+        "broker_failed_to_start",
+    ),
+    (
+        "docker_logs",
+        "rabbitmq_1             | error: deprecated environment variables detected",
+        "https://github.com/laradock/laradock/issues/3035 (docker-compose up -d rabbitmq)",
+        "dependency_down",
+        "broker_failed_to_start",
+    ),
     # ---- php-fpm 8.2.36 (Debian php8.2-fpm), each run with a pool file made to fail one check
     (
         "app_logs",
