@@ -29,7 +29,8 @@ def squeezed(args: str) -> str:
 
 def test_the_grep_lists_what_ps_lists() -> None:
     odd = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                            "two words", "", "new\nline", "tab\there", "spaced   out", "(paren) x", ""])
+                            "two words", "", "new\nline", "tab\there", "spaced   out",
+                            "(paren) x", ""])
     try:
         time.sleep(0.2)  # exec'd
         before = parse_ps(sh(PS)[1])
