@@ -18,7 +18,7 @@ PREFIXED = {  # env name -> TOML key
 OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
        "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
        "ALLOW_SELF_APPROVAL", "SSH_IDLE", "SSH_REUSE_SESSIONS",
-       "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER")
+       "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER", "BATCH_NICE")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class Settings:
     stop_timeout: float = 20.0  # seconds running steps get to finish on SIGTERM
     close_after: float = 14400.0  # seconds an incident with nothing to do stays open
     remind_after: float = 600.0  # seconds a pending approval waits before its one reminder
+    # steps of nice the serving process's batch work (diagnosis workers, offload threads, the
+    # runs' store) runs below its answers and its loop (bot.offload); 0: no difference
+    batch_nice: int = 10
 
     @property
     def slack_enabled(self) -> bool:
@@ -139,6 +142,16 @@ def _seconds(name: str, text: str) -> float:
     return value
 
 
+def _nice(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number from 0 to 19, got {text!r}") from None
+    if not 0 <= value <= 19:
+        raise ConfigError(f"{name} must be a whole number from 0 to 19, got {text!r}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None,
                   *, serving: bool = False) -> Settings:
     """Settings from the environment over the optional TOML file.
@@ -196,4 +209,5 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         stop_timeout=_seconds("OPSBOT_STOP_TIMEOUT", raw.get("stop_timeout", "20")),
         close_after=_seconds("OPSBOT_CLOSE_AFTER", raw.get("close_after", "14400")),
         remind_after=_seconds("OPSBOT_REMIND_AFTER", raw.get("remind_after", "600")),
+        batch_nice=_nice("OPSBOT_BATCH_NICE", raw.get("batch_nice", "10")),
     )

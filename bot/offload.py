@@ -18,6 +18,7 @@ import functools
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -58,20 +59,23 @@ async def off_loop_shared(fn: Callable[..., T], /, *args: Hashable) -> T:
     return result
 
 
-def prestart(pool: ThreadPoolExecutor, count: int) -> None:
-    """Start `count` threads of `pool` now (blocking; at start-up). A pool starts a thread
-    when work finds none idle, and the caller of `submit` waits for the new thread's first
-    turn on a core: on a loaded machine, with the loop as the caller, a stall of every run."""
+def prestart(pool: ThreadPoolExecutor, count: int, then: Callable[..., object] | None = None,
+             *args: object) -> None:
+    """Start `count` threads of `pool` now (blocking; at start-up), and have each of them call
+    `then(*args)` once. A pool starts a thread when work finds none idle, and the caller of
+    `submit` waits for the new thread's first turn on a core: on a loaded machine, with the
+    loop as the caller, a stall of every run."""
     gate = threading.Barrier(count + 1)
-    for _ in range(count):
-        pool.submit(gate.wait, 10)
-    with contextlib.suppress(threading.BrokenBarrierError):  # slow to start: started anyway
+
+    def meet() -> None:
+        if then is not None:
+            then(*args)
         gate.wait(10)
 
-
-def prestart_offload() -> None:
-    """The offload threads, started (see `prestart`)."""
-    prestart(_POOL, _POOL._max_workers)
+    for _ in range(count):
+        pool.submit(meet)
+    with contextlib.suppress(threading.BrokenBarrierError):  # slow to start: started anyway
+        gate.wait(10)
 
 
 def started_pool(workers: int, name: str) -> ThreadPoolExecutor:
@@ -101,9 +105,46 @@ async def import_off_loop(name: str) -> None:
 
 log = logging.getLogger(__name__)
 _PROCESSES: ProcessPoolExecutor | None = None
-# the workers yield to the serving process's threads (its answers): nice is weighed among the
-# processes of one scheduling group, and the workers share the server's
-WORKER_NICE = 10
+# Batch work (the diagnosis workers and their fork server, the offload threads, the docker
+# steps' threads, the store's thread for runs) yields the cores to the serving threads (the
+# answers to Slack and Alertmanager, the bot's loop): `BATCH_NICE` steps of nice below them.
+# Nice is weighed among the threads of one scheduling group (a cgroup, an autogroup), so this
+# never takes cores from other programs' work; it decides who goes first inside opsbot.
+BATCH_NICE = 10  # OPSBOT_BATCH_NICE
+PRELOAD = ["bot.diagnosis"]  # imported once by the workers' fork server
+_batch_nice: int | None = None  # what batch work runs at (absolute), once `serve` set it
+
+
+def own_nice() -> int:
+    """The calling thread's nice (on Linux nice is per thread: PRIO_PROCESS with 0)."""
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def lower_priority(nice: int) -> None:
+    """The calling thread (only it, on Linux) at `nice` when that is lower in priority than
+    where it is; raising a priority needs a privilege and is never attempted. Elsewhere (where
+    PRIO_PROCESS would take the whole process) nothing changes."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):  # not permitted in a sandbox: nothing is lost
+        if nice > own_nice():
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, nice))
+
+
+def batch_nice() -> int:
+    """The nice batch work runs at: what `serve_batch_below` set, else `BATCH_NICE` below the
+    calling thread."""
+    return _batch_nice if _batch_nice is not None else min(19, own_nice() + BATCH_NICE)
+
+
+def serve_batch_below(steps: int) -> None:
+    """In a serving process, from its loop's thread (blocking, at start-up): batch work `steps`
+    of nice below this thread from now on (0: at the same priority). The offload threads are
+    lowered at once; threads they start (the docker steps' pool) and the worker processes,
+    started from them, inherit it; the store's thread lowers itself (`batch_nice`)."""
+    global _batch_nice
+    _batch_nice = min(19, own_nice() + max(0, steps))
+    prestart(_POOL, _POOL._max_workers, lower_priority, _batch_nice)
 
 
 def _worker_start(nice: int, server: int) -> None:
@@ -111,7 +152,7 @@ def _worker_start(nice: int, server: int) -> None:
     worker holds its own task queue's write end, so it never reads an end of file when the
     server is killed (SIGKILL, the OOM killer): without this it and the fork server stay
     behind, one set per crash."""
-    os.nice(nice)
+    lower_priority(nice)
     try:
         gone = os.pidfd_open(server)  # readable once the server has exited (Linux 5.3+)
     except OSError:  # no pidfd here: ask every 2 s
@@ -131,19 +172,33 @@ def _worker_start(nice: int, server: int) -> None:
     threading.Thread(target=watch, name="opsbot-server-watch", daemon=True).start()
 
 
-def _processes() -> ProcessPoolExecutor:
-    """The worker processes, started on first use from a fork server that has imported the
-    diagnosis (a fork of this multi-threaded process would copy its locks mid-use)."""
+def _started_processes() -> ProcessPoolExecutor:
+    """The worker processes, started (blocking: on an offload thread, never on the loop) from
+    a fork server that has imported the diagnosis (a fork of this multi-threaded process would
+    copy its locks mid-use). Starting the fork server is a Python start-up and that import,
+    about a third of a second of CPU: on the loop it held every run and tick meanwhile.
+    Started from an offload thread, the fork server is at its priority (a child starts at the
+    nice of the thread that forked it: the batch priority when serving); each worker lowers
+    itself to `batch_nice()`."""
     global _PROCESSES
     if _PROCESSES is None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        nice = batch_nice()
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["bot.diagnosis"])
-        _PROCESSES = ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=ctx,
-                                         initializer=_worker_start,
-                                         initargs=(WORKER_NICE, os.getpid()))
+        ctx.set_forkserver_preload(PRELOAD)
+        workers = min(2, os.cpu_count() or 1)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                   initializer=_worker_start, initargs=(nice, os.getpid()))
+        try:  # every worker started now, from this thread (a pool starts one per call that
+            # finds none idle, from the caller's thread: the loop)
+            for started in [pool.submit(os.getpid) for _ in range(workers)]:
+                started.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        _PROCESSES = pool
     return _PROCESSES
 
 
@@ -153,8 +208,9 @@ async def off_process(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
     threads instead: the work is never lost to the pool."""
     global _PROCESSES
     try:
+        pool = _PROCESSES or await off_loop_shared(_started_processes)
         return await asyncio.get_running_loop().run_in_executor(
-            _processes(), functools.partial(fn, *args, **kwargs))
+            pool, functools.partial(fn, *args, **kwargs))
     except (BrokenExecutor, OSError, RuntimeError) as exc:  # BrokenProcessPool
         log.warning("worker processes unavailable (%s): running %s on a thread",
                     type(exc).__name__, getattr(fn, "__name__", "the work"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import urllib.request
 from collections.abc import AsyncIterator
@@ -260,3 +261,30 @@ async def test_the_server_shortens_the_lock_switch_interval_while_it_serves(
         await process.stop()
         await slack.stop()
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def thread_nice(native_id: int) -> int:
+    """A thread's nice as the kernel has it (/proc/self/task/TID/stat, field 19)."""
+    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
+async def test_batch_threads_run_below_the_answers_and_the_loop(serving: Serving) -> None:
+    """The threads that answer (the HTTP server's) and the bot's loop keep their priority; the
+    offload threads and the runs' store thread (batch work: parsing, rmtree, step records) run
+    OPSBOT_BATCH_NICE (10) steps of nice below them, so that on a busy host a core goes to an
+    answer first."""
+    from bot.offload import own_nice
+
+    base = own_nice()  # this test's loop is the bot's loop
+    threads = {t.name: t.native_id for t in threading.enumerate() if t.native_id is not None}
+    assert thread_nice(threads["opsbot-http"]) == base
+    assert thread_nice(threading.get_native_id()) == base
+    offload = [tid for name, tid in threads.items() if name.startswith("opsbot-offload")]
+    assert len(offload) == 2
+    assert {thread_nice(tid) for tid in offload} == {min(19, base + 10)}
+    stores = [thread_nice(t.native_id) for t in threading.enumerate()
+              if t.name.startswith("store") and t.native_id is not None]
+    assert stores.count(min(19, base + 10)) >= 1  # the runs' store
+    assert stores.count(base) >= 2  # the request lane and the webhook intake

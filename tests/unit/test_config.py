@@ -70,3 +70,15 @@ def test_ssh_sessions_are_kept_unless_turned_off(tmp_path: Path) -> None:
     assert load_settings({}, cfg, serving=True).ssh_reuse_sessions is False
     with pytest.raises(ConfigError, match="OPSBOT_SSH_REUSE_SESSIONS"):
         load_settings({"OPSBOT_SSH_REUSE_SESSIONS": "sometimes"})
+
+
+def test_batch_work_runs_ten_steps_of_nice_below_unless_set(tmp_path: Path) -> None:
+    assert load_settings({}).batch_nice == 10
+    assert load_settings({"OPSBOT_BATCH_NICE": "0"}).batch_nice == 0
+    cfg = tmp_path / "opsbot.toml"
+    cfg.write_text("batch_nice = 19\n")
+    assert load_settings({}, cfg).batch_nice == 19
+    for bad in ("20", "-1", "low"):
+        with pytest.raises(ConfigError, match="OPSBOT_BATCH_NICE") as err:
+            load_settings({"OPSBOT_BATCH_NICE": bad})
+        assert "\n" not in str(err.value)

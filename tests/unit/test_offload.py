@@ -16,7 +16,7 @@ import pytest
 from bench.diagnosis_report import case_since, load_case
 from bot.diagnosis import diagnose, diagnose_file, load_rules
 from bot.offload import (
-    WORKER_NICE,
+    BATCH_NICE,
     import_off_loop,
     off_loop,
     off_loop_shared,
@@ -35,7 +35,7 @@ async def test_off_process_runs_in_another_process_and_gives_the_same_diagnosis(
     try:
         assert await off_process(os.getpid) != os.getpid()
         # below the server's threads: a diagnosis never delays an answer for its CPU
-        assert await off_process(os.nice, 0) >= min(19, os.nice(0) + WORKER_NICE)
+        assert await off_process(os.nice, 0) >= min(19, os.nice(0) + BATCH_NICE)
         case = load_case(CASE)
         apart = await off_process(diagnose_file, str(RULES_FILE), case["evidence"],
                                   case.get("params") or {}, case_since(case))
@@ -215,3 +215,67 @@ def test_the_workers_end_when_the_server_is_killed():
     while (_alive(worker) or _alive(forkserver)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker) and not _alive(forkserver)
+
+
+GATED_SERVER = """
+import asyncio, os, threading
+from pathlib import Path
+from bot import offload
+
+offload.PRELOAD = ["opsbot_gate"]  # the fork server waits, importing it, for the gate file
+
+async def main():
+    offload.serve_batch_below(7)
+    asyncio.get_running_loop().call_later(0.05, Path(os.environ["GATE"]).touch)
+    worker = await offload.off_process(os.getpid)
+    lowered = [t.native_id for t in threading.enumerate() if t.name.startswith("opsbot-offload")]
+    print(worker, *lowered, flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+GATE_MODULE = """
+import os, time
+from pathlib import Path
+
+for _ in range(600):  # 30 s
+    if Path(os.environ["GATE"]).exists():
+        break
+    time.sleep(0.05)
+else:
+    Path(os.environ["GATE"] + ".held").touch()  # the server's loop never opened it
+"""
+
+
+def _nice_of(stat: Path) -> int:
+    return int(stat.read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_batch_work_runs_below_the_serving_threads_and_starts_off_the_loop(tmp_path):
+    """A serving process's batch work yields the cores to its answers: the offload threads, the
+    workers' fork server (a Python start-up and the diagnosis's import) and the workers run
+    `batch_nice` steps below the loop's thread, which stays where it was. The workers start
+    off the loop: the fork server here waits for a file that only the loop makes, so a start
+    on the loop (as before) would hold it until the fork server gave up."""
+    import subprocess
+
+    (tmp_path / "opsbot_gate.py").write_text(GATE_MODULE, encoding="utf-8")
+    gate = tmp_path / "gate"
+    env = {**os.environ, "GATE": str(gate),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    server = subprocess.Popen([sys.executable, "-c", GATED_SERVER], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert server.stdout is not None
+        worker, *threads = (int(n) for n in server.stdout.readline().split())
+        forkserver = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        base = _nice_of(Path(f"/proc/{server.pid}/stat"))
+        assert not Path(f"{gate}.held").exists(), "the workers were started on the loop"
+        assert len(threads) == 2
+        assert [_nice_of(Path(f"/proc/{server.pid}/task/{t}/stat")) for t in threads] == \
+            [min(19, base + 7)] * 2
+        assert _nice_of(Path(f"/proc/{forkserver}/stat")) == min(19, base + 7)
+        assert _nice_of(Path(f"/proc/{worker}/stat")) == min(19, base + 7)
+    finally:
+        server.kill()
+        server.wait()
