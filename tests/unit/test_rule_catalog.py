@@ -21,6 +21,42 @@ RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
 EVIDENCE = ROOT / "tests" / "data" / "evidence"
 
 CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
+    # ---- gunicorn 23.0.0 (pip), CPython 3.11.7 and Node.js, run here
+    (
+        "app_logs",
+        "Failed to find attribute 'application' in 'm'.",
+        "run here: gunicorn -b 127.0.0.1:18765 m:application (m.py without it), gunicorn 23.0.0",
+        "upstream_crashloop",
+        "app_fails_to_load",
+    ),
+    (
+        "docker_logs",
+        "gunicorn: error: argument -k/--worker-class: expected one argument",
+        "run here: gunicorn -k (no worker class), gunicorn 23.0.0",
+        "upstream_crashloop",
+        "bad_command_line",
+    ),
+    (
+        "journal",
+        "server.py: error: unrecognized arguments: --nope",
+        "run here: python3.11 -m http.server --nope",
+        "upstream_crashloop",
+        "bad_command_line",
+    ),
+    (
+        "app_logs",
+        "OSError: [Errno 30] Read-only file system: '/tmp/rofs/x.lock'",
+        "run here: python3.11 -c \"open('/tmp/rofs/x.lock','w')\" on a tmpfs mounted ro",
+        "permission_denied",
+        "read_only_filesystem",
+    ),
+    (
+        "docker_logs",
+        "Error: EROFS: read-only file system, open '/tmp/rofs/x'",
+        "run here: node -e \"require('fs').writeFileSync('/tmp/rofs/x','y')\" on a tmpfs mounted ro (Node.js 20.20.2)",
+        "permission_denied",
+        "read_only_filesystem",
+    ),
     # ---- the official images' entrypoints: the database or broker container exits at start
     (
         "docker_logs",
