@@ -53,7 +53,8 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
     (
         "docker_logs",
         "Error: EROFS: read-only file system, open '/tmp/rofs/x'",
-        "run here: node -e \"require('fs').writeFileSync('/tmp/rofs/x','y')\" on a tmpfs mounted ro (Node.js 20.20.2)",
+        "run here: node -e \"require('fs').writeFileSync('/tmp/rofs/x','y')\" on a tmpfs "
+        "mounted ro (Node.js 20.20.2)",
         "permission_denied",
         "read_only_filesystem",
     ),
