@@ -895,6 +895,148 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- an unreachable host or network and a name that does not resolve, in each stack's words:
+    # run here in a network namespace (unshare -mn: 203.0.113.0/24 an unreachable route, no other
+    # route; /etc/resolv.conf bound to a local DNS server answering NXDOMAIN or SERVFAIL, silent,
+    # or absent)
+    (
+        "app_logs",
+        "OSError: [Errno 113] No route to host",
+        "run here: python -c \"import socket; socket.create_connection(('203.0.113.5', 5432))\" "
+        "(CPython 3.11.7, glibc 2.36)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "psycopg.OperationalError: connection is bad: connection to server at \"203.0.113.5\", "
+        "port 5432 failed: No route to host",
+        "run here: psycopg 3.3.9 psycopg.connect(host='203.0.113.5', user='x', dbname='x')",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "psql: error: connection to server at \"198.51.100.5\", port 5432 failed: Network is "
+        "unreachable",
+        "run here: psql -h 198.51.100.5 -U x -d x (PostgreSQL 15 client, no route)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "Error: connect EHOSTUNREACH 203.0.113.5:80 - Local (0.0.0.0:0)",
+        "run here: node -e \"require('http').get('http://203.0.113.5:80/')\" (Node.js 20.20.2, "
+        "uncaught)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "java.net.SocketException: Network is unreachable",
+        "run here: OpenJDK 17.0.15 new Socket(\"198.51.100.5\", 80)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "-e:1:in `initialize': Network is unreachable - connect(2) for \"198.51.100.5\" port 80 "
+        "(Errno::ENETUNREACH)",
+        "run here: ruby -e \"require 'socket'; TCPSocket.new('198.51.100.5', 80)\" (Ruby 3.1.2)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "ERROR 2002 (HY000): Can't connect to server on '203.0.113.5' (113)",
+        "run here: mariadb -h 203.0.113.5 -u x -px (MariaDB 10.11 client)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "Could not connect to Redis at 203.0.113.5:6379: Can't create socket: No route to host",
+        "run here: redis-cli -h 203.0.113.5 ping (redis-tools 7.0.15)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "healthcheck",
+        "wget: can't connect to remote host (203.0.113.5): Network is unreachable",
+        "run here: docker run --network none busybox wget -q -O- http://203.0.113.5/ (BusyBox "
+        "image opsbot-test/busybox)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "/usr/lib/ruby/3.1.0/socket.rb:227:in `getaddrinfo': Failed to open TCP connection to "
+        "db:5432 (getaddrinfo: Temporary failure in name resolution) (SocketError)",
+        "run here: ruby -e \"require 'net/http'; Net::HTTP.get(URI('http://db:5432/'))\" (Ruby "
+        "3.1.2) with no DNS server",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "PHP Warning:  file_get_contents(): php_network_getaddresses: getaddrinfo for db failed: "
+        "Name or service not known in /tmp/cat7/ns/p.php on line 4",
+        "run here: php 8.2.36 file_get_contents('http://db:5432/') against NXDOMAIN",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "PDOException: SQLSTATE[HY000] [2002] php_network_getaddresses: getaddrinfo for db "
+        "failed: Name or service not known",
+        "run here: php 8.2.36 new PDO('mysql:host=db;port=3306;dbname=x', ...) against NXDOMAIN",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "ERROR 2005 (HY000): Unknown server host 'db' (-2)",
+        "run here: mariadb -h db -u x -px (MariaDB 10.11 client) against NXDOMAIN",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "healthcheck",
+        "wget: bad address 'db:81'",
+        "run here: busybox wget -q -O- http://db:81/ (Debian busybox 1.35) against NXDOMAIN",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "dial: dial tcp: lookup backend on 127.0.0.1:53: server misbehaving",
+        "run here: Go 1.19.8 net.DialTimeout(\"tcp\", \"backend:8080\", 3s) against SERVFAIL",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "http: Get \"http://backend:8080/\": dial tcp: lookup backend on 127.0.0.1:53: read udp "
+        "127.0.0.1:34285->127.0.0.1:53: i/o timeout",
+        "run here: Go 1.19.8 http.Get(\"http://backend:8080/\") against a silent DNS server",
+        "dns_or_network",
+        None,
+    ),
+    # the MariaDB client library and hiredis refused by a closed port
+    (
+        "app_logs",
+        "ERROR 2002 (HY000): Can't connect to server on '127.0.0.1' (115)",
+        "run here: mariadb -h 127.0.0.1 -P 3306 -u x -px (MariaDB 10.11 client, nothing listens)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Could not connect to Redis at 127.0.0.1:6379: Connection refused",
+        "run here: redis-cli -h 127.0.0.1 -p 6379 ping (redis-tools 7.0.15, nothing listens)",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
