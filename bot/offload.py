@@ -106,10 +106,12 @@ async def import_off_loop(name: str) -> None:
 log = logging.getLogger(__name__)
 _PROCESSES: ProcessPoolExecutor | None = None
 # Batch work (the diagnosis workers and their fork server, the offload threads, the docker
-# steps' threads, the store's thread for runs) yields the cores to the serving threads (the
-# answers to Slack and Alertmanager, the bot's loop): `BATCH_NICE` steps of nice below them.
-# Nice is weighed among the threads of one scheduling group (a cgroup, an autogroup), so this
-# never takes cores from other programs' work; it decides who goes first inside opsbot.
+# steps' threads) yields the cores to the serving threads (the answers to Slack and
+# Alertmanager, the bot's loop): `BATCH_NICE` steps of nice below them. Nice is weighed among
+# the threads of one scheduling group (a cgroup, an autogroup), so this never takes cores from
+# other programs' work; it decides who goes first inside opsbot. Not lowered: what holds a lock
+# an answer waits for (the store's threads and the database's write lock: a run's transaction
+# preempted by the loop's work would hold the request lane meanwhile).
 BATCH_NICE = 10  # OPSBOT_BATCH_NICE
 PRELOAD = ["bot.diagnosis"]  # imported once by the workers' fork server
 _batch_nice: int | None = None  # what batch work runs at (absolute), once `serve` set it
@@ -140,8 +142,8 @@ def batch_nice() -> int:
 def serve_batch_below(steps: int) -> None:
     """In a serving process, from its loop's thread (blocking, at start-up): batch work `steps`
     of nice below this thread from now on (0: at the same priority). The offload threads are
-    lowered at once; threads they start (the docker steps' pool) and the worker processes,
-    started from them, inherit it; the store's thread lowers itself (`batch_nice`)."""
+    lowered at once; the threads they start (the docker steps' pool) inherit it, and the
+    worker processes, started from them, lower themselves to it."""
     global _batch_nice
     _batch_nice = min(19, own_nice() + max(0, steps))
     prestart(_POOL, _POOL._max_workers, lower_priority, _batch_nice)

@@ -26,7 +26,7 @@ from bot.edge import MAX_BODY, BodyRefused, ServerThread, bearer_ok, error, read
 from bot.errors import BotError, IngestError
 from bot.ingest import parse_alertmanager
 from bot.metrics import CONTENT_TYPE
-from bot.offload import batch_nice, off_loop, serve_batch_below, stop_processes
+from bot.offload import off_loop, serve_batch_below, stop_processes
 
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -256,10 +256,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     interrupted (the next start takes it up), and the outbox is flushed as far as Slack allows."""
     rt = build(settings)
     # threads not started by their first caller, under load; batch work below the answers
-    # and this loop (bot.offload): the offload threads, the runs' store, what they start
+    # and this loop (bot.offload: the offload threads and what they start). The store's
+    # threads stay: a run's transaction holds the write lock that an answer's lane waits for
     serve_batch_below(settings.batch_nice)
-    rt.store.start_thread(batch_nice() if rt.requests is not rt.store else None)
-    for lane in (rt.requests, rt.intake.store):
+    for lane in (rt.store, rt.requests, rt.intake.store):
         lane.start_thread()
     rt.metrics.watch_store(rt.store.sync.metrics, lambda: _process_figures(rt))
     rt.bot.intake_busy = rt.intake.busy

@@ -1365,15 +1365,11 @@ class AsyncStore:
                           actor: str) -> None:
         await self._steps(StepEnd(step_run_id, incident_id, result, actor))
 
-    def start_thread(self, nice: int | None = None) -> None:
-        """Its worker thread started now (at start-up; see bot.offload.prestart), at `nice`
-        when given (the runs' store in a serving process: batch work, bot.offload)."""
-        from bot.offload import lower_priority, prestart
+    def start_thread(self) -> None:
+        """Its worker thread started now (at start-up; see bot.offload.prestart)."""
+        from bot.offload import prestart
 
-        if nice is None:
-            prestart(self._pool, 1)
-        else:
-            prestart(self._pool, 1, lower_priority, nice)
+        prestart(self._pool, 1)
 
     def lane(self) -> AsyncStore:
         """The store on a connection and worker thread of their own, whose writes take the

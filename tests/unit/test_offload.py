@@ -218,7 +218,7 @@ def test_the_workers_end_when_the_server_is_killed():
 
 
 GATED_SERVER = """
-import asyncio, os, threading
+import asyncio, os, sys, threading
 from pathlib import Path
 from bot import offload
 
@@ -230,7 +230,8 @@ async def main():
     worker = await offload.off_process(os.getpid)
     lowered = [t.native_id for t in threading.enumerate() if t.name.startswith("opsbot-offload")]
     print(worker, *lowered, flush=True)
-    await asyncio.sleep(120)
+    await asyncio.to_thread(sys.stdin.read)  # until the test is done looking
+    await offload.off_loop(offload.stop_processes)
 
 asyncio.run(main())
 """
@@ -264,9 +265,9 @@ def test_batch_work_runs_below_the_serving_threads_and_starts_off_the_loop(tmp_p
     env = {**os.environ, "GATE": str(gate),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     server = subprocess.Popen([sys.executable, "-c", GATED_SERVER], cwd=ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                              stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     try:
-        assert server.stdout is not None
+        assert server.stdout is not None and server.stdin is not None
         worker, *threads = (int(n) for n in server.stdout.readline().split())
         forkserver = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
         base = _nice_of(Path(f"/proc/{server.pid}/stat"))
@@ -276,6 +277,9 @@ def test_batch_work_runs_below_the_serving_threads_and_starts_off_the_loop(tmp_p
             [min(19, base + 7)] * 2
         assert _nice_of(Path(f"/proc/{forkserver}/stat")) == min(19, base + 7)
         assert _nice_of(Path(f"/proc/{worker}/stat")) == min(19, base + 7)
+        server.stdin.close()  # the server stops its workers and ends
+        assert server.wait(30) == 0
     finally:
-        server.kill()
-        server.wait()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
