@@ -493,6 +493,9 @@ labelling guideline puts them; `too_many_open_files`, `inotify_watches_exhausted
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.
 Unknown step ids are ignored and any subset may be present. Only the last 2 MB of each output is
 read, lines over 8,000 characters are skipped, and nothing in the input makes `diagnose` raise.
+Terminal codes (the colours of a program that thinks it writes to a terminal: a container with a
+TTY, uvicorn `--use-colors`, .NET's console logger) are ignored when a rule matches a line and
+kept when it is quoted (`bot/logline.py`).
 Causes come most likely first; causes under `report_floor` (0.15) are left out; an empty list
 means nothing matched. Leave a step that did not run (skipped, failed to connect) out of the
 evidence, or pass `None`: an empty string is an output, and `absent: true` signals read it as

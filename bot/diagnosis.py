@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot.errors import BotError, RunbookInvalid
 from bot.filecache import PerVersion
+from bot.logline import plain
 from bot.logtime import Clock, line_time
 from bot.models import HEALTHY_NOW, LIKE_PAST_INCIDENTS, Cause
 from bot.similar import Library, Likeness, load_library
@@ -469,7 +470,7 @@ def _split_by_time(lines: dict[str, list[str]], clock: Clock | None
         now, old = current.setdefault(step, []), earlier.setdefault(step, [])
         stale = False
         for line in step_lines:
-            when = line_time(line, clock)
+            when = line_time(plain(line), clock)
             if when is not None:
                 try:
                     stale = clock.is_earlier(when)
@@ -662,12 +663,15 @@ class StepLines(dict[str, list[str]]):
 
     def __init__(self, lines: Mapping[str, list[str]]) -> None:
         super().__init__(lines)
+        self._plain = {step: [plain(line) for line in step_lines]
+                       for step, step_lines in lines.items()}
         self._texts: dict[str, str] = {}
         self._hits: dict[tuple[str, str], list[tuple[str, re.Match[str]]]] = {}
 
     def text(self, step: str) -> str:
+        """The step's lines without terminal codes, joined."""
         if step not in self._texts:
-            self._texts[step] = "\n".join(self[step])
+            self._texts[step] = "\n".join(self._plain[step])
         return self._texts[step]
 
     def hits(self, step: str, pattern: str) -> list[tuple[str, re.Match[str]]]:
@@ -681,9 +685,10 @@ class StepLines(dict[str, list[str]]):
             # and $ match in it as without MULTILINE
             if _may_match(needles, self.text(step)) and \
                     (regex := _compile(pattern, re.MULTILINE)).search(self.text(step)):
-                found = list(islice(((line, match) for line in reversed(self[step])
-                                     if _may_match(needles, line)
-                                     and (match := regex.search(line))), MAX_SCAN))
+                pairs = zip(reversed(self[step]), reversed(self._plain[step]), strict=True)
+                found = list(islice(((line, match) for line, bare in pairs
+                                     if _may_match(needles, bare)
+                                     and (match := regex.search(bare))), MAX_SCAN))
             self._hits[key] = found
         return self._hits[key]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bot.errors import RunbookInvalid
 from bot.filecache import PerVersion
+from bot.logline import plain
 
 NEIGHBOURS = 9  # incidents that vote
 MIN_SIMILARITY = 0.1  # the closest incident must be at least this close (cosine)
@@ -39,6 +40,7 @@ STOPWORDS = frozenset("the and for with from that this not are was has have http
 def words(line: str) -> set[str]:
     """The terms of one log line: its words (lower case, 3+ characters, no ids or hashes) and
     the errno numbers it prints."""
+    line = plain(line)
     terms = {w for w in WORD.findall(line.lower())
              if w not in STOPWORDS and not HEXISH.fullmatch(w)}
     terms.update("errno" + n for n in ERRNO.findall(line))
