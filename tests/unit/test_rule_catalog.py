@@ -1037,6 +1037,56 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- memory: the kernel's memory-cgroup OOM report and Docker's event (docker run -m 16m
+    # --memory-swap 16m opsbot-test/busybox sh -c 'a=$(head -c 200000000 /dev/zero | tr "\0" x)',
+    # kernel 6.18, Docker 20.10.24); the allocators that give up when the OS refuses
+    (
+        "kernel_log",
+        "[67570.059703] memory: usage 16384kB, limit 16384kB, failcnt 0",
+        "run here: dmesg after docker run -m 16m (a shell filling its memory)",
+        "oom_killed",
+        "container_memory_limit_reached",
+    ),
+    (
+        "docker_logs",
+        "2026-11-30T13:05:43.797871337Z container oom "
+        "348b6fd721d8155b1a05768f05613d939d8b87be2566ef6c91d307a744affd3e "
+        "(image=opsbot-test/busybox, name=cat7-oom2)",
+        "run here: docker events --filter container=cat7-oom2 during docker run -m 16m",
+        "oom_killed",
+        None,
+    ),
+    (
+        "app_logs",
+        "memory allocation of 67108864 bytes failed",
+        "run here: a Rust program growing a Vec (rustc 1.95.0) under ulimit -v 400000",
+        "oom_killed",
+        "memory_exhausted",
+    ),
+    (
+        "app_logs",
+        "RangeError: Array buffer allocation failed",
+        "run here: node -e \"let a=[]; for(;;) a.push(Buffer.alloc(64<<20,1))\" (Node.js 20.20.2) "
+        "under ulimit -v 1000000",
+        "oom_killed",
+        "memory_exhausted",
+    ),
+    (
+        "app_logs",
+        "E, [2026-11-30T13:06:18.400762 #16609] ERROR -- : reaped #<Process::Status: pid 16611 "
+        "SIGKILL (signal 9)> worker=0",
+        "run here: unicorn -l 127.0.0.1:19712 config.ru (unicorn 6.0.0), its worker killed with "
+        "kill -9",
+        "oom_killed",
+        "worker_oom_killed",
+    ),
+    (
+        "app_logs",
+        "bash: 17260 Killed                  sleep 100",
+        "run here: bash -c 'sleep 100 & p=$!; kill -9 $p; wait $p' (bash 5.2)",
+        "oom_killed",
+        None,
+    ),
 ]
 
 
