@@ -1104,6 +1104,100 @@ def test_a_programs_own_line_names_its_cause(rules, step, line, seen, label, det
     assert line.rstrip() in causes[0].evidence  # quoted as read: trailing blanks dropped
 
 
+# The backend says where it listens (its own start banner) and nginx, in the same run, is refused on
+# another port or on an address other than that loopback: the proxy points elsewhere (issue 9).
+# Each pair was printed by one real run here: the backend started in a network namespace of its
+# own (lo, with 198.51.100.10 added), then nginx proxying to the address shown, one request.
+BANNERS: list[tuple[str, str, str, str, str]] = [
+    (
+        "Starting development server at http://127.0.0.1:19801/",
+        "2026/11/30 13:09:46 [error] 29214#29214: *1 connect() failed (111: Connection refused) "
+        'while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://127.0.0.1:19802/", host: "127.0.0.1:19880"',
+        "run here: Django 5.2.19: python manage.py runserver 127.0.0.1:19801, behind nginx 1.22.1 "
+        "with proxy_pass http://127.0.0.1:19802 (one network namespace, 198.51.100.10 on lo)",
+        "wrong_proxy_config",
+        "port_mismatch",
+    ),
+    (
+        "INFO:waitress:Serving on http://127.0.0.1:19801",
+        "2026/11/30 13:10:04 [error] 30883#30883: *1 connect() failed (111: Connection refused) "
+        'while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://198.51.100.10:19801/", host: "127.0.0.1:19880"',
+        "run here: waitress 3.0.2: waitress-serve --listen=127.0.0.1:19801 app:application, "
+        "behind nginx 1.22.1 with proxy_pass http://198.51.100.10:19801 (one network namespace, "
+        "198.51.100.10 on lo)",
+        "wrong_proxy_config",
+        "backend_listens_on_loopback",
+    ),
+    (
+        "2026-11-30 13:10:06,184 INFO     Listening on TCP address 127.0.0.1:19801",
+        "2026/11/30 13:10:09 [error] 32540#32540: *1 connect() failed (111: Connection refused) "
+        'while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://127.0.0.1:19802/", host: "127.0.0.1:19880"',
+        "run here: Daphne 4.2.3: daphne -b 127.0.0.1 -p 19801 app:asgi, behind nginx 1.22.1 with "
+        "proxy_pass http://127.0.0.1:19802 (one network namespace, 198.51.100.10 on lo)",
+        "wrong_proxy_config",
+        "port_mismatch",
+    ),
+    (
+        "[Mon Nov 30 13:10:20 2026] PHP 8.2.36 Development Server (http://127.0.0.1:19801) started",
+        "2026/11/30 13:10:24 [error] 345#345: *1 connect() failed (111: Connection refused) while "
+        'connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://198.51.100.10:19801/", host: "127.0.0.1:19880"',
+        "run here: PHP 8.2.36: php -S 127.0.0.1:19801, behind nginx 1.22.1 with proxy_pass "
+        "http://198.51.100.10:19801 (one network namespace, 198.51.100.10 on lo)",
+        "wrong_proxy_config",
+        "backend_listens_on_loopback",
+    ),
+    (
+        "Serving HTTP on 127.0.0.1 port 19801 (http://127.0.0.1:19801/) ...",
+        "2026/11/30 13:10:29 [error] 703#703: *1 connect() failed (111: Connection refused) while "
+        'connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://127.0.0.1:19802/", host: "127.0.0.1:19880"',
+        "run here: CPython 3.11.7: python3 -m http.server 19801 --bind 127.0.0.1, behind nginx "
+        "1.22.1 with proxy_pass http://127.0.0.1:19802 (one network namespace, 198.51.100.10 on "
+        "lo)",
+        "wrong_proxy_config",
+        "port_mismatch",
+    ),
+    (
+        "30-Nov-2026 13:11:46.923 INFO [main] org.apache.coyote.AbstractProtocol.start Starting "
+        'ProtocolHandler ["http-nio-127.0.0.1-19801"]',
+        "2026/11/30 13:11:54 [error] 8477#8477: *1 connect() failed (111: Connection refused) "
+        'while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://198.51.100.10:19801/", host: "127.0.0.1:19880"',
+        "run here: Tomcat 10.1.60 (Debian tomcat10), its Connector at address=127.0.0.1 "
+        "port=19801, behind nginx 1.22.1 with proxy_pass http://198.51.100.10:19801 (one network "
+        "namespace, 198.51.100.10 on lo)",
+        "wrong_proxy_config",
+        "backend_listens_on_loopback",
+    ),
+    (
+        "30-Nov-2026 13:12:03.191 INFO [main] org.apache.coyote.AbstractProtocol.start Starting "
+        'ProtocolHandler ["http-nio-127.0.0.1-19801"]',
+        "2026/11/30 13:12:09 [error] 8843#8843: *1 connect() failed (111: Connection refused) "
+        'while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", '
+        'upstream: "http://127.0.0.1:19802/", host: "127.0.0.1:19880"',
+        "run here: Tomcat 10.1.60 (Debian tomcat10), its Connector at address=127.0.0.1 "
+        "port=19801, behind nginx 1.22.1 with proxy_pass http://127.0.0.1:19802 (one network "
+        "namespace, 198.51.100.10 on lo)",
+        "wrong_proxy_config",
+        "port_mismatch",
+    ),
+]
+
+
+@pytest.mark.parametrize(("banner", "refused", "seen", "label", "detail"), BANNERS,
+                         ids=[f"{row[4]}:{row[0][:40]}" for row in BANNERS])
+def test_a_backends_banner_and_nginx_refused_elsewhere_name_the_proxy(rules, banner, refused, seen,
+                                                                       label, detail):
+    causes = diagnose(rules, {"app_logs": banner + "\n", "nginx_error_log": refused + "\n"})
+    assert causes, f"nothing named ({seen})"
+    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
+    assert banner in causes[0].evidence
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
