@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bot.logline import plain
 from bot.models import (
     HEALTHY_NOW,
     Approval,
@@ -45,7 +46,9 @@ def _esc(text: str) -> str:
 
 
 def _code(text: str, limit: int = CODE_LIMIT) -> str:
-    text = text.replace("```", "ˋˋˋ")
+    """A code block of output for Slack: without terminal codes (a reader sees the colours'
+    text, not their escapes; the store and the audit keep the output as printed)."""
+    text = plain(text).replace("```", "ˋˋˋ")
     if len(text) > limit:
         keep = limit - 40
         head, tail = text[: keep // 3], text[-(keep - keep // 3):]

@@ -49,3 +49,14 @@ def test_plain_leaves_other_text_alone() -> None:
     for line in ("", "no codes [32m here", "tab\there", "a lone escape at the end\x1b"):
         assert plain(line) == line
     assert plain("\x1b]0;title\x07x\x1b[2Ky") == "xy"
+
+
+def test_the_thread_shows_the_quotes_without_terminal_codes() -> None:
+    import json
+
+    from bot.render import Finding, finding_message
+
+    causes = diagnose(RULES, {"docker_logs": COLOURED})
+    shown = json.dumps(finding_message(Finding(("web01",), tuple(causes))).blocks)
+    assert "Uvicorn running on http://127.0.0.1:18766" in shown
+    assert "\\u001b" not in shown and "\x1b" not in shown
