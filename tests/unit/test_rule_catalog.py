@@ -1087,6 +1087,70 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "oom_killed",
         None,
     ),
+    # ---- nginx's HTTP reaches a server of another protocol: nginx 1.22.1 proxy_pass to the port
+    # of each, one request through it, in a network namespace of its own
+    (
+        "app_logs",
+        "23677:M 30 Nov 2026 13:16:28.569 # Possible SECURITY ATTACK detected. It looks like "
+        "somebody is sending POST or Host: commands to Redis. This is likely due to an attacker "
+        "attempting to use Cross Protocol Scripting to compromise your Redis instance. "
+        "Connection aborted.",
+        "run here: redis-server --port 19801 (Redis 7.0.15) behind nginx proxy_pass "
+        "http://127.0.0.1:19801",
+        "wrong_proxy_config",
+        "http_to_non_http_port",
+    ),
+    (
+        "app_logs",
+        "kex_exchange_identification: client sent invalid protocol identifier \"GET /index.php "
+        "HTTP/1.0\"",
+        "run here: sshd -D -e -p 19801 (OpenSSH 9.2) behind nginx proxy_pass http://127.0.0.1:19801",
+        "wrong_proxy_config",
+        "http_to_non_http_port",
+    ),
+    (
+        "docker_logs",
+        "2026/11/30 13:17:37 [error] 29565#29565: *1 upstream sent no valid HTTP/1.0 header while "
+        "reading response header from upstream, client: 127.0.0.1, server: , request: \"GET "
+        "/index.php HTTP/1.1\", upstream: \"http://127.0.0.1:19801/index.php\", host: "
+        "\"127.0.0.1:19880\"",
+        "run here: nginx 1.22.1 proxy_pass http://127.0.0.1:19801 to sshd (OpenSSH 9.2)",
+        "wrong_proxy_config",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "2026/11/30 13:17:29 [error] 27747#27747: *1 recv() failed (104: Connection reset by peer) "
+        "while reading response header from upstream, client: 127.0.0.1, server: , request: \"GET "
+        "/index.php HTTP/1.1\", upstream: \"http://127.0.0.1:9000/index.php\", host: "
+        "\"127.0.0.1:19880\"",
+        "run here: nginx 1.22.1 proxy_pass http://127.0.0.1:9000 to php-fpm 8.2.36 (listen = "
+        "127.0.0.1:9000)",
+        "wrong_proxy_config",
+        "http_to_fastcgi_port",
+    ),
+    # nginx's own lines as an nginx container's or unit's log carries them
+    (
+        "docker_logs",
+        "2026/11/30 13:19:56 [error] 15#15: *1 peer closed connection in SSL handshake while SSL "
+        "handshaking to upstream, client: 127.0.0.1, server: , request: \"GET /index.php "
+        "HTTP/1.1\", upstream: \"https://127.0.0.1:19801/index.php\", host: \"127.0.0.1:19880\"",
+        "run here: nginx 1.22.1 proxy_pass https://127.0.0.1:19801 to PostgreSQL 15.18 (no TLS "
+        "there: it closes on the ClientHello)",
+        "tls_mismatch",
+        None,
+    ),
+    (
+        "journal",
+        "2026/11/30 13:19:26 [crit] 31191#31191: *1 connect() to unix:/tmp/cat7/wp/s.sock failed "
+        "(13: Permission denied) while connecting to upstream, client: 127.0.0.1, server: , "
+        "request: \"GET /index.php HTTP/1.1\", upstream: \"http://unix:/tmp/cat7/wp/s.sock:"
+        "/index.php\", host: \"127.0.0.1:19880\"",
+        "run here: nginx 1.22.1 (workers as nobody) proxy_pass http://unix:/tmp/cat7/wp/s.sock, a "
+        "socket of root's with mode 600 (socat UNIX-LISTEN:...,mode=600)",
+        "permission_denied",
+        None,
+    ),
 ]
 
 
@@ -1196,6 +1260,22 @@ def test_a_backends_banner_and_nginx_refused_elsewhere_name_the_proxy(rules, ban
     assert causes, f"nothing named ({seen})"
     assert (causes[0].cause, causes[0].detail) == (label, detail), seen
     assert banner in causes[0].evidence
+
+
+def test_http_to_php_fpm_named_by_what_listens_there(rules):
+    """nginx's proxy_pass http:// to the port where ss -ltnp shows php-fpm (both printed here by
+    one run: php-fpm 8.2.36 on 127.0.0.1:9000, nginx 1.22.1, ss from iproute2 6.1.0)."""
+    refused = ('2026/11/30 13:17:29 [error] 27747#27747: *1 recv() failed (104: Connection reset '
+               'by peer) while reading response header from upstream, client: 127.0.0.1, server: , '
+               'request: "GET /index.php HTTP/1.1", upstream: "http://127.0.0.1:9000/index.php", '
+               'host: "127.0.0.1:19880"')
+    ss = ('State  Recv-Q Send-Q Local Address:Port Peer Address:PortProcess\n'
+          'LISTEN 0      4096       127.0.0.1:9000      0.0.0.0:*    '
+          'users:(("php-fpm8.2",pid=27164,fd=11),("php-fpm8.2",pid=27162,fd=8))\n')
+    causes = diagnose(rules, {"nginx_error_log": refused + "\n", "listening_ports": ss})
+    assert (causes[0].cause, causes[0].detail) == ("wrong_proxy_config", "http_to_fastcgi_port")
+    alone = diagnose(rules, {"nginx_error_log": refused + "\n"})
+    assert causes[0].confidence > alone[0].confidence  # what listens there adds to the port alone
 
 
 def corpus_urls() -> set[str]:
