@@ -1151,6 +1151,76 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         None,
     ),
+    # ---- other proxies in front of the backend: Envoy (its body, its access log) and HAProxy
+    # 2.6.12 (run here in a network namespace: a closed port, then waitress 3.0.2 answering after
+    # 4 s)
+    (
+        "proxy_check",
+        "upstream connect error or disconnect/reset before headers. reset reason: connection "
+        "failure, transport failure reason: delayed connect error: 111",
+        "https://github.com/ygalblum/quadlet-demo/issues/8",
+        "upstream_down",
+        None,
+    ),
+    (
+        "proxy_check",
+        "no healthy upstream",
+        "https://github.com/cortexlabs/cortex/issues/432",
+        "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[05/12/2019T16:14:53+0000 1575562493] method=POST authority=localhost:443 txId=- "
+        "request=/StudentService/get alpn=HTTP/2 response_flag=UT ssl_protocol=TLSv1.3 "
+        "ssl_cipher=TLS_AES_128_GCM_SHA256 status=200 status_details=upstream_response_timeout "
+        "request_size=84 response_size=0 envoy_request_id=52220e61-e045-4dc7-bdc3-c8b5e77dd2ee "
+        "user-agent=grpc-go/1.24.0 xFor=49.207.48.241 x-envoy-upstream-service-time=- "
+        "total_time_ms=15001 upstream=127.0.0.1:7000",
+        "https://github.com/envoyproxy/envoy/issues/9242",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "proxy_check",
+        "No server is available to handle this request.",
+        "run here: curl through haproxy 2.6.12 (server s1 127.0.0.1:19801 check; nothing listens)",
+        "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[ALERT]    (6) : backend 'b' has no server available!",
+        "run here: haproxy 2.6.12 -f hap.cfg (server s1 127.0.0.1:19801 check; nothing listens)",
+        "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "127.0.0.1:53114 [30/Nov/2026:13:22:02.078] f b/s1 0/0/-1/-1/3006 503 217 - - SC-- "
+        "1/1/0/0/3 0/0 \"GET / HTTP/1.1\"",
+        "run here: haproxy 2.6.12 option httplog (server s1 127.0.0.1:19801, no check; nothing "
+        "listens)",
+        "upstream_down",
+        None,
+    ),
+    (
+        "proxy_check",
+        "The server didn't respond in time.",
+        "run here: curl through haproxy 2.6.12 (timeout server 2s) to waitress 3.0.2 answering "
+        "after 4 s",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "docker_logs",
+        "127.0.0.1:53126 [30/Nov/2026:13:22:10.617] f b/s1 0/0/0/-1/2002 504 198 - - sH-- "
+        "1/1/0/0/0 0/0 \"GET / HTTP/1.1\"",
+        "run here: haproxy 2.6.12 option httplog (timeout server 2s) to waitress 3.0.2 answering "
+        "after 4 s",
+        "upstream_timeout",
+        None,
+    ),
 ]
 
 
