@@ -1221,6 +1221,39 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_timeout",
         None,
     ),
+    # Apache httpd 2.4.71 mod_proxy (apache2 -X, ProxyPass to an address without a route)
+    (
+        "nginx_error_log",
+        "[Mon Nov 30 13:24:02.197509 2026] [proxy:error] [pid 8:tid 11] (113)No route to host: "
+        "AH00957: http: attempt to connect to 203.0.113.9:19801 (203.0.113.9:19801) failed",
+        "run here: apache2 -X (Apache 2.4.71) ProxyPass / http://203.0.113.9:19801/ in a network "
+        "namespace where 203.0.113.0/24 is unreachable",
+        "dns_or_network",
+        None,
+    ),
+    # ---- musl's own strerror texts (musl 1.2.3, a static program built with musl-gcc, perror
+    # after the failing call)
+    (
+        "app_logs",
+        "bind: Address in use",
+        "run here: musl-gcc -static; bind(2) to 127.0.0.1:19811 while another socket listens there",
+        "upstream_crashloop",
+        "port_already_in_use",
+    ),
+    (
+        "app_logs",
+        "bind: Address not available",
+        "run here: musl-gcc -static; bind(2) to 10.255.255.1:19812, an address the host lacks",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "app_logs",
+        "mmap: Out of memory",
+        "run here: musl-gcc -static; mmap(2) of 16 GiB under ulimit -v 100000",
+        "oom_killed",
+        "memory_exhausted",
+    ),
 ]
 
 
