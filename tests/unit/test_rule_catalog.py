@@ -1304,6 +1304,23 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_timeout",
         None,
     ),
+    # ---- the kubelet evicting pods from a node low on memory
+    (
+        "docker_inspect",
+        "The node was low on resource: memory. Container kilo was using 30332Ki, which exceeds its "
+        "request of 0.",
+        "https://github.com/squat/kilo/issues/329",
+        "oom_killed",
+        "k8s_node_memory_pressure",
+    ),
+    (
+        "app_logs",
+        "4m7s        Warning   Evicted               pod/egg-<id2 here>    The node had condition: "
+        "[MemoryPressure].",
+        "https://github.com/FederatedAI/KubeFATE/issues/64",
+        "oom_killed",
+        "k8s_node_memory_pressure",
+    ),
 ]
 
 
