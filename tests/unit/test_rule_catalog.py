@@ -1321,6 +1321,53 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "oom_killed",
         "k8s_node_memory_pressure",
     ),
+    (
+        "app_logs",
+        "2026-11-30T13:28:27: PM2 log: App [api:0] exited with code [0] via signal [SIGKILL]",
+        "run here: pm2 7.0.4 start app.js --name api (Node.js 20.20.2), then kill -9 its pid",
+        "oom_killed",
+        None,
+    ),
+    # ---- a connect() that times out: run here in a network namespace whose iptables drop every
+    # packet to 192.0.2.20 (an address on lo; net.ipv4.tcp_syn_retries=1)
+    (
+        "app_logs",
+        "Error: connect ETIMEDOUT 192.0.2.20:5432",
+        "run here: node -e \"require('net').connect(5432,'192.0.2.20')\" (Node.js 20.20.2)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "dial tcp 192.0.2.20:8080: connect: connection timed out",
+        "run here: Go 1.19.8 net.Dial(\"tcp\", \"192.0.2.20:8080\")",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "TimeoutError: [Errno 110] Connection timed out",
+        "run here: python -c \"import socket; socket.create_connection(('192.0.2.20', 5432))\" "
+        "(CPython 3.11.7)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "-e:1:in `initialize': Connection timed out - connect(2) for \"192.0.2.20\" port 5432 "
+        "(Errno::ETIMEDOUT)",
+        "run here: ruby -e \"require 'socket'; TCPSocket.new('192.0.2.20', 5432)\" (Ruby 3.1.2)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "healthcheck",
+        "curl: (28) Failed to connect to 192.0.2.20 port 5432 after 3077 ms: Couldn't connect to "
+        "server",
+        "run here: curl -sS http://192.0.2.20:5432/ (curl 7.88.1)",
+        "dns_or_network",
+        None,
+    ),
 ]
 
 
