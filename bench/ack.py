@@ -13,9 +13,12 @@ ticker is TRACE_AFTER late (faulthandler's watchdog thread, which needs no inter
 it shows the frame even inside a long C call), again every TRACE_AFTER while the loop stays
 blocked, and a line with the lag once the tick comes (how the loop's thread spent it: on a
 core, waiting for one, asleep); a line for each answer over TRACE_AFTER (the HTTP thread's),
-and one for each SQLite write transaction that waited, ran or committed for over 20 ms. For
-finding causes only: faulthandler reads running threads' frames without their lock, and about
-one traced round in three ended in a segfault of the server (the round then fails).
+and one for each SQLite write transaction that waited, ran or committed for over 20 ms; at the
+stop, a line per thread of the server and of the processes it started (diagnosis workers,
+their fork server): its nice, its CPU and its wait for a core while it served. For finding
+causes only: faulthandler reads running threads' frames without their lock, and about one
+traced round in three ended in a segfault of the server (the round then fails);
+OPSBOT_LAG_TRACE_STACKS=0 keeps the lines and leaves the stacks out (no watchdog, no segfault).
 
 `drive` starts the load (one slash command running the whole nginx-502 diagnosis on the bench
 group, and 20 that fetch a container's log), then sends signed slash commands and button clicks
@@ -40,6 +43,7 @@ if str(ROOT) not in sys.path:
 
 TICK = 0.005
 TRACE_AFTER = 0.05  # s late before OPSBOT_LAG_TRACE dumps the stacks
+STACKS = os.environ.get("OPSBOT_LAG_TRACE_STACKS", "1") != "0"  # with OPSBOT_LAG_TRACE
 SECRET = "bench-signing-secret"
 USER = "U0ALICE"
 
@@ -57,7 +61,8 @@ async def _watch(lags: list[float], trace: int | None = None) -> None:
     while True:
         due = loop.time() + TICK
         if trace is not None:  # re-armed each tick: fires only when a tick is that late
-            faulthandler.dump_traceback_later(TICK + TRACE_AFTER, repeat=True, file=trace)
+            if STACKS:
+                faulthandler.dump_traceback_later(TICK + TRACE_AFTER, repeat=True, file=trace)
             before = _schedstat()
         await asyncio.sleep(TICK)
         lags.append(max(0.0, loop.time() - due) * 1e3)
@@ -70,6 +75,42 @@ async def _watch(lags: list[float], trace: int | None = None) -> None:
                      f"the process's CPU {cpu:.0f} ms\n".encode())
         if len(lags) > 2_000_000:  # bounded: ~3 hours of ticks
             del lags[:1_000_000]
+
+
+def _threads() -> dict[tuple[str, int], tuple[int, int, int]]:
+    """(name, tid) -> (nice, ns on a core, ns runnable waiting for one) of every thread of this
+    process (named as Python knows them) and of the processes below it (`pid N`)."""
+    import threading
+
+    from bench.procs import descendants
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    found = {}
+    for pid in (os.getpid(), *descendants(os.getpid())):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # ended meanwhile
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    ran, waited, _ = f.read().split()
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    nice = int(f.read().rsplit(")", 1)[1].split()[16])
+            except (OSError, ValueError, IndexError):
+                continue
+            name = names.get(int(tid), "?") if pid == os.getpid() else f"pid {pid}"
+            found[name, int(tid)] = (nice, int(ran), int(waited))
+    return found
+
+
+def _trace_threads(trace: int, before: dict[tuple[str, int], tuple[int, int, int]],
+                   after: dict[tuple[str, int], tuple[int, int, int]]) -> None:
+    for (name, tid), (nice, ran, waited) in sorted(after.items()):
+        _, ran0, waited0 = before.get((name, tid), (nice, 0, 0))
+        os.write(trace, f"=== thread {name} ({tid}, nice {nice}) while serving: ran "
+                 f"{(ran - ran0) / 1e6:.0f} ms, waited for a core {(waited - waited0) / 1e6:.0f} "
+                 f"ms\n".encode())
 
 
 def _trace_answers(trace: int) -> None:
@@ -140,21 +181,29 @@ async def serve_watched(out: Path) -> None:
     lags: list[float] = []
     stop, ready = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-
     traced = os.environ.get("OPSBOT_LAG_TRACE")
     trace = os.open(traced, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if traced else None
     if trace is not None:
         _trace_answers(trace)
         _trace_store(trace)
+    threads: list[dict[tuple[str, int], tuple[int, int, int]]] = []
+
+    def stopping() -> None:
+        if trace is not None:  # the threads as they served (the stop ends some of them)
+            threads.append(_threads())
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stopping)
 
     async def watch_once_ready() -> None:  # start-up (imports, runbooks) and the stop
         await ready.wait()                  # (draining, closing) are not serving
         ticker = asyncio.create_task(_watch(lags, trace))
+        served = _threads() if trace is not None else {}
         await stop.wait()
         ticker.cancel()
         if trace is not None:
             faulthandler.cancel_dump_traceback_later()
+            _trace_threads(trace, served, threads[0] if threads else _threads())
 
     watcher = asyncio.create_task(watch_once_ready())
     try:

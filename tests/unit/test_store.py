@@ -274,6 +274,37 @@ def test_an_answers_commit_never_checkpoints_the_wal(tmp_path) -> None:
         store.close()
 
 
+def test_the_stores_checkpoint_runs_once_the_write_lock_is_let_go(tmp_path) -> None:
+    """SQLite's own checkpoint runs inside the COMMIT that finds the WAL long, while the
+    transaction still holds the process's write lock: an answer's lane waited for the copy and
+    the database file's sync. The store's connection checkpoints after letting go of the lock,
+    and the WAL stays bounded."""
+    from pathlib import Path
+
+    store = Store(tmp_path / "o.db")
+    lane = store.twin(urgent=True)
+    checkpoints: list[bool] = []  # each checkpoint: was the write lock held meanwhile?
+
+    def traced(sql: str) -> None:
+        if "wal_checkpoint" in sql:
+            checkpoints.append(store.db.lock._holder is not None)
+
+    store.db.raw.set_trace_callback(traced)
+    lane.db.raw.set_trace_callback(traced)
+    try:
+        wal = Path(f"{store.path}-wal")
+        for i in range(600):  # about three times the WAL an automatic checkpoint waits for
+            if i % 4:
+                lane.add_work("click", {"token": f"t{i}", "pad": "x" * 20000})
+            else:
+                store.heartbeat()
+        assert checkpoints and not any(checkpoints)
+        assert wal.stat().st_size < 2 * 1000 * 4096  # started over after each checkpoint
+    finally:
+        lane.db.close()
+        store.close()
+
+
 def test_urgent_writers_take_the_write_lock_before_waiting_ones() -> None:
     """A writer letting go hands the lock on: urgent waiters first, then the others in order;
     the one letting go cannot take it back before them."""
