@@ -1368,6 +1368,37 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # ---- ECONNREFUSED in the backend's own words, no port named (a closed port, run here)
+    (
+        "app_logs",
+        "ConnectionRefusedError: [Errno 111] Connection refused",
+        "run here: python -c \"import socket; socket.create_connection(('127.0.0.1', 19899))\" "
+        "(CPython 3.11.7)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Exception in thread \"main\" java.net.ConnectException: Connection refused",
+        "run here: OpenJDK 17.0.15 new Socket(\"127.0.0.1\", 19899) in main",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "error connecting to redis: Connection refused (os error 111)",
+        "run here: Rust 1.95.0 TcpStream::connect(\"127.0.0.1:19899\"), eprintln!(\"error "
+        "connecting to redis: {}\", e)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "Error: Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" }",
+        "run here: Rust 1.95.0 main returning TcpStream::connect(\"127.0.0.1:19899\")?",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
