@@ -481,7 +481,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `broker_failed_to_start`, `database_data_dir_ownership`, `selinux_denial`,
 `container_memory_limit_reached`, `backend_rejects_proxied_request`,
 `worker_connections_exhausted`, `database_refuses_client`, `puma_worker_timeout`,
-`tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port` under their labels;
+`tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port`,
+`k8s_node_memory_pressure`, `conntrack_table_full` under their labels;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,

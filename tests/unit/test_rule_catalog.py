@@ -1399,6 +1399,13 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    (
+        "kernel_log",
+        "kernel: [1694413.644132] nf_conntrack: nf_conntrack: table full, dropping packet",
+        "https://github.com/canonical/hotsos/issues/101",
+        "dns_or_network",
+        "conntrack_table_full",
+    ),
 ]
 
 
