@@ -86,6 +86,25 @@ def started_pool(workers: int, name: str) -> ThreadPoolExecutor:
     return pool
 
 
+def start_default_executor() -> Callable[[], None]:
+    """The running loop's default executor (asyncssh's connection set-up, name lookups) with
+    its threads started now (blocking: at start-up, from the loop's thread, whose priority
+    they keep). asyncio starts one of its threads per call that finds none idle, from the
+    loop's thread, which then waits for the new thread's first turn on a core: in the ack
+    bench a connection to a host starting another thread held the loop for 80 ms. Returns
+    what to call at the end: the loop gets an executor that starts threads on demand again,
+    as asyncio's own does, and these threads end."""
+    loop = asyncio.get_running_loop()
+    pool = started_pool(min(32, (os.cpu_count() or 1) + 4), "opsbot-loop")  # asyncio's size
+    loop.set_default_executor(pool)
+
+    def restore() -> None:
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
+        pool.shutdown(wait=False)
+
+    return restore
+
+
 _IMPORTS: dict[str, concurrent.futures.Future[object]] = {}
 
 

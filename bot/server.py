@@ -26,7 +26,7 @@ from bot.edge import MAX_BODY, BodyRefused, ServerThread, bearer_ok, error, read
 from bot.errors import BotError, IngestError
 from bot.ingest import parse_alertmanager
 from bot.metrics import CONTENT_TYPE
-from bot.offload import off_loop, serve_batch_below, stop_processes
+from bot.offload import off_loop, serve_batch_below, start_default_executor, stop_processes
 
 log = logging.getLogger("opsbot.server")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -259,6 +259,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     # and this loop (bot.offload: the offload threads and what they start). The store's
     # threads stay: a run's transaction holds the write lock that an answer's lane waits for
     serve_batch_below(settings.batch_nice)
+    restore_executor = start_default_executor()
     for lane in (rt.store, rt.requests, rt.intake.store):
         lane.start_thread()
     rt.metrics.watch_store(rt.store.sync.metrics, lambda: _process_figures(rt))
@@ -343,6 +344,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         await rt.close(work_timeout=settings.stop_timeout,
                        flush_timeout=max(10.0, settings.stop_timeout / 2))
         await off_loop(stop_processes)  # the diagnosis workers, idle once the work is done
+        restore_executor()
         if inbound is not None:  # after the work it answers for
             await inbound.close()
         log.info("opsbot stopped")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 import urllib.request
@@ -288,3 +289,16 @@ async def test_batch_threads_run_below_the_answers_and_the_loop(serving: Serving
     stores = [thread_nice(t.native_id) for t in threading.enumerate()
               if t.name.startswith("store") and t.native_id is not None]
     assert len(stores) >= 3 and set(stores) == {base}  # runs' store, request lane, intake
+
+
+async def test_the_loops_executor_threads_are_started_before_any_work(serving: Serving) -> None:
+    """asyncssh hands each connection's set-up to the loop's default executor; a thread that
+    executor starts on demand holds the loop until it first runs. The server starts them all
+    (at the loop's priority) before it serves."""
+    from bot.offload import own_nice
+
+    started = [t for t in threading.enumerate() if t.name.startswith("opsbot-loop")]
+    assert len(started) == min(32, (os.cpu_count() or 1) + 4)
+    assert {thread_nice(t.native_id or 0) for t in started} == {own_nice()}
+    ran_on = await asyncio.get_running_loop().run_in_executor(None, threading.current_thread)
+    assert ran_on in started
