@@ -1406,6 +1406,39 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         "conntrack_table_full",
     ),
+    # ---- PHP's mysqli and the WordPress image (PHP 8.2.36 with php8.2-mysql, run here)
+    (
+        "app_logs",
+        "PHP Fatal error:  Uncaught mysqli_sql_exception: Connection refused in Command line "
+        "code:1",
+        "run here: php -r 'mysqli_connect(\"127.0.0.1\",\"u\",\"p\",\"x\",19899);' (nothing "
+        "listens)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "PHP Fatal error:  Uncaught mysqli_sql_exception: No such file or directory in Command "
+        "line code:1",
+        "run here: php -r 'mysqli_connect(\"localhost\",\"u\",\"p\",\"x\");' (no mysqld socket)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "PHP Warning:  mysqli_connect(): (HY000/2002): Connection refused in Command line code on "
+        "line 1",
+        "run here: php -r with mysqli_report(MYSQLI_REPORT_OFF), mysqli_connect to a closed port",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "MySQL Connection Error: (2002) Connection refused",
+        "https://github.com/docker-library/wordpress/issues/119",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
