@@ -1439,6 +1439,21 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- .NET: Npgsql and the runtime's SocketException
+    (
+        "docker_logs",
+        "      Npgsql.NpgsqlException (0x80004005): Failed to connect to 127.0.0.1:5432",
+        "https://github.com/npgsql/npgsql/issues/4739",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "System.Net.Sockets.SocketException (111): Connection refused",
+        "https://github.com/npgsql/npgsql/issues/2883",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
