@@ -1454,6 +1454,14 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    (
+        "app_logs",
+        "Error: failed to lookup address information: Temporary failure in name resolution",
+        "run here: Rust 1.95.0 \"db:5432\".to_socket_addrs(), eprintln!(\"Error: {}\", e), with no "
+        "DNS server answering",
+        "dns_or_network",
+        None,
+    ),
 ]
 
 
