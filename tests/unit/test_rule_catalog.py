@@ -1462,6 +1462,16 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    (
+        "nginx_error_log",
+        "2024/11/03 00:37:38 [error] 10916#8776: *19 connect() failed (10061: No connection could "
+        "be made because the target machine actively refused it) while connecting to upstream, "
+        "client: 127.0.0.1, server: localhost, request: \"GET / HTTP/1.1\", upstream: "
+        "\"fastcgi://127.0.0.1:9010\", host: \"localhost\"",
+        "https://github.com/xianyunleo/EServer/issues/138",
+        "upstream_down",
+        None,
+    ),
 ]
 
 
