@@ -1472,6 +1472,24 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_down",
         None,
     ),
+    (
+        "app_logs",
+        "java.net.SocketTimeoutException: Connect timed out",
+        "run here: OpenJDK 17.0.15 Socket.connect(192.0.2.20:8080, 2000) where iptables drop it",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "requests.exceptions.ConnectTimeout: HTTPConnectionPool(host='192.0.2.20', port=8080): Max "
+        "retries exceeded with url: / (Caused by ConnectTimeoutError(<HTTPConnection(host='192.0.2."
+        "20', port=8080) at 0x7feb02f3dd90>, 'Connection to 192.0.2.20 timed out. (connect "
+        "timeout=2)'))",
+        "run here: requests 2.34.2 requests.get('http://192.0.2.20:8080/', timeout=2) where "
+        "iptables drop it",
+        "dns_or_network",
+        None,
+    ),
 ]
 
 
