@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.adapters.sql import is_postgres_url
-from bot.adapters.store import AsyncStore, Store, WebhookIn
+from bot.adapters.store import STEP_BATCH, AsyncStore, Store, WebhookIn
 from bot.audit import verify_chain
 from bot.errors import StoreError
 from bot.incidents import REOPEN_WINDOW, opening
@@ -473,6 +473,11 @@ async def test_steps_of_many_hosts_are_recorded_in_few_transactions(db_target: s
         assert [d["host"] for a, d in audit if a == "step.start"] == hosts
         assert [d["step_run_id"] for a, d in audit if a == "step.end"] == ids
         assert store.sync.verify_audit().ok
+        # more at once: transactions of STEP_BATCH records at most (the lane's wait for the
+        # write lock is bounded by one of them)
+        more = [f"app{i:03d}" for i in range(3 * STEP_BATCH + 8)]
+        await asyncio.gather(*(store.start_step(run, inc_id, _step(h), "tester") for h in more))
+        assert store._steps.batches == 2 + 4
     finally:
         store.close()
 
