@@ -1490,12 +1490,297 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # ---- Python backends' clients and servers, run here (issue 9): CPython 3.11.7, PyMySQL 1.2.4,
+    # redis-py 8.1.0, pymongo 4.20.1, kombu/Celery 5.7.0, psycopg2-binary 2.9.13, SQLAlchemy 2.1.9,
+    # Django 5.2.19, gunicorn 27.0.1, uvicorn 0.54.0, uWSGI 2.0.21; NXDOMAIN for names no
+    # resolver knows, EAI_AGAIN from a resolv.conf pointing at a closed port (unshare -m), and a
+    # filled 64 KiB tmpfs
+    (
+        "app_logs",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on 'db' ([Errno "
+        "-2] Name or service not known)\")",
+        "run here: PyMySQL 1.2.4 pymysql.connect(host='db') where db is NXDOMAIN",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "docker_logs",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on 'db' ([Errno "
+        "-3] Temporary failure in name resolution)\")",
+        "run here: PyMySQL 1.2.4 pymysql.connect(host='db') with a resolver that refuses "
+        "(EAI_AGAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "docker_logs",
+        "redis.exceptions.ConnectionError: Error -2 connecting to redis:6379. Name or service "
+        "not known.",
+        "run here: redis-py 8.1.0 redis.Redis(host='redis').ping() where redis is NXDOMAIN",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "journal",
+        "redis.exceptions.ConnectionError: Error -3 connecting to redis:6379. Temporary failure "
+        "in name resolution.",
+        "run here: redis-py 8.1.0 redis.Redis(host='redis').ping() with a resolver that refuses "
+        "(EAI_AGAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "journal",
+        "pymongo.errors.ServerSelectionTimeoutError: mongo:27017: [Errno -2] Name or service not "
+        "known (configured timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms), "
+        "Timeout: 1.5s, Topology Description: <TopologyDescription id: 6b0d7f9e19581336a26d637a, "
+        "topology_type: Unknown, servers: [<ServerDescription ('mongo', 27017) server_type: "
+        "Unknown, rtt: None, error=AutoReconnect('mongo:27017: [Errno -2] Name or service not "
+        "known (configured timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: "
+        "20000.0ms)')>]>",
+        "run here: pymongo 4.20.1 MongoClient('mongodb://mongo:27017/', "
+        "serverSelectionTimeoutMS=1500) ping where mongo is NXDOMAIN",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "kombu.exceptions.OperationalError: [Errno -3] Temporary failure in name resolution",
+        "run here: kombu 5.7.0 Connection('amqp://guest:guest@rabbitmq:5672//').ensure_connection"
+        "() with a resolver that refuses (EAI_AGAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "docker_logs",
+        "[2026-11-30 13:53:56,234: ERROR/MainProcess] consumer: Cannot connect to "
+        "amqp://guest:**@rabbitmq:5672//: [Errno -2] Name or service not known.",
+        "run here: Celery 5.7.0 celery -A tasks worker with broker "
+        "amqp://guest:guest@rabbitmq:5672// (NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "[2026-11-30 13:53:47,632: ERROR/MainProcess] consumer: Cannot connect to "
+        "redis://:**@redis:6379/0: Error -2 connecting to redis:6379. Name or service not known..",
+        "run here: Celery 5.7.0 celery -A tasks worker with broker redis://redis:6379/0 "
+        "(NXDOMAIN), redis-py 8.1.0",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "django.db.utils.OperationalError: (2003, \"Can't connect to MySQL server on 'mysql' "
+        "([Errno -2] Name or service not known)\")",
+        "run here: Django 5.2.19 manage.py migrate, ENGINE django.db.backends.mysql through "
+        "PyMySQL 1.2.4, HOST mysql (NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "[2026-11-30 13:53:00 +0000] [20275] [ERROR] connection to ('nosuchhostcat8', 19872) "
+        "failed: [Errno -2] Name or service not known",
+        "run here: gunicorn -b nosuchhostcat8:19872 wapp:app (gunicorn 27.0.1, CPython 3.11.7)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "docker_logs",
+        "ERROR:    [Errno -2] Name or service not known",
+        "run here: uvicorn --host nosuchhostcat8 --port 19872 wapp:app (uvicorn 0.54.0, CPython "
+        "3.11.7)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "app_logs",
+        "sqlite3.OperationalError: database or disk is full",
+        "run here: CPython 3.11.7 sqlite3 insert of 100 kB into a database on a full 64 KiB tmpfs",
+        "disk_full",
+        None,
+    ),
+    (
+        "journal",
+        "django.db.migrations.exceptions.MigrationSchemaMissing: Unable to create the "
+        "django_migrations table (database or disk is full)",
+        "run here: Django 5.2.19 manage.py migrate with its sqlite3 database on a full 64 KiB "
+        "tmpfs",
+        "disk_full",
+        None,
+    ),
+    (
+        "app_logs",
+        "psycopg2.OperationalError: connection to server on socket "
+        "\"/tmp/cat8/nosock/.s.PGSQL.5432\" failed: No such file or directory",
+        "run here: psycopg2-binary 2.9.13 psycopg2.connect(host='/tmp/cat8/nosock') (no server "
+        "socket)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) connection to server at "
+        "\"127.0.0.1\", port 19899 failed: Connection refused",
+        "run here: SQLAlchemy 2.1.9 create_engine('postgresql+psycopg2://x@127.0.0.1:19899/x').co"
+        "nnect(), nothing listens",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on '127.0.0.1' "
+        "([Errno 111] Connection refused)\")",
+        "run here: PyMySQL 1.2.4 pymysql.connect(host='127.0.0.1', port=19899), nothing listens",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "redis.exceptions.ConnectionError: Error 111 connecting to localhost:19899. Connection "
+        "refused.",
+        "run here: redis-py 8.1.0 redis.Redis(port=19899).ping(), nothing listens",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[2026-11-30 13:53:38,283: ERROR/MainProcess] consumer: Cannot connect to "
+        "amqp://guest:**@127.0.0.1:19899//: [Errno 111] Connection refused.",
+        "run here: Celery 5.7.0 celery -A tasks worker with broker "
+        "amqp://guest:guest@127.0.0.1:19899//, nothing listens",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "[2026-11-30 13:53:29,273: ERROR/MainProcess] consumer: Cannot connect to "
+        "redis://:**@127.0.0.1:19899/0: Error 111 connecting to 127.0.0.1:19899. Connection "
+        "refused..",
+        "run here: Celery 5.7.0 celery -A tasks worker with broker redis://127.0.0.1:19899/0, "
+        "nothing listens",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "kombu.exceptions.OperationalError: Error 111 connecting to 127.0.0.1:19899. Connection "
+        "refused.",
+        "run here: Celery 5.7.0 add.delay(1, 2) with broker redis://127.0.0.1:19899/0, nothing "
+        "listens (kombu 5.7.0)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "[2026-11-30 13:54:32 +0000] [2091] [ERROR] Worker (pid:2093) was sent SIGKILL! Perhaps "
+        "out of memory?",
+        "run here: gunicorn -w 1 wapp:app, its worker killed with kill -9 (gunicorn 27.0.1, "
+        "CPython 3.11.7)",
+        "oom_killed",
+        "worker_oom_killed",
+    ),
+    (
+        "docker_logs",
+        "[2026-11-30 13:54:29 +0000] [32709] [CRITICAL] WORKER TIMEOUT (pid:348)",
+        "run here: gunicorn --timeout 2 wapp:app, a request that sleeps 30 s (gunicorn 27.0.1, "
+        "CPython 3.11.7)",
+        "upstream_timeout",
+        "gunicorn_worker_timeout",
+    ),
+    (
+        "app_logs",
+        "Mon Nov 30 13:54:56 2026 - *** HARAKIRI ON WORKER 1 (pid: 2523, try: 1) ***",
+        "run here: uwsgi --master --plugin python3 --harakiri 2 --wsgi-file wapp.py --callable "
+        "app, a request that sleeps 30 s (uWSGI 2.0.21 Debian)",
+        "upstream_timeout",
+        "uwsgi_harakiri",
+    ),
+    (
+        "journal",
+        "[2026-11-30 13:52:57 +0000] [20071] [ERROR] Connection in use: ('127.0.0.1', 19871)",
+        "run here: gunicorn -b 127.0.0.1:19871 wapp:app, the port held by another process "
+        "(gunicorn 27.0.1, CPython 3.11.7)",
+        "upstream_crashloop",
+        "port_already_in_use",
+    ),
+    (
+        "docker_logs",
+        "Error: Error: '/tmp/cat8/closed/err.log' isn't writable [PermissionError(13, "
+        "'Permission denied')]",
+        "run here: gunicorn --error-logfile in a root-owned 0755 directory, as nobody (gunicorn "
+        "27.0.1, CPython 3.11.7)",
+        "permission_denied",
+        None,
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def rules():
     return load_rules(RULES_FILE)
+
+
+# Whole outputs (every line as printed, in order) where the specific line must outweigh the
+# generic ones around it: a traceback's header, gunicorn's closing "Can't connect to".
+OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
+    (
+        "app_logs",
+        [
+            "Traceback (most recent call last):",
+            "  File \"<string>\", line 1, in <module>",
+            "sqlite3.OperationalError: database or disk is full",
+        ],
+        "run here: CPython 3.11.7 sqlite3 insert of 100 kB into a database on a full 64 KiB "
+        "tmpfs (the whole output)",
+        "disk_full",
+        None,
+    ),
+    (
+        "docker_logs",
+        [
+            "[2026-11-30 13:53:00 +0000] [20275] [INFO] Starting gunicorn 27.0.1",
+            "[2026-11-30 13:53:00 +0000] [20275] [ERROR] connection to ('nosuchhostcat8', 19872) "
+            "failed: [Errno -2] Name or service not known",
+            "[2026-11-30 13:53:01 +0000] [20275] [ERROR] connection to ('nosuchhostcat8', 19872) "
+            "failed: [Errno -2] Name or service not known",
+            "[2026-11-30 13:53:02 +0000] [20275] [ERROR] connection to ('nosuchhostcat8', 19872) "
+            "failed: [Errno -2] Name or service not known",
+            "[2026-11-30 13:53:03 +0000] [20275] [ERROR] connection to ('nosuchhostcat8', 19872) "
+            "failed: [Errno -2] Name or service not known",
+            "[2026-11-30 13:53:04 +0000] [20275] [ERROR] connection to ('nosuchhostcat8', 19872) "
+            "failed: [Errno -2] Name or service not known",
+            "[2026-11-30 13:53:05 +0000] [20275] [ERROR] Can't connect to ('nosuchhostcat8', "
+            "19872)",
+        ],
+        "run here: gunicorn -b nosuchhostcat8:19872 wapp:app (gunicorn 27.0.1; the last lines of "
+        "its output)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "journal",
+        [
+            "[2026-11-30 13:53:47,632: ERROR/MainProcess] consumer: Cannot connect to "
+            "redis://:**@redis:6379/0: Error -2 connecting to redis:6379. Name or service not "
+            "known..",
+            "Trying again in 4.00 seconds... (2/100)",
+        ],
+        "run here: Celery 5.7.0 worker with broker redis://redis:6379/0 (NXDOMAIN; its first "
+        "retry)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+]
+
+
+@pytest.mark.parametrize(("step", "lines", "seen", "label", "detail"), OUTPUTS,
+                         ids=[f"{row[3]}:{row[1][-1][:40]}" for row in OUTPUTS])
+def test_a_programs_whole_output_names_its_cause(rules, step, lines, seen, label, detail):
+    causes = diagnose(rules, {step: "\n".join(lines) + "\n"})
+    assert causes, f"nothing named ({seen})"
+    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
 
 
 @pytest.mark.parametrize(("step", "line", "seen", "label", "detail"), CATALOGUE,
