@@ -1714,6 +1714,128 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         None,
     ),
+    # ---- the same Python clients against real servers that refuse them, and the servers' own
+    # words (Redis 7.0.15 and PostgreSQL 15 from Debian, started here and stopped after)
+    (
+        "app_logs",
+        "redis.exceptions.AuthenticationError: invalid username-password pair or user is "
+        "disabled.",
+        "run here: redis-py 8.1.0 Redis(password='nope').get('x') against Redis 7.0.15 "
+        "(redis-server --requirepass, --maxmemory 1mb)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "redis.exceptions.AuthenticationError: HELLO must be called with the client already "
+        "authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to "
+        "authenticate the client and select the RESP protocol version at the same time",
+        "run here: redis-py 8.1.0 Redis().get('x') without a password against Redis 7.0.15 "
+        "(redis-server --requirepass, --maxmemory 1mb)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "redis.exceptions.OutOfMemoryError: command not allowed when used memory > 'maxmemory'.",
+        "run here: redis-py 8.1.0 set of 2 MB against Redis 7.0.15 (redis-server --requirepass, "
+        "--maxmemory 1mb)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "redis.exceptions.ConnectionError: max number of clients reached",
+        "run here: redis-py 8.1.0, a fourth client of Redis 7.0.15 with --maxclients 2",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[2026-11-30 14:00:05,859: ERROR/MainProcess] consumer: Cannot connect to "
+        "redis://:**@127.0.0.1:19881/0: Authentication required..",
+        "run here: Celery 5.7.0 worker with broker redis://127.0.0.1:19881/0 without the "
+        "password of Redis 7.0.15 (redis-server --requirepass, --maxmemory 1mb)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "[2026-11-30 14:01:40,686: ERROR/MainProcess] Process 'ForkPoolWorker-1' pid:25579 "
+        "exited with 'signal 9 (SIGKILL)'",
+        "run here: Celery 5.7.0 worker --pool prefork -c 1 (billiard 4.3.2), its child killed "
+        "with kill -9 during a task",
+        "oom_killed",
+        "worker_oom_killed",
+    ),
+    (
+        "journal",
+        "billiard.exceptions.WorkerLostError: Worker exited prematurely: signal 9 (SIGKILL) Job: "
+        "0.",
+        "run here: the same Celery worker",
+        "oom_killed",
+        "worker_oom_killed",
+    ),
+    (
+        "docker_logs",
+        "Error: That IP address can't be assigned to.",
+        "run here: Django 5.2.19 manage.py runserver 10.255.255.1:19871 --noreload (an address "
+        "the host lacks)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "app_logs",
+        "Error: [Errno -2] Name or service not known",
+        "run here: Django 5.2.19 manage.py runserver nosuchhostcat8:19871 --noreload (NXDOMAIN)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
+    (
+        "journal",
+        "Port 19871 is in use by another program. Either identify and stop that program, or "
+        "start the server with a different port.",
+        "run here: Flask 3.1.3 flask run -p 19871 (Werkzeug 3.1.9), the port held by another "
+        "process",
+        "upstream_crashloop",
+        "port_already_in_use",
+    ),
+    (
+        "app_logs",
+        "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 19882 failed: "
+        "FATAL:  password authentication failed for user \"postgres\"",
+        "run here: psycopg2-binary 2.9.13 connect(password='nope') to PostgreSQL 15 (Debian, md5 "
+        "auth, max_connections 4)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 19882 failed: "
+        "FATAL:  sorry, too many clients already",
+        "run here: psycopg2-binary 2.9.13, a fifth connection to PostgreSQL 15 (Debian, md5 "
+        "auth, max_connections 4)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) connection to server at "
+        "\"127.0.0.1\", port 19882 failed: FATAL:  database \"appdb\" does not exist",
+        "run here: SQLAlchemy 2.1.9 with psycopg2 2.9.13 to database appdb, absent on PostgreSQL "
+        "15 (Debian, md5 auth, max_connections 4)",
+        "dependency_down",
+        "database_not_initialised",
+    ),
+    (
+        "app_logs",
+        "django.db.utils.OperationalError: connection failed: connection to server at "
+        "\"127.0.0.1\", port 19882 failed: fe_sendauth: no password supplied",
+        "run here: Django 5.2.19 migrate (psycopg 3.3.9) without a PASSWORD against PostgreSQL "
+        "15 (Debian, md5 auth, max_connections 4)",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
