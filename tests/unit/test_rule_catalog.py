@@ -1836,6 +1836,14 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    (
+        "app_logs",
+        "psycopg2.OperationalError: server closed the connection unexpectedly",
+        "run here: psycopg2-binary 2.9.13, a query on a session that pg_terminate_backend "
+        "ended (PostgreSQL 15)",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
