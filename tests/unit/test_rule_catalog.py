@@ -1966,6 +1966,32 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "dns_or_network",
         "dependency_name_unresolved",
     ),
+    (
+        "journal",
+        [
+            "[2026-11-30 14:16:07 +0000] [10411] [INFO] Starting gunicorn 27.0.1",
+            "[2026-11-30 14:16:07 +0000] [10411] [ERROR] Invalid address: ('10.255.255.1', 19888)",
+            "[2026-11-30 14:16:07 +0000] [10411] [ERROR] connection to ('10.255.255.1', 19888) "
+            "failed: [Errno 99] Cannot assign requested address",
+            "[2026-11-30 14:16:08 +0000] [10411] [ERROR] Invalid address: ('10.255.255.1', 19888)",
+            "[2026-11-30 14:16:08 +0000] [10411] [ERROR] connection to ('10.255.255.1', 19888) "
+            "failed: [Errno 99] Cannot assign requested address",
+            "[2026-11-30 14:16:09 +0000] [10411] [ERROR] Invalid address: ('10.255.255.1', 19888)",
+            "[2026-11-30 14:16:09 +0000] [10411] [ERROR] connection to ('10.255.255.1', 19888) "
+            "failed: [Errno 99] Cannot assign requested address",
+            "[2026-11-30 14:16:10 +0000] [10411] [ERROR] Invalid address: ('10.255.255.1', 19888)",
+            "[2026-11-30 14:16:10 +0000] [10411] [ERROR] connection to ('10.255.255.1', 19888) "
+            "failed: [Errno 99] Cannot assign requested address",
+            "[2026-11-30 14:16:11 +0000] [10411] [ERROR] Invalid address: ('10.255.255.1', 19888)",
+            "[2026-11-30 14:16:11 +0000] [10411] [ERROR] connection to ('10.255.255.1', 19888) "
+            "failed: [Errno 99] Cannot assign requested address",
+            "[2026-11-30 14:16:12 +0000] [10411] [ERROR] Can't connect to ('10.255.255.1', 19888)",
+        ],
+        "run here: gunicorn -b 10.255.255.1:19888 wapp:app, an address the host lacks (gunicorn "
+        "27.0.1; its whole output)",
+        "upstream_crashloop",
+        "bind_address_not_available",
+    ),
 ]
 
 
