@@ -52,10 +52,23 @@ ensure_venv() {
   fi
 }
 
+# start_daemon LOG COMMAND...: COMMAND in a session of its own, its output appended to LOG, and
+# none of this shell's other descriptors (a caller's lock taken with flock, a CI runner's pipe)
+# held open for as long as it runs; prints its pid
+start_daemon() {
+  local log=$1
+  shift
+  as_root python3 -c 'import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    print(subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT, close_fds=True,
+                           start_new_session=True).pid)' "$log" "$@"
+}
+
 ensure_dockerd() {
   if docker info >/dev/null 2>&1; then return 0; fi
   echo "starting dockerd" >&2
-  as_root sh -c 'nohup dockerd >/tmp/opsbot-dockerd.log 2>&1 &'
+  start_daemon /tmp/opsbot-dockerd.log dockerd >/dev/null
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && return 0
     sleep 0.5
