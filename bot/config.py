@@ -47,8 +47,9 @@ class Settings:
     stop_timeout: float = 20.0  # seconds running steps get to finish on SIGTERM
     close_after: float = 14400.0  # seconds an incident with nothing to do stays open
     remind_after: float = 600.0  # seconds a pending approval waits before its one reminder
-    # steps of nice the serving process's batch work (diagnosis workers, offload threads, the
-    # runs' store) runs below its answers and its loop (bot.offload); 0: no difference
+    # steps of nice the serving process's batch work (diagnosis workers and their fork server,
+    # offload threads, the Docker steps' threads; not the store's) runs below its answers and
+    # its loop (bot.offload); 0: no difference
     batch_nice: int = 10
 
     @property
