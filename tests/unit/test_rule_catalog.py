@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.diagnosis import diagnose, load_rules
+from bot.models import Cause
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
@@ -1995,21 +1996,26 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
 ]
 
 
+def first_named(rules, evidence: dict[str, str], label: str, detail: str | None,
+                seen: str) -> Cause:
+    """The first cause the evidence names, asserted to be `label` with `detail`."""
+    causes = diagnose(rules, evidence)
+    assert causes, f"nothing named for {seen}"
+    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
+    return causes[0]
+
+
 @pytest.mark.parametrize(("step", "lines", "seen", "label", "detail"), OUTPUTS,
                          ids=[f"{row[3]}:{row[1][-1][:40]}" for row in OUTPUTS])
 def test_a_programs_whole_output_names_its_cause(rules, step, lines, seen, label, detail):
-    causes = diagnose(rules, {step: "\n".join(lines) + "\n"})
-    assert causes, f"nothing named ({seen})"
-    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
+    first_named(rules, {step: "\n".join(lines) + "\n"}, label, detail, seen)
 
 
 @pytest.mark.parametrize(("step", "line", "seen", "label", "detail"), CATALOGUE,
                          ids=[f"{row[3]}:{row[1][:48]}" for row in CATALOGUE])
 def test_a_programs_own_line_names_its_cause(rules, step, line, seen, label, detail):
-    causes = diagnose(rules, {step: line + "\n"})
-    assert causes, f"nothing named for {line!r} ({seen})"
-    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
-    assert line.rstrip() in causes[0].evidence  # quoted as read: trailing blanks dropped
+    first = first_named(rules, {step: line + "\n"}, label, detail, f"{line!r} ({seen})")
+    assert line.rstrip() in first.evidence  # quoted as read: trailing blanks dropped
 
 
 # The backend says where it listens (its own start banner) and nginx, in the same run, is refused on
@@ -2100,10 +2106,9 @@ BANNERS: list[tuple[str, str, str, str, str]] = [
                          ids=[f"{row[4]}:{row[0][:40]}" for row in BANNERS])
 def test_a_backends_banner_and_nginx_refused_elsewhere_name_the_proxy(rules, banner, refused, seen,
                                                                        label, detail):
-    causes = diagnose(rules, {"app_logs": banner + "\n", "nginx_error_log": refused + "\n"})
-    assert causes, f"nothing named ({seen})"
-    assert (causes[0].cause, causes[0].detail) == (label, detail), seen
-    assert banner in causes[0].evidence
+    first = first_named(rules, {"app_logs": banner + "\n", "nginx_error_log": refused + "\n"},
+                        label, detail, seen)
+    assert banner in first.evidence
 
 
 def test_http_to_php_fpm_named_by_what_listens_there(rules):
