@@ -482,7 +482,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `container_memory_limit_reached`, `backend_rejects_proxied_request`,
 `worker_connections_exhausted`, `database_refuses_client`, `puma_worker_timeout`,
 `tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port`,
-`k8s_node_memory_pressure`, `conntrack_table_full` under their labels;
+`k8s_node_memory_pressure`, `conntrack_table_full`, `no_resolver_defined`,
+`upstream_port_dropped`, `uwsgi_pass_to_http_socket` under their labels;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
@@ -691,7 +692,17 @@ Held-out part (totals only):
 - **`nginx -t` and DNS**: a `proxy_pass` host that does not resolve stops nginx from starting
   (`[emerg] host not found in upstream`), so the symptom is a refused proxy port, not a 502; with a
   `resolver` and a variable the same typo becomes a 502 at request time
-  (`could not be resolved (3: Host not found)`).
+  (`could not be resolved (3: Host not found)`); with a variable and no `resolver` directive
+  nginx never asks DNS at all (`no resolver defined to resolve NAME`): its configuration lacks the
+  directive (`wrong_proxy_config`), whatever the name.
+- **`$host` has no port.** `proxy_pass http://$host` dials the client's host on port 80 while the
+  client asked another one (`upstream: "http://127.0.0.1:80/", host: "127.0.0.1:28081"`);
+  `$http_host` keeps the port.
+- **`uwsgi_pass` to uWSGI's HTTP socket is a timeout, not a protocol error**: uWSGI's HTTP parser
+  waits for the end of a request head that the uwsgi packet never has, nginx logs `upstream timed
+  out (110: ...) while reading response header` (a 504) and, when nginx gives up, uWSGI logs
+  `uwsgi_proto_http_parser() -> client closed connection` (a client that connects and closes
+  without a byte is not logged).
 - **A local policy refusal looks like a permission problem**: an `ip route add prohibit` makes
   connect() fail with `(13: Permission denied) while connecting to upstream`, logged at `[crit]`,
   as SELinux does.

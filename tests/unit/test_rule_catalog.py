@@ -1845,6 +1845,36 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- nginx 1.22.1 and uWSGI 2.0.21 (Debian), the proxy's own configuration (helper rulesa)
+    (
+        "nginx_error_log",
+        "2026/11/30 15:40:33 [error] 23021#23021: *1 no resolver defined to resolve "
+        "backend.invalid, client: 127.0.0.1, server: lab, request: \"GET /nores/ HTTP/1.1\", "
+        "host: \"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1, location /nores/ { set $b \"backend.invalid:8000\"; proxy_pass "
+        "http://$b; } without a resolver directive, curl http://127.0.0.1:28080/nores/",
+        "wrong_proxy_config",
+        "no_resolver_defined",
+    ),
+    (
+        "nginx_error_log",
+        "2026/11/30 15:40:33 [error] 23021#23021: *2 connect() failed (111: Connection refused) "
+        "while connecting to upstream, client: 127.0.0.1, server: lab2, request: \"GET / "
+        "HTTP/1.1\", upstream: \"http://127.0.0.1:80/\", host: \"127.0.0.1:28081\"",
+        "run here: nginx 1.22.1, listen 127.0.0.1:28081; location / { proxy_pass http://$host; }, "
+        "curl http://127.0.0.1:28081/ (nothing listens on port 80)",
+        "wrong_proxy_config",
+        "upstream_port_dropped",
+    ),
+    (
+        "app_logs",
+        "uwsgi_proto_http_parser() -> client closed connection",
+        "run here: uwsgi --plugin python3 --http-socket 127.0.0.1:28092 --wsgi-file app.py "
+        "(uWSGI 2.0.21, Debian) behind nginx 1.22.1 uwsgi_pass 127.0.0.1:28092 with "
+        "uwsgi_read_timeout 3s, one request",
+        "wrong_proxy_config",
+        "uwsgi_pass_to_http_socket",
+    ),
 ]
 
 
@@ -2125,6 +2155,23 @@ def test_http_to_php_fpm_named_by_what_listens_there(rules):
     assert (causes[0].cause, causes[0].detail) == ("wrong_proxy_config", "http_to_fastcgi_port")
     alone = diagnose(rules, {"nginx_error_log": refused + "\n"})
     assert causes[0].confidence > alone[0].confidence  # what listens there adds to the port alone
+
+
+CAPTURES = ROOT / "tests" / "data" / "captures"
+
+
+def test_uwsgi_pass_to_an_http_socket_is_the_proxys_protocol_not_a_slow_backend(rules):
+    """nginx's uwsgi_pass to uWSGI's --http-socket times out like a slow backend; uWSGI's own
+    log (its HTTP parser left mid-request) outweighs the timeout (one real run, whole outputs)."""
+    capture = json.loads((CAPTURES / "uwsgi-pass-to-http-socket.json").read_text(encoding="utf-8"))
+    evidence = capture["evidence"]
+    first = first_named(rules, evidence, "wrong_proxy_config", "uwsgi_pass_to_http_socket",
+                        capture["what"])
+    assert "uwsgi_proto_http_parser() -> client closed connection" in first.evidence
+    named = {c.cause: c.confidence for c in diagnose(rules, evidence)}
+    assert named.get("upstream_timeout", 0) < 0.5  # the timeout is the symptom here
+    proxy_only = diagnose(rules, {k: v for k, v in evidence.items() if k != "app_logs"})
+    assert proxy_only[0].cause == "upstream_timeout"  # nginx alone cannot tell them apart
 
 
 def corpus_urls() -> set[str]:
