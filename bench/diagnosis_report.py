@@ -483,7 +483,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `worker_connections_exhausted`, `database_refuses_client`, `puma_worker_timeout`,
 `tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port`,
 `k8s_node_memory_pressure`, `conntrack_table_full`, `no_resolver_defined`,
-`upstream_port_dropped`, `uwsgi_pass_to_http_socket` under their labels;
+`upstream_port_dropped`, `uwsgi_pass_to_http_socket`, `redis_cannot_persist`,
+`data_dir_not_writable` under their labels;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
@@ -533,7 +534,11 @@ is the error, not a start, and Docker restart policies and `Restart=` restart wi
 They contradict `upstream_down`, since nginx's refusal only says "down or crashing". Not when the
 backend was stopped by hand since (supervisord `STOPPED`, systemd `inactive (dead)`), and a
 specific cause with its own evidence (the app's error about a dependency, an OOM, a full disk,
-EACCES, a certificate) contradicts the crash loop in turn. A port held by another process, a stale
+EACCES, a certificate) contradicts the crash loop in turn; EACCES in the backend's own output
+(or its own start-up check saying a directory is not writable) contradicts `upstream_down` too:
+it says why the backend is not running. Redis's `MISCONF` (writes refused after a failed
+background save) is `disk_full` (`redis_cannot_persist`, the usual cause), not a dependency that
+is down, unless its log names another (`Permission denied`). A port held by another process, a stale
 unix socket or pid file are crash loops with their own `detail`, and so are a process's own limits
 and builds: V8's heap limit (`JavaScript heap out of memory`, whatever memory the host has; only
 the host's or container's memory running out is `oom_killed`) and an instruction the CPU lacks (the

@@ -1875,6 +1875,15 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "wrong_proxy_config",
         "uwsgi_pass_to_http_socket",
     ),
+    # ---- a start-up check that says a path is not writable for the program (issue 9, rulesb)
+    (
+        "docker_logs",
+        "GF_PATHS_DATA='/var/lib/grafana' is not writable.",
+        "https://github.com/GhostWriters/DockSTARTer/blob/master/docs/apps/grafana.md (the "
+        "Grafana image's run.sh on a volume it may not write)",
+        "permission_denied",
+        "data_dir_not_writable",
+    ),
 ]
 
 
@@ -2046,6 +2055,33 @@ def test_a_programs_whole_output_names_its_cause(rules, step, lines, seen, label
 def test_a_programs_own_line_names_its_cause(rules, step, line, seen, label, detail):
     first = first_named(rules, {step: line + "\n"}, label, detail, f"{line!r} ({seen})")
     assert line.rstrip() in first.evidence  # quoted as read: trailing blanks dropped
+
+
+# Whole outputs captured here (tests/data/captures/*.json: each step's output with the command that
+# printed it): the steps taken from a capture (None: all), and the cause (with its detail) that
+# must come first.
+CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
+    # the client's MISCONF alone: a full disk is the usual cause of Redis's failed background save
+    ("redis-misconf-disk-full.json", ("app_logs",), "disk_full", "redis_cannot_persist"),
+    ("redis-misconf-permission.json", ("app_logs",), "disk_full", "redis_cannot_persist"),
+    # with Redis's own output its save error names the cause, not a dependency that is down
+    ("redis-misconf-disk-full.json", None, "disk_full", "redis_cannot_persist"),
+    ("redis-misconf-permission.json", None, "permission_denied", "data_dir_not_writable"),
+    # EXITED in supervisorctl is why nginx is refused; Permission denied is why it exited
+    ("redis-log-not-writable.json", None, "permission_denied", None),
+]
+
+
+@pytest.mark.parametrize(("name", "steps", "label", "detail"), CAPTURED,
+                         ids=[f"{row[2]}:{row[0]}:{'+'.join(row[1] or ('all',))}"
+                              for row in CAPTURED])
+def test_a_captured_output_names_its_cause(rules, name, steps, label, detail):
+    capture = json.loads((CAPTURES / name).read_text(encoding="utf-8"))
+    evidence = {step: text for step, text in capture["evidence"].items()
+                if steps is None or step in steps}
+    causes = diagnose(rules, evidence, capture.get("params") or {})
+    assert causes, name
+    assert (causes[0].cause, causes[0].detail) == (label, detail), (name, causes[:2])
 
 
 # The backend says where it listens (its own start banner) and nginx, in the same run, is refused on
