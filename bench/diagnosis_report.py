@@ -484,7 +484,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port`,
 `k8s_node_memory_pressure`, `conntrack_table_full`, `no_resolver_defined`,
 `upstream_port_dropped`, `uwsgi_pass_to_http_socket`, `redis_cannot_persist`,
-`data_dir_not_writable` under their labels;
+`data_dir_not_writable`, `forwarded_proto_not_passed` under their labels;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
@@ -716,7 +716,11 @@ Held-out part (totals only):
   when nothing listens on the port at all, or `127.0.0.1` refuses too (the rule's `unless`).
 - **A container that moved keeps failing through nginx.** nginx resolves an upstream name once,
   at start: after `docker compose up` recreated the backend with a new address, nginx dials the
-  old one (`113: No route to host`, or refused by whoever got it) while the backend runs.
+  old one (`113: No route to host`, or refused by whoever got it) while the backend runs. The
+  upstream name's answer then names another address than the one nginx dials (`nslookup NAME`;
+  reproduced here with `resolver ... valid=300s`): that, not a lone refusal, says the address is
+  stale; refused on a container address alone may as well be a backend listening on its loopback
+  or another port, or not started yet.
 - **Inside a container, 127.0.0.1 is the container.** nginx in a container whose clients come
   from the bridge gateway (`client: 172.17.0.1`) and that dials `127.0.0.1:9000` reaches itself.
 - **"No space left on device" with room on `df -h`** is inode exhaustion (`df -i`).

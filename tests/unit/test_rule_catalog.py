@@ -1884,6 +1884,39 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         "data_dir_not_writable",
     ),
+    # ---- Chrome's console: a page served over https links to its own host over http (the app
+    # behind a TLS-ending proxy does not know the client's scheme)
+    (
+        "browser_console",
+        "Mixed Content: The page at 'https://MYDOMAIN.COM/register' was loaded over HTTPS, but "
+        "requested an insecure stylesheet 'http://MYDOMAIN.COM/css/app.css'. This request has been "
+        "blocked; the content must be served over HTTPS.",
+        "https://github.com/nginx-proxy/nginx-proxy/issues/1685 (a Laravel container behind "
+        "nginx-proxy)",
+        "wrong_proxy_config",
+        "forwarded_proto_not_passed",
+    ),
+    (
+        "browser_console",
+        "login:31 Mixed Content: The page at 'https://fusionpbx.homeserver.armster.de/login' was "
+        "loaded over HTTPS, but requested an insecure stylesheet "
+        "'http://fusionpbx.homeserver.armster.de/storage/vite/assets/tailwind-2cb8fe2d.css'. This "
+        "request has been blocked; the content must be served over HTTPS.Understand this error",
+        "https://github.com/nemerald-voip/fspbx/issues/137 (behind an nginx reverse proxy)",
+        "wrong_proxy_config",
+        "forwarded_proto_not_passed",
+    ),
+    (
+        "browser_console",
+        "Mixed Content: The page at 'https://***/basicui/app' was loaded over HTTPS, but requested "
+        "an insecure EventSource endpoint 'http://***/rest/sitemaps/events/"
+        "b4e94801-b1b7-4bae-8b7c-5b6c6edb7235?sitemap=thuis&pageid=thuis'. This content should "
+        "also be requested over HTTPS.",
+        "https://github.com/openhab/openhab-distro/issues/483 (fixed by RequestHeader set "
+        "X-Forwarded-Proto \"https\" in the proxy)",
+        "wrong_proxy_config",
+        "forwarded_proto_not_passed",
+    ),
 ]
 
 
@@ -2208,6 +2241,24 @@ def test_uwsgi_pass_to_an_http_socket_is_the_proxys_protocol_not_a_slow_backend(
     assert named.get("upstream_timeout", 0) < 0.5  # the timeout is the symptom here
     proxy_only = diagnose(rules, {k: v for k, v in evidence.items() if k != "app_logs"})
     assert proxy_only[0].cause == "upstream_timeout"  # nginx alone cannot tell them apart
+
+
+def test_nginx_dialing_an_address_its_name_no_longer_resolves_to_is_a_stale_address(rules):
+    """nginx kept the address it resolved (resolver valid=300s) after the backend moved, and the
+    name's answer (nslookup) names another one; when the answer is still the dialed address, the
+    backend is down there (both printed by one real run: tests/data/captures)."""
+    capture = json.loads((CAPTURES / "nginx-cached-address-after-backend-moved.json")
+                         .read_text(encoding="utf-8"))
+    evidence, params = capture["evidence"], capture["params"]
+    causes = diagnose(rules, evidence, params)
+    assert (causes[0].cause, causes[0].detail) == ("dns_or_network", "stale_upstream_address")
+    assert causes[0].confidence >= 0.5
+    assert not any(c.cause == "upstream_down" and c.confidence >= 0.5 for c in causes)
+    without_dns = diagnose(rules, {k: v for k, v in evidence.items() if k != "dns"}, params)
+    assert without_dns[0].cause == "upstream_down"  # a lone refusal says no more
+    same = diagnose(rules, capture["same_address"]["evidence"], params)
+    assert same[0].cause == "upstream_down"
+    assert all(c.detail != "stale_upstream_address" for c in same)
 
 
 def corpus_urls() -> set[str]:
