@@ -680,7 +680,9 @@ Held-out part (totals only):
   then only prints `unix:///.../supervisor.sock refused connection`.
 - **"Connection refused" in nginx does not mean the backend is down.** The same line appears
   when nginx points at the wrong port (program RUNNING on another), or when the backend binds
-  `127.0.0.2` or `[::1]` instead of `127.0.0.1`. A Docker container that restarts, or one
+  `127.0.0.2` or `[::1]` instead of `127.0.0.1`, or loopback only while nginx dials the host's or
+  a container's address: `ss -ltnp` then shows the port bound on that one address, and the rules
+  read it against the address in nginx's line. A Docker container that restarts, or one
   published to the wrong container port, gives `recv() failed (104: Connection reset by peer)`
   instead: docker-proxy accepts the connection and then resets it.
 - **supervisord hides the reason.** A program it cannot even exec (`couldn't exec ...: EACCES`,

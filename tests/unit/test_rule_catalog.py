@@ -2261,6 +2261,25 @@ def test_nginx_dialing_an_address_its_name_no_longer_resolves_to_is_a_stale_addr
     assert all(c.detail != "stale_upstream_address" for c in same)
 
 
+def test_what_listens_names_a_backend_bound_elsewhere_than_nginx_dials(rules):
+    """ss -ltnp shows the refused port bound on loopback only while nginx dials the host's own
+    address (one real run: tests/data/captures), or on 127.0.0.2 while nginx dials 127.0.0.1 (the
+    lab capture): the proxy and the backend disagree on the address; nginx's line alone cannot say."""
+    capture = json.loads((CAPTURES / "backend-on-loopback-nginx-dials-host-address.json")
+                         .read_text(encoding="utf-8"))
+    evidence, params = capture["evidence"], capture["params"]
+    first = first_named(rules, evidence, "wrong_proxy_config", "backend_listens_on_loopback",
+                        capture["what"])
+    assert any('upstream: "http://192.0.2.2:28094/' in line for line in first.evidence)
+    alone = diagnose(rules, {k: v for k, v in evidence.items() if k != "listening_ports"}, params)
+    assert alone[0].cause == "upstream_down"
+    lab = json.loads((EVIDENCE / "wrong_proxy_config--backend-bound-127-0-0-2.json")
+                     .read_text(encoding="utf-8"))
+    causes = diagnose(rules, lab["evidence"], lab["params"])
+    assert (causes[0].cause, causes[0].detail) == ("wrong_proxy_config",
+                                                   "backend_listens_on_other_address")
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
