@@ -2264,7 +2264,8 @@ def test_nginx_dialing_an_address_its_name_no_longer_resolves_to_is_a_stale_addr
 def test_what_listens_names_a_backend_bound_elsewhere_than_nginx_dials(rules):
     """ss -ltnp shows the refused port bound on loopback only while nginx dials the host's own
     address (one real run: tests/data/captures), or on 127.0.0.2 while nginx dials 127.0.0.1 (the
-    lab capture): the proxy and the backend disagree on the address; nginx's line alone cannot say."""
+    lab capture): the proxy and the backend disagree on the address; nginx's line alone cannot
+    say."""
     capture = json.loads((CAPTURES / "backend-on-loopback-nginx-dials-host-address.json")
                          .read_text(encoding="utf-8"))
     evidence, params = capture["evidence"], capture["params"]
