@@ -1884,6 +1884,81 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         "data_dir_not_writable",
     ),
+    # ---- TLS clients' own reasons, each run here against python3 -m http.server wrapped in TLS
+    # (certificates from a private CA: one for docs.lab.test, one expired, one self-signed)
+    (
+        "healthcheck",
+        "curl: (60) SSL: no alternative certificate subject name matches target host name "
+        "'127.0.0.1'",
+        "run here: curl --cacert ca.pem https://127.0.0.1:28443/ (curl 7.88.1, OpenSSL 3.0.19) "
+        "to a server whose certificate names docs.lab.test only",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "healthcheck",
+        "curl: (60) SSL certificate problem: certificate has expired",
+        "run here: curl --cacert ca.pem https://docs.lab.test:28444/ (curl 7.88.1) to a server "
+        "whose certificate ended on 2020-01-02",
+        "tls_mismatch",
+        "certificate_expired",
+    ),
+    (
+        "app_logs",
+        "urllib.error.URLError: <urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+        "verify failed: IP address mismatch, certificate is not valid for '127.0.0.1'. "
+        "(_ssl.c:1006)>",
+        "run here: urllib.request.urlopen('https://127.0.0.1:28443/') with the CA trusted "
+        "(CPython 3.11.7), the certificate naming docs.lab.test only",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "app_logs",
+        "ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: Hostname mismatch, certificate is not valid for 'other.lab.test'. "
+        "(_ssl.c:1006)",
+        "run here: ssl wrap_socket(server_hostname='other.lab.test') with the CA trusted "
+        "(CPython 3.11.7), the certificate naming docs.lab.test only",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "app_logs",
+        "ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: certificate has expired (_ssl.c:1006)",
+        "run here: ssl wrap_socket(server_hostname='docs.lab.test') with the CA trusted "
+        "(CPython 3.11.7), the certificate ended on 2020-01-02",
+        "tls_mismatch",
+        "certificate_expired",
+    ),
+    (
+        "app_logs",
+        "ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: self-signed certificate (_ssl.c:1006)",
+        "run here: ssl wrap_socket with the default trust store (CPython 3.11.7) to a server "
+        "presenting a self-signed certificate",
+        "tls_mismatch",
+        "self_signed_certificate",
+    ),
+    (
+        "app_logs",
+        "ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: unable to get local issuer certificate (_ssl.c:1006)",
+        "run here: ssl wrap_socket with the default trust store (CPython 3.11.7) to a server "
+        "whose certificate a private CA signed",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "app_logs",
+        "Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's "
+        "list:  ERR_TLS_CERT_ALTNAME_INVALID",
+        "run here: https.get('https://127.0.0.1:28443/', {ca}) printing err.message and "
+        "err.code (Node.js 20.20.2), the certificate naming docs.lab.test only",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
     # ---- Chrome's console: a page served over https links to its own host over http (the app
     # behind a TLS-ending proxy does not know the client's scheme)
     (
