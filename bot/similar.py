@@ -3,9 +3,12 @@
 A library is the training part of the evidence corpus (real incidents from public threads and the
 lab captures), each case reduced to the words of its output lines and the cause its source
 established. When the rules name nothing, the incidents whose words are closest to this
-evidence's (TF-IDF cosine) vote for their causes; a clear majority among close enough neighbours
-becomes a candidate cause, with the lines that carry the likeness quoted verbatim and the past
-incidents named, so the reader can compare before acting.
+evidence's (TF-IDF cosine) vote for their causes, weighted by closeness; when the closest is close
+enough, the cause with the most votes becomes a candidate (its share of the votes sets how sure),
+with the lines that carry the likeness quoted verbatim and the past incidents named, so the reader
+can compare before acting. Chosen by leave-one-collector-out on the training part (see
+docs/diagnosis.md): abstaining whenever no cause held half of the votes was almost always wrong,
+since the cause of an incident the rules are silent on is rarely `unknown`.
 
 The library file is written by `bench/diagnosis_report.py` from the training part only (the
 held-out third never enters it), and read once per version of the file.
@@ -26,9 +29,8 @@ from bot.errors import RunbookInvalid
 from bot.filecache import PerVersion
 from bot.logline import plain
 
-NEIGHBOURS = 9  # incidents that vote
-MIN_SIMILARITY = 0.1  # the closest incident must be at least this close (cosine)
-MIN_SHARE = 0.5  # and the winning cause must hold at least this share of the votes
+NEIGHBOURS = 21  # incidents that vote (about the square root of the library's size)
+MIN_SIMILARITY = 0.1  # the closest incident must be at least this close (cosine), else nothing
 MAX_QUOTES = 5
 WORD = re.compile(r"[a-z][a-z0-9_]{2,}")
 ERRNO = re.compile(r"\((\d{1,3}): ")  # nginx's "(111: Connection refused)": the number, any libc
@@ -93,9 +95,10 @@ class Library:
     def _vectors(self) -> tuple[dict[str, float], ...]:
         return tuple(self._vector(i.terms) for i in self.incidents)
 
-    def without(self, incident_id: str) -> Library:
-        """The library less one incident (to measure a case against the others only)."""
-        return Library(tuple(i for i in self.incidents if i.id != incident_id))
+    def without(self, *incident_ids: str) -> Library:
+        """The library less these incidents (to measure a case against the others only)."""
+        out = set(incident_ids)
+        return Library(tuple(i for i in self.incidents if i.id not in out))
 
     def _vector(self, terms: Mapping[str, int]) -> dict[str, float]:
         vector = {t: (1 + math.log(c)) * self._idf[t] for t, c in terms.items()
@@ -104,8 +107,8 @@ class Library:
         return {t: x / norm for t, x in vector.items()}
 
     def nearest(self, lines: Mapping[str, list[str]]) -> Likeness | None:
-        """The cause the closest incidents agree on, or None when none is close enough or they
-        do not agree."""
+        """The cause with the most (closeness-weighted) votes of the closest incidents, or None
+        when none is close enough."""
         query = self._vector(term_counts(lines))
         if not query:
             return None
@@ -120,8 +123,6 @@ class Library:
             return None
         cause, weight = max(votes.items(), key=lambda pair: pair[1])
         share = weight / sum(votes.values())
-        if share < MIN_SHARE:
-            return None
         mine = [(s, i) for s, i in ranked if self.incidents[i].cause == cause]
         centroid: dict[str, float] = {}
         for score, i in mine:

@@ -8,6 +8,7 @@ import pytest
 
 from bench.diagnosis_report import (
     case_since,
+    collector,
     corpus_cases,
     diagnose_case,
     incident_of,
@@ -15,7 +16,7 @@ from bench.diagnosis_report import (
 )
 from bot.diagnosis import LIKENESS_DETAIL, current_lines, diagnose, load_rules
 from bot.errors import RunbookInvalid
-from bot.similar import Library, dump, load_library, words
+from bot.similar import NEIGHBOURS, Incident, Library, dump, load_library, words
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "runbooks" / "rules" / "http-502.yaml"
@@ -23,6 +24,23 @@ FIELD = ROOT / "tests" / "data" / "evidence" / "field"
 # a thread whose evidence no rule reads (RabbitMQ hanging under a huge open-file limit), and the
 # training incidents it resembles were dependency failures too
 SILENT = FIELD / "dependency_down--g-eurooffice-rabbitmq-hangs-huge-nofile-limit.json"
+LAB = ROOT / "tests" / "data" / "evidence"
+
+
+def lab_line(name: str, step: str, needle: str) -> str:
+    """A line a program printed in a lab capture."""
+    text = load_case(LAB / name)["evidence"][step]
+    return next(line for line in text.splitlines() if needle in line)
+
+
+# nginx's refusal (captured in the lab) and an unrelated line (Python on a full disk)
+REFUSED = lab_line("upstream_down--nginx-log-only.json", "nginx_error_log", "(111:")
+ENOSPC = lab_line("disk_full--df-and-app-log-only.json", "app_logs", "Errno 28")
+
+
+def incident(n: int, cause: str, terms: set[str]) -> Incident:
+    return Incident(id=f"{cause}-{n}", cause=cause, source="the test",
+                    terms=dict.fromkeys(terms, 1))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +66,7 @@ def test_when_no_rule_names_a_cause_the_closest_past_incidents_offer_theirs(rule
     causes = diagnose_case(rules, case, case_id=SILENT.stem)  # compared with the others only
     first = causes[0]
     assert (first.cause, first.detail) == ("dependency_down", LIKENESS_DETAIL)
-    assert 0.35 <= first.confidence < rules.threshold  # a candidate, never a named cause
+    assert 0.25 < first.confidence < rules.threshold  # a candidate, never a named cause
     lines = {line for step in current_lines(case["evidence"], case_since(case)).values()
              for line in step}
     assert first.evidence and set(first.evidence) <= lines  # verbatim lines of the input
@@ -70,12 +88,19 @@ def test_a_case_is_never_its_own_neighbour(rules):
 
 
 def test_a_named_cause_is_never_second_guessed(rules):
-    """Past incidents speak only when the rules are silent: every lab capture's answer is the
-    same with and without them."""
+    """Past incidents speak only when the rules are silent: a lab capture whose cause the rules
+    name gets the same answer with and without them, and none gets another first cause (the
+    bare 502 of `unknown--proxy-502-only` stays `unknown` first, a likeness after it)."""
+    named = 0
     for path in sorted((ROOT / "tests" / "data" / "evidence").glob("*.json"))[:40]:
         case = load_case(path)
-        assert diagnose_case(rules, case, case_id=path.stem) == \
-            diagnose_case(rules, case, library=Library(())), path.stem
+        alone = diagnose_case(rules, case, library=Library(()))
+        compared = diagnose_case(rules, case, case_id=path.stem)
+        assert [c.cause for c in compared[:1]] == [c.cause for c in alone[:1]], path.stem
+        if alone and alone[0].confidence >= rules.threshold:
+            named += 1
+            assert compared == alone, path.stem
+    assert named >= 30
 
 
 def test_nothing_alike_means_no_candidate(rules):
@@ -83,6 +108,37 @@ def test_nothing_alike_means_no_candidate(rules):
     evidence = {"app_logs": "Lorem ipsum dolor sit amet\n"}  # the classic filler, not a log
     assert load_library(Path(rules.similar)).nearest({"app_logs": ["Lorem ipsum"]}) is None
     assert diagnose(rules, evidence) == diagnose(rules, evidence, library=Library(()))
+
+
+def test_the_neighbours_most_votes_are_offered_even_without_a_majority():
+    """Neighbours that disagree still lead: the cause with the most votes is offered, its share
+    saying how sure (abstaining was almost always wrong: the rules are rarely silent on an
+    `unknown` incident). One copy of this line, and two incidents with half of its words each."""
+    terms = sorted(words(REFUSED))
+    half = len(terms) // 2
+    library = Library((incident(1, "upstream_down", set(terms)),
+                       incident(2, "wrong_proxy_config", set(terms[:half])),
+                       incident(3, "upstream_crashloop", set(terms[half:]))))
+    likeness = library.nearest({"nginx_error_log": [REFUSED]})
+    assert likeness is not None and likeness.cause == "upstream_down"
+    assert likeness.share < 0.5 and likeness.similarity == pytest.approx(1.0)
+    assert likeness.quotes == (REFUSED,)  # verbatim
+
+
+def test_a_thread_quoted_twice_does_not_outvote_the_wider_neighbourhood():
+    """Two copies of one incident (a thread quoted twice) against many incidents that each share
+    part of the words: the wider neighbourhood's cause wins, the copies are not the verdict."""
+    terms = sorted(words(REFUSED))
+    shared = set(terms[: len(terms) // 2])
+    crowd = NEIGHBOURS - 2
+    library = Library((incident(1, "wrong_proxy_config", set(terms)),
+                       incident(2, "wrong_proxy_config", set(terms)),
+                       *(incident(n, "upstream_crashloop", shared) for n in range(crowd)),
+                       *(incident(n, "disk_full", words(ENOSPC)) for n in range(10))))
+    likeness = library.nearest({"nginx_error_log": [REFUSED]})
+    assert likeness is not None and likeness.cause == "upstream_crashloop"
+    assert len(likeness.incidents) == crowd
+    assert 0.1 < likeness.similarity < 0.3  # each of them is only fairly alike
 
 
 def test_words_are_the_kind_of_failure_not_the_instance():
@@ -109,6 +165,18 @@ def test_a_broken_library_file_is_an_error_at_load_time_and_a_missing_one_a_warn
     again.write_text(RULES_FILE.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(RunbookInvalid, match=r"r2\.yaml:\d+: similar: .*not a past-incidents"):
         load_rules(again)
+
+
+def test_measured_by_collector_a_case_meets_no_incident_its_collector_gathered(rules):
+    """Leave-one-collector-out (the report's grouped figure): the threads one collector gathered
+    (often one project's) are left out with the case, so near-duplicates do not find each other."""
+    mates = [p.stem for p in corpus_cases("train") if collector(p) == collector(SILENT)]
+    assert SILENT.stem in mates and len(mates) > 1
+    causes = diagnose_case(rules, load_case(SILENT), case_id=SILENT.stem, leave_out=mates)
+    likeness = next(c for c in causes if c.detail == LIKENESS_DETAIL)
+    library = load_library(Path(rules.similar))
+    sources = {i.source for i in library.incidents if i.id in mates}
+    assert not any(source in likeness.remediation[0] for source in sources)
 
 
 async def test_a_likeness_is_a_lead_to_check_never_a_proposed_change(rules, tmp_path):
