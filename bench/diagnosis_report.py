@@ -571,11 +571,17 @@ is the error, not a start, and Docker restart policies and `Restart=` restart wi
 They contradict `upstream_down`, since nginx's refusal only says "down or crashing". Not when the
 backend was stopped by hand since (supervisord `STOPPED`, systemd `inactive (dead)`), and a
 specific cause with its own evidence (the app's error about a dependency, an OOM, a full disk,
-EACCES, a certificate) contradicts the crash loop in turn; EACCES in the backend's own output
-(or its own start-up check saying a directory is not writable) contradicts `upstream_down` too:
-it says why the backend is not running. Redis's `MISCONF` (writes refused after a failed
-background save) is `disk_full` (`redis_cannot_persist`, the usual cause), not a dependency that
-is down, unless its log names another (`Permission denied`). A port held by another process, a stale
+EACCES, a certificate) contradicts the crash loop in turn; EACCES in the backend's own output (or
+its own start-up check saying a directory is not writable) contradicts `upstream_down` too: it says
+why the backend is not running. Redis's `MISCONF` (writes refused after a failed background save)
+is `disk_full` (`redis_cannot_persist`, the usual cause), not a dependency that is down, unless its
+log names another (`Permission denied`). Memory is the root of what it ends: a worker SIGKILLed
+under a master that lives on (uWSGI's `killed by signal 9`, gunicorn's `was sent SIGKILL! Perhaps
+out of memory?`, php-fpm's, unicorn's), unless the app server's own timeout sent it (`WORKER
+TIMEOUT`, `HARAKIRI`, ...), the kernel's OOM kill lines and the JVM's `OutOfMemoryError` are
+`oom_killed` over nginx's timeout (a worker growing until the kernel kills it makes nginx give up
+first: 504) and over a down backend; a systemd unit whose main process died of a SIGKILL that
+systemd did not send (no stop timeout) is `oom_killed` too. A port held by another process, a stale
 unix socket or pid file are crash loops with their own `detail`, and so are a process's own limits
 and builds: V8's heap limit (`JavaScript heap out of memory`, whatever memory the host has; only
 the host's or container's memory running out is `oom_killed`) and an instruction the CPU lacks (the
@@ -788,6 +794,12 @@ Held-out part (totals only):
   missed `--timeout` is aborted, then killed, and the arbiter logs `Worker (pid:N) was sent
   SIGKILL! Perhaps out of memory?` after `[CRITICAL] WORKER TIMEOUT`; the aborted worker's
   traceback ends in `SystemExit: 1` in `handle_abort`. The timeout wins over both.
+- **An OOM kill can look like a timeout**: a uWSGI or gunicorn worker whose request keeps growing
+  in a 100 MiB memory cgroup is killed by the kernel after nginx's `proxy_read_timeout` struck:
+  nginx logs `upstream timed out (110: ...)` and answers 504, while uWSGI says `DAMN ! worker 1
+  (pid: N) died, killed by signal 9` (gunicorn: `was sent SIGKILL! Perhaps out of memory?`) and
+  the kernel `Memory cgroup out of memory: Killed process N (uwsgi)`. Killed at once, the same
+  worker gives nginx `upstream prematurely closed connection` and a 502.
 - **A full unix-socket backlog fails at once**: nginx connecting to a php-fpm or uWSGI socket
   whose listen queue is full gets `(11: Resource temporarily unavailable)`, not a timeout: every
   worker is busy.

@@ -2177,6 +2177,24 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("redis-misconf-permission.json", None, "permission_denied", "data_dir_not_writable"),
     # EXITED in supervisorctl is why nginx is refused; Permission denied is why it exited
     ("redis-log-not-writable.json", None, "permission_denied", None),
+    # a worker killed by the kernel's OOM killer (in a 100 MiB memory cgroup) while nginx waited:
+    # the 504 is the symptom, its app server's line or the kernel's says why (either alone)
+    ("uwsgi-worker-oom-killed-504.json", ("nginx_error_log", "proxy_check", "app_logs"),
+     "oom_killed", "worker_oom_killed"),
+    ("uwsgi-worker-oom-killed-504.json", ("nginx_error_log", "proxy_check", "kernel_log"),
+     "oom_killed", None),
+    ("uwsgi-worker-oom-killed-504.json", None, "oom_killed", "worker_oom_killed"),
+    ("gunicorn-worker-oom-killed-504.json", ("nginx_error_log", "proxy_check", "app_logs"),
+     "oom_killed", "worker_oom_killed"),
+    ("gunicorn-worker-oom-killed-504.json", ("nginx_error_log", "proxy_check", "kernel_log"),
+     "oom_killed", None),
+    ("gunicorn-worker-oom-killed-504.json", None, "oom_killed", "worker_oom_killed"),
+    # killed at once: nginx sees the connection closed
+    ("uwsgi-worker-oom-killed-502.json", None, "oom_killed", "worker_oom_killed"),
+    ("gunicorn-worker-oom-killed-502.json", None, "oom_killed", "worker_oom_killed"),
+    ("jvm-heap-out-of-memory-502.json", None, "oom_killed", "java_heap_exhausted"),
+    # the same SIGKILL sent by uWSGI's own harakiri is the timeout's, not memory's
+    ("uwsgi-harakiri-502.json", None, "upstream_timeout", "uwsgi_harakiri"),
 ]
 
 
@@ -2190,6 +2208,20 @@ def test_a_captured_output_names_its_cause(rules, name, steps, label, detail):
     causes = diagnose(rules, evidence, capture.get("params") or {})
     assert causes, name
     assert (causes[0].cause, causes[0].detail) == (label, detail), (name, causes[:2])
+
+
+def test_a_unit_killed_by_a_sigkill_systemd_did_not_send_is_named_oom_killed(rules):
+    """systemd's main process killed by SIGKILL, the unit failed, and no stop timeout of
+    systemd's own: the kernel's OOM killer is the usual sender (before systemd 243, or on cgroup
+    v1, systemd says 'signal', not 'oom-kill'). The two lines are verbatim from
+    https://github.com/docker/for-linux/issues/1001 (a host out of memory)."""
+    journal = ("May 15 23:09:30 ubuntu-s-1vcpu-2gb-ams3-01 systemd[1]: "
+               "networkd-dispatcher.service: Main process exited, code=killed, status=9/KILL\n"
+               "May 15 23:09:30 ubuntu-s-1vcpu-2gb-ams3-01 systemd[1]: "
+               "networkd-dispatcher.service: Failed with result 'signal'.\n")
+    first = diagnose(rules, {"journal": journal})[0]
+    assert first.cause == "oom_killed"
+    assert first.confidence >= rules.threshold  # named, not a candidate
 
 
 # The backend says where it listens (its own start banner) and nginx, in the same run, is refused on
