@@ -2388,6 +2388,20 @@ def test_what_listens_names_a_backend_bound_elsewhere_than_nginx_dials(rules):
                                                    "backend_listens_on_other_address")
 
 
+def test_go_and_apache_refused_where_the_backend_is_not_bound_name_the_address(rules):
+    """The same disagreement in the words of a Go client (Traefik and Caddy dial with Go's net)
+    and of Apache httpd's mod_proxy, against what ss shows (one real run each:
+    tests/data/captures)."""
+    capture = json.loads((CAPTURES / "backend-on-loopback-go-and-apache-dial-host-address.json")
+                         .read_text(encoding="utf-8"))
+    ss = capture["evidence"]["listening_ports"]
+    for step, key in (("docker_logs", "go"), ("nginx_error_log", "apache")):
+        refused = capture["evidence"][key]
+        first_named(rules, {step: refused, "listening_ports": ss}, "wrong_proxy_config",
+                    "backend_listens_on_loopback", f"{key} ({capture['programs']})")
+        assert diagnose(rules, {step: refused})[0].cause == "upstream_down"  # alone: refused
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
