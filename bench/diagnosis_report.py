@@ -741,6 +741,11 @@ Held-out part (totals only):
   (`curl: (1) Received HTTP/0.9 when not allowed`, `HTTP 000`).
 - **nginx talks plain HTTP to a TLS port and gets a 400, not a 502**: the backend nginx answers
   `400 The plain HTTP request was sent to HTTPS port` and the proxy logs nothing.
+- **TLS to a plain port is not always "wrong version number"**: a plain server that answers the
+  ClientHello with a 400 gives `SSL_do_handshake() failed (... wrong version number)` (its own log
+  shows the hello's bytes, `"\\x16\\x03\\x01..." 400`), but one that waits for the end of a request
+  head (uWSGI's http-socket) gives `upstream timed out (110: ...) while SSL handshaking to
+  upstream`, a 504 like a hung backend; the port answering plain HTTP (the probe) tells them apart.
 - **`nginx -t` and DNS**: a `proxy_pass` host that does not resolve stops nginx from starting
   (`[emerg] host not found in upstream`), so the symptom is a refused proxy port, not a 502; with a
   `resolver` and a variable the same typo becomes a 502 at request time

@@ -2402,6 +2402,24 @@ def test_go_and_apache_refused_where_the_backend_is_not_bound_name_the_address(r
         assert diagnose(rules, {step: refused})[0].cause == "upstream_down"  # alone: refused
 
 
+def test_https_to_a_plain_port_that_waits_is_tls_not_a_slow_backend(rules):
+    """proxy_pass https:// to uWSGI's http-socket times out in the handshake (a 504, as a hung
+    backend would); the port answering plain HTTP, or uWSGI's own line, says it is TLS to a plain
+    port; a plain server that answers says so in its log (one real run: tests/data/captures)."""
+    capture = json.loads((CAPTURES / "https-to-plain-http-ports.json")
+                         .read_text(encoding="utf-8"))
+    uwsgi, params = capture["uwsgi"], capture["params"]
+    for steps in (("nginx_error_log", "healthcheck"), ("nginx_error_log", "app_logs"),
+                  tuple(uwsgi)):
+        causes = diagnose(rules, {k: uwsgi[k] for k in steps}, params)
+        assert (causes[0].cause, causes[0].detail) == ("tls_mismatch", "https_to_plain_port"), steps
+        assert all(c.cause != "upstream_timeout" or c.confidence < 0.5 for c in causes), steps
+    alone = diagnose(rules, {k: uwsgi[k] for k in ("nginx_error_log", "proxy_check")}, params)
+    assert alone[0].cause == "upstream_timeout"  # a hung TLS backend says the same
+    first_named(rules, {"app_logs": capture["http_server"]["app_logs"]}, "tls_mismatch",
+                "https_to_plain_port", capture["programs"])
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
