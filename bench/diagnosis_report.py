@@ -523,7 +523,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port`,
 `k8s_node_memory_pressure`, `conntrack_table_full`, `no_resolver_defined`,
 `upstream_port_dropped`, `uwsgi_pass_to_http_socket`, `redis_cannot_persist`,
-`data_dir_not_writable`, `forwarded_proto_not_passed` under their labels;
+`data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients` under
+their labels;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,

@@ -2420,6 +2420,16 @@ def test_https_to_a_plain_port_that_waits_is_tls_not_a_slow_backend(rules):
                 "https_to_plain_port", capture["programs"])
 
 
+def test_php_fpm_dropping_the_proxys_address_is_the_proxys_path_not_a_down_backend(rules):
+    """php-fpm's listen.allowed_clients without nginx's address: nginx sees a reset, php-fpm says
+    whom it dropped (one real run, whole outputs: tests/data/captures)."""
+    capture = json.loads((CAPTURES / "php-fpm-allowed-clients-excludes-nginx.json")
+                         .read_text(encoding="utf-8"))
+    first = first_named(rules, capture["evidence"], "wrong_proxy_config",
+                        "proxy_not_in_allowed_clients", capture["what"])
+    assert any("Connection disallowed: IP address '127.0.0.1'" in line for line in first.evidence)
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
