@@ -622,7 +622,21 @@ def _needles(pattern: str) -> tuple[str, ...]:
     return _required(list(parsed))
 
 
-def _required(items: list[tuple[Any, Any]]) -> tuple[str, ...]:
+@lru_cache(maxsize=2048)
+def _folded(pattern: str) -> tuple[str, ...]:
+    """As `_needles`, in lower case and case-insensitive parts included: texts one of which
+    the lower-cased text of every match contains. Only ASCII ones, and only for an ASCII text
+    (`StepLines.lowered`): there a case-insensitive match of an ASCII text is one in lower
+    case, as the regex module folds it. For the regexes with a case-insensitive branch, which
+    `_needles` cannot rule out, and which cost the most to scan."""
+    try:
+        parsed = _sre_parser.parse(pattern)
+    except Exception:
+        return ()
+    return _required(list(parsed), fold=True)
+
+
+def _required(items: list[tuple[Any, Any]], fold: bool = False) -> tuple[str, ...]:
     best: tuple[str, ...] = ()
 
     def consider(found: tuple[str, ...]) -> None:
@@ -632,23 +646,23 @@ def _required(items: list[tuple[Any, Any]]) -> tuple[str, ...]:
 
     run: list[str] = []
     for op, av in items:
-        if op is _sre.LITERAL:
-            run.append(chr(av))
+        if op is _sre.LITERAL and (not fold or av < 128):
+            run.append(chr(av).lower() if fold else chr(av))
             continue
         consider(("".join(run),) if run else ())
         run = []
         if op is _sre.SUBPATTERN:
             _, add_flags, _, inner = av
-            if not add_flags & re.IGNORECASE:
-                consider(_required(list(inner)))
+            if fold or not add_flags & re.IGNORECASE:
+                consider(_required(list(inner), fold))
         elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT):
             low, _, inner = av
             if low >= 1:
-                consider(_required(list(inner)))
+                consider(_required(list(inner), fold))
         elif op is _sre.ATOMIC_GROUP:
-            consider(_required(list(av)))
+            consider(_required(list(av), fold))
         elif op is _sre.BRANCH:
-            branches = [_required(list(b)) for b in av[1]]
+            branches = [_required(list(b), fold) for b in av[1]]
             if all(branches):
                 consider(tuple(dict.fromkeys(n for b in branches for n in b)))
     consider(("".join(run),) if run else ())
@@ -666,6 +680,7 @@ class StepLines(dict[str, list[str]]):
         self._plain = {step: [plain(line) for line in step_lines]
                        for step, step_lines in lines.items()}
         self._texts: dict[str, str] = {}
+        self._lowered: dict[str, str | None] = {}
         self._hits: dict[tuple[str, str], list[tuple[str, re.Match[str]]]] = {}
 
     def text(self, step: str) -> str:
@@ -673,6 +688,23 @@ class StepLines(dict[str, list[str]]):
         if step not in self._texts:
             self._texts[step] = "\n".join(self._plain[step])
         return self._texts[step]
+
+    def lowered(self, step: str) -> str | None:
+        """The step's text in lower case, when it is ASCII (else None: see `_folded`)."""
+        if step not in self._lowered:
+            text = self.text(step)
+            self._lowered[step] = text.lower() if text.isascii() else None
+        return self._lowered[step]
+
+    def _may_match(self, step: str, pattern: str, needles: tuple[str, ...]) -> bool:
+        """False when the step's text holds none of the texts every match needs."""
+        if needles:
+            return _may_match(needles, self.text(step))
+        folded = _folded(pattern)
+        if not folded:
+            return True
+        lowered = self.lowered(step)
+        return lowered is None or _may_match(folded, lowered)
 
     def hits(self, step: str, pattern: str) -> list[tuple[str, re.Match[str]]]:
         """The lines of a step that the pattern matches, most recent first, with their match
@@ -683,7 +715,7 @@ class StepLines(dict[str, list[str]]):
             needles = _needles(pattern)  # a text without them cannot match: no scan
             # one compiled pattern for the text and its lines: a line holds no newline, so ^
             # and $ match in it as without MULTILINE
-            if _may_match(needles, self.text(step)) and \
+            if self._may_match(step, pattern, needles) and \
                     (regex := _compile(pattern, re.MULTILINE)).search(self.text(step)):
                 pairs = zip(reversed(self[step]), reversed(self._plain[step]), strict=True)
                 found = list(islice(((line, match) for line, bare in pairs

@@ -17,6 +17,7 @@ from bot.diagnosis import (
     LABELS,
     MAX_QUOTES,
     EvidenceInvalid,
+    _folded,
     _may_match,
     _needles,
     diagnose,
@@ -1251,6 +1252,40 @@ def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
                 missed += sum(1 for p in patterns if re.search(p, line)
                               and not _may_match(_needles(p), line))
     monkeypatch.setattr("bot.diagnosis._needles", lambda pattern: ())
+    slow = [diagnose_case(rules, case) for case in cases]
+    differ = sum(1 for a, b in zip(fast, slow, strict=True) if a != b)
+    assert (differ, missed) == (0, 0), f"{differ} of {len(cases)} cases differ"
+
+
+@pytest.mark.parametrize(("pattern", "folded"), [
+    (r"(?i:No space left on)|\bENOSPC\b", ("no space left on", "enospc")),
+    (r"(?i)Too Many", ("too many",)),
+    (r"(?i:inotify\w*|watch(?:ing|er)?\b).*(?i:no space left on device)",
+     ("no space left on device",)),
+    (r"(?i:caf\u00e9 ok)", ("caf",)),  # only ASCII: the regex module folds more than lower()
+    (r"a(?:bc)?d|(?i:xyz){0,3}", ()),
+])
+def test_a_case_insensitive_regex_is_searched_only_in_text_holding_it_in_lower_case(
+        pattern, folded):
+    assert _folded(pattern) == folded
+
+
+def test_the_case_insensitive_shortcut_changes_no_diagnosis(rules, monkeypatch):
+    """The training and unresolved cases are diagnosed the same with and without the lower-case
+    substring test of the regexes with a case-insensitive branch; and on every ASCII line a
+    rule's regex matches, that test lets the line through."""
+    cases = [load_case(p) for p in [*TRAIN, *UNRESOLVED]]
+    fast = [diagnose_case(rules, case) for case in cases]
+    patterns = {c.pattern for cause in rules.causes.values() for s in cause.signals
+                for c in (s, *s.also, *s.unless) if "{" not in c.pattern}
+    missed = 0
+    for case in cases:
+        for text in case["evidence"].values():
+            for line in (text if isinstance(text, str) else json.dumps(text)).splitlines():
+                if line.isascii():
+                    missed += sum(1 for p in patterns if re.search(p, line) and _folded(p)
+                                  and not _may_match(_folded(p), line.lower()))
+    monkeypatch.setattr("bot.diagnosis._folded", lambda pattern: ())
     slow = [diagnose_case(rules, case) for case in cases]
     differ = sum(1 for a, b in zip(fast, slow, strict=True) if a != b)
     assert (differ, missed) == (0, 0), f"{differ} of {len(cases)} cases differ"
