@@ -12,6 +12,7 @@ slip past the rules.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Mapping
@@ -26,11 +27,19 @@ OFF_LOOP = 64 * 1024  # characters above which `redact_async` runs in a worker t
 class Rule:
     """A pattern whose `secret` group (the first of them that took part) is masked."""
 
-    pattern: re.Pattern[str]
+    source: str
     secret: tuple[str | int, ...] = (0,)
     lower: bool = False  # searched in the lower-cased text (case-insensitive, still fast)
     mask: str = MASK
     needle: str = ""  # text without it cannot match: the rule is skipped (a fast substring test)
+    flags: int = 0
+
+    @functools.cached_property
+    def pattern(self) -> re.Pattern[str]:
+        """Compiled when a text first holds the needle: most texts hold none of them, and
+        compiling every rule was 5 ms of each cold start (tests/unit/test_redact.py compiles
+        them all)."""
+        return re.compile(self.source, self.flags)
 
 
 # a value: quoted (spaces allowed, backslash escapes kept whole; the quotes stay) or bare, 3+
@@ -51,9 +60,9 @@ def _key_rules() -> list[Rule]:
         literal = re.match(r"[a-z]+", word)[0]  # type: ignore[index]
         # key = value, key: value, "key": "value", db_password=... (from the word on: the
         # rest of the key's name before it stays as it is); or a flag, --password X
-        rules.append(Rule(re.compile(
+        rules.append(Rule(
             rf"{word}(?:[\w.-]{{0,40}}+\"?[ \t]{{0,8}}+[:=][ \t]{{0,8}}+"
-            rf"|(?<=-{literal})[\w-]{{0,40}}+[ \t]{{1,8}}+){_VALUE}"),
+            rf"|(?<=-{literal})[\w-]{{0,40}}+[ \t]{{1,8}}+){_VALUE}",
             _VALUE_GROUPS, lower=True, needle=literal))
     return rules
 
@@ -62,26 +71,24 @@ def _key_rules() -> list[Rule]:
 # literal keeps a match from starting inside a run of its own characters, so that no stretch of
 # text is scanned from many starts. Every open-ended scan is possessive or bounded.
 RULES: tuple[Rule, ...] = (
-    Rule(re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----.*?"
-                    r"(?:-----END [A-Z ]{0,40}PRIVATE KEY-----|\Z)", re.S),
+    Rule(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----.*?"
+         r"(?:-----END [A-Z ]{0,40}PRIVATE KEY-----|\Z)", flags=re.S,
          mask=f"{MASK} private key", needle="-----BEGIN "),
-    Rule(re.compile(r"xox[abposr]-(?<![A-Za-z0-9-]xox[abposr]-)[A-Za-z0-9-]{8,}+"),
-         needle="xox"),
-    Rule(re.compile(r"xapp-(?<![A-Za-z0-9-]xapp-)[A-Za-z0-9-]{8,}+"), needle="xapp-"),
-    Rule(re.compile(r"A(?:KIA|SIA)(?<![A-Za-z0-9]A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
-         needle="IA"),
-    Rule(re.compile(r"gh[pousr]_(?<![A-Za-z0-9_]gh[pousr]_)[A-Za-z0-9]{30,}+"), needle="gh"),
-    Rule(re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
-                    r"\.[A-Za-z0-9_-]{8,}+"), needle="eyJ"),  # JWT
-    Rule(re.compile(r"authorization[ \t]{0,8}+[:=][ \t]{0,8}+"
-                    r"(?:(?:bearer|basic|token|digest|negotiate)[ \t]{1,8}+)?(?P<v>[^\s'\"]++)"),
+    Rule(r"xox[abposr]-(?<![A-Za-z0-9-]xox[abposr]-)[A-Za-z0-9-]{8,}+", needle="xox"),
+    Rule(r"xapp-(?<![A-Za-z0-9-]xapp-)[A-Za-z0-9-]{8,}+", needle="xapp-"),
+    Rule(r"A(?:KIA|SIA)(?<![A-Za-z0-9]A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9])", needle="IA"),
+    Rule(r"gh[pousr]_(?<![A-Za-z0-9_]gh[pousr]_)[A-Za-z0-9]{30,}+", needle="gh"),
+    Rule(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
+         r"\.[A-Za-z0-9_-]{8,}+", needle="eyJ"),  # JWT
+    Rule(r"authorization[ \t]{0,8}+[:=][ \t]{0,8}+"
+         r"(?:(?:bearer|basic|token|digest|negotiate)[ \t]{1,8}+)?(?P<v>[^\s'\"]++)",
          ("v",), lower=True, needle="authorization"),
-    Rule(re.compile(r"cookie[ \t]{0,8}+:[ \t]{0,8}+(?P<v>[^\r\n]++)"), ("v",), lower=True,
+    Rule(r"cookie[ \t]{0,8}+:[ \t]{0,8}+(?P<v>[^\r\n]++)", ("v",), lower=True,
          needle="cookie"),
     # scheme://user:password@host and scheme://:password@host
-    Rule(re.compile(r"://[^/\s:@]{0,256}+:(?P<v>[^@\s/]{1,512}+)@"), ("v",), needle="://"),
+    Rule(r"://[^/\s:@]{0,256}+:(?P<v>[^@\s/]{1,512}+)@", ("v",), needle="://"),
     # mysql -pSECRET (a number after -p is a port or pid, and stays)
-    Rule(re.compile(r"-p(?<![\w-]-p)(?!\d+\b)(?P<v>[^\s\-]\S{0,511}+)"), ("v",), needle="-p"),
+    Rule(r"-p(?<![\w-]-p)(?!\d+\b)(?P<v>[^\s\-]\S{0,511}+)", ("v",), needle="-p"),
     *_key_rules(),
 )
 

@@ -112,3 +112,24 @@ def test_no_secret_is_remembered_in_its_raw_form() -> None:
     remembered = " ".join([*module._CLEAN, *module._KEYS])
     assert "web01" in module._CLEAN and "host" in module._KEYS
     assert "hunter2297" not in remembered and "abcdef9876" not in remembered
+
+
+def test_every_rule_compiles_and_each_is_compiled_only_for_a_text_holding_its_needle() -> None:
+    """The rules are compiled on first need (a cold start compiled all of them): each one
+    compiles, a text with no needle compiles none, and a text holding one compiles that one."""
+    import re
+    import subprocess
+    import sys
+
+    from bot.redact import RULES
+
+    for rule in RULES:
+        assert isinstance(rule.pattern, re.Pattern) and rule.needle
+    code = ("from bot.redact import RULES, redact\n"
+            "compiled = lambda: sorted(r.needle for r in RULES if 'pattern' in vars(r))\n"
+            "assert redact('0.52 0.48 0.40 2/345 12345') == '0.52 0.48 0.40 2/345 12345'\n"
+            "print(compiled())\n"
+            "print(redact('export API_TOKEN=abcdef123'), compiled())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["[]", "export API_TOKEN=[REDACTED] ['token']"]
