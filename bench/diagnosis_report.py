@@ -523,15 +523,16 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tomcat_threads_exhausted`, `http_to_non_http_port`, `http_to_fastcgi_port`,
 `k8s_node_memory_pressure`, `conntrack_table_full`, `no_resolver_defined`,
 `upstream_port_dropped`, `uwsgi_pass_to_http_socket`, `redis_cannot_persist`,
-`data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients` under
-their labels;
+`data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients`,
+`ownership_change_not_permitted`, `database_version_unsupported`,
+`database_extension_missing`, `worker_oom_killed` under their labels;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
 `shared_library_missing`, `bind_address_not_available`, `openssl3_legacy_algorithm`,
 `image_platform_mismatch` under `upstream_crashloop`, where the
-labelling guideline puts them; `too_many_open_files`, `inotify_watches_exhausted` under
-`unknown`), with its own advice first in `remediation`.
+labelling guideline puts them; `too_many_open_files`, `inotify_watches_exhausted`,
+`local_access_rules_block` under `unknown`), with its own advice first in `remediation`.
 
 `evidence` maps a step id to the raw text the step printed, or to a JSON object or list (docker
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.
@@ -584,15 +585,21 @@ out of memory?`, php-fpm's, unicorn's), unless the app server's own timeout sent
 TIMEOUT`, `HARAKIRI`, ...), the kernel's OOM kill lines and the JVM's `OutOfMemoryError` are
 `oom_killed` over nginx's timeout (a worker growing until the kernel kills it makes nginx give up
 first: 504) and over a down backend; a systemd unit whose main process died of a SIGKILL that
-systemd did not send (no stop timeout) is `oom_killed` too. A port held by another process, a stale
-unix socket or pid file are crash loops with their own `detail`, and so are a process's own limits
-and builds: V8's heap limit (`JavaScript heap out of memory`, whatever memory the host has; only
-the host's or container's memory running out is `oom_killed`) and an instruction the CPU lacks (the
-kernel's `trap invalid opcode`, SIGILL). A dependency's name that does not resolve from the backend
-is `dns_or_network` (the network between them), and Node.js's `connect ECONNREFUSED` to a port
-nginx does not dial is a refused dependency. Request-time errors (PHP fatal errors, gunicorn's
-`Error handling request`, Flask's `Exception on /`) are not start-up lines: they count only with a
-restart seen.
+systemd did not send (no stop timeout) is `oom_killed` too. EPERM when the backend changes the
+owner or group of its files (`chown`, `chgrp`, rsync: `Operation not permitted`) and runc's `exec:
+"/entrypoint.sh": permission denied` are `permission_denied`. A database that cannot serve the
+backend (older than its framework supports: Django's `PostgreSQL 12 or later is required (found
+11.22)`; lacking an extension: `extension "vector" is not available`; an image needing AVX) is
+`dependency_down`. nginx's `host not found in upstream` together with the backend's own fatal
+start-up line is the crash loop's: Docker's DNS answers only for running containers. A port held by
+another process, a stale unix socket or pid file are crash loops with their own `detail`, and so
+are a process's own limits and builds: V8's heap limit (`JavaScript heap out of memory`, whatever
+memory the host has; only the host's or container's memory running out is `oom_killed`) and an
+instruction the CPU lacks (the kernel's `trap invalid opcode`, SIGILL). A dependency's name that
+does not resolve from the backend is `dns_or_network` (the network between them), and Node.js's
+`connect ECONNREFUSED` to a port nginx does not dial is a refused dependency. Request-time errors
+(PHP fatal errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up
+lines: they count only with a restart seen.
 
 Remediation: a cause's `remediation` items come first (advice sentences, then step ids); an item
 `{{do: restart_program, when: [supervisorctl_status]}}` is offered only when one of those steps was

@@ -1992,6 +1992,41 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "wrong_proxy_config",
         "forwarded_proto_not_passed",
     ),
+    # ---- the database cannot serve the backend: a CPU it needs, a version (issue 9, rulesb)
+    (
+        "docker_logs",
+        "2022-01-17T14:53:34.802256329Z WARNING: MongoDB 5.0+ requires a CPU with AVX support, and "
+        "your current system does not appear to have that!",
+        "https://github.com/ICTU/quality-time/issues/3255 (the mongo image's entrypoint, docker "
+        "logs --timestamps)",
+        "dependency_down",
+        "database_failed_to_start",
+    ),
+    (
+        "docker_logs",
+        "django.db.utils.NotSupportedError: PostgreSQL 12 or later is required (found 9.615).",
+        "https://github.com/getsentry/sentry/pull/53468 (Django 4.2 against PostgreSQL 9.6)",
+        "dependency_down",
+        "database_version_unsupported",
+    ),
+    # ---- Nextcloud's HTTP client refuses a local or private address (a request filter)
+    (
+        "app_logs",
+        "[integration_moodle] Warning: Moodle API error : OCP\\Http\\Client\\LocalServerException: "
+        "Host violates local access rules in "
+        "/var/www/nextcloud/lib/private/Http/Client/LocalAddressChecker.php:42",
+        "https://github.com/nextcloud/integration_moodle/issues/24 (Nextcloud 22)",
+        "unknown",
+        "local_access_rules_block",
+    ),
+    (
+        "app_logs",
+        "[no app in context] Warning: Host 10.0.17.6 was not connected to because it violates "
+        "local access rules",
+        "https://github.com/nextcloud/all-in-one/issues/188 (Nextcloud 23)",
+        "unknown",
+        "local_access_rules_block",
+    ),
 ]
 
 
@@ -2195,6 +2230,19 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("jvm-heap-out-of-memory-502.json", None, "oom_killed", "java_heap_exhausted"),
     # the same SIGKILL sent by uWSGI's own harakiri is the timeout's, not memory's
     ("uwsgi-harakiri-502.json", None, "upstream_timeout", "uwsgi_harakiri"),
+    # the backend's own fatal start-up line explains why nginx cannot resolve its name; the name
+    # alone stays a name that does not resolve
+    ("gunicorn-19-python311-getargspec.json", None, "upstream_crashloop", None),
+    ("gunicorn-19-python311-getargspec.json", ("nginx_config_test",), "dns_or_network", None),
+    # EACCES from runc's exec, EPERM from chown/chgrp: the OS refused, not a crash of its own
+    ("runc-entrypoint-not-executable.json", None, "permission_denied", None),
+    ("eperm-ownership-change.json", ("docker_logs",), "permission_denied",
+     "ownership_change_not_permitted"),
+    ("eperm-ownership-change.json", ("journal",), "permission_denied",
+     "ownership_change_not_permitted"),
+    # the database lacks an extension the backend asks for
+    ("postgres-extension-not-available.json", None, "dependency_down",
+     "database_extension_missing"),
 ]
 
 
