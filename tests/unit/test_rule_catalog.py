@@ -1959,6 +1959,37 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "tls_mismatch",
         "certificate_name_mismatch",
     ),
+    # ---- Envoy's 503 body (Istio, Consul): the connect's errno by number, or by its text
+    (
+        "proxy_check",
+        "Unexpected response: upstream connect error or disconnect/reset before headers. reset "
+        "reason: connection failure, transport failure reason: delayed connect error: 113",
+        "https://github.com/consul-up/examples/issues/2 (after a Kubernetes cluster restart)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "[2024-11-28T04:12:28Z WARN  jito_shredstream_proxy::heartbeat] Error sending heartbeat: "
+        "status: Unavailable, message: \"upstream connect error or disconnect/reset before "
+        "headers. reset reason: remote connection failure, transport failure reason: delayed "
+        "connect error: 113\", details: [], metadata: MetadataMap { headers: "
+        "{\"x-request-received-at\": \"2024-11-28T04:12:25.003Z\", \"content-type\": "
+        "\"application/grpc\", \"server\": \"jito-block-engine\", \"date\": \"Thu, 28 Nov 2024 "
+        "04:12:28 GMT\"} }",
+        "https://github.com/jito-labs/shredstream-proxy/issues/34 (a gRPC client behind Envoy)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "proxy_check",
+        "upstream connect error or disconnect/reset before headers. reset reason: remote "
+        "connection failure, transport failure reason: delayed connect error: 110",
+        "https://github.com/Smana/cloud-native-ref/issues/136 (a 503 through an HTTPRoute while "
+        "a port-forward worked)",
+        "dns_or_network",
+        None,
+    ),
     # ---- Chrome's console: a page served over https links to its own host over http (the app
     # behind a TLS-ending proxy does not know the client's scheme)
     (
@@ -2174,6 +2205,18 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "27.0.1; its whole output)",
         "upstream_crashloop",
         "bind_address_not_available",
+    ),
+    (
+        "proxy_check",
+        [
+            " 503 upstream connect error or disconnect/reset before headers. ",
+            "     reset reason: remote connection failure, transport failure ",
+            "     reason: delayed connect error: Connection refused",
+        ],
+        "https://github.com/anthropics/claude-code/issues/8803 (Envoy's 503 body as a terminal "
+        "wrapped it: newer Envoy prints the errno's text)",
+        "upstream_down",
+        None,
     ),
 ]
 
@@ -2493,7 +2536,9 @@ def corpus_urls() -> set[str]:
 
 def test_every_line_names_where_it_was_seen_and_no_thread_is_a_corpus_case():
     urls = corpus_urls()
-    for _step, line, seen, _label, _detail in CATALOGUE:
+    rows = [(seen, line) for _step, line, seen, _label, _detail in CATALOGUE]
+    rows += [(seen, lines[-1]) for _step, lines, seen, _label, _detail in OUTPUTS]
+    for seen, line in rows:
         assert seen.startswith(("run here: ", "https://")), line
         if seen.startswith("https://"):
             assert seen.split()[0].rstrip("/") not in urls, seen
