@@ -9,12 +9,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bot.approvals import ask_in_thread
 from bot.errors import BotError
 from bot.models import IncidentStatus
 from bot.params import parse_assignments
-from bot.service import Opsbot
+
+if TYPE_CHECKING:  # the edge process answers `help` with this module, and never runs
+    from bot.service import Opsbot
 
 Respond = Callable[[str], Awaitable[None]]
 
@@ -41,14 +43,24 @@ OPERATOR_VERBS = frozenset({"run", "diag", "resolve", "timeline"})
 MAX_WORDS = 64
 
 
-async def handle(bot: Opsbot, text: str, user: str, *, operator: bool) -> Answer:
-    """`operator`: whether `user` is one of OPSBOT_OPERATORS (the adapter knows usergroups)."""
+def instant(text: str) -> str | None:
+    """The answer of a command that needs nothing but its text (`help`, an empty command,
+    text that cannot be read), or None."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
-        return Answer(f"Could not read that: {exc}. Try `help`.")
+        return f"Could not read that: {exc}. Try `help`."
     if not words or words[0] == "help":
-        return Answer(HELP)
+        return HELP
+    return None
+
+
+async def handle(bot: Opsbot, text: str, user: str, *, operator: bool) -> Answer:
+    """`operator`: whether `user` is one of OPSBOT_OPERATORS (the adapter knows usergroups)."""
+    now = instant(text)
+    if now is not None:
+        return Answer(now)
+    words = shlex.split(text)
     if len(words) > MAX_WORDS:
         return Answer(f"That is {len(words)} words; a command has at most {MAX_WORDS}. "
                       "Try `help`.")
@@ -82,6 +94,8 @@ async def _run(bot: Opsbot, args: list[str], user: str) -> Answer:
     if len(args) < 2:
         return Answer("Usage: `run <runbook> <host|group> [--plan] [key=value ...]`")
     runbook, target, params = args[0], args[1], parse_assignments(args[2:])
+    from bot.approvals import ask_in_thread
+
     if plan:
         plans = await bot.runs.run_target(runbook, target, params, requested_by=user,
                                      source="slack", approver=ask_in_thread, dry_run=True)

@@ -18,14 +18,25 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hmac
+import logging
+import os
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import http_exceptions, web
 
-from bot.ingest import MAX_PAYLOAD
+from bot.adapters.sql import store_errors
+from bot.errors import IngestError
+from bot.ingest import MAX_PAYLOAD, parse_alertmanager
+from bot.models import AlertGroup
 from bot.tasks import run_on
+
+if TYPE_CHECKING:
+    from bot.adapters.store import Store, WebhookIntake
+
+log = logging.getLogger("opsbot.server")
 
 T = TypeVar("T")
 MAX_BODY = MAX_PAYLOAD  # bytes, for every POST endpoint
@@ -81,6 +92,77 @@ def bearer_ok(header: str | None, token: str) -> bool:
     UTF-8 (aiohttp keeps them as surrogates) simply do not match."""
     given = (header or "").encode("utf-8", "surrogateescape")
     return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+def alertmanager_handler(token: str | None, intake: WebhookIntake,
+                         accepting: Callable[[], bool],
+                         accepted: Callable[[AlertGroup, int], None]
+                         ) -> Callable[[web.Request], Coroutine[Any, Any, web.Response]]:
+    """POST /alerts/alertmanager. 4xx only for what is not alerts (Alertmanager drops those);
+    our own failures are 5xx (the store: 503 from `one_line_errors`), which Alertmanager
+    retries. Each webhook is on disk (with its work row) before it is answered, then
+    `accepted(group, webhook_id)`."""
+    from bot.adapters.store import WebhookIn
+
+    async def alertmanager(request: web.Request) -> web.Response:
+        if not token:
+            return error(401, "alert webhooks are refused: OPSBOT_ALERT_TOKEN is not set")
+        if not bearer_ok(request.headers.get("Authorization"), token):
+            return error(401, "missing or wrong bearer token")
+        try:
+            body = await read_body(request)
+        except BodyRefused as refused:
+            return refused.response
+        if not accepting():
+            return error(503, "opsbot is stopping; retry later")
+        remote = request.remote or ""
+        try:
+            group = parse_alertmanager(body)
+        except IngestError as exc:  # kept all the same, with why it was refused
+            await intake.record(WebhookIn("alertmanager", body, remote, rejected=str(exc)))
+            return error(400, str(exc))
+        # on disk (with its work row) before the answer: a crash after the 200 loses nothing
+        webhook_id = await intake.record(WebhookIn("alertmanager", body, remote))
+        accepted(group, webhook_id)
+        return web.Response(body=b'{"status": "accepted", "webhook": %d, "alerts": %d}'
+                            % (webhook_id, len(group.alerts)), content_type="application/json")
+
+    return alertmanager
+
+
+def store_ok(store: Store) -> bool:
+    """Readable, and its file and folder writable by us: checked without writing."""
+    try:
+        store.db.execute("SELECT count(*) FROM meta").fetchone()
+    except store_errors():
+        return False
+    if store.shared or store.path == ":memory:":
+        return True
+    path = Path(store.path)
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+@web.middleware
+async def one_line_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """No traceback reaches a caller: the store failing is a 503 (senders retry), anything
+    else unexpected a 500; the details go to opsbot's own log."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:  # aiohttp's own 404, 405, 413...: the same JSON line
+        if exc.status < 400:
+            raise
+        refusal = error(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            refusal.headers["Allow"] = exc.headers["Allow"]
+        return refusal
+    except store_errors() as exc:
+        log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
+        return error(503, f"the store cannot be written ({exc}); nothing was accepted, "
+                           "retry later")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error(500, "internal error; see opsbot's log")
 
 
 class ServerThread:

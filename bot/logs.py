@@ -29,8 +29,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+CHOSEN = {"verbose": False, "fmt": "text"}  # what `setup` was last asked for (the edge process's)
+
+
 def setup(*, verbose: bool = False, fmt: str = "text") -> None:
     from bot.redact import redact_logs
+
+    CHOSEN.update(verbose=verbose, fmt=fmt)
 
     redact_logs()  # no secret reaches a log line
     handler = logging.StreamHandler(sys.stderr)

@@ -8,24 +8,20 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from bot import edge
-from bot.adapters.sql import store_errors
-from bot.adapters.store import Store, WebhookIn
 from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
-from bot.edge import MAX_BODY, BodyRefused, ServerThread, bearer_ok, error, read_body
-from bot.errors import BotError, IngestError
-from bot.ingest import parse_alertmanager
+from bot.edge import MAX_BODY, ServerThread, bearer_ok, error, one_line_errors, store_ok
+from bot.errors import BotError
 from bot.metrics import CONTENT_TYPE
+from bot.models import AlertGroup
 from bot.offload import off_loop, serve_batch_below, start_default_executor, stop_processes
 
 log = logging.getLogger("opsbot.server")
@@ -36,59 +32,17 @@ HANDOVER_INTERVAL = 1.0  # seconds between looks for approvals decided in other 
 SWITCH_INTERVAL = 0.001  # the interpreter's lock changes threads at least this often (s)
 
 
-async def alertmanager(request: web.Request) -> web.Response:
-    """4xx only for what is not alerts (Alertmanager drops those); our own failures are 5xx
-    (the store: 503 from the middleware), which Alertmanager retries."""
-    rt = request.app[RUNTIME]
-    expected = rt.settings.alert_token
-    if not expected:
-        return error(401, "alert webhooks are refused: OPSBOT_ALERT_TOKEN is not set")
-    if not bearer_ok(request.headers.get("Authorization"), expected):
-        return error(401, "missing or wrong bearer token")
-    try:
-        body = await read_body(request)
-    except BodyRefused as refused:
-        return refused.response
-    if not rt.bot.accepting:
-        return error(503, "opsbot is stopping; retry later")
-    remote = request.remote or ""
-    try:
-        group = parse_alertmanager(body)
-    except IngestError as exc:  # kept all the same, with why it was refused
-        await rt.intake.record(WebhookIn("alertmanager", body, remote, rejected=str(exc)))
-        return error(400, str(exc))
-    # on disk (with its work row) before the answer: a crash after the 200 loses nothing
-    webhook_id = await rt.intake.record(WebhookIn("alertmanager", body, remote))
-    rt.metrics.payloads_received.inc()
-    rt.metrics.alerts_received.inc(len(group.alerts))
-    rt.bot.accept_alert(group, webhook_id)
-    return web.Response(body=b'{"status": "accepted", "webhook": %d, "alerts": %d}'
-                        % (webhook_id, len(group.alerts)), content_type="application/json")
-
-
 def may_see_details(request: web.Request, settings: Settings) -> bool:
     """/metrics and the detailed /healthz: open unless OPSBOT_METRICS_TOKEN is set."""
     token = settings.metrics_token
     return not token or bearer_ok(request.headers.get("Authorization"), token)
 
 
-def _store_ok(store: Store) -> bool:
-    """Readable, and its file and folder writable by us: checked without writing."""
-    try:
-        store.db.execute("SELECT count(*) FROM meta").fetchone()
-    except store_errors():
-        return False
-    if store.shared or store.path == ":memory:":
-        return True
-    path = Path(store.path)
-    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
-
-
 async def healthz(request: web.Request) -> web.Response:
     """Read-only (no store write). Callers learn whether opsbot is up and its Slack mode; with
     OPSBOT_METRICS_TOKEN set and presented, also what is loaded (never the database path)."""
     rt = request.app[RUNTIME]
-    ok = await rt.requests.call(_store_ok, rt.requests.sync)  # not behind a run's writes
+    ok = await rt.requests.call(store_ok, rt.requests.sync)  # not behind a run's writes
     body: dict[str, Any] = {
         "status": "ok" if ok else "error",
         "slack": "socket" if rt.settings.socket_mode else "http" if rt.settings.slack_enabled
@@ -143,32 +97,16 @@ async def timed(request: web.Request, handler: Any) -> web.StreamResponse:
             time.perf_counter() - began)
 
 
-@web.middleware
-async def one_line_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """No traceback reaches a caller: the store failing is a 503 (senders retry), anything
-    else unexpected a 500; the details go to opsbot's own log."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as exc:  # aiohttp's own 404, 405, 413...: the same JSON line
-        if exc.status < 400:
-            raise
-        refusal = error(exc.status, exc.reason)
-        if "Allow" in exc.headers:
-            refusal.headers["Allow"] = exc.headers["Allow"]
-        return refusal
-    except store_errors() as exc:
-        log.error("%s %s: the store cannot be written: %s", request.method, request.path, exc)
-        return error(503, f"the store cannot be written ({exc}); nothing was accepted, "
-                           "retry later")
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return error(500, "internal error; see opsbot's log")
-
-
 def web_app(rt: Runtime, inbound: Any = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[timed, one_line_errors])
     app[RUNTIME] = rt
+    def accepted(group: AlertGroup, webhook_id: int) -> None:
+        rt.metrics.payloads_received.inc()
+        rt.metrics.alerts_received.inc(len(group.alerts))
+        rt.bot.accept_alert(group, webhook_id)
+
+    alertmanager = edge.alertmanager_handler(rt.settings.alert_token, rt.intake,
+                                             lambda: rt.bot.accepting, accepted)
     routes = [web.post("/alerts/alertmanager", alertmanager), web.get("/healthz", healthz),
               web.get("/metrics", metrics)]
     if inbound is not None and not rt.settings.socket_mode:

@@ -45,6 +45,9 @@ class Opsbot(Part):
         self.intake_busy: Callable[[], bool] = lambda: False  # webhooks are being answered
         # answers a resumed slash command (its work payload, a line); set by the Slack adapter
         self.answer_resumed: Callable[[Mapping[str, Any], str], Awaitable[None]] | None = None
+        # whether a Slack user is one of OPSBOT_OPERATORS; set by the Slack adapter, for
+        # commands recorded without knowing it (the edge process, while the core was away)
+        self.is_operator: Callable[[str], Awaitable[bool]] | None = None
         self._alerts: AlertQueue | None = None
 
     # -- work from the store ----------------------------------------------------------------
@@ -59,7 +62,11 @@ class Opsbot(Part):
         work_id = await self.requests.add_work(kind, payload, seen=seen)
         if work_id is None:
             return False
+        self.run_work(work_id, job)
+        return True
 
+    def run_work(self, work_id: int, job: Callable[[], Awaitable[Any]]) -> None:
+        """`job` in the background on the bot's loop, then its work row is done."""
         async def tracked() -> None:
             try:
                 await job()
@@ -67,7 +74,6 @@ class Opsbot(Part):
                 await self.store.finish_work(work_id, "done")
 
         self.tasks.spawn(tracked())
-        return True
 
     async def resume(self, up_to: int) -> None:
         """At start-up: finish what earlier processes accepted but did not do (work rows up to
@@ -108,8 +114,10 @@ class Opsbot(Part):
         from bot import commands
 
         p = row.payload
-        answer = await commands.handle(self, p["text"], p["user"],
-                                       operator=bool(p.get("operator")))
+        operator = p.get("operator")
+        if operator is None:
+            operator = self.is_operator is not None and await self.is_operator(p["user"])
+        answer = await commands.handle(self, p["text"], p["user"], operator=bool(operator))
 
         async def say(text: str) -> None:
             if self.answer_resumed is not None:  # the user asked in Slack: answer them there
@@ -117,6 +125,8 @@ class Opsbot(Part):
             else:
                 log.info("resumed command of %s: %s", p["user"], text)
 
+        if not p.get("answered", True):  # recorded by the edge process, with no answer yet
+            await say(answer.now)
         if answer.later is not None:
             await answer.later(say)
         await self.store.finish_work(row.id, answer.now)

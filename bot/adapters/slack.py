@@ -9,15 +9,11 @@ incident's root message and thread through the Web API for the outbox (which ret
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import ClientConnectorError, ClientSession, ClientTimeout, web
 from slack_bolt.async_app import AsyncApp
@@ -33,12 +29,18 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import commands
+from bot.adapters.slack_requests import (
+    Replayed,
+    Reply,
+    click_of,
+    command_refusal,
+    signed_handler,
+)
+from bot.adapters.slack_requests import text_of as _str
 from bot.config import Settings
-from bot.edge import BodyRefused, error, read_body
 from bot.errors import BotError, IngestError, NotFound
-from bot.ingest import load_json
 from bot.outbox import Delivered, DeliveryError, Outgoing
-from bot.render import APPROVE, REJECT, Message, decision_text
+from bot.render import Message, decision_text
 from bot.service import Opsbot
 
 log = logging.getLogger("opsbot.slack")
@@ -223,56 +225,7 @@ class SlackTransport:
 # replay of an already seen signature, the body's shape. What passes reaches one dispatch
 # (`SlackInbound.dispatch`), shared by HTTP and Socket Mode; the core never sees a payload.
 
-MAX_SKEW = 300  # seconds: Slack's window for a signed request's timestamp
-MAX_SLASH_TEXT = 2000  # characters of a slash command's text
-SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 USERGROUP_TTL = 60.0  # seconds a usergroup's member list is trusted
-
-
-def check_signature(secret: str, timestamp: str | None, signature: str | None, body: bytes,
-                    now: float) -> str | None:
-    """None when Slack signed `body`; else the one-line reason it is refused."""
-    if not timestamp or not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
-        return "X-Slack-Request-Timestamp is missing or not a number"
-    if abs(now - int(timestamp)) > MAX_SKEW:
-        return "X-Slack-Request-Timestamp is more than 5 minutes off (stale or replayed)"
-    if not signature or not SIGNATURE.fullmatch(signature):
-        return "X-Slack-Signature is missing or malformed"
-    base = b"v0:" + timestamp.encode() + b":" + body
-    expected = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
-        return "X-Slack-Signature does not match (wrong signing secret?)"
-    return None
-
-
-def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
-    """A Slack request body: JSON (events, JSON-posted payloads), a form with `payload=` (JSON
-    of interactivity), or a plain form (slash commands). IngestError for anything else."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise IngestError("the body is not UTF-8") from None
-    if content_type == "application/json" or text.startswith("{"):
-        data = load_json(text)
-    else:
-        try:
-            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
-                              max_num_fields=200)
-        except ValueError as exc:
-            raise IngestError(f"the form cannot be read: {exc}") from None
-        form = dict(pairs)
-        data = load_json(form["payload"], "payload") if "payload" in form else form
-    if not isinstance(data, dict):
-        raise IngestError("the payload must be a JSON object")
-    return data
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 class Operators:
@@ -310,13 +263,6 @@ class Operators:
         return members
 
 
-Reply = dict[str, Any] | None  # what to ack with (a JSON object), or an empty ack
-
-
-class Replayed(Exception):
-    """This signed request was received before: nothing is done again."""
-
-
 class SlackInbound:
     """One dispatch for every verified Slack request, from HTTP or Socket Mode."""
 
@@ -326,12 +272,13 @@ class SlackInbound:
         self.operators = Operators(settings.operators, client)
         self._session: ClientSession | None = None  # follow-ups: connections kept and reused
         bot.answer_resumed = self.answer_resumed
+        bot.is_operator = self.operators.allows
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
-    async def dispatch(self, payload: dict[str, Any], *,
+    async def dispatch(self, payload: dict[str, Any],
                        seen: tuple[str, float] | None = None) -> Reply:
         """What to ack with; IngestError (one line, a 400) for a shape no Slack client sends.
         `seen`: the replay key of a click that `records_itself` (Replayed if seen before)."""
@@ -346,15 +293,10 @@ class SlackInbound:
         return None
 
     async def command(self, payload: dict[str, Any]) -> Reply:
-        user, text = _str(payload.get("user_id")), payload.get("text", "")
-        if not user:
-            return _ephemeral("This request names no user (user_id), so opsbot cannot tell who "
-                              "asks. Nothing was done.")
-        if not isinstance(text, str):
-            return _ephemeral("The command's text must be text. Try `help`.")
-        if len(text) > MAX_SLASH_TEXT:
-            return _ephemeral(f"That command is {len(text)} characters long; opsbot reads at "
-                              f"most {MAX_SLASH_TEXT}. Nothing was done.")
+        refusal = command_refusal(payload)
+        if refusal is not None:
+            return _ephemeral(refusal)
+        user, text = _str(payload.get("user_id")), str(payload.get("text", ""))
         operator = await self.operators.allows(user)
         answer = await commands.handle(self.bot, text, user, operator=operator)
         if answer.later is not None:
@@ -376,42 +318,32 @@ class SlackInbound:
                                               "response_url": url, "channel": channel}, work)
         return _ephemeral(answer.now)
 
-    @staticmethod
-    def records_itself(payload: dict[str, Any]) -> bool:
-        """A click on one of opsbot's approval buttons, by a user: all it does before the ack
-        is store its work row, so its replay check goes in the same transaction (one trip to
-        the store instead of two). Exactly the clicks `block_actions` submits."""
-        actions = payload.get("actions")
-        if payload.get("type") != "block_actions" or not (isinstance(actions, list) and actions):
-            return False
-        return _str(_dict(actions[0]).get("action_id")) in (APPROVE, REJECT) and \
-            bool(_str(_dict(payload.get("user")).get("id")))
-
     async def block_actions(self, payload: dict[str, Any],
                             seen: tuple[str, float] | None = None) -> Reply:
-        actions = payload.get("actions")
-        if "actions" in payload and not (isinstance(actions, list) and actions):
-            raise IngestError("block_actions carries no actions")
-        action = _dict(actions[0]) if isinstance(actions, list) else {}
-        action_id = _str(action.get("action_id"))
-        if action_id not in (APPROVE, REJECT):
+        click = click_of(payload)
+        if click is None:
             return None  # not one of our buttons (or a workflow step's action): nothing to do
-        url = _str(payload.get("response_url"))
-        user = _str(_dict(payload.get("user")).get("id"))
-        if not user:
+        if not click["user"]:
             log.warning("approval click without a user refused")
-            self.bot.tasks.spawn(self._respond(url, "opsbot cannot tell who clicked; nothing "
-                                                    "was run."))
+            self.bot.tasks.spawn(self._respond(click["response_url"], "opsbot cannot tell who "
+                                                                      "clicked; nothing was run."))
             return None
-        container, message = _dict(payload.get("container")), _dict(payload.get("message"))
-        channel = _str(container.get("channel_id")) or _str(_dict(payload.get("channel")).get("id"))
-        ts = _str(container.get("message_ts")) or _str(message.get("ts"))
-        token, approve = _str(action.get("value")), action_id == APPROVE
+        # recorded before the ack: if opsbot dies now, the next start does it
+        if not await self.bot.submit("click", click, self.click_work(click), seen=seen):
+            raise Replayed
+        return None
+
+    def click_work(self, click: Mapping[str, Any]) -> Callable[[], Awaitable[None]]:
+        """What a click does once acked (its work row's payload, `click_of`): the decision,
+        and, when it changed nothing, why, to the one who clicked."""
+        url = _str(click.get("response_url"))
 
         async def work() -> None:
             try:
-                decision = await self.bot.approvals.check_origin(token, channel, ts, user) or \
-                    await self.bot.approvals.decide(token, approve, user, via="slack",
+                decision = await self.bot.approvals.check_origin(
+                    click["token"], click["channel"], click["ts"], click["user"]) or \
+                    await self.bot.approvals.decide(click["token"], click["approve"],
+                                                    click["user"], via="slack",
                                                     check_authority=True)
             except NotFound:
                 await self._respond(url, "This approval is unknown (it may have been pruned). "
@@ -420,12 +352,7 @@ class SlackInbound:
             if not decision.outcome.recorded:
                 await self._respond(url, decision_text(decision))
 
-        # recorded before the ack: if opsbot dies now, the next start does it
-        if not await self.bot.submit("click", {"token": token, "approve": approve, "user": user,
-                                               "via": "slack", "channel": channel, "ts": ts},
-                                     work, seen=seen):
-            raise Replayed
-        return None
+        return work
 
     async def answer_resumed(self, work: Mapping[str, Any], text: str) -> None:
         """The answer of a slash command that an earlier process accepted and did not finish
@@ -461,48 +388,7 @@ def _ephemeral(text: str) -> dict[str, Any]:
 
 
 def slack_route(inbound: SlackInbound, rt: Any, secret: str) -> web.RouteDef:
-    async def handle(request: web.Request) -> web.Response:
-        try:
-            body = await read_body(request)
-        except BodyRefused as refused:
-            return refused.response
-        now = time.time()
-        timestamp = request.headers.get("X-Slack-Request-Timestamp")
-        signature = request.headers.get("X-Slack-Signature")
-        problem = check_signature(secret, timestamp, signature, body, now)
-        if problem:
-            return error(401, problem)
-        assert timestamp is not None and signature is not None
-        # a signature is acceptable as long as its timestamp is: remember it that long
-        seen = (f"slack:{signature}", float(int(timestamp) + MAX_SKEW + 1))
-
-        async def replayed() -> web.Response:
-            await rt.requests.audit("slack.replay_refused", "slack", None,
-                                    signature=signature[:16], timestamp=timestamp)
-            return error(401, "this signed request was already received (a replay); ignored")
-
-        payload: dict[str, Any] | None = None
-        unreadable = ""
-        try:
-            payload = parse_body(body, request.content_type)
-        except IngestError as exc:
-            unreadable = str(exc)
-        together = payload is not None and inbound.records_itself(payload)
-        if not together and not await rt.requests.first_use(*seen):
-            return await replayed()
-        if payload is None:
-            return error(400, unreadable)
-        if payload.get("ssl_check") == "1":
-            return web.Response(status=200)
-        try:
-            reply = await inbound.dispatch(payload, seen=seen if together else None)
-        except Replayed:
-            return await replayed()
-        except IngestError as exc:
-            return error(400, str(exc))
-        return web.Response(status=200) if reply is None else web.json_response(reply)
-
-    return web.post("/slack/events", handle)
+    return web.post("/slack/events", signed_handler(secret, rt.requests, inbound.dispatch))
 
 
 def bolt_app(inbound: SlackInbound, client: AsyncWebClient) -> AsyncApp:

@@ -584,6 +584,12 @@ class Store:
         return [work_from_row(r) for r in self.db.query(
             f"SELECT * FROM work WHERE id IN ({marks}) ORDER BY id", tuple(ids))]
 
+    def work_item(self, work_id: int) -> WorkItem | None:
+        """One work row still pending (handed over by the edge process), or None."""
+        rows = self.db.query("SELECT * FROM work WHERE id = ? AND status = 'pending'",
+                             (work_id,))
+        return work_from_row(rows[0]) if rows else None
+
     # -- incidents ------------------------------------------------------------------------
     def get_incident(self, incident_id: int) -> Incident:
         row = self._one("SELECT * FROM incidents WHERE id = ?", (incident_id,))
@@ -1298,6 +1304,7 @@ class AsyncStore:
     finish_work = _Threaded(Store.finish_work)
     last_work_id = _Threaded(Store.last_work_id)
     pending_work = _Threaded(Store.pending_work)
+    work_item = _Threaded(Store.work_item)
     get_incident = _Threaded(Store.get_incident)
     list_incidents = _Threaded(Store.list_incidents)
     incident_for_group = _Threaded(Store.incident_for_group)

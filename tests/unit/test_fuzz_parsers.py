@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import cli, commands
-from bot.adapters.slack import check_signature, parse_body
+from bot.adapters.slack_requests import check_signature, parse_body
 from bot.app import build
 from bot.config import Settings
 from bot.errors import IngestError
