@@ -18,7 +18,8 @@ PREFIXED = {  # env name -> TOML key
 OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
        "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
        "ALLOW_SELF_APPROVAL", "SSH_IDLE", "SSH_REUSE_SESSIONS",
-       "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER", "BATCH_NICE")
+       "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER", "BATCH_NICE", "EDGE")
+EDGES = ("thread", "process")  # OPSBOT_EDGE
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Settings:
     # offload threads, the Docker steps' threads; not the store's) runs below its answers and
     # its loop (bot.offload); 0: no difference
     batch_nice: int = 10
+    # who answers HTTP requests: a thread of the serving process, or a process of its own with
+    # its own interpreter lock (bot.edgeproc)
+    edge: str = "thread"
 
     @property
     def slack_enabled(self) -> bool:
@@ -211,4 +215,14 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         close_after=_seconds("OPSBOT_CLOSE_AFTER", raw.get("close_after", "14400")),
         remind_after=_seconds("OPSBOT_REMIND_AFTER", raw.get("remind_after", "600")),
         batch_nice=_nice("OPSBOT_BATCH_NICE", raw.get("batch_nice", "10")),
+        edge=_edge(raw.get("edge", "thread"), raw.get("db", "opsbot.db")),
     )
+
+
+def _edge(text: str, db: str) -> str:
+    if text not in EDGES:
+        raise ConfigError(f"OPSBOT_EDGE must be thread or process, got {text!r}")
+    if text == "process" and db == ":memory:":
+        raise ConfigError("OPSBOT_EDGE=process needs a database both processes open "
+                          "(OPSBOT_DB is :memory:); use OPSBOT_EDGE=thread")
+    return text

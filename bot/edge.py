@@ -166,10 +166,13 @@ async def one_line_errors(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 class ServerThread:
-    """`app` served on `host:port` by a thread with an event loop of its own."""
+    """`app` served on `host:port` (or on the Unix socket `path`) by a thread with an event
+    loop of its own."""
 
-    def __init__(self, app: web.Application, host: str, port: int, **runner: Any) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *, path: str | None = None,
+                 **runner: Any) -> None:
         self.app, self.host, self.port, self.runner_options = app, host, port, runner
+        self.path = path
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._listening: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -213,7 +216,10 @@ class ServerThread:
         runner = web.AppRunner(self.app, **self.runner_options)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            if self.path is not None:
+                await web.UnixSite(runner, self.path).start()
+            else:
+                await web.TCPSite(runner, self.host, self.port).start()
             self._listening.set_result(None)
             await self._stop.wait()
         finally:

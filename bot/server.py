@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -175,6 +178,29 @@ async def _takeover_loop(rt: Runtime, first: asyncio.Task[None]) -> None:
             log.exception("taking over the work of a stopped replica failed")
 
 
+def take_handed(rt: Runtime, inbound: Any, message: Any) -> None:
+    """What the edge process hands over (bot.edgeproc), on the bot's loop: an answered
+    webhook with its parsed alerts, or the id of a work row it recorded (a click, or a
+    command it took while this process could not be reached)."""
+    if message[0] == "alert":
+        _, webhook_id, group = message
+        rt.metrics.payloads_received.inc()
+        rt.metrics.alerts_received.inc(len(group.alerts))
+        rt.bot.accept_alert(group, webhook_id)
+    elif message[0] == "work":
+        rt.bot.tasks.spawn(_take_work(rt, inbound, message[1]))
+
+
+async def _take_work(rt: Runtime, inbound: Any, work_id: int) -> None:
+    row = await rt.requests.work_item(work_id)
+    if row is None:  # done already (a resume got to it first)
+        return
+    if row.kind == "click" and inbound is not None:
+        rt.bot.run_work(row.id, inbound.click_work(row.payload))
+    elif row.kind == "command":
+        await rt.bot.replay_command(row)
+
+
 def reload(rt: Runtime) -> None:
     """SIGHUP: read the runbooks and the inventory again. Open incidents and pending approvals
     stay; an approval whose step now renders differently is refused when clicked (digest)."""
@@ -208,14 +234,36 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         from bot.adapters.slack import SlackInbound
 
         inbound = SlackInbound(rt.bot, settings, rt.client)
+    edge_process = None
+    core_dir = None
+    if settings.edge == "process":  # answers in a process of its own (bot.edgeproc)
+        from bot import logs
+        from bot.edgeproc import EdgeProcess, Hello
+
+        core_dir = tempfile.mkdtemp(prefix="opsbot-core-")
+        edge_process = EdgeProcess(settings, Hello(
+            settings, rt.store.sync.owner, os.getpid(), os.path.join(core_dir, "http.sock"),
+            dict(logs.CHOSEN), edge.HEADER_TIMEOUT, edge.BODY_TIMEOUT),
+            lambda message: take_handed(rt, inbound, message))
+        # before the work is counted: an edge left by a stopped core ends (its work on disk)
+        await off_loop(edge_process.bind)
     earlier_work = await rt.store.last_work_id()  # what earlier processes left is resumed
     # on a thread and loop of its own: answers never wait for this loop's runs (bot.edge).
     # keepalive_timeout closes a connection that sends no complete request in time: it bounds
     # the wait for headers (slow or idle clients) as well as idle keep-alive connections
     http = ServerThread(web_app(rt, inbound), settings.listen_host, settings.listen_port,
+                        path=edge_process.hello.core_socket if edge_process else None,
                         access_log=None, keepalive_timeout=edge.HEADER_TIMEOUT,
                         shutdown_timeout=5)
-    await http.start()
+    try:
+        await http.start()
+        if edge_process is not None:
+            await edge_process.start()
+    except BaseException:
+        if edge_process is not None:
+            await edge_process.stop()
+        await http.stop()
+        raise
     if inbound is not None and settings.socket_mode:  # its acks on the server's thread too
         from bot.adapters.slack import bolt_app, start_socket_mode
 
@@ -278,7 +326,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
             listener.cancel()
         if socket_handler is not None:
             await http.call(socket_handler.close_async())
+        if edge_process is not None:
+            await edge_process.stop()
         await http.stop()
+        if core_dir is not None:
+            shutil.rmtree(core_dir, ignore_errors=True)
         await rt.close(work_timeout=settings.stop_timeout,
                        flush_timeout=max(10.0, settings.stop_timeout / 2))
         await off_loop(stop_processes)  # the diagnosis workers, idle once the work is done

@@ -103,14 +103,16 @@ class Opsbot(Part):
                     log.info("resumed click of %s: %s", p["user"], answer)
                     await self.store.finish_work(row.id, answer)
                 elif row.kind == "command":
-                    await self._replay_command(row)
+                    await self.replay_command(row)
                 else:
                     await self.store.finish_work(row.id, "unknown kind", "failed")
             except BotError as exc:
                 await self.store.finish_work(row.id, str(exc), "failed")
         await self.recover_incidents()
 
-    async def _replay_command(self, row: WorkItem) -> None:
+    async def replay_command(self, row: WorkItem) -> None:
+        """A slash command from its work row (an earlier process's, or one the edge process
+        recorded while this one could not be reached), answered where it was asked."""
         from bot import commands
 
         p = row.payload

@@ -195,8 +195,10 @@ async def _stop_unflushed(outbox: Outbox, timeout: float) -> int:
 @pytest.fixture
 async def running_bot(request: pytest.FixtureRequest, tmp_path: Path, inventory_file: Path,
                       known_hosts_file: Path) -> AsyncIterator[RunningBot]:
-    """A serving bot. `@pytest.mark.bot_env(OPSBOT_X="...")` adds or changes settings."""
-    async with serving_bot(request, tmp_path, inventory_file, known_hosts_file) as bot:
+    """A serving bot. `@pytest.mark.bot_env(OPSBOT_X="...")` adds or changes settings;
+    parametrized indirectly ("thread", "process"), it answers with that OPSBOT_EDGE."""
+    edge = {"OPSBOT_EDGE": request.param} if hasattr(request, "param") else {}
+    async with serving_bot(request, tmp_path, inventory_file, known_hosts_file, **edge) as bot:
         yield bot
 
 

@@ -143,14 +143,25 @@ class SeenStore(Protocol):
 
 def signed_handler(secret: str, requests: SeenStore, dispatch: Dispatch
                    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """POST /slack/events: the body read whole, its signature and timestamp checked, a replay
-    refused (the key remembered in the store, or with the click's work row), the body read;
-    then `dispatch` says what to ack with."""
+    """POST /slack/events: the body read whole, then `signed_answer`."""
+    answer = signed_answer(secret, requests, dispatch)
+
     async def handle(request: web.Request) -> web.Response:
         try:
             body = await read_body(request)
         except BodyRefused as refused:
             return refused.response
+        return await answer(request, body)
+
+    return handle
+
+
+def signed_answer(secret: str, requests: SeenStore, dispatch: Dispatch
+                  ) -> Callable[[web.Request, bytes], Awaitable[web.Response]]:
+    """The answer to a Slack request whose body was read: its signature and timestamp
+    checked, a replay refused (the key remembered in the store, or with the click's work
+    row), the body read; then `dispatch` says what to ack with."""
+    async def answer(request: web.Request, body: bytes) -> web.Response:
         timestamp = request.headers.get("X-Slack-Request-Timestamp")
         signature = request.headers.get("X-Slack-Signature")
         problem = check_signature(secret, timestamp, signature, body, time.time())
@@ -185,4 +196,4 @@ def signed_handler(secret: str, requests: SeenStore, dispatch: Dispatch
             return error(400, str(exc))
         return web.Response(status=200) if reply is None else web.json_response(reply)
 
-    return handle
+    return answer

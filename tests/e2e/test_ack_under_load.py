@@ -155,11 +155,12 @@ class Serving:
     db: Path
 
 
-@pytest.fixture
-async def serving(tmp_path: Path) -> AsyncIterator[Serving]:
-    """`opsbot serve` (its HTTP server on a thread of its own), the bot on this test's loop."""
+@pytest.fixture(params=["thread", "process"])
+async def serving(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Serving]:
+    """`opsbot serve`, the bot on this test's loop; its answers on a thread of its own, or in
+    a process of its own (OPSBOT_EDGE)."""
     slack, port, env = await bot_under_test(tmp_path)
-    process = BotProcess(env)
+    process = BotProcess({**env, "OPSBOT_EDGE": request.param})
     await process.start()
     try:
         yield Serving(f"http://127.0.0.1:{port}", slack, tmp_path / "opsbot.db")

@@ -37,6 +37,7 @@ class Serve:
     """`python -m bot serve` as a child process (at TEST_PACE: tests/pacedbot.py)."""
 
     started: ClassVar[list[asyncio.subprocess.Process]] = []  # for `no_bot_left`
+    orphans: ClassVar[list[int]] = []  # edge processes of bots killed (OPSBOT_EDGE=process)
 
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
         self.env, self.log, self.args = env, log, args
@@ -64,14 +65,32 @@ class Serve:
 
     async def kill9(self) -> None:
         assert self.proc is not None
+        Serve.orphans += edge_processes(self.proc.pid)  # they answer on, until taken over
         self.proc.send_signal(signal.SIGKILL)
         await self.proc.wait()
+
 
     async def stop(self) -> int:
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), 90)
+
+
+def edge_processes(pid: int) -> list[int]:
+    """The edge processes (bot.edgeproc) that process `pid` started."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in children if is_edge(int(c))]
+
+
+def is_edge(pid: int) -> bool:
+    try:
+        return b"bot.edgeproc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +106,17 @@ async def no_bot_left() -> AsyncIterator[None]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+    while Serve.orphans:  # an edge whose bot was killed and never started again
+        pid = Serve.orphans.pop()
+        if is_edge(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(params=["thread", "process"])
+def edge(request: pytest.FixtureRequest) -> str:
+    """OPSBOT_EDGE: each test with the HTTP thread, and with the process of its own."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -142,11 +172,11 @@ def stuck(store: Store) -> list[str]:
 
 async def test_repeated_kill_9_loses_nothing_and_runs_no_fix_twice(
         tmp_path: Path, slack: FakeSlack, healthy_web: WebLab, inventory_file: Path,
-        known_hosts_file: Path) -> None:
+        known_hosts_file: Path, edge: str) -> None:
     seed = int(os.environ.get("OPSBOT_TEST_SEED", time.time_ns() % 1_000_000))
     print(f"kill seed: OPSBOT_TEST_SEED={seed} OPSBOT_TEST_KILLS={KILLS}")
     rng = random.Random(seed)
-    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file)
+    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file, OPSBOT_EDGE=edge)
     bot = Serve(env, tmp_path / "serve.log")
     answered: list[int] = []
     clicked: set[str] = set()
@@ -219,9 +249,9 @@ async def test_repeated_kill_9_loses_nothing_and_runs_no_fix_twice(
 
 async def test_sigterm_stops_taking_work_marks_the_rest_and_exits_0(
         tmp_path: Path, slack: FakeSlack, healthy_web: WebLab, inventory_file: Path,
-        known_hosts_file: Path) -> None:
+        known_hosts_file: Path, edge: str) -> None:
     env = serve_env(tmp_path, slack, inventory_file, known_hosts_file,
-                    OPSBOT_STOP_TIMEOUT="1")
+                    OPSBOT_STOP_TIMEOUT="1", OPSBOT_EDGE=edge)
     bot = Serve(env, tmp_path / "serve.log", "--log-format", "json")
     store = Store(env["OPSBOT_DB"])
     healthy_web.stop_backend()
@@ -256,10 +286,10 @@ async def test_sigterm_stops_taking_work_marks_the_rest_and_exits_0(
 
 async def test_slash_command_cut_by_kill_9_is_answered_after_restart(
         tmp_path: Path, slack: FakeSlack, healthy_web: WebLab, inventory_file: Path,
-        known_hosts_file: Path) -> None:
+        known_hosts_file: Path, edge: str) -> None:
     """A `run` accepted (answered "Running…") when opsbot dies is done by the next start, and
     its answer reaches the user through the command's response_url, not only the log."""
-    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file)
+    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file, OPSBOT_EDGE=edge)
     bot = Serve(env, tmp_path / "serve.log")
     healthy_web.stop_backend()
     response_url = slack.response_url(channel=CHANNEL, user="U0ALICE")
@@ -291,10 +321,10 @@ async def test_slash_command_cut_by_kill_9_is_answered_after_restart(
 
 async def test_approve_from_a_terminal_learns_that_the_fix_was_interrupted(
         tmp_path: Path, slack: FakeSlack, healthy_web: WebLab, inventory_file: Path,
-        known_hosts_file: Path) -> None:
+        known_hosts_file: Path, edge: str) -> None:
     """`opsbot approve` hands the fix to the serving bot, which is killed during it: after the
     restart the command ends (exit 1, "interrupted") instead of waiting for an outcome."""
-    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file)
+    env = serve_env(tmp_path, slack, inventory_file, known_hosts_file, OPSBOT_EDGE=edge)
     bot = Serve(env, tmp_path / "serve.log")
     healthy_web.stop_backend()
     store = Store(env["OPSBOT_DB"])

@@ -12,7 +12,9 @@ from tests.fakeslack import Msg
 from tests.lab import WebLab
 from tests.slacksign import block_actions_body, click_body, find_button
 
-pytestmark = pytest.mark.lab
+# each test with either edge (OPSBOT_EDGE): the HTTP thread, and the process of its own
+pytestmark = [pytest.mark.lab,
+              pytest.mark.parametrize("running_bot", ["thread", "process"], indirect=True)]
 
 
 async def incident_with_pending_approval(bot: RunningBot, web: WebLab, *,
