@@ -1,13 +1,16 @@
 """Ack latency of signed Slack requests under load, and the server's event-loop lag.
 
     python bench/ack.py serve LAG_JSON     # opsbot serve in-process, its loop watched
+    python bench/ack.py edge LAG_JSON FD FD  # its edge process (OPSBOT_EDGE=process), watched
     (the driver, `drive`, is called by bench/run.py)
 
 `serve` runs the same server as `opsbot serve` (settings from OPSBOT_*/SLACK_* in the
 environment) with one more task on the bot's loop (where the runs run; the HTTP server answers
 on a thread and loop of its own): a 5 ms ticker recording how late each tick came,
 from the moment the server is ready (it listens) until it is told to stop (SIGTERM).
-On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON.
+On SIGTERM it stops the server and writes the lags (ms) to LAG_JSON. With OPSBOT_EDGE=process
+the answers come from the edge process (bot.edgeproc), started through `edge` with the same
+ticker on its loop (the answering loop), whose lags go to LAG_JSON.edge when it stops.
 With OPSBOT_LAG_TRACE=FILE (off by default), every thread's stack goes to FILE whenever the
 ticker is TRACE_AFTER late (faulthandler's watchdog thread, which needs no interpreter lock:
 it shows the frame even inside a long C call), again every TRACE_AFTER while the loop stays
@@ -174,9 +177,31 @@ def _trace_store(trace: int) -> None:
     sql.SqliteDatabase.tx = timed_tx  # type: ignore[method-assign]
 
 
+def edge_watched(out: Path, fds: list[str]) -> int:
+    """The edge process (bot.edgeproc.main) with a 5 ms ticker on its loop."""
+    from bot import edgeproc
+
+    serve_edge = edgeproc.serve_edge
+
+    async def watched(*args: Any) -> None:
+        lags: list[float] = []
+        ticker = asyncio.create_task(_watch(lags))
+        try:
+            await serve_edge(*args)
+        finally:
+            ticker.cancel()
+            out.write_text(json.dumps(lags))  # noqa: ASYNC240 (once, at exit)
+
+    edgeproc.serve_edge = watched
+    return edgeproc.main(fds)
+
+
 async def serve_watched(out: Path) -> None:
+    from bot import edgeproc
     from bot.config import load_settings
     from bot.server import serve
+
+    edgeproc.COMMAND = [sys.executable, str(ROOT / "bench" / "ack.py"), "edge", f"{out}.edge"]
 
     lags: list[float] = []
     stop, ready = asyncio.Event(), asyncio.Event()
@@ -271,6 +296,8 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
 
 
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "edge":
+        return edge_watched(Path(sys.argv[2]), sys.argv[3:])
     if len(sys.argv) != 3 or sys.argv[1] != "serve":
         raise SystemExit("usage: bench/ack.py serve LAG_JSON")
     asyncio.run(serve_watched(Path(sys.argv[2])))

@@ -77,6 +77,7 @@ RESTART_PAUSE = 1.0  # seconds before an edge that died is started again
 CORE_TIMEOUT = 30.0  # seconds for the core to answer a forwarded request
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 KEPT_HEADERS = ("Content-Type", "Allow", "X-Content-Type-Options")
+COMMAND = [sys.executable, "-m", "bot.edgeproc"]  # then the pair's and the listener's fds
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ class EdgeProcess:
         ours, theirs = socket.socketpair()
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot.edgeproc", str(theirs.fileno()),
+                *COMMAND, str(theirs.fileno()),
                 str(self.listener.fileno()), pass_fds=(theirs.fileno(), self.listener.fileno()),
                 stdin=asyncio.subprocess.DEVNULL)
         finally:
@@ -500,8 +501,9 @@ def _watch_pid(pid: int, gone: Callable[[], None]) -> int | None:
 
 
 def main(argv: list[str]) -> int:
-    pair = socket.socket(fileno=int(argv[1]))
-    listener = socket.socket(fileno=int(argv[2]))
+    """`python -m bot.edgeproc PAIR_FD LISTENER_FD` (started by EdgeProcess)."""
+    pair = socket.socket(fileno=int(argv[-2]))
+    listener = socket.socket(fileno=int(argv[-1]))
     pair.setblocking(True)
     size = FRAME.unpack(pair.recv(FRAME.size, socket.MSG_WAITALL))[0]
     hello: Hello = pickle.loads(pair.recv(size, socket.MSG_WAITALL))  # noqa: S301
