@@ -526,6 +526,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients`,
 `ownership_change_not_permitted`, `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed` under their labels;
+`ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
@@ -591,15 +592,19 @@ owner or group of its files (`chown`, `chgrp`, rsync: `Operation not permitted`)
 backend (older than its framework supports: Django's `PostgreSQL 12 or later is required (found
 11.22)`; lacking an extension: `extension "vector" is not available`; an image needing AVX) is
 `dependency_down`. nginx's `host not found in upstream` together with the backend's own fatal
-start-up line is the crash loop's: Docker's DNS answers only for running containers. A port held by
-another process, a stale unix socket or pid file are crash loops with their own `detail`, and so
-are a process's own limits and builds: V8's heap limit (`JavaScript heap out of memory`, whatever
-memory the host has; only the host's or container's memory running out is `oom_killed`) and an
-instruction the CPU lacks (the kernel's `trap invalid opcode`, SIGILL). A dependency's name that
-does not resolve from the backend is `dns_or_network` (the network between them), and Node.js's
-`connect ECONNREFUSED` to a port nginx does not dial is a refused dependency. Request-time errors
-(PHP fatal errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up
-lines: they count only with a restart seen.
+start-up line is the crash loop's: Docker's DNS answers only for running containers. A backend (or
+the nginx, Unit or lighttpd inside its image) that cannot open its IPv6 listener (`socket()
+[::]:8080 failed (97: Address family not supported by protocol)`) is a crash loop
+(`ipv6_listener_without_ipv6`). A `du -h` listing of gigabytes in the disk step makes `disk_full` a
+candidate (0.45), not a finding: it says where the space went, not that the disk is full. A port
+held by another process, a stale unix socket or pid file are crash loops with their own `detail`,
+and so are a process's own limits and builds: V8's heap limit (`JavaScript heap out of memory`,
+whatever memory the host has; only the host's or container's memory running out is `oom_killed`)
+and an instruction the CPU lacks (the kernel's `trap invalid opcode`, SIGILL). A dependency's name
+that does not resolve from the backend is `dns_or_network` (the network between them), and
+Node.js's `connect ECONNREFUSED` to a port nginx does not dial is a refused dependency.
+Request-time errors (PHP fatal errors, gunicorn's `Error handling request`, Flask's `Exception on
+/`) are not start-up lines: they count only with a restart seen.
 
 Remediation: a cause's `remediation` items come first (advice sentences, then step ids); an item
 `{{do: restart_program, when: [supervisorctl_status]}}` is offered only when one of those steps was

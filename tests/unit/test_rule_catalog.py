@@ -2058,6 +2058,31 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "unknown",
         "local_access_rules_block",
     ),
+    # ---- the backend's own listener on IPv6 where the host has none (EAFNOSUPPORT)
+    (
+        "docker_logs",
+        "nginx: [emerg] socket() [::]:443 failed (97: Address family not supported by protocol)",
+        "https://github.com/coolacid/docker-misp/issues/41 (nginx inside the app's image)",
+        "upstream_crashloop",
+        "ipv6_listener_without_ipv6",
+    ),
+    (
+        "docker_logs",
+        "2025/06/18 22:19:32 [emerg] 1#1: socket() [::]:8080 failed (97: Address family not "
+        "supported by protocol)",
+        "https://github.com/sharevb/it-tools/issues/98 (the app image's nginx, a host without "
+        "IPv6)",
+        "upstream_crashloop",
+        "ipv6_listener_without_ipv6",
+    ),
+    (
+        "journal",
+        "2021-01-30 11:38:27: (network.c.281) socket failed: Address family not supported by "
+        "protocol",
+        "https://github.com/alexreinert/debmatic/issues/194 (lighttpd with ipv6.disable=1)",
+        "upstream_crashloop",
+        "ipv6_listener_without_ipv6",
+    ),
 ]
 
 
@@ -2313,6 +2338,15 @@ def test_a_unit_killed_by_a_sigkill_systemd_did_not_send_is_named_oom_killed(rul
     first = diagnose(rules, {"journal": journal})[0]
     assert first.cause == "oom_killed"
     assert first.confidence >= rules.threshold  # named, not a candidate
+
+
+def test_a_du_listing_makes_a_full_disk_a_candidate_not_a_finding(rules):
+    """du's listing says where the space went, not that the disk is full: disk_full comes first,
+    under the threshold (du 9.1 run here: tests/data/captures/du-listing.json)."""
+    capture = json.loads((CAPTURES / "du-listing.json").read_text(encoding="utf-8"))
+    first = diagnose(rules, capture["evidence"])[0]
+    assert first.cause == "disk_full" and first.detail is None
+    assert first.confidence < rules.threshold
 
 
 # The backend says where it listens (its own start banner) and nginx, in the same run, is refused on
