@@ -2555,6 +2555,20 @@ def test_php_fpm_dropping_the_proxys_address_is_the_proxys_path_not_a_down_backe
     assert any("Connection disallowed: IP address '127.0.0.1'" in line for line in first.evidence)
 
 
+def test_haproxy_says_why_its_health_check_marked_the_server_down(rules):
+    """HAProxy's 503 and "no server available" read as a down backend; its own check's reason says
+    more: a 4xx on the check path is the proxy's configuration, a Layer4 timeout an address that
+    leads nowhere (one real run each: tests/data/captures)."""
+    capture = json.loads((CAPTURES / "haproxy-health-check-marks-server-down.json")
+                         .read_text(encoding="utf-8"))
+    first_named(rules, capture["layer7"], "wrong_proxy_config", "proxy_health_check_path",
+                capture["what"])
+    first_named(rules, capture["layer4"], "dns_or_network", None, capture["what"])
+    for part in ("layer7", "layer4"):
+        refused = {"proxy_check": capture[part]["proxy_check"]}
+        assert diagnose(rules, refused)[0].cause == "upstream_down"  # the 503 page alone
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
