@@ -606,6 +606,19 @@ Node.js's `connect ECONNREFUSED` to a port nginx does not dial is a refused depe
 Request-time errors (PHP fatal errors, gunicorn's `Error handling request`, Flask's `Exception on
 /`) are not start-up lines: they count only with a restart seen.
 
+**A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
+(or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only
+says "nothing accepted there": a stopped backend, one bound elsewhere, a wrong port or a stale
+address look the same from the proxy, and the rules leave it `upstream_down` at a candidate's
+weight. What the other steps show decides: `ss -ltnp` with the port bound on loopback or on one
+other address (`backend_listens_on_loopback`, `backend_listens_on_other_address`), the upstream
+name's DNS answer naming another address than the one dialed (`stale_upstream_address`), the probe
+answering on the port, the backend's own banner naming another port, or the proxy's own reason
+(HAProxy's `Layer7 wrong status, code: 404` is its health check's path, `Layer4 timeout` an address
+that leads nowhere; php-fpm's `Connection disallowed` is its `listen.allowed_clients`). The same
+holds for timeouts: `upstream timed out ... while SSL handshaking` with the port answering plain
+HTTP is TLS spoken to a plain port, not a slow backend.
+
 Remediation: a cause's `remediation` items come first (advice sentences, then step ids); an item
 `{{do: restart_program, when: [supervisorctl_status]}}` is offered only when one of those steps was
 run, so a Docker host is not offered supervisorctl. Step ids must be among `steps:`
