@@ -1959,6 +1959,26 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "tls_mismatch",
         "certificate_name_mismatch",
     ),
+    # ---- nginx 1.22.1 whose resolver does not answer (resolver 127.0.0.1:28054, nothing there;
+    # resolver_timeout 2s; proxy_pass through a variable): its two lines, run here
+    (
+        "nginx_error_log",
+        "2026/11/30 16:18:06 [error] 29156#29156: recv() failed (111: Connection refused) while "
+        "resolving, resolver: 127.0.0.1:28054",
+        "run here: nginx 1.22.1, resolver 127.0.0.1:28054 (nothing listens) with set $b "
+        "backend.lab.test; proxy_pass http://$b:28093;, one request",
+        "dns_or_network",
+        "resolver_unreachable",
+    ),
+    (
+        "nginx_error_log",
+        "2026/11/30 16:18:08 [error] 29156#29156: *39 backend.lab.test could not be resolved (110: "
+        "Operation timed out), client: 127.0.0.1, server: lab4, request: \"GET / HTTP/1.1\", host: "
+        "\"127.0.0.1:28083\"",
+        "run here: the same request, resolver_timeout 2s later",
+        "dns_or_network",
+        "resolver_unreachable",
+    ),
     # ---- Envoy's 503 body (Istio, Consul): the connect's errno by number, or by its text
     (
         "proxy_check",
