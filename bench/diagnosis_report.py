@@ -595,16 +595,20 @@ backend (older than its framework supports: Django's `PostgreSQL 12 or later is 
 start-up line is the crash loop's: Docker's DNS answers only for running containers. A backend (or
 the nginx, Unit or lighttpd inside its image) that cannot open its IPv6 listener (`socket()
 [::]:8080 failed (97: Address family not supported by protocol)`) is a crash loop
-(`ipv6_listener_without_ipv6`). A `du -h` listing of gigabytes in the disk step makes `disk_full` a
-candidate (0.45), not a finding: it says where the space went, not that the disk is full. A port
-held by another process, a stale unix socket or pid file are crash loops with their own `detail`,
-and so are a process's own limits and builds: V8's heap limit (`JavaScript heap out of memory`,
-whatever memory the host has; only the host's or container's memory running out is `oom_killed`)
-and an instruction the CPU lacks (the kernel's `trap invalid opcode`, SIGILL). A dependency's name
-that does not resolve from the backend is `dns_or_network` (the network between them), and
-Node.js's `connect ECONNREFUSED` to a port nginx does not dial is a refused dependency.
-Request-time errors (PHP fatal errors, gunicorn's `Error handling request`, Flask's `Exception on
-/`) are not start-up lines: they count only with a restart seen.
+(`ipv6_listener_without_ipv6`). EPERM is the OS refusing as EACCES is (Node.js's `EPERM: operation
+not permitted, chmod`, CPython's `[Errno 1]`, Go's `chown X: operation not permitted`), and a full
+disk has other words than strerror (PHP's `possibly out of free disk space`, MySQL's `Disk full (`,
+`Errcode: 28`, InnoDB's `Operating system error number 28`, Windows' `There is not enough space on
+the disk`). A `du -h` listing of gigabytes in the disk step makes `disk_full` a candidate (0.45),
+not a finding: it says where the space went, not that the disk is full. A port held by another
+process, a stale unix socket or pid file are crash loops with their own `detail`, and so are a
+process's own limits and builds: V8's heap limit (`JavaScript heap out of memory`, whatever memory
+the host has; only the host's or container's memory running out is `oom_killed`) and an instruction
+the CPU lacks (the kernel's `trap invalid opcode`, SIGILL). A dependency's name that does not
+resolve from the backend is `dns_or_network` (the network between them), and Node.js's `connect
+ECONNREFUSED` to a port nginx does not dial is a refused dependency. Request-time errors (PHP fatal
+errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up lines: they
+count only with a restart seen.
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
 (or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only

@@ -2103,6 +2103,17 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "ipv6_listener_without_ipv6",
     ),
+    # ---- a full disk in the words of a program that does not print strerror
+    (
+        "app_logs",
+        "PHP Warning:  file_put_contents(): Only 65536 of 200000 bytes written, possibly out of "
+        "free disk space in Command line code on line 1",
+        "run here: PHP 8.2.36 file_put_contents of 200 kB on a full 64 KiB tmpfs (the warning "
+        "that production error_reporting keeps; "
+        "tests/data/captures/php-short-write-disk-full.json)",
+        "disk_full",
+        None,
+    ),
 ]
 
 
@@ -2328,6 +2339,12 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
      "ownership_change_not_permitted"),
     ("eperm-ownership-change.json", ("journal",), "permission_denied",
      "ownership_change_not_permitted"),
+    ("eperm-runtimes.json", ("docker_logs",), "permission_denied",
+     "ownership_change_not_permitted"),
+    ("eperm-runtimes.json", ("journal",), "permission_denied", "ownership_change_not_permitted"),
+    ("eperm-runtimes.json", ("app_logs",), "permission_denied", None),
+    # PHP's short write on a full disk (its errno=28 notice and the warning)
+    ("php-short-write-disk-full.json", None, "disk_full", None),
     # the database lacks an extension the backend asks for
     ("postgres-extension-not-available.json", None, "dependency_down",
      "database_extension_missing"),
