@@ -2010,6 +2010,52 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # ---- no TLS version in common: a server that speaks TLS 1.3 only, clients capped at 1.2
+    (
+        "nginx_error_log",
+        "2026/11/30 16:19:29 [error] 14575#14575: *41 SSL_do_handshake() failed (SSL: "
+        "error:0A00042E:SSL routines::tlsv1 alert protocol version:SSL alert number 70) while "
+        "SSL handshaking to upstream, client: 127.0.0.1, server: lab, request: \"GET /tls12/ "
+        "HTTP/1.1\", upstream: \"https://127.0.0.1:28446/tls12/\", host: \"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1 with proxy_ssl_protocols TLSv1.2; proxy_pass "
+        "https://127.0.0.1:28446 (a CPython ssl server with minimum_version TLSv1_3)",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
+    (
+        "healthcheck",
+        "curl: (35) OpenSSL/3.0.19: error:0A00042E:SSL routines::tlsv1 alert protocol version",
+        "run here: curl --tls-max 1.2 https://docs.lab.test:28446/ (curl 7.88.1) to the same "
+        "TLS 1.3-only server",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "ssl.SSLError: [SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version "
+        "(_ssl.c:1006)",
+        "run here: CPython 3.11.7 ssl with maximum_version TLSv1_2 to the same server",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "Get \"https://127.0.0.1:28446/\": remote error: tls: protocol version not supported",
+        "run here: Go 1.19.8 net/http with tls.Config{MaxVersion: tls.VersionTLS12} to the "
+        "same server",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
+    (
+        "app_logs",
+        "write EPROTO 80DC4C20AC7F0000:error:0A00042E:SSL routines:ssl3_read_bytes:tlsv1 alert "
+        "protocol version:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert "
+        "number 70",
+        "run here: Node.js 20.20.2 https.get({maxVersion: 'TLSv1.2'}) to the same server, "
+        "printing err.message",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
     # ---- Chrome's console: a page served over https links to its own host over http (the app
     # behind a TLS-ending proxy does not know the client's scheme)
     (
