@@ -524,7 +524,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `k8s_node_memory_pressure`, `conntrack_table_full`, `no_resolver_defined`,
 `upstream_port_dropped`, `uwsgi_pass_to_http_socket`, `redis_cannot_persist`,
 `data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients`,
-`tls_protocol_version_mismatch`, `ownership_change_not_permitted`, `database_version_unsupported`,
+`tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
+`database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed` under their labels;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,

@@ -2010,6 +2010,32 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # ---- mutual TLS: a server that requires a client certificate, clients that send none
+    (
+        "healthcheck",
+        "curl: (56) OpenSSL SSL_read: OpenSSL/3.0.19: error:0A00045C:SSL routines::tlsv13 "
+        "alert certificate required, errno 0",
+        "run here: curl --cacert ca.pem https://docs.lab.test:28447/ (curl 7.88.1) without a "
+        "client certificate, to a CPython ssl server with verify_mode CERT_REQUIRED",
+        "tls_mismatch",
+        "client_certificate_required",
+    ),
+    (
+        "app_logs",
+        "809C2B4D457F0000:error:0A00045C:SSL routines:ssl3_read_bytes:tlsv13 alert certificate "
+        "required:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert number 116",
+        "run here: Node.js 20.20.2 https.get to the same server, printing err.message "
+        "(err.code ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED)",
+        "tls_mismatch",
+        "client_certificate_required",
+    ),
+    (
+        "app_logs",
+        "Get \"https://127.0.0.1:28447/\": remote error: tls: certificate required",
+        "run here: Go 1.19.8 net/http to the same server without a client certificate",
+        "tls_mismatch",
+        "client_certificate_required",
+    ),
     # ---- no TLS version in common: a server that speaks TLS 1.3 only, clients capped at 1.2
     (
         "nginx_error_log",
