@@ -579,8 +579,9 @@ backend was stopped by hand since (supervisord `STOPPED`, systemd `inactive (dea
 specific cause with its own evidence (the app's error about a dependency, an OOM, a full disk,
 EACCES, a certificate) contradicts the crash loop in turn; EACCES in the backend's own output (or
 its own start-up check saying a directory is not writable) contradicts `upstream_down` too: it says
-why the backend is not running. Redis's `MISCONF` (writes refused after a failed background save)
-is `disk_full` (`redis_cannot_persist`, the usual cause), not a dependency that is down, unless its
+why the backend is not running (unless it was stopped by the operator since: supervisord `STOPPED`,
+systemd `inactive (dead)`). Redis's `MISCONF` (writes refused after a failed background save) is
+`disk_full` (`redis_cannot_persist`, the usual cause), not a dependency that is down, unless its
 log names another (`Permission denied`). Memory is the root of what it ends: a worker SIGKILLed
 under a master that lives on (uWSGI's `killed by signal 9`, gunicorn's `was sent SIGKILL! Perhaps
 out of memory?`, php-fpm's, unicorn's), unless the app server's own timeout sent it (`WORKER

@@ -2383,6 +2383,8 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("redis-misconf-permission.json", None, "permission_denied", "data_dir_not_writable"),
     # EXITED in supervisorctl is why nginx is refused; Permission denied is why it exited
     ("redis-log-not-writable.json", None, "permission_denied", None),
+    # but stopped by the operator since, the program is down whatever its output said before
+    ("stopped-by-operator-with-permission-line.json", None, "upstream_down", None),
     # a worker killed by the kernel's OOM killer (in a 100 MiB memory cgroup) while nginx waited:
     # the 504 is the symptom, its app server's line or the kernel's says why (either alone)
     ("uwsgi-worker-oom-killed-504.json", ("nginx_error_log", "proxy_check", "app_logs"),
