@@ -109,10 +109,19 @@ def frame(message: Any) -> bytes:
     return FRAME.pack(len(data)) + data
 
 
-def control_path(settings: Settings) -> Path:
-    """Where an edge waits for a new core to take its listening socket over."""
+def control_path(settings: Settings) -> Path | None:
+    """Where an edge waits for a new core to take its listening socket over: in a folder
+    only this user may use (None when the folder is someone else's or open to others: no
+    take-over then, nobody else may hand opsbot a socket)."""
     folder = Path(tempfile.gettempdir()) / f"opsbot-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    mode = folder.lstat()
+    if mode.st_uid != os.getuid() or mode.st_mode & 0o077 or not folder.is_dir() \
+            or folder.is_symlink():
+        log.warning("%s is not this user's alone: no take-over of a stopped opsbot's edge",
+                    folder)
+        return None
     host = settings.listen_host.replace("/", "_").replace(":", "_")
     return folder / f"edge-{host}-{settings.listen_port}.sock"
 
@@ -130,6 +139,8 @@ def take_over(settings: Settings) -> socket.socket | None:
     """The listening socket of an edge left by a core that is gone (blocking; at start-up),
     once that edge has answered what it had taken and ended; None when there is none."""
     path = control_path(settings)
+    if path is None:
+        return None
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     control.settimeout(30)
     try:
@@ -441,10 +452,12 @@ async def serve_edge(hello: Hello, pair: socket.socket, listener: socket.socket)
         taken_over.append(w)
 
     taken_over: list[asyncio.StreamWriter] = []
-    with contextlib.suppress(FileNotFoundError):
-        control_file.unlink()
-    control_server = await asyncio.start_unix_server(control, path=str(control_file))
-    os.chmod(control_file, 0o600)
+    control_server = None
+    if control_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            control_file.unlink()
+        control_server = await asyncio.start_unix_server(control, path=str(control_file))
+        os.chmod(control_file, 0o600)
 
     async def from_core() -> None:
         try:
@@ -470,10 +483,11 @@ async def serve_edge(hello: Hello, pair: socket.socket, listener: socket.socket)
         if watched is not None:
             loop.remove_reader(watched)
             os.close(watched)
-        control_server.close()
-        with contextlib.suppress(FileNotFoundError):
+        if control_server is not None and control_file is not None:
+            control_server.close()
             if not taken_over:
-                control_file.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    control_file.unlink()
         await runner.cleanup()  # answers what it had taken
         await core.close()
         for w in taken_over:  # the new core waits for this: nothing of ours is under way

@@ -18,6 +18,7 @@ import pytest
 
 from bot.adapters.store import Store
 from tests.botfixtures import ALERT_TOKEN, CHANNEL, SIGNING_SECRET, alert_payload, bot_env
+from tests.e2e.test_ack_under_load import work_rows
 from tests.e2e.test_reliability_kill import Serve, edge_processes, is_edge, no_bot_left
 from tests.fakeslack import FakeSlack
 from tests.lab import free_port
@@ -45,15 +46,6 @@ async def signed(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[in
     async with http.post(f"{url}/slack/events", data=body,
                          headers=sign(SIGNING_SECRET, body)) as resp:
         return resp.status, await resp.text()
-
-
-def work(db: str) -> list[tuple[str, str]]:
-    store = Store(db)
-    try:
-        return [(r["kind"], r["status"]) for r in
-                store.db.query("SELECT kind, status FROM work ORDER BY id")]
-    finally:
-        store.close()
 
 
 async def until(check: object, timeout: float = 60) -> None:
@@ -90,23 +82,23 @@ async def test_the_edge_answers_and_records_while_the_core_is_killed(
         assert status == 200 and "incident response" in json.loads(text)["text"]
         async with http.get(f"{bot.url}/healthz") as resp:
             assert resp.status == 503  # answering, but nothing is done meanwhile
-        db = bot.env["OPSBOT_DB"]
-        assert work(db) == [("alert", "pending"), ("click", "pending"), ("command", "pending")]
+        db = Path(bot.env["OPSBOT_DB"])
+        assert work_rows(db) == [("alert", "pending"), ("click", "pending"), ("command", "pending")]
         assert not slack.responses
         # a new core takes the listening socket over from that edge, and does the work
         await bot.start(http)
-        await until(lambda: "pending" not in {status for _, status in work(db)}
+        await until(lambda: "pending" not in {status for _, status in work_rows(db)}
                     and slack.responses)
         assert is_edge(edges[0]) is False  # the old edge ended once taken over
         # the command is answered where it was asked; the click was for no approval
         [answer] = [r.plain() for r in slack.responses]
         assert answer.startswith("(after a restart) • *INC-1* open")
         assert answer.endswith("nginx answers 502 on elsewhere01")
-        assert work(db) == [("alert", "done"), ("click", "failed"), ("command", "done")]
-        store = Store(db)
+        assert work_rows(db) == [("alert", "done"), ("click", "failed"), ("command", "done")]
+        store = Store(str(db))
         assert [i.title for i in store.list_incidents()] == ["nginx answers 502 on elsewhere01"]
         assert await bot.stop() == 0
-    log = (Path(db).parent / "serve.log").read_text()
+    log = (db.parent / "serve.log").read_text()
     assert "the core (pid" in log and "Traceback" not in log
 
 
@@ -127,7 +119,7 @@ async def test_a_killed_edge_is_started_again_by_the_core(
         click = block_actions_body("opsbot.reject", "no-such-token", "U0ALICE", CHANNEL,
                                    "1700000000.000200", response_url=respond)
         assert await signed(http, bot.url, click) == (200, "")
-        await until(lambda: work(bot.env["OPSBOT_DB"]) == [("click", "done")])
+        await until(lambda: work_rows(Path(bot.env["OPSBOT_DB"])) == [("click", "done")])
         await until(lambda: slack.responses)
         assert "approval is unknown" in slack.responses[0].plain()
         assert bot.proc.returncode is None
