@@ -185,9 +185,15 @@ def edge_watched(out: Path, fds: list[str]) -> int:
 
     async def watched(*args: Any) -> None:
         lags: list[float] = []
-        ticker = asyncio.create_task(_watch(lags))
+        ready = asyncio.Event()
+
+        async def once_ready() -> None:  # its start-up (the store, imports) is not serving
+            await ready.wait()
+            await _watch(lags)
+
+        ticker = asyncio.create_task(once_ready())
         try:
-            await serve_edge(*args)
+            await serve_edge(*args, ready=ready)
         finally:
             ticker.cancel()
             out.write_text(json.dumps(lags))  # noqa: ASYNC240 (once, at exit)

@@ -408,7 +408,10 @@ def edge_app(hello: Hello, requests: AsyncStore, intake: WebhookIntake, link: Co
     return app
 
 
-async def serve_edge(hello: Hello, pair: socket.socket, listener: socket.socket) -> None:
+async def serve_edge(hello: Hello, pair: socket.socket, listener: socket.socket, *,
+                     ready: asyncio.Event | None = None) -> None:
+    """Answer until the core says stop (or SIGTERM, or ORPHAN_GRACE after the core is gone,
+    or a new core took the listening socket over). `ready` is set once it answers."""
     from bot.adapters.store import AsyncStore, Store, WebhookIntake
     from bot.redact import redact_logs
 
@@ -475,6 +478,8 @@ async def serve_edge(hello: Hello, pair: socket.socket, listener: socket.socket)
     listening = asyncio.create_task(from_core())
     watched = _watch_pid(hello.core_pid, core_gone)
     writer.write(frame(("ready",)))
+    if ready is not None:
+        ready.set()
     try:
         await stop.wait()
     finally:
