@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -117,6 +118,8 @@ def to_pyformat(sql: str) -> str:
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PAGES = 1000  # WAL pages that make a checkpoint due (SQLite's own default)
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's write lock
+BUSY_POLL = 0.001  # seconds between an urgent connection's tries at it (SqliteDatabase._begin)
 
 
 class WriteLock:
@@ -257,7 +260,7 @@ class SqliteDatabase(Database):
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         raw = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        raw.execute("PRAGMA busy_timeout = 30000")
+        raw.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         if path != ":memory:":
             raw.execute("PRAGMA journal_mode = wal")
         raw.execute(f"PRAGMA synchronous = {'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
@@ -295,7 +298,7 @@ class SqliteDatabase(Database):
         self.lock.acquire(self.urgent)
         try:
             with translated(self.target):
-                raw.execute("BEGIN IMMEDIATE")
+                self._begin()
                 try:
                     yield self.conn
                     raw.execute("COMMIT")
@@ -307,6 +310,29 @@ class SqliteDatabase(Database):
             self.lock.release()
         if not self.urgent and not self.lock.held_here():
             self.checkpoint()
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE. An urgent connection (an answer waits for it) tries for the file's
+        write lock every BUSY_POLL while another process holds it: SQLite's own busy handler
+        sleeps 1, 2, 5, 10, 15, 20, 25 ... 100 ms between its tries, and an answer waited up to
+        that long after the other process (the edge's, or the core's) had let go."""
+        raw = self.raw
+        if not self.urgent:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        raw.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(BUSY_POLL)
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database once it holds CHECKPOINT_PAGES pages, outside the

@@ -558,3 +558,37 @@ def test_the_root_message_reads_the_newest_diagnosis_of_the_cause(store: Store) 
     store.update_incident(inc_id, cause="upstream_down")
     _, _, confidence, _ = store.root_view(inc_id)
     assert confidence == 0.9
+
+
+def test_an_urgent_write_waits_for_another_process_holding_the_write_lock(tmp_path) -> None:
+    """The edge process and the core write one SQLite file, each with its own in-process lock:
+    an urgent connection (an answer waits for it) that finds the file's write lock taken tries
+    again until it is free, then writes; it is neither refused nor lost."""
+    import sqlite3
+    import threading
+
+    from bot.adapters.sql import SqliteDatabase
+
+    path = str(tmp_path / "two.db")
+    answering = SqliteDatabase(path)
+    answering.make_urgent()
+    answering.execute("CREATE TABLE t (x INTEGER)")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process's transaction, in progress
+    other.execute("INSERT INTO t VALUES (1)")
+    wrote = threading.Event()
+
+    def write() -> None:
+        with answering.tx() as conn:
+            conn.execute("INSERT INTO t VALUES (2)")
+        wrote.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert not wrote.wait(0.3)  # it waits while the other holds the lock
+    other.execute("COMMIT")
+    writer.join(30)
+    assert wrote.is_set()
+    assert [r[0] for r in answering.execute("SELECT x FROM t ORDER BY x").fetchall()] == [1, 2]
+    other.close()
+    answering.close()
