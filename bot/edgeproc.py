@@ -78,6 +78,10 @@ CORE_TIMEOUT = 30.0  # seconds for the core to answer a forwarded request
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 KEPT_HEADERS = ("Content-Type", "Allow", "X-Content-Type-Options")
 COMMAND = [sys.executable, "-m", "bot.edgeproc"]  # then the pair's and the listener's fds
+# steps of nice the edge runs ahead of the core's loop: its own interpreter lock is not enough
+# when the cores are busy (the ack bench: the edge's loop waited for a core as the HTTP thread
+# had); nice orders the threads of one scheduling group, so a core goes to an answer first
+EDGE_LEAD = 5
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class EdgeProcess:
         self._watch: asyncio.Task[None] | None = None
         self.stopping = False
         self.starts = 0
+        self.base_nice: int | None = None  # the core loop's nice before its first edge
 
     def bind(self) -> None:
         """OPSBOT_LISTEN: taken over from an edge that a stopped core left (once it answered
@@ -197,6 +202,11 @@ class EdgeProcess:
                 stdin=asyncio.subprocess.DEVNULL)
         finally:
             theirs.close()
+        if self.base_nice is None:
+            from bot.offload import own_nice
+
+            self.base_nice = own_nice()
+        lead(self.proc.pid, self.base_nice)  # before the edge, told nothing, starts a thread
         self.starts += 1
         reader, self._writer = await asyncio.open_connection(sock=ours)
         self._writer.write(frame(self.hello))
@@ -256,6 +266,21 @@ class EdgeProcess:
             self._writer.close()
         if self.listener is not None:
             self.listener.close()
+
+
+def lead(edge: int, base: int) -> None:
+    """The edge EDGE_LEAD steps of nice ahead of the core's loop (the calling thread, at nice
+    `base` before its first edge): the edge raised where this process may (root,
+    CAP_SYS_NICE), else the calling thread lowered once (on Linux nice is per thread; the
+    threads it starts later inherit it; an edge started again then has the loop's nice)."""
+    if sys.platform != "linux":
+        return
+    from bot.offload import lower_priority
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, edge, max(-20, base - EDGE_LEAD))
+    except OSError:
+        lower_priority(base + EDGE_LEAD)
 
 
 # -- the edge's side -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from bot.adapters.store import Store
+from bot.edgeproc import EDGE_LEAD
 from tests.botfixtures import ALERT_TOKEN, CHANNEL, SIGNING_SECRET, alert_payload, bot_env
 from tests.e2e.test_ack_under_load import work_rows
 from tests.e2e.test_reliability_kill import Serve, edge_processes, is_edge, no_bot_left
@@ -46,6 +47,11 @@ async def signed(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[in
     async with http.post(f"{url}/slack/events", data=body,
                          headers=sign(SIGNING_SECRET, body)) as resp:
         return resp.status, await resp.text()
+
+
+def nice(pid: int) -> int:
+    """A process's (its main thread's) nice, as the kernel has it."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 async def until(check: object, timeout: float = 60) -> None:
@@ -111,6 +117,8 @@ async def test_a_killed_edge_is_started_again_by_the_core(
         assert bot.proc is not None
         first = edge_processes(bot.proc.pid)
         assert len(first) == 1
+        # the edge is ahead of the core's loop: a core goes to an answer first
+        assert nice(bot.proc.pid) - nice(first[0]) == EDGE_LEAD
         os.kill(first[0], signal.SIGKILL)
         await until(lambda: edge_processes(bot.proc.pid) not in ([], first))  # type: ignore[union-attr]
         # answered by the new edge: connections waited in the core's listening socket
