@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from bot.errors import BotError
 from bot.models import IncidentStatus
-from bot.params import parse_assignments
 
 if TYPE_CHECKING:  # the edge process answers `help` with this module, and never runs
     from bot.service import Opsbot
@@ -93,9 +92,10 @@ async def _run(bot: Opsbot, args: list[str], user: str) -> Answer:
     args = [a for a in args if a != "--plan"]
     if len(args) < 2:
         return Answer("Usage: `run <runbook> <host|group> [--plan] [key=value ...]`")
-    runbook, target, params = args[0], args[1], parse_assignments(args[2:])
     from bot.approvals import ask_in_thread
+    from bot.params import parse_assignments  # pydantic: not in the edge process
 
+    runbook, target, params = args[0], args[1], parse_assignments(args[2:])
     if plan:
         plans = await bot.runs.run_target(runbook, target, params, requested_by=user,
                                      source="slack", approver=ask_in_thread, dry_run=True)
