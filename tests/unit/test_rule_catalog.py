@@ -2419,6 +2419,8 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("eperm-runtimes.json", ("app_logs",), "permission_denied", None),
     # PHP's short write on a full disk (its errno=28 notice and the warning)
     ("php-short-write-disk-full.json", None, "disk_full", None),
+    # the database ended the session under the client (MariaDB killed between two queries)
+    ("pymysql-server-killed.json", None, "dependency_down", None),
     # the database lacks an extension the backend asks for
     ("postgres-extension-not-available.json", None, "dependency_down",
      "database_extension_missing"),
