@@ -839,6 +839,14 @@ Held-out part (totals only):
   (pid: N) died, killed by signal 9` (gunicorn: `was sent SIGKILL! Perhaps out of memory?`) and
   the kernel `Memory cgroup out of memory: Killed process N (uwsgi)`. Killed at once, the same
   worker gives nginx `upstream prematurely closed connection` and a 502.
+- **Redis says MISCONF whatever stopped its save**: a full disk under its `dir` and a `dir` its
+  user may not write give the client the same `MISCONF Redis is configured to save RDB
+  snapshots, but it's currently unable to persist to disk` (Redis 7.0.15); only its own log names
+  the cause (`Write error saving DB on disk(rdbSaveRio): No space left on device`, `Failed opening
+  the temp RDB file ... for saving: Permission denied`).
+- **A database killed under a Python client is a dependency, not a crash**: PyMySQL then raises
+  `OperationalError: (2013, 'Lost connection to MySQL server during query')` inside a traceback
+  that reads like the app's own crash.
 - **A full unix-socket backlog fails at once**: nginx connecting to a php-fpm or uWSGI socket
   whose listen queue is full gets `(11: Resource temporarily unavailable)`, not a timeout: every
   worker is busy.
