@@ -11,8 +11,9 @@ import json
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from bot.discovery.nginx import Address
@@ -92,10 +93,15 @@ def parse_ps(text: str) -> dict[int, Proc]:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# the grep's records, each after a NUL (or first): a process's `PID/stat:` and its stat line;
+# a run of one process's `PID/cmdline:` records, its arguments, as one match (the grep's own
+# arguments are two a process: most records, taken here in C rather than one by one)
+_STAT = re.compile(r"\0([^\0/:]*)/stat:([^\0]*)")
+_CMDLINE = re.compile(r"\0([^\0/:]*)/cmdline:([^\0]*(?:\0\1/cmdline:[^\0]*)*)")
 
 
 def parse_proc(text: str) -> dict[int, Proc]:
-    """`grep -aHz . [0-9]*/stat [0-9]*/cmdline` in /proc: NUL-terminated records, each
+    """`grep -aHsz . [0-9]*/stat [0-9]*/cmdline` in /proc: NUL-terminated records, each
     `PID/stat:` and the stat line, or `PID/cmdline:` and one argument that is not empty (no
     argument holds a NUL, so none can forge a record; a process that set its title pads its
     arguments with NULs, thousands of empty ones). Read as `parse_ps` reads `ps -eo pid,ppid,
@@ -103,21 +109,19 @@ def parse_proc(text: str) -> dict[int, Proc]:
     control characters as `?`, as ps shows them; other characters as they are, where ps in
     the C locale shows `?`), `[comm]` for a process without any (a kernel thread;
     `[comm] <defunct>` for a zombie); the user is not read ("")."""
+    text = "\0" + text
     stats: dict[int, tuple[int, str, str]] = {}
-    args: dict[str, list[str]] = {}
-    for record in text.split("\0"):
-        name, _, value = record.partition(":")
-        number, _, kind = name.partition("/")
-        if kind == "cmdline":
-            args.setdefault(number, []).append(value)
-            continue
-        if kind != "stat" or not number.isdigit():
+    for number, value in _STAT.findall(text):
+        if not number.isdigit():
             continue
         open_, close = value.find("("), value.rfind(")")
         rest = value[close + 1:].split(None, 2)
         if open_ < 0 or close < open_ or len(rest) < 2 or not rest[1].isdigit():
             continue
         stats[int(number)] = (int(rest[1]), value[open_ + 1:close], rest[0])
+    args: dict[str, list[str]] = {}
+    for number, values in _CMDLINE.findall(text):
+        args.setdefault(number, []).extend(values.split(f"\0{number}/cmdline:"))
     procs = {}
     for pid, (ppid, comm, state) in stats.items():
         words = args.get(str(pid), [])
@@ -125,7 +129,9 @@ def parse_proc(text: str) -> dict[int, Proc]:
             words.pop()
         line = " ".join(words) if words else \
             f"[{comm}]" + (" <defunct>" if state == "Z" else "")
-        procs[pid] = Proc(pid, ppid, "", _CONTROL.sub("?", line.replace("\n", " ")))
+        if not line.isprintable():  # printable: no control character to show otherwise
+            line = _CONTROL.sub("?", line.replace("\n", " "))
+        procs[pid] = Proc(pid, ppid, "", line)
     return procs
 
 
@@ -138,7 +144,10 @@ def ancestors(procs: Mapping[int, Proc], pid: int) -> list[Proc]:
     return out
 
 
-def _options(args: str, wanted: Sequence[str]) -> dict[str, str]:
+@lru_cache(maxsize=512)
+def _options(args: str, wanted: tuple[str, ...]) -> Mapping[str, str]:
+    """The values of the `wanted` options in a command line (read once per distinct line: the
+    same masters' lines come back on every host and every run)."""
     try:
         words = shlex.split(args)
     except ValueError:
