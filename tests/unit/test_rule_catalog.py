@@ -2175,6 +2175,24 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "ipv6_listener_without_ipv6",
     ),
+    # ---- NestJS's TypeORM module cannot reach its database
+    (
+        "docker_logs",
+        "deploy-discord-chat-bot-1  | [Nest] 31  - 01/18/2023, 3:42:14 PM   ERROR [TypeOrmModule] "
+        "Unable to connect to the database. Retrying (3)...",
+        "https://github.com/karafra/ai-art/issues/39 (docker compose up)",
+        "dependency_down",
+        None,
+    ),
+    # ---- PostgREST (Supabase) refuses a token signed with another secret
+    (
+        "app_logs",
+        "Error: `Failed to match page sections: {\"code\":\"PGRST301\",\"details\":null,"
+        "\"hint\":null,\"message\":\"JWSError JWSInvalidSignature\"}`",
+        "https://github.com/supabase-community/nextjs-openai-doc-search/issues/38 (its title)",
+        "jwt_mismatch",
+        "jwt_signed_with_other_secret",
+    ),
     # ---- a full disk in the words of a program that does not print strerror
     (
         "app_logs",
@@ -2421,6 +2439,8 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("php-short-write-disk-full.json", None, "disk_full", None),
     # the database ended the session under the client (MariaDB killed between two queries)
     ("pymysql-server-killed.json", None, "dependency_down", None),
+    # a command of the entrypoint killed by SIGILL, as bash reports it
+    ("bash-child-sigill.json", None, "upstream_crashloop", "cpu_lacks_instructions"),
     # the database lacks an extension the backend asks for
     ("postgres-extension-not-available.json", None, "dependency_down",
      "database_extension_missing"),
