@@ -2624,6 +2624,8 @@ def test_nginx_dialing_an_address_its_name_no_longer_resolves_to_is_a_stale_addr
     same = diagnose(rules, capture["same_address"]["evidence"], params)
     assert same[0].cause == "upstream_down"
     assert all(c.detail != "stale_upstream_address" for c in same)
+    literal = diagnose(rules, capture["literal_loopback"]["evidence"], params)
+    assert all(c.detail != "stale_upstream_address" for c in literal)  # 127.0.0.1 by hand
 
 
 def test_what_listens_names_a_backend_bound_elsewhere_than_nginx_dials(rules):
