@@ -418,7 +418,11 @@ STEP_COMMANDS = [
                                                      "(JSON), `docker logs --tail 20 NAME 2>&1`"),
     ("`app_logs`", "the backend's own log (OnlyOffice `docservice/out.log`)"),
     ("`memory`, `kernel_log`, `disk`", "`free -m`, `dmesg \\| tail`, `df -h`"),
-    ("`dns`", "`nslookup UPSTREAM_HOST` (busybox nslookup in the captures)"),
+    ("`dns`", "`nslookup UPSTREAM_HOST` (busybox nslookup in the captures; `getent hosts` "
+              "output is read too): an answer that lacks the address nginx dials is a stale "
+              "address"),
+    ("`browser_console`", "the browser console's lines a reporter copied (Chrome's `Mixed "
+                          "Content`, an editor's token error); no runbook collects it"),
     ("`dependencies`", "one line per dependency, `<name> <host:port> reachable` or "
                        "`<name> <host:port> unreachable: <reason>`, printed by `" + DEPS_PROBE
                        + "`"),
