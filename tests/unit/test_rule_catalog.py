@@ -2704,6 +2704,18 @@ def test_haproxy_says_why_its_health_check_marked_the_server_down(rules):
         assert diagnose(rules, refused)[0].cause == "upstream_down"  # the 503 page alone
 
 
+def test_tomcat_behind_nginx_http_to_ajp_and_a_java_socket_on_loopback(rules):
+    """Tomcat's AJP connector names the HTTP it was sent by its first two bytes; Java's listening
+    socket on 127.0.0.1 shows in ss as [::ffff:127.0.0.1] (one real run: tests/data/captures)."""
+    capture = json.loads((CAPTURES / "tomcat-ajp-connector-behind-nginx.json")
+                         .read_text(encoding="utf-8"))
+    first = first_named(rules, capture["ajp"], "wrong_proxy_config", "http_to_non_http_port",
+                        capture["what"])
+    assert any("signature [18245]" in line for line in first.evidence)
+    first_named(rules, capture["loopback"], "wrong_proxy_config", "backend_listens_on_loopback",
+                capture["what"])
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
