@@ -2716,6 +2716,18 @@ def test_tomcat_behind_nginx_http_to_ajp_and_a_java_socket_on_loopback(rules):
                 capture["what"])
 
 
+def test_nginx_proxying_http_to_a_postgresql_port(rules):
+    """PostgreSQL drops nginx's HTTP as an invalid startup packet and nginx sees the connection
+    closed; the database's line and nginx's together name the wrong port (one real run:
+    tests/data/captures)."""
+    capture = json.loads((CAPTURES / "http-to-postgresql-port.json").read_text(encoding="utf-8"))
+    first = first_named(rules, capture["evidence"], "wrong_proxy_config", "http_to_non_http_port",
+                        capture["what"])
+    assert any("prematurely closed" in line for line in first.evidence)
+    database_alone = {"docker_logs": capture["evidence"]["docker_logs"]}
+    assert all(c.detail != "http_to_non_http_port" for c in diagnose(rules, database_alone))
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
