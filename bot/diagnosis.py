@@ -35,6 +35,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot import pydanticlib  # noqa: F401 (first: pydantic without its plugin search)
 from bot.errors import BotError, RunbookInvalid
 from bot.filecache import PerVersion
 from bot.logline import plain

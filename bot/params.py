@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from bot import pydanticlib  # noqa: F401 (first: pydantic without its plugin search)
 from bot.errors import ParamInvalid
 from bot.redact import redact
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from bot import templates
+from bot import pydanticlib, templates  # noqa: F401 (pydanticlib: pydantic without its plugin search)
 from bot.executors import sshlib  # noqa: F401 (first: imports asyncssh quickly)
 from bot.models import ExecOutput, Host
 

@@ -17,10 +17,12 @@ from tests.lab.sshd import SshServer
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
 # what only a serving process, a PostgreSQL store, a docker/http step, a TOML config, a typo's
-# suggestion or a runbook with diagnosis rules needs: a cold one-command run pays for none
+# suggestion or a runbook with diagnosis rules needs, and pydantic's search for plugins: a
+# cold one-command run pays for none
 NOT_FOR_A_COLD_RUN = ("multiprocessing", "psycopg", "docker", "aiohttp", "jinja2", "crossplane",
                       "prometheus_client", "slack_bolt", "slack_sdk", "tomllib", "difflib",
-                      "bot.diagnosis", "bot.discovery", "bot.server", "bot.adapters.slack")
+                      "bot.diagnosis", "bot.discovery", "bot.server", "bot.adapters.slack",
+                      "importlib.metadata")
 
 
 def test_a_cold_run_on_real_hosts_imports_none_of_the_servers_libraries(

@@ -198,9 +198,36 @@ def test_a_terminal_command_imports_none_of_the_servers_libraries() -> None:
     PostgreSQL store, a docker/http step, a TOML config file or a typo's suggestion needs is
     imported when first used."""
     serving_only = ("multiprocessing", "psycopg", "docker", "aiohttp", "jinja2", "crossplane",
-                    "prometheus_client", "slack_bolt", "slack_sdk", "tomllib", "difflib")
+                    "prometheus_client", "slack_bolt", "slack_sdk", "tomllib", "difflib",
+                    "importlib.metadata")  # pydantic's plugin search: bot/pydanticlib.py
     code = ("import sys\nimport bot.cli, bot.app, bot.params\n"
             f"print([m for m in {serving_only!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_pydantic_searches_no_plugins_unless_its_loader_was_there_first() -> None:
+    """opsbot's models are built without pydantic's search of every installed package's entry
+    points (bot/pydanticlib.py): they still validate. A process that imported pydantic's own
+    plugin loader before opsbot keeps it."""
+    code = ("import sys\n"
+            "from bot.runbooks import load_runbook\n"
+            "from bot.params import ParamSpec\n"
+            "import bot.diagnosis\n"
+            "print(ParamSpec(type='int', default=3).default, 'importlib.metadata' in sys.modules,"
+            " sys.modules['pydantic.plugin._loader'].get_plugins())\n"
+            "try:\n"
+            "    ParamSpec(type='int', colour='red')\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.splitlines() == ["3 False ()", "ValidationError"]
+    first = ("import sys\n"
+             "import pydantic.plugin._loader as loader\n"
+             "import bot.runbooks\n"
+             "print(sys.modules['pydantic.plugin._loader'] is loader)\n")
+    out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "True"
