@@ -2728,6 +2728,16 @@ def test_nginx_proxying_http_to_a_postgresql_port(rules):
     assert all(c.detail != "http_to_non_http_port" for c in diagnose(rules, database_alone))
 
 
+def test_nginx_proxying_http_to_a_mariadb_port(rules):
+    """MariaDB greets first, nginx finds no HTTP header and MariaDB logs a client that left
+    unauthenticated: together the wrong port (one real run: tests/data/captures)."""
+    capture = json.loads((CAPTURES / "http-to-mariadb-port.json").read_text(encoding="utf-8"))
+    first_named(rules, capture["evidence"], "wrong_proxy_config", "http_to_non_http_port",
+                capture["what"])
+    database_alone = {"docker_logs": capture["evidence"]["docker_logs"]}
+    assert all(c.detail != "http_to_non_http_port" for c in diagnose(rules, database_alone))
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
