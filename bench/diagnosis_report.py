@@ -778,6 +778,15 @@ Held-out part (totals only):
   (`curl: (1) Received HTTP/0.9 when not allowed`, `HTTP 000`).
 - **nginx talks plain HTTP to a TLS port and gets a 400, not a 502**: the backend nginx answers
   `400 The plain HTTP request was sent to HTTPS port` and the proxy logs nothing.
+- **HTTP sent to a database or AJP port fails three different ways**: PostgreSQL drops it
+  (`invalid length of startup packet`; nginx: `upstream prematurely closed connection`), MariaDB
+  greets first (nginx: `upstream sent no valid HTTP/1.0 header`; MariaDB: `Aborted connection ...
+  user: 'unauthenticated'`), Tomcat's AJP connector reads `GE` as a packet signature (`Invalid
+  message received with signature [18245]`). The server's line with nginx's names the wrong port.
+- **HAProxy's 503 is not a verdict on the backend**: `backend 'be' has no server available!` and
+  `SC--` follow its own health check, whose reason says why: `Layer7 wrong status, code: 404` (the
+  check path is not served, while the backend answers 200 on `/`) or `Layer4 timeout` (no answer
+  to the SYN: an address that leads nowhere).
 - **TLS to a plain port is not always "wrong version number"**: a plain server that answers the
   ClientHello with a 400 gives `SSL_do_handshake() failed (... wrong version number)` (its own log
   shows the hello's bytes, `"\\x16\\x03\\x01..." 400`), but one that waits for the end of a request
