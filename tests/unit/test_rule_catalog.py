@@ -2441,6 +2441,10 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("pymysql-server-killed.json", None, "dependency_down", None),
     # a command of the entrypoint killed by SIGILL, as bash reports it
     ("bash-child-sigill.json", None, "upstream_crashloop", "cpu_lacks_instructions"),
+    # the app server's own refusals: a stale pid file, no plugin for its language, a port NaN
+    ("gunicorn-stale-pid-file.json", None, "upstream_crashloop", "stale_pid_file"),
+    ("uwsgi-no-request-plugin.json", None, "upstream_crashloop", "app_fails_to_load"),
+    ("node-bad-port.json", None, "upstream_crashloop", "exit_config_error"),
     # the database lacks an extension the backend asks for
     ("postgres-extension-not-available.json", None, "dependency_down",
      "database_extension_missing"),
