@@ -485,6 +485,8 @@ def _fires(signal: Signal, lines: StepLines, params: Params) -> str | None:
     """None if the signal does not fire; else the line it rests on ('' for an absence).
     The named groups of the line's match fill {placeholders} of the `also` conditions, so that
     a condition can name what the line names (the address nginx dialed, its port)."""
+    if not (signal.also or signal.unless) and _plain_condition(signal):
+        return _first_hit(signal, lines)
     for hit, groups in islice(_matches(signal, lines, params), MAX_TRIES):
         scope = {**params, **groups}
         if all(next(_matches(c, lines, scope), None) is not None for c in signal.also) and \
@@ -494,7 +496,25 @@ def _fires(signal: Signal, lines: StepLines, params: Params) -> str | None:
 
 
 def _holds(cond: Condition, lines: StepLines, params: Params) -> str | None:
+    if _plain_condition(cond):
+        return _first_hit(cond, lines)
     return next((hit for hit, _ in _matches(cond, lines, params)), None)
+
+
+def _plain_condition(cond: Condition) -> bool:
+    """A condition whose first match is its steps' first hit: most of the rules' (no
+    placeholder, no absence, no repeat count), judged without `_matches`'s generators."""
+    return not cond.absent and cond.repeats == 1 and not _placeholders(cond.pattern)
+
+
+def _first_hit(cond: Condition, lines: StepLines) -> str | None:
+    """The most recent line of the first of the condition's steps that has one it matches."""
+    for step in cond.steps:
+        if step in lines:
+            found = lines.hits(step, cond.pattern)
+            if found:
+                return found[0][0]
+    return None
 
 
 def _matches(cond: Condition, lines: StepLines,
