@@ -22,15 +22,17 @@ def form(body: bytes) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body.decode()).items()}
 
 
+@pytest.mark.parametrize("edge", ["thread", "process"])  # OPSBOT_EDGE: HTTP alerts' answers
 async def test_socket_mode_command_and_click(tmp_path: Path, healthy_web: WebLab,
-                                             inventory_file: Path,
-                                             known_hosts_file: Path) -> None:
+                                             inventory_file: Path, known_hosts_file: Path,
+                                             edge: str) -> None:
     slack = FakeSlack(channels=(CHANNEL,))
     port = free_port()
     env = bot_env(tmp_path / "opsbot.db", await slack.start(), inventory_file, known_hosts_file,
                   port)
     env.pop("SLACK_SIGNING_SECRET")
     env["SLACK_APP_TOKEN"] = slack.app_token
+    env["OPSBOT_EDGE"] = edge
     process = BotProcess(env)
     settings = await process.start()
     try:
