@@ -2175,6 +2175,16 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "ipv6_listener_without_ipv6",
     ),
+    # ---- Tomcat cannot open its connector
+    (
+        "app_logs",
+        '30-Nov-2026 16:41:40.410 SEVERE [main] org.apache.catalina.util.LifecycleBase.handleSubCla'
+        'ssException Failed to initialize component [Connector["http-nio-127.0.0.1-19982"]]',
+        "run here: Tomcat 10.1 (Debian tomcat10, catalina.sh run) with its HTTP connector's port "
+        "held by another process",
+        "upstream_crashloop",
+        None,
+    ),
     # ---- NestJS's TypeORM module cannot reach its database
     (
         "docker_logs",
