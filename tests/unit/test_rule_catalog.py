@@ -2185,6 +2185,22 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         None,
     ),
+    # ---- Gitea and Gogs refuse to run as another user than RUN_USER
+    (
+        "journal",
+        "[...s/setting/setting.go:994 NewContext()] [E] Expect user 'olduser' but current user "
+        "is: newuser",
+        "https://github.com/go-gitea/gitea/issues/4469 (Gitea 1.4.0)",
+        "upstream_crashloop",
+        "run_user_mismatch",
+    ),
+    (
+        "docker_logs",
+        "Run user isn't the current user: git -> gogs",
+        "https://github.com/gogs/gogs/issues/778",
+        "upstream_crashloop",
+        "run_user_mismatch",
+    ),
     # ---- NestJS's TypeORM module cannot reach its database
     (
         "docker_logs",
