@@ -482,8 +482,10 @@ incidents in `runbooks/rules/http-502.cases.json` (`similar:` in the rules file;
 the training part of the corpus below, each case reduced to the words of its lines (lower case,
 no times, numbers, ids or hashes; nginx's errno kept as `errno111`) and the cause its source
 established. The 21 incidents closest by TF-IDF cosine vote for their causes, weighted by
-closeness; when the closest is at least 0.1 alike, the cause with the most votes is offered as a
-*candidate*: confidence 0.25 + 0.2 x its share of the votes (under the threshold),
+closeness (an incident that shares only one word with the evidence does not vote: one word, say
+`html` of a bare error page, is no likeness); when the closest is at least 0.1 alike, the cause
+with the most votes is offered as a *candidate*: confidence 0.25 + 0.2 x its share of the votes
+(under the threshold),
 `detail: "like_past_incidents"`, the input lines that carry the likeness quoted verbatim, and
 first in `remediation` an advice line naming the closest incidents (their public threads) to
 compare with before acting; when nothing is that close, nothing is offered. A named cause is

@@ -31,6 +31,7 @@ from bot.logline import plain
 
 NEIGHBOURS = 21  # incidents that vote (about the square root of the library's size)
 MIN_SIMILARITY = 0.1  # the closest incident must be at least this close (cosine), else nothing
+MIN_COMMON = 2  # terms a neighbour must share with the evidence: one common word is no likeness
 MAX_QUOTES = 5
 WORD = re.compile(r"[a-z][a-z0-9_]{2,}")
 ERRNO = re.compile(r"\((\d{1,3}): ")  # nginx's "(111: Connection refused)": the number, any libc
@@ -114,7 +115,8 @@ class Library:
             return None
         ranked = sorted(((_dot(query, v), i) for i, v in enumerate(self._vectors)),
                         key=lambda pair: -pair[0])[:NEIGHBOURS]
-        ranked = [(s, i) for s, i in ranked if s > 0]
+        ranked = [(s, i) for s, i in ranked
+                  if s > 0 and len(query.keys() & self._vectors[i].keys()) >= MIN_COMMON]
         votes: dict[str, float] = {}
         for score, i in ranked:
             cause = self.incidents[i].cause
