@@ -533,7 +533,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret` under their
-labels; `run_user_mismatch` under `upstream_crashloop`;
+labels; `run_user_mismatch`, `php_fpm_pool_runs_as_root` under `upstream_crashloop`;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,

@@ -2201,6 +2201,15 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "run_user_mismatch",
     ),
+    # ---- the .NET host cannot find an assembly its deps.json lists
+    (
+        "journal",
+        "  An assembly specified in the application dependencies manifest (pt-feeder.deps.json) "
+        "was not found:",
+        "https://github.com/mehtadone/PTFeeder/issues/204 (dotnet pt-feeder.dll)",
+        "upstream_crashloop",
+        "shared_library_missing",
+    ),
     # ---- NestJS's TypeORM module cannot reach its database
     (
         "docker_logs",
@@ -2471,6 +2480,8 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     ("gunicorn-stale-pid-file.json", None, "upstream_crashloop", "stale_pid_file"),
     ("uwsgi-no-request-plugin.json", None, "upstream_crashloop", "app_fails_to_load"),
     ("node-bad-port.json", None, "upstream_crashloop", "exit_config_error"),
+    # php-fpm refuses a pool run as root: the finer cause, not only FPM initialization failed
+    ("php-fpm-pool-as-root.json", None, "upstream_crashloop", "php_fpm_pool_runs_as_root"),
     # the database lacks an extension the backend asks for
     ("postgres-extension-not-available.json", None, "dependency_down",
      "database_extension_missing"),
