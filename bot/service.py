@@ -48,6 +48,10 @@ class Opsbot(Part):
         # whether a Slack user is one of OPSBOT_OPERATORS; set by the Slack adapter, for
         # commands recorded without knowing it (the edge process, while the core was away)
         self.is_operator: Callable[[str], Awaitable[bool]] | None = None
+        # what a click does (its work row's payload -> the job), answering the one who clicked
+        # through its response_url; set by the Slack adapter
+        self.click_job: Callable[[Mapping[str, Any]], Callable[[], Awaitable[None]]] | None \
+            = None
         self._alerts: AlertQueue | None = None
 
     # -- work from the store ----------------------------------------------------------------
@@ -93,6 +97,10 @@ class Opsbot(Part):
                     body = await self.store.webhook_body(row.webhook_id)
                     await self.incidents.handle_alert_group(parse_alertmanager(body),
                                                              row.webhook_id)
+                elif row.kind == "click" and self.click_job is not None and \
+                        row.payload.get("response_url"):  # told to the one who clicked
+                    await self.click_job(row.payload)()
+                    await self.store.finish_work(row.id, "done")
                 elif row.kind == "click":
                     p = row.payload
                     decision = await self.approvals.check_origin(

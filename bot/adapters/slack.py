@@ -273,6 +273,7 @@ class SlackInbound:
         self._session: ClientSession | None = None  # follow-ups: connections kept and reused
         bot.answer_resumed = self.answer_resumed
         bot.is_operator = self.operators.allows
+        bot.click_job = self.click_work
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
