@@ -145,7 +145,7 @@ def test_top_cause_is_the_labelled_one(rules, path):
     assert causes[0].cause == case["label"], [(c.cause, c.confidence) for c in causes]
 
 
-def test_field_training_cases_top1_at_least_84_percent(rules):
+def test_field_training_cases_top1_at_least_86_percent(rules):
     """The field cases the rules were tuned on. Some stay ambiguous on their quoted evidence alone
     (the same 'No route to host' was a stale address in one thread and a dead container in
     another; a lone nginx 'Connection refused' line was a crash, a stop, a wrong port or a moved
@@ -173,12 +173,17 @@ def test_field_training_cases_top1_at_least_84_percent(rules):
     nginx), 120 of them in the training part; after three rounds 34 of those stay misses, most
     again a lone refused or reset line (nginx, Apache, Envoy) or a line that names no cause (a
     du listing, a 403 from the app, an Apache timeout for a JVM's OOM, a HARAKIRI that was an
-    OOM kill, a unit whose database was killed) (498/588, 84.7 %)."""
+    OOM kill, a unit whose database was killed) (498/588, 84.7 %). In the fifth, 52 more (corpus-af,
+    -ag: Python backends, Docker and proxies), 30 in the training part, and a rules round on
+    both sides plus the past incidents' vote chosen by leave-one-collector-out; 6 of the 30 stay
+    misses (a lone 'host not found in upstream' for a container that never started, twice; a
+    uWSGI socket in systemd's PrivateTmp read as down; a socket name's letter case read as
+    its permission error; a DB pool exhausted by threads read as a crash) (536/618, 86.7 %)."""
     field = [p for p in TRAIN if p.parent.name == "field"]
     if not field:
         pytest.skip("no field cases yet")
     misses = [p.stem for p in field if first_cause(rules, p) != load_case(p)["label"]]
-    assert 1 - len(misses) / len(field) >= 0.84, misses
+    assert 1 - len(misses) / len(field) >= 0.86, misses
 
 
 def input_lines(evidence: dict) -> set[str]:
@@ -245,9 +250,9 @@ def test_held_out_cases_never_appear_in_the_report(rules):
     assert shown == 0  # a count, so that a failure prints nothing of them either
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-30 13:49 with the rules and the "
-                   "past-incidents fallback as at that time, after 163 more blind field cases: "
-                   "held-out top-1 215/274 (78%; the rules alone 198/274, 72%), below issue 9's "
+@pytest.mark.xfail(strict=True, reason="measured 2026-11-30 16:55 with the rules and the "
+                   "past-incidents fallback as at that time, after 52 more blind field cases: "
+                   "held-out top-1 243/296 (82%; the rules alone 215/296, 73%), below issue 9's "
                    "90%; see docs/diagnosis.md. Strict: when it reaches 90% this marker must go.")
 def test_held_out_top1_is_at_least_90_percent(rules):
     """The acceptance figure of issue 9, measured once the field corpus is in."""
