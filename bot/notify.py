@@ -228,8 +228,7 @@ class Reporter:
         """The approval message of the approval's batch (the same step proposed in one run on
         several hosts: one message, one decision), rendered from the store when sent."""
         incident_id = approval.incident_id
-        batch = await self.store.approval_batch(approval)
-        first = batch[0] if batch else approval
+        first = await self.store.batch_head(approval)
         key = f"approval:{first.id}"
         if verify or approval.cause:
             self._proposals.setdefault((incident_id, key), (verify, how_to_approve,

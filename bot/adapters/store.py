@@ -1005,6 +1005,13 @@ class Store:
             sql, params = sql + " AND status = ?", (*params, status)
         return self._approvals(sql + " ORDER BY id", params)
 
+    def batch_head(self, approval: Approval) -> Approval:
+        """The first (oldest) approval of this one's batch: the batch's message. One row,
+        not the batch (a run proposing a step on 50 hosts asks this 50 times)."""
+        rows = self._approvals("SELECT * FROM approvals WHERE incident_id = ? AND run_id = ? "
+                               "AND step_id = ? ORDER BY id LIMIT 1", approval.batch_key)
+        return rows[0] if rows else approval
+
     def pending_approvals(self) -> list[Approval]:
         return self._approvals("SELECT * FROM approvals WHERE status = 'pending' ORDER BY id")
 
@@ -1335,6 +1342,7 @@ class AsyncStore:
     get_approval = _Threaded(Store.get_approval)
     approvals_of = _Threaded(Store.approvals_of)
     approval_batch = _Threaded(Store.approval_batch)
+    batch_head = _Threaded(Store.batch_head)
     pending_approvals = _Threaded(Store.pending_approvals)
     decide = _Threaded(Store.decide)
     decide_many = _Threaded(Store.decide_many)
