@@ -532,8 +532,9 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients`,
 `tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
 `database_version_unsupported`,
-`database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret` under their
-labels; `run_user_mismatch`, `php_fpm_pool_runs_as_root` under `upstream_crashloop`;
+`database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
+`connection_pool_exhausted` under their labels; `run_user_mismatch`, `php_fpm_pool_runs_as_root`,
+`required_setting_missing` under `upstream_crashloop`;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
@@ -617,7 +618,13 @@ the CPU lacks (the kernel's `trap invalid opcode`, SIGILL). A dependency's name 
 resolve from the backend is `dns_or_network` (the network between them), and Node.js's `connect
 ECONNREFUSED` to a port nginx does not dial is a refused dependency. Request-time errors (PHP fatal
 errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up lines: they
-count only with a restart seen.
+count only with a restart seen. An entrypoint's or app's own refusal to start without a setting
+(`SECRET_KEY is not defined. Aborting.`) is a crash loop (`required_setting_missing`). The app's own
+database pool giving up on a free connection (psycopg_pool's `PoolTimeout: couldn't get a
+connection after 30.00 sec`, SQLAlchemy's `QueuePool limit of size 5 overflow 10 reached,
+connection timed out`) is `upstream_timeout` (`connection_pool_exhausted`: requests queue for a
+connection until the proxy gives up), not the crash its traceback looks like, unless the pool's
+own connect errors say the database is down (`dependency_down`).
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
 (or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only

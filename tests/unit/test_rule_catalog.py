@@ -2239,6 +2239,33 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "disk_full",
         None,
     ),
+    # ---- the app's database pool has no free connection: requests queue until the proxy gives up
+    (
+        "docker_logs",
+        "psycopg_pool.PoolTimeout: couldn't get a connection after 2.00 sec",
+        "run here: psycopg_pool 3.3.3 ConnectionPool(max_size=1) against PostgreSQL 15, its one "
+        "connection held, getconn(timeout=2.0) (CPython 3.11.7)",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    (
+        "app_logs",
+        "sqlalchemy.exc.TimeoutError: QueuePool limit of size 1 overflow 0 reached, connection "
+        "timed out, timeout 2.00 (Background on this error at: https://sqlalche.me/e/21/3o7r)",
+        "run here: SQLAlchemy 2.1.9 create_engine(pool_size=1, max_overflow=0, pool_timeout=2) "
+        "with psycopg 3.3.9 against PostgreSQL 15, its one connection held",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    # ---- an entrypoint that refuses to start without a setting it requires
+    (
+        "docker_logs",
+        "SECRET_KEY is not defined. Aborting.",
+        "run here: the SECRET_KEY check of maxking/docker-mailman web/docker-entrypoint.sh "
+        "(commit 03483dc3) under bash 5.2.15, SECRET_KEY unset",
+        "upstream_crashloop",
+        "required_setting_missing",
+    ),
 ]
 
 
@@ -2397,6 +2424,45 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "https://github.com/anthropics/claude-code/issues/8803 (Envoy's 503 body as a terminal "
         "wrapped it: newer Envoy prints the errno's text)",
         "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        [
+            'Traceback (most recent call last):',
+            '  File "/tmp/rulesc/pool1.py", line 4, in <module>',
+            '    conn = pool.getconn(timeout=2.0)',
+            '           ^^^^^^^^^^^^^^^^^^^^^^^^^',
+            '  File "/tmp/rulesc/py/psycopg_pool/pool.py", line 218, in getconn',
+            '    raise PoolTimeout(',
+            "psycopg_pool.PoolTimeout: couldn't get a connection after 2.00 sec",
+        ],
+        "run here: psycopg_pool 3.3.3 ConnectionPool(max_size=1) against PostgreSQL 15, its one "
+        "connection held, getconn(timeout=2.0) (CPython 3.11.7; its whole output): the traceback "
+        "of a request that waited, not a crash",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    (
+        "docker_logs",
+        [
+            "error connecting in 'pool-1': connection failed: connection to server at "
+            "\"127.0.0.1\", port 1 failed: Connection refused",
+            '\tIs the server running on that host and accepting TCP/IP connections?',
+            "error connecting in 'pool-1': connection failed: connection to server at "
+            "\"127.0.0.1\", port 1 failed: Connection refused",
+            '\tIs the server running on that host and accepting TCP/IP connections?',
+            'Traceback (most recent call last):',
+            '  File "/tmp/rulesc/pool3.py", line 3, in <module>',
+            '    conn = pool.getconn(timeout=2.0)',
+            '           ^^^^^^^^^^^^^^^^^^^^^^^^^',
+            '  File "/tmp/rulesc/py/psycopg_pool/pool.py", line 218, in getconn',
+            '    raise PoolTimeout(',
+            "psycopg_pool.PoolTimeout: couldn't get a connection after 2.00 sec",
+        ],
+        "run here: the same pool pointed at a closed port (psycopg_pool 3.3.3; its whole output): "
+        "its own connect errors make the same PoolTimeout a dependency that is down",
+        "dependency_down",
         None,
     ),
 ]
