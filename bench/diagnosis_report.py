@@ -533,8 +533,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
-`connection_pool_exhausted` under their labels; `run_user_mismatch`, `php_fpm_pool_runs_as_root`,
-`required_setting_missing` under `upstream_crashloop`;
+`connection_pool_exhausted`, `sqlite_io_error` under their labels; `run_user_mismatch`,
+`php_fpm_pool_runs_as_root`, `required_setting_missing` under `upstream_crashloop`;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
@@ -624,7 +624,10 @@ database pool giving up on a free connection (psycopg_pool's `PoolTimeout: could
 connection after 30.00 sec`, SQLAlchemy's `QueuePool limit of size 5 overflow 10 reached,
 connection timed out`) is `upstream_timeout` (`connection_pool_exhausted`: requests queue for a
 connection until the proxy gives up), not the crash its traceback looks like, unless the pool's
-own connect errors say the database is down (`dependency_down`).
+own connect errors say the database is down (`dependency_down`). SQLite's `disk I/O error`
+(`SQLITE_IOERR`) is what a WAL database on a full filesystem says (it cannot grow its `-shm`
+file), not `database or disk is full`: a `disk_full` candidate (`sqlite_io_error`; a failing disk
+says it too), named with df's full filesystem, silent when df shows room.
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
 (or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only

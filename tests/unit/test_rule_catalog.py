@@ -2257,6 +2257,15 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_timeout",
         "connection_pool_exhausted",
     ),
+    # ---- SQLite's I/O error: a WAL database on a full filesystem cannot grow its -shm file
+    (
+        "journal",
+        "Error: in prepare, disk I/O error (10)",
+        "run here: sqlite3 3.40.1 kuma.db 'PRAGMA journal_mode = WAL;' (a WAL database on a full "
+        "64 KiB tmpfs)",
+        "disk_full",
+        "sqlite_io_error",
+    ),
     # ---- an entrypoint that refuses to start without a setting it requires
     (
         "docker_logs",
@@ -2430,6 +2439,19 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "docker_logs",
         [
             'Traceback (most recent call last):',
+            '  File "<string>", line 3, in <module>',
+            'sqlite3.OperationalError: disk I/O error',
+        ],
+        "run here: CPython 3.11.7 sqlite3 PRAGMA journal_mode = WAL on a WAL database on a full "
+        "64 KiB tmpfs (SQLite 3.40.1, SQLITE_IOERR_SHMSIZE; its whole output): the disk, not a "
+        "crash of the app's own",
+        "disk_full",
+        "sqlite_io_error",
+    ),
+    (
+        "docker_logs",
+        [
+            'Traceback (most recent call last):',
             '  File "/tmp/rulesc/pool1.py", line 4, in <module>',
             '    conn = pool.getconn(timeout=2.0)',
             '           ^^^^^^^^^^^^^^^^^^^^^^^^^',
@@ -2578,6 +2600,26 @@ def test_a_unit_killed_by_a_sigkill_systemd_did_not_send_is_named_oom_killed(rul
     first = diagnose(rules, {"journal": journal})[0]
     assert first.cause == "oom_killed"
     assert first.confidence >= rules.threshold  # named, not a candidate
+
+
+def test_sqlites_disk_io_error_is_a_full_disk_unless_df_shows_room(rules):
+    """SQLite's "disk I/O error" on a WAL database is what a full filesystem gives it (run here:
+    sqlite3 3.40.1 on a full 64 KiB tmpfs): a candidate disk_full; df run on that filesystem
+    names it; df showing room silences the rule (df -h run here, GNU coreutils 9.1)."""
+    line = "Error: in prepare, disk I/O error (10)\n"
+    full = ("Filesystem      Size  Used Avail Use% Mounted on\n"
+            "tmpfs            64K   64K     0 100% /tmp/rulesc/full\n")
+    room = ("Filesystem      Size  Used Avail Use% Mounted on\n"
+            "tmpfs            24G   79M   24G   1% /dev/shm\n")
+    alone = diagnose(rules, {"app_logs": line})[0]
+    assert (alone.cause, alone.detail) == ("disk_full", "sqlite_io_error")
+    assert alone.confidence < rules.threshold  # a candidate: a failing disk says it too
+    with_full = diagnose(rules, {"app_logs": line, "disk": full})[0]
+    assert with_full.cause == "disk_full" and with_full.confidence >= rules.threshold
+    with_room = diagnose(rules, {"app_logs": line, "disk": room})
+    # the rule is silent (past incidents may still compare the df output with theirs)
+    assert all(c.detail != "sqlite_io_error" and c.confidence < rules.threshold
+               for c in with_room), with_room
 
 
 def test_a_du_listing_makes_a_full_disk_a_candidate_not_a_finding(rules):
