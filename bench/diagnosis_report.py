@@ -533,7 +533,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
-`connection_pool_exhausted`, `sqlite_io_error` under their labels; `run_user_mismatch`,
+`connection_pool_exhausted`, `sqlite_io_error`,
+`proxy_shares_no_network_with_backend` under their labels; `run_user_mismatch`,
 `php_fpm_pool_runs_as_root`, `required_setting_missing` under `upstream_crashloop`;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
@@ -627,7 +628,9 @@ connection until the proxy gives up), not the crash its traceback looks like, un
 own connect errors say the database is down (`dependency_down`). SQLite's `disk I/O error`
 (`SQLITE_IOERR`) is what a WAL database on a full filesystem says (it cannot grow its `-shm`
 file), not `database or disk is full`: a `disk_full` candidate (`sqlite_io_error`; a failing disk
-says it too), named with df's full filesystem, silent when df shows room.
+says it too), named with df's full filesystem, silent when df shows room. A proxy that says it
+shares no network with the backend (caddy-docker-proxy's empty `IngressNetworksMap`, `Container is
+not in same network as caddy`) is `dns_or_network` (`proxy_shares_no_network_with_backend`).
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
 (or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only

@@ -2266,6 +2266,18 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "disk_full",
         "sqlite_io_error",
     ),
+    # ---- caddy-docker-proxy shares no network with the container it should proxy to
+    (
+        "docker_logs",
+        "caddy-1                  | {\"level\":\"warn\",\"ts\":1711396807.90559,\"logger\":"
+        "\"docker-proxy\",\"msg\":\"Container is not in same network as caddy\",\"container\":"
+        "\"9ec0059217d0f220ba2e0a6f956e15ed6108a9557c965391782006285004c927\",\"container id\":"
+        "\"9ec0059217d0f220ba2e0a6f956e15ed6108a9557c965391782006285004c927\"}",
+        "https://github.com/lucaslorentz/caddy-docker-proxy/issues/601 "
+        "(CADDY_INGRESS_NETWORKS=caddy under a compose project that prefixes the network's name)",
+        "dns_or_network",
+        "proxy_shares_no_network_with_backend",
+    ),
     # ---- an entrypoint that refuses to start without a setting it requires
     (
         "docker_logs",
