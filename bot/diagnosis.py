@@ -731,19 +731,33 @@ class StepLines(dict[str, list[str]]):
         """The lines of a step that the pattern matches, most recent first, with their match
         (the MAX_SCAN most recent: as many as any signal or condition looks at)."""
         key = (pattern, step)
-        if key not in self._hits:
-            found: list[tuple[str, re.Match[str]]] = []
-            needles = _needles(pattern)  # a text without them cannot match: no scan
-            # one compiled pattern for the text and its lines: a line holds no newline, so ^
-            # and $ match in it as without MULTILINE
-            if self._may_match(step, pattern, needles) and \
-                    (regex := _compile(pattern, re.MULTILINE)).search(self.text(step)):
-                pairs = zip(reversed(self[step]), reversed(self._plain[step]), strict=True)
-                found = list(islice(((line, match) for line, bare in pairs
-                                     if _may_match(needles, bare)
-                                     and (match := regex.search(bare))), MAX_SCAN))
-            self._hits[key] = found
-        return self._hits[key]
+        found = self._hits.get(key)
+        if found is None:
+            found = self._hits[key] = self._scan(step, pattern)
+        return found
+
+    def _scan(self, step: str, pattern: str) -> list[tuple[str, re.Match[str]]]:
+        needles = _needles(pattern)  # a text without them cannot match: no scan
+        if needles:  # the common case, inline: ~1,300 (pattern, step) pairs a diagnosis
+            text = self._texts.get(step)
+            if text is None:
+                text = self.text(step)
+            for needle in needles:
+                if needle in text:
+                    break
+            else:
+                return []
+        elif not self._may_match(step, pattern, needles):
+            return []
+        # one compiled pattern for the text and its lines: a line holds no newline, so ^
+        # and $ match in it as without MULTILINE
+        regex = _compile(pattern, re.MULTILINE)
+        if not regex.search(self.text(step)):
+            return []
+        pairs = zip(reversed(self[step]), reversed(self._plain[step]), strict=True)
+        return list(islice(((line, match) for line, bare in pairs
+                            if _may_match(needles, bare)
+                            and (match := regex.search(bare))), MAX_SCAN))
 
 
 def _product(values: Any) -> float:
