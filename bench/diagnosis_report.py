@@ -543,7 +543,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `shared_library_missing`, `bind_address_not_available`, `openssl3_legacy_algorithm`,
 `image_platform_mismatch` under `upstream_crashloop`, where the
 labelling guideline puts them; `too_many_open_files`, `inotify_watches_exhausted`,
-`local_access_rules_block` under `unknown`), with its own advice first in `remediation`.
+`local_access_rules_block`, `vm_max_map_count_too_low`, `local_ports_exhausted` under
+`unknown`), with its own advice first in `remediation`.
 
 `evidence` maps a step id to the raw text the step printed, or to a JSON object or list (docker
 inspect), which is rendered as `json.dumps(value, indent=2)` so that its lines can be quoted.
@@ -631,6 +632,11 @@ file), not `database or disk is full`: a `disk_full` candidate (`sqlite_io_error
 says it too), named with df's full filesystem, silent when df shows room. A proxy that says it
 shares no network with the backend (caddy-docker-proxy's empty `IngressNetworksMap`, `Container is
 not in same network as caddy`) is `dns_or_network` (`proxy_shares_no_network_with_backend`).
+Words a program quotes back from a configuration line it cannot parse (php-fpm's `unknown entry
+'# ... is not writable ...'`) are the file's, not a finding. Outside the labels:
+Elasticsearch's bootstrap check on the host's `vm.max_map_count` (`vm_max_map_count_too_low`, a
+sysctl on the Docker host) and Go's `connect: cannot assign requested address` to an IPv4 address
+(`local_ports_exhausted`: the dialing host has no free local port, a proxy leaking connections).
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
 (or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only

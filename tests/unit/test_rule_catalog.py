@@ -2278,6 +2278,33 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         "proxy_shares_no_network_with_backend",
     ),
+    # ---- Elasticsearch's bootstrap check refuses the host's vm.max_map_count (a host setting)
+    (
+        "docker_logs",
+        "elasticsearch_1  | [1]: max virtual memory areas vm.max_map_count [65536] is too low, "
+        "increase to at least [262144]",
+        "https://github.com/deviantony/docker-elk/issues/354 (docker-compose up of the ELK stack)",
+        "unknown",
+        "vm_max_map_count_too_low",
+    ),
+    (
+        "app_logs",
+        "[1]: max virtual memory areas vm.max_map_count [65530] is too low, increase to at least "
+        "[262144] by adding `vm.max_map_count = 262144` to `/etc/sysctl.conf` or invoking `sysctl "
+        "-w vm.max_map_count=262144`",
+        "https://github.com/crate/docker-crate/issues/209 (the CrateDB image does not start)",
+        "unknown",
+        "vm_max_map_count_too_low",
+    ),
+    # ---- the dialing host has no free local port: connect() fails with EADDRNOTAVAIL
+    (
+        "docker_logs",
+        "dial tcp 127.0.0.1:18080: connect: cannot assign requested address",
+        "run here: Go 1.19.8 net.Dial in a network namespace (unshare -n) whose "
+        "net.ipv4.ip_local_port_range was cut to 40000-40001, two connections held",
+        "unknown",
+        "local_ports_exhausted",
+    ),
     # ---- an entrypoint that refuses to start without a setting it requires
     (
         "docker_logs",
@@ -2445,6 +2472,21 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "https://github.com/anthropics/claude-code/issues/8803 (Envoy's 503 body as a terminal "
         "wrapped it: newer Envoy prints the errno's text)",
         "upstream_down",
+        None,
+    ),
+    (
+        "app_logs",
+        [
+            "[30-Nov-2026 17:02:07] ERROR: [/tmp/rulesc/fpm/php-fpm.conf:9] unknown entry '# "
+            "Some distros may default to a directory that is not writable by user'",
+            "[30-Nov-2026 17:02:07] ERROR: failed to load configuration file "
+            "'/tmp/rulesc/fpm/php-fpm.conf'",
+            '[30-Nov-2026 17:02:07] ERROR: FPM initialization failed',
+        ],
+        "run here: php-fpm8.2 -F -y php-fpm.conf with a '#' comment line holding '=' (PHP 7+ reads "
+        "no '#' comments: 'unknown entry'; its whole output): the quoted comment's words ('not "
+        "writable') are the file's, not a finding",
+        "upstream_crashloop",
         None,
     ),
     (
