@@ -624,9 +624,11 @@ count only with a restart seen. An entrypoint's or app's own refusal to start wi
 (`SECRET_KEY is not defined. Aborting.`) is a crash loop (`required_setting_missing`). The app's own
 database pool giving up on a free connection (psycopg_pool's `PoolTimeout: couldn't get a
 connection after 30.00 sec`, SQLAlchemy's `QueuePool limit of size 5 overflow 10 reached,
-connection timed out`) is `upstream_timeout` (`connection_pool_exhausted`: requests queue for a
-connection until the proxy gives up), not the crash its traceback looks like, unless the pool's
-own connect errors say the database is down (`dependency_down`). SQLite's `disk I/O error`
+connection timed out`, HikariCP's `Connection is not available, request timed out after`,
+Npgsql's `The connection pool has been exhausted`) is `upstream_timeout`
+(`connection_pool_exhausted`: requests queue for a connection until the proxy gives up), not the
+crash its traceback looks like, unless the pool's own connect errors say the database is down
+(`dependency_down`). SQLite's `disk I/O error`
 (`SQLITE_IOERR`) is what a WAL database on a full filesystem says (it cannot grow its `-shm`
 file), not `database or disk is full`: a `disk_full` candidate (`sqlite_io_error`; a failing disk
 says it too), named with df's full filesystem, silent when df shows room. A proxy that says it

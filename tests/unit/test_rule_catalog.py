@@ -2257,6 +2257,23 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_timeout",
         "connection_pool_exhausted",
     ),
+    (
+        "app_logs",
+        "Caused by: java.sql.SQLTransientConnectionException: HikariPool-1 - Connection is not "
+        "available, request timed out after 30014ms.",
+        "https://github.com/brettwooldridge/HikariCP/issues/963 (Hibernate behind two web apps, "
+        "15 connections each)",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    (
+        "docker_logs",
+        "The connection pool has been exhausted, either raise MaxPoolSize (currently 100) or "
+        "Timeout (currently 15 seconds)",
+        "https://github.com/siteserver/cms/issues/2220 (Npgsql, PostgreSQL)",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
     # ---- SQLite's I/O error: a WAL database on a full filesystem cannot grow its -shm file
     (
         "journal",
