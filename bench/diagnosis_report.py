@@ -637,7 +637,8 @@ not in same network as caddy`) is `dns_or_network` (`proxy_shares_no_network_wit
 Words a program quotes back from a configuration line it cannot parse (php-fpm's `unknown entry
 '# ... is not writable ...'`) are the file's, not a finding. Outside the labels:
 Elasticsearch's bootstrap check on the host's `vm.max_map_count` (`vm_max_map_count_too_low`, a
-sysctl on the Docker host) and Go's `connect: cannot assign requested address` to an IPv4 address
+sysctl on the Docker host) and Go's `connect: cannot assign requested address` or nginx's `(99:
+Cannot assign requested address) while connecting to upstream` to an IPv4 address
 (`local_ports_exhausted`: the dialing host has no free local port, a proxy leaking connections).
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`

@@ -2322,6 +2322,16 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "unknown",
         "local_ports_exhausted",
     ),
+    (
+        "nginx_error_log",
+        "2026/11/30 17:07:31 [crit] 3894#3894: *5 connect() to 127.0.0.1:18081 failed (99: Cannot "
+        "assign requested address) while connecting to upstream, client: 127.0.0.1, server: , "
+        "request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:18081/\", host: \"x\"",
+        "run here: nginx 1.22.1 proxy_pass to a listener that never answers, in a network "
+        "namespace whose ip_local_port_range was cut to 40000-40001: the third request",
+        "unknown",
+        "local_ports_exhausted",
+    ),
     # ---- an entrypoint that refuses to start without a setting it requires
     (
         "docker_logs",
