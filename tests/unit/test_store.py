@@ -12,7 +12,7 @@ from bot.adapters.store import STEP_BATCH, AsyncStore, Store, WebhookIn
 from bot.audit import verify_chain
 from bot.errors import StoreError
 from bot.incidents import REOPEN_WINDOW, opening
-from bot.models import Notification, Phase, RenderedStep, StepResult, StepStatus
+from bot.models import Approval, Notification, Phase, RenderedStep, StepResult, StepStatus
 from tests.storebackends import raw_sql
 
 
@@ -72,6 +72,25 @@ def test_first_decision_wins(store: Store) -> None:
     assert store.decide(row.token, "approved", "U1") is True
     assert store.decide(row.token, "rejected", "U2") is False
     assert store.get_approval(row.token).decided_by == "U1"
+
+
+def test_batch_head_is_the_batch_first_approval(store: Store) -> None:
+    open_(store)
+
+    def propose(step: str, host: str, run_id: int = 1) -> Approval:
+        return store.create_approval(incident_id=1, run_id=run_id, runbook="r", step_id=step,
+                                     host=host, params={}, digest="d", display="c",
+                                     requested_by="u", ttl=60)
+
+    other_run = propose("s", "web01", run_id=2)
+    first, other_step = propose("s", "web01"), propose("t", "web01")
+    later = [propose("s", f"web0{i}") for i in (2, 3)]
+    assert store.decide(first.token, "rejected", "U1")  # decided or not, it heads its batch
+    for row in (first, *later):
+        assert store.batch_head(row).id == first.id
+        assert store.batch_head(row).id == store.approval_batch(row)[0].id
+    assert store.batch_head(other_step).id == other_step.id
+    assert store.batch_head(other_run).id == other_run.id
 
 
 def _audit_db(path: str) -> tuple[Store, str]:
