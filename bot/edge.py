@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import logging
 import os
@@ -194,7 +195,9 @@ class ServerThread:
         """Stop taking requests, let those under way finish (aiohttp's shutdown_timeout),
         end the thread."""
         if self.loop is not None and self._stop is not None and not self._ended.done():
-            self.loop.call_soon_threadsafe(self._stop.set)
+            # a server that failed to listen closes its loop just before it ends: nothing to stop
+            with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+                self.loop.call_soon_threadsafe(self._stop.set)
         await asyncio.wrap_future(self._ended)
 
     def _main(self) -> None:
