@@ -1243,11 +1243,9 @@ def test_a_regex_is_searched_only_in_text_holding_what_every_match_needs(pattern
     assert _needles(pattern) == needles
 
 
-def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
-    """Every case of the corpus is diagnosed the same with and without the substring test that
-    rules texts out before a regex scan; and on every line a rule's regex matches, the test
-    lets it through (held-out cases are compared, never printed)."""
-    paths = [*TRAIN, *HELD_OUT, *UNRESOLVED]
+def shortcut_faults(rules, monkeypatch, paths, shortcut, lets_through):
+    """(cases diagnosed otherwise with `shortcut` of bot.diagnosis off, case count, lines a
+    rule's regex matches that `lets_through(pattern, line)` rules out)."""
     cases = [load_case(p) for p in paths]
     fast = [diagnose_case(rules, case) for case in cases]
     patterns = {c.pattern for cause in rules.causes.values() for s in cause.signals
@@ -1257,11 +1255,21 @@ def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
         for text in case["evidence"].values():
             for line in (text if isinstance(text, str) else json.dumps(text)).splitlines():
                 missed += sum(1 for p in patterns if re.search(p, line)
-                              and not _may_match(_needles(p), line))
-    monkeypatch.setattr("bot.diagnosis._needles", lambda pattern: ())
+                              and not lets_through(p, line))
+    monkeypatch.setattr(f"bot.diagnosis.{shortcut}", lambda pattern: ())
     slow = [diagnose_case(rules, case) for case in cases]
     differ = sum(1 for a, b in zip(fast, slow, strict=True) if a != b)
-    assert (differ, missed) == (0, 0), f"{differ} of {len(cases)} cases differ"
+    return differ, len(cases), missed
+
+
+def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
+    """Every case of the corpus is diagnosed the same with and without the substring test that
+    rules texts out before a regex scan; and on every line a rule's regex matches, the test
+    lets it through (held-out cases are compared, never printed)."""
+    differ, cases, missed = shortcut_faults(
+        rules, monkeypatch, [*TRAIN, *HELD_OUT, *UNRESOLVED], "_needles",
+        lambda p, line: _may_match(_needles(p), line))
+    assert (differ, missed) == (0, 0), f"{differ} of {cases} cases differ"
 
 
 @pytest.mark.parametrize(("pattern", "folded"), [
@@ -1281,21 +1289,11 @@ def test_the_case_insensitive_shortcut_changes_no_diagnosis(rules, monkeypatch):
     """The training and unresolved cases are diagnosed the same with and without the lower-case
     substring test of the regexes with a case-insensitive branch; and on every ASCII line a
     rule's regex matches, that test lets the line through."""
-    cases = [load_case(p) for p in [*TRAIN, *UNRESOLVED]]
-    fast = [diagnose_case(rules, case) for case in cases]
-    patterns = {c.pattern for cause in rules.causes.values() for s in cause.signals
-                for c in (s, *s.also, *s.unless) if "{" not in c.pattern}
-    missed = 0
-    for case in cases:
-        for text in case["evidence"].values():
-            for line in (text if isinstance(text, str) else json.dumps(text)).splitlines():
-                if line.isascii():
-                    missed += sum(1 for p in patterns if re.search(p, line) and _folded(p)
-                                  and not _may_match(_folded(p), line.lower()))
-    monkeypatch.setattr("bot.diagnosis._folded", lambda pattern: ())
-    slow = [diagnose_case(rules, case) for case in cases]
-    differ = sum(1 for a, b in zip(fast, slow, strict=True) if a != b)
-    assert (differ, missed) == (0, 0), f"{differ} of {len(cases)} cases differ"
+    differ, cases, missed = shortcut_faults(
+        rules, monkeypatch, [*TRAIN, *UNRESOLVED], "_folded",
+        lambda p, line: (not line.isascii() or not _folded(p)
+                         or _may_match(_folded(p), line.lower())))
+    assert (differ, missed) == (0, 0), f"{differ} of {cases} cases differ"
 
 
 def test_a_database_that_cannot_listen_is_a_dependency_not_the_backends_crash_loop(rules):
