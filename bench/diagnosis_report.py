@@ -671,7 +671,10 @@ when that is unclear, its public thread, without running the diagnosis or readin
 - **The specific causes win** over the generic ones when the established cause is one of them:
   `oom_killed` (the host or container ran out of memory), `disk_full` (blocks or inodes),
   `permission_denied`, `dependency_down` (a database, queue, cache or other service the backend
-  needs is down or refuses it), `jwt_mismatch`, `tls_mismatch`, `dns_or_network`,
+  needs is down or refuses it), `jwt_mismatch`, `tls_mismatch` (the two sides of a connection
+  disagree on TLS: `https://` to a plain HTTP port or plain `http://` to a TLS port, whichever
+  side's setting is changed to fix it; a certificate or TLS version one side refuses),
+  `dns_or_network`,
   `upstream_timeout`, `wrong_proxy_config` (nginx points at the wrong address, port, socket or
   protocol, or its buffers, headers or limits are the cause). A backend that dies because its
   database refuses it is `dependency_down`; one that cannot write its pid file on a full disk is
