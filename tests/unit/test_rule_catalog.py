@@ -2341,6 +2341,38 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "required_setting_missing",
     ),
+    # ---- stopped, with nothing of the backend's own failing: a start is the fix (the guideline's
+    # down); supervisord 4.2.5 and Docker 20.10.24, run here
+    (
+        "journal",
+        "2026-11-30 18:47:18,620 WARN stopped: app (terminated by SIGTERM)",
+        "run here: supervisorctl stop app (supervisord 4.2.5, program /bin/sleep 1000)",
+        "upstream_down",
+        None,
+    ),
+    (
+        "journal",
+        "2026-11-30 18:47:13,493 INFO exited: once (exit status 0; expected)",
+        "run here: supervisord 4.2.5, program /bin/true with autorestart=unexpected, startsecs=0",
+        "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "Error response from daemon: Container "
+        "d5fc8e826aa9b2fedd2612fa29182c67a58ebb1f4eec9988cf2b41e1dcfce703 is not running",
+        "run here: docker exec on a container made by docker create and never started (Docker "
+        "20.10.24)",
+        "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "Error response from daemon: No such container: rulese-nonexistent",
+        "run here: docker logs on a container that does not exist (Docker 20.10.24)",
+        "upstream_down",
+        None,
+    ),
 ]
 
 
@@ -2566,6 +2598,19 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "run here: the same pool pointed at a closed port (psycopg_pool 3.3.3; its whole output): "
         "its own connect errors make the same PoolTimeout a dependency that is down",
         "dependency_down",
+        None,
+    ),
+    (
+        "docker_ps",
+        [
+            "CONTAINER ID   IMAGE                 COMMAND       CREATED                  STATUS    "
+            "PORTS     NAMES",
+            "d5fc8e826aa9   opsbot-test/busybox   \"sleep 100\"   Less than a second ago   "
+            "Created             rulese-created",
+        ],
+        "run here: docker create, then docker ps -a (Docker 20.10.24; its whole output): created "
+        "and never started",
+        "upstream_down",
         None,
     ),
 ]
