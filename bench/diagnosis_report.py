@@ -533,7 +533,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
-`connection_pool_exhausted`, `sqlite_io_error`,
+`connection_pool_exhausted`, `sqlite_io_error`, `program_not_executable`,
 `proxy_shares_no_network_with_backend` under their labels; `run_user_mismatch`,
 `php_fpm_pool_runs_as_root`, `required_setting_missing` under `upstream_crashloop`;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;

@@ -2373,6 +2373,32 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_down",
         None,
     ),
+    # ---- EACCES in other words: supervisord's own check of the command's mode, SQLite's refusal
+    (
+        "supervisorctl_status",
+        "noexec                           FATAL     command at '/tmp/rulese/sv/noexec.sh' is not "
+        "executable",
+        "run here: supervisord 4.2.5, program command= a script of mode 0644 (supervisorctl "
+        "status)",
+        "permission_denied",
+        "program_not_executable",
+    ),
+    (
+        "journal",
+        "2026-11-30 18:47:13,484 INFO spawnerr: command at '/tmp/rulese/sv/noexec.sh' is not "
+        "executable",
+        "run here: the same, in supervisord.log",
+        "permission_denied",
+        "program_not_executable",
+    ),
+    (
+        "app_logs",
+        "sqlite3.OperationalError: attempt to write a readonly database",
+        "run here: CPython 3.11.2 (SQLite 3.40.1) as nobody inserting into a database root owns "
+        "(mode 0644)",
+        "permission_denied",
+        "data_dir_not_writable",
+    ),
 ]
 
 
