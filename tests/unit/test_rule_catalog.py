@@ -1152,6 +1152,30 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         None,
     ),
+    # nginx 1.22.1 in one network namespace, the backends in others on a bridge (172.29.213.0/24):
+    # the backend moved from .3 to .4 and another namespace holds .3 with nothing on the port (a
+    # refusal: a live host); .9 is held by nobody (no ARP answer: no route); a stand-in listening
+    # on 127.0.0.1:9000 only inside .3's namespace, as php-fpm's default pool does
+    (
+        "nginx_error_log",
+        "2026/11/30 18:47:35 [error] 11054#11054: *3 connect() failed (111: Connection refused) "
+        "while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, request: \"GET "
+        "/stale/ HTTP/1.1\", upstream: \"http://172.29.213.3:28000/\", host: \"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1 proxy_pass http://172.29.213.3:28000 (ip netns: the backend moved "
+        "to .4, .3 held by another namespace listening on nothing there)",
+        "dns_or_network",
+        "stale_upstream_address",
+    ),
+    (
+        "nginx_error_log",
+        "2026/11/30 18:47:38 [error] 11054#11054: *5 connect() failed (113: No route to host) "
+        "while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, request: \"GET "
+        "/gone/ HTTP/1.1\", upstream: \"http://172.29.213.9:28000/\", host: \"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1 proxy_pass http://172.29.213.9:28000 (ip netns: an on-link "
+        "address no namespace holds)",
+        "dns_or_network",
+        "stale_upstream_address",
+    ),
     # ---- other proxies in front of the backend: Envoy (its body, its access log) and HAProxy
     # 2.6.12 (run here in a network namespace: a closed port, then waitress 3.0.2 answering after
     # 4 s)
