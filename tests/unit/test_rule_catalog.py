@@ -1176,6 +1176,17 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         "stale_upstream_address",
     ),
+    (
+        "nginx_error_log",
+        "2026/11/30 18:47:38 [error] 11054#11054: *7 connect() failed (111: Connection refused) "
+        "while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, request: \"GET "
+        "/index.php HTTP/1.1\", upstream: \"fastcgi://172.29.213.3:9000\", host: "
+        "\"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1 fastcgi_pass 172.29.213.3:9000 (ip netns: there python3 -m "
+        "http.server --bind 127.0.0.1 9000, ss -ltnp: 127.0.0.1:9000 only)",
+        "wrong_proxy_config",
+        "backend_listens_on_loopback",
+    ),
     # ---- other proxies in front of the backend: Envoy (its body, its access log) and HAProxy
     # 2.6.12 (run here in a network namespace: a closed port, then waitress 3.0.2 answering after
     # 4 s)
