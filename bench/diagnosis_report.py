@@ -534,7 +534,8 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
 `connection_pool_exhausted`, `sqlite_io_error`, `program_not_executable`,
-`proxy_shares_no_network_with_backend` under their labels; `run_user_mismatch`,
+`proxy_shares_no_network_with_backend`, `generated_upstream_marked_down` under their labels;
+`run_user_mismatch`,
 `php_fpm_pool_runs_as_root`, `required_setting_missing` under `upstream_crashloop`;
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
@@ -645,7 +646,14 @@ Cannot assign requested address) while connecting to upstream` to an IPv4 addres
 (or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only
 says "nothing accepted there": a stopped backend, one bound elsewhere, a wrong port or a stale
 address look the same from the proxy, and the rules leave it `upstream_down` at a candidate's
-weight. What the other steps show decides: `ss -ltnp` with the port bound on loopback or on one
+weight. The address says a little: refused by an address of a Docker network (172.16-31.x.x,
+192.168.16+.x) is no stopped container (a stopped container's address answers nothing: `113: No
+route to host`), so a stale address is the candidate there (`stale_upstream_address`, under the
+threshold; a container that lives and listens elsewhere looks the same); FastCGI refused on a
+network address is php-fpm's own default `listen = 127.0.0.1:9000` (`backend_listens_on_loopback`,
+a candidate); `no live upstreams` from an upstream named after the host asked for, with no connect
+tried, is nginx-proxy's generated `server 127.0.0.1 down;` (`generated_upstream_marked_down`).
+What the other steps show decides: `ss -ltnp` with the port bound on loopback or on one
 other address (`backend_listens_on_loopback`, `backend_listens_on_other_address`), the upstream
 name's DNS answer naming another address than the one dialed (`stale_upstream_address`), the probe
 answering on the port, the backend's own banner naming another port, or the proxy's own reason

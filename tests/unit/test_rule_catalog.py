@@ -1187,6 +1187,16 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "wrong_proxy_config",
         "backend_listens_on_loopback",
     ),
+    (
+        "nginx_error_log",
+        "2026/11/30 18:51:53 [error] 31703#31703: *1 no live upstreams while connecting to "
+        "upstream, client: 127.0.0.1, server: jenkins.lab.test, request: \"GET / HTTP/1.1\", "
+        "upstream: \"http://jenkins.lab.test/\", host: \"jenkins.lab.test\"",
+        "run here: nginx 1.22.1 with nginx-proxy's fallback upstream (upstream jenkins.lab.test "
+        "{ server 127.0.0.1 down; }, proxy_pass http://jenkins.lab.test)",
+        "wrong_proxy_config",
+        "generated_upstream_marked_down",
+    ),
     # ---- other proxies in front of the backend: Envoy (its body, its access log) and HAProxy
     # 2.6.12 (run here in a network namespace: a closed port, then waitress 3.0.2 answering after
     # 4 s)
