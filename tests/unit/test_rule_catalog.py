@@ -2444,6 +2444,17 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         "data_dir_not_writable",
     ),
+    # ---- Docker restarts a container the kernel killed (docker kill or stop leave it Exited)
+    (
+        "docker_ps",
+        "30981a4fc2bf   opsbot-test/busybox   \"sh -c 'a=aaaaaaaaaa…\"   19 seconds ago   "
+        "Restarting (137) 3 seconds ago             rulese-oom",
+        "run here: docker run -d --restart=always -m 16m --memory-swap 16m busybox sh -c "
+        "'a=aaaaaaaaaaaaaaaa; while true; do a=$a$a; done', then docker ps -a (Docker 20.10.24; "
+        "inspect: OOMKilled true, RestartCount 7)",
+        "oom_killed",
+        None,
+    ),
 ]
 
 
@@ -2770,6 +2781,10 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     # the database lacks an extension the backend asks for
     ("postgres-extension-not-available.json", None, "dependency_down",
      "database_extension_missing"),
+    # a program the kernel kills again and again in its memory cgroup, restarted by supervisord:
+    # the kernel's kill and supervisord's SIGKILL together (the restarts are the consequence)
+    ("supervisord-program-oom-killed.json", None, "oom_killed", None),
+    ("supervisord-program-oom-killed.json", ("journal", "kernel_log"), "oom_killed", None),
 ]
 
 
