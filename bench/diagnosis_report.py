@@ -534,6 +534,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
 `connection_pool_exhausted`, `sqlite_io_error`, `program_not_executable`,
+`user_switch_not_permitted`,
 `proxy_shares_no_network_with_backend`, `generated_upstream_marked_down` under their labels;
 `run_user_mismatch`,
 `php_fpm_pool_runs_as_root`, `required_setting_missing` under `upstream_crashloop`;

@@ -2455,6 +2455,30 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "oom_killed",
         None,
     ),
+    # ---- EPERM in busybox's and initdb's words (the volume is not theirs to chown or chmod)
+    (
+        "docker_logs",
+        "chown: /bin: Operation not permitted",
+        "run here: docker run --user 65534:65534 busybox chown 65534 /bin (BusyBox, Docker "
+        "20.10.24)",
+        "permission_denied",
+        "ownership_change_not_permitted",
+    ),
+    (
+        "docker_logs",
+        "chmod: /bin: Operation not permitted",
+        "run here: docker run --user 65534:65534 busybox chmod 777 /bin",
+        "permission_denied",
+        "ownership_change_not_permitted",
+    ),
+    (
+        "docker_logs",
+        "fixing permissions on existing directory /tmp/rulese/pgx ... initdb: error: could not "
+        "change permissions of directory \"/tmp/rulese/pgx\": Operation not permitted",
+        "run here: initdb 15.18 -D DIR as postgres, DIR owned by root with mode 0777",
+        "permission_denied",
+        "ownership_change_not_permitted",
+    ),
 ]
 
 
