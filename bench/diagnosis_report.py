@@ -644,7 +644,8 @@ Cannot assign requested address) while connecting to upstream` to an IPv4 addres
 (`local_ports_exhausted`: the dialing host has no free local port, a proxy leaking connections).
 
 **A refusal is read against what answers.** A lone `connect() failed (111: Connection refused)`
-(or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`) only
+(or Go's `dial tcp ...: connect: connection refused`, Apache's `AH00957`, HAProxy's `SC--`, the
+JavaScript dev servers' proxies' `ECONNREFUSED`: http-proxy-middleware, Create React App, Vite) only
 says "nothing accepted there": a stopped backend, one bound elsewhere, a wrong port or a stale
 address look the same from the proxy, and the rules leave it `upstream_down` at a candidate's
 weight. The address says a little: refused by an address of a Docker network (172.16-31.x.x,

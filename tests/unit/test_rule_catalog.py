@@ -1197,6 +1197,38 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "wrong_proxy_config",
         "generated_upstream_marked_down",
     ),
+    # the JavaScript dev servers' proxies (node 20.20.2 run here, in front of a closed port):
+    # http-proxy-middleware 0.19.2 and 2.0.12 (webpack-dev-server, Vue CLI, Angular CLI), Create
+    # React App's react-dev-utils 12.0.1 (its 500 body)
+    (
+        "nginx_error_log",
+        "[HPM] Error occurred while trying to proxy request /api/login from 127.0.0.1:28090 to "
+        "http://localhost:28091 (ECONNREFUSED) "
+        "(https://nodejs.org/api/errors.html#errors_common_system_errors)",
+        "run here: http-proxy-middleware 0.19.2 (node 20.20.2) proxying /api to "
+        "http://localhost:28091, where nothing listens",
+        "upstream_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[HPM] Error occurred while proxying request 127.0.0.1:28090/api/login to "
+        "http://localhost:28091/ [ECONNREFUSED] "
+        "(https://nodejs.org/api/errors.html#errors_common_system_errors)",
+        "run here: http-proxy-middleware 2.0.12 (node 20.20.2) proxying /api to "
+        "http://localhost:28091, where nothing listens",
+        "upstream_down",
+        None,
+    ),
+    (
+        "proxy_check",
+        "Proxy error: Could not proxy request /api/login from localhost:3000 to "
+        "http://localhost:28091 (ECONNREFUSED).",
+        "run here: react-dev-utils 12.0.1 prepareProxy('http://localhost:28091') through "
+        "http-proxy-middleware 2.0.12, nothing listening there (the 500 body)",
+        "upstream_down",
+        None,
+    ),
     # ---- other proxies in front of the backend: Envoy (its body, its access log) and HAProxy
     # 2.6.12 (run here in a network namespace: a closed port, then waitress 3.0.2 answering after
     # 4 s)
@@ -2490,6 +2522,31 @@ def rules():
 # Whole outputs (every line as printed, in order) where the specific line must outweigh the
 # generic ones around it: a traceback's header, gunicorn's closing "Can't connect to".
 OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
+    (
+        "app_logs",
+        [
+            "Proxy error: Could not proxy request /api/login from localhost:3000 to "
+            "http://localhost:28091.",
+            "See https://nodejs.org/api/errors.html#errors_common_system_errors for more "
+            "information (ECONNREFUSED).",
+        ],
+        "run here: react-dev-utils 12.0.1 prepareProxy('http://localhost:28091') through "
+        "http-proxy-middleware 2.0.12, nothing listening there (its two console lines)",
+        "upstream_down",
+        None,
+    ),
+    (
+        "app_logs",
+        [
+            "6:57:35 PM [vite] http proxy error: /api/login",
+            "Error: connect ECONNREFUSED 127.0.0.1:28091",
+            "    at TCPConnectWrap.afterConnect [as oncomplete] (node:net:1611:16)",
+        ],
+        "run here: vite 5.4.21 dev server, server.proxy {'/api': 'http://localhost:28091'}, "
+        "nothing listening there (not a dependency: the Error line is the proxy's)",
+        "upstream_down",
+        None,
+    ),
     (
         "app_logs",
         [
