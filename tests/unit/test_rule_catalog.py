@@ -2764,6 +2764,28 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         None,
     ),
     (
+        "systemctl_status",
+        [
+            "× postgresql.service - PostgreSQL database server",
+            "     Loaded: loaded (/usr/lib/systemd/system/postgresql.service; enabled; preset: "
+            "disabled)",
+            "    Drop-In: /usr/lib/systemd/system/service.d",
+            "             └─10-timeout-abort.conf",
+            "     Active: failed (Result: exit-code) since Thu 2023-08-24 20:33:29 IST; 4min 42s "
+            "ago",
+            "    Process: 5207 ExecStartPre=/usr/libexec/postgresql-check-db-dir postgresql "
+            "(code=exited, status=0/SUCCESS)",
+            "    Process: 5209 ExecStart=/usr/bin/postmaster -D ${PGDATA} (code=exited, "
+            "status=1/FAILURE)",
+            "   Main PID: 5209 (code=exited, status=1/FAILURE)",
+            "        CPU: 22ms",
+        ],
+        "https://github.com/porsager/postgres/issues/666 (systemctl status postgresql.service on "
+        "Fedora 38: the database's own unit failed, not the backend's)",
+        "dependency_down",
+        "database_failed_to_start",
+    ),
+    (
         "docker_ps",
         [
             "CONTAINER ID   IMAGE                 COMMAND       CREATED                  STATUS    "
