@@ -1211,7 +1211,7 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         None,
     ),
     (
-        "docker_logs",
+        "app_logs",
         "[HPM] Error occurred while proxying request 127.0.0.1:28090/api/login to "
         "http://localhost:28091/ [ECONNREFUSED] "
         "(https://nodejs.org/api/errors.html#errors_common_system_errors)",
@@ -1228,6 +1228,19 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "http-proxy-middleware 2.0.12, nothing listening there (the 500 body)",
         "upstream_down",
         None,
+    ),
+    (
+        "docker_logs",
+        '{"level":"error","ts":1796065308.9178948,"logger":"http.log.error","msg":"dial tcp 1'
+        '72.29.213.3:28000: connect: connection refused","request":{"remote_ip":"127.0.0.1","'
+        'remote_port":"33352","proto":"HTTP/1.1","method":"GET","host":"127.0.0.1:28085","uri'
+        '":"/api","headers":{"User-Agent":["curl/7.88.1"],"Accept":["*/*"]}},"duration":0.003'
+        '402334,"status":502,"err_id":"4qab9ircq","err_trace":"reverseproxy.statusError (reve'
+        'rseproxy.go:1272)"}',
+        "run here: caddy 2.6.2 (Debian) reverse_proxy 172.29.213.3:28000 from another network "
+        "namespace, where a server listens on 127.0.0.1:28000 only",
+        "wrong_proxy_config",
+        "backend_listens_on_loopback",
     ),
     # ---- other proxies in front of the backend: Envoy (its body, its access log) and HAProxy
     # 2.6.12 (run here in a network namespace: a closed port, then waitress 3.0.2 answering after
