@@ -3215,6 +3215,33 @@ def test_nginx_proxying_http_to_a_mariadb_port(rules):
     assert all(c.detail != "http_to_non_http_port" for c in diagnose(rules, database_alone))
 
 
+def catalogue_line(words: str) -> tuple[str, str]:
+    """The step and line of the CATALOGUE row whose line holds `words`."""
+    return next((step, line) for step, line, _seen, _label, _detail in CATALOGUE if words in line)
+
+
+def test_the_address_a_proxy_is_refused_on_is_a_candidate_the_backends_side_overrules(rules):
+    """Refused by a live address of a container network (nginx: a stale address; Caddy: a
+    backend listening elsewhere), FastCGI refused on a network address, nginx-proxy's upstream
+    marked down: each a candidate under the threshold, not a down backend; a stopped backend's
+    own evidence (a lab capture's docker ps) or nginx's own failed connects overrule them."""
+    stopped = json.loads((EVIDENCE / "upstream_down--docker-stopped-exit-137.json")
+                         .read_text(encoding="utf-8"))["evidence"]["docker_ps"]
+    for words in ('"http://172.29.213.3:28000/"', '"fastcgi://172.29.213.3:9000"',
+                  '"msg":"dial tcp 172.29.213.3:28000'):
+        step, line = catalogue_line(words)
+        alone = diagnose(rules, {step: line + "\n"})
+        assert alone[0].cause != "upstream_down" and alone[0].confidence < rules.threshold, words
+        assert diagnose(rules, {step: line + "\n", "docker_ps": stopped})[0].cause == \
+            "upstream_down", words
+    step, line = catalogue_line("no live upstreams")
+    lab = json.loads((EVIDENCE / "upstream_down--no-live-upstreams.json")
+                     .read_text(encoding="utf-8"))["evidence"]["nginx_error_log"]
+    refused = next(row for row in lab.splitlines() if "(111: Connection refused)" in row)
+    causes = diagnose(rules, {step: refused + "\n" + line + "\n"})
+    assert all(c.detail != "generated_upstream_marked_down" for c in causes)
+
+
 def corpus_urls() -> set[str]:
     """The source URLs of every corpus case (both parts: a thread that is a case is not a test)."""
     urls = set()
