@@ -648,8 +648,9 @@ Cannot assign requested address) while connecting to upstream` to an IPv4 addres
 JavaScript dev servers' proxies' `ECONNREFUSED`: http-proxy-middleware, Create React App, Vite) only
 says "nothing accepted there": a stopped backend, one bound elsewhere, a wrong port or a stale
 address look the same from the proxy, and the rules leave it `upstream_down` at a candidate's
-weight. The address says a little: refused by an address of a Docker network (172.16-31.x.x,
-192.168.16+.x) is no stopped container (a stopped container's address answers nothing: `113: No
+weight. The address says a little: refused by an address of a Docker network (the first /24 of
+Docker's default pools: 172.17-30.0.x, 192.168.16N.x; not home routers' or cloud VPCs' ranges) is
+no stopped container (a stopped container's address answers nothing: `113: No
 route to host`), so a stale address is the candidate there (`stale_upstream_address`, under the
 threshold; a container that lives and listens elsewhere looks the same); FastCGI refused on a
 network address is php-fpm's own default `listen = 127.0.0.1:9000` (`backend_listens_on_loopback`,

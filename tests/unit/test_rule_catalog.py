@@ -1152,37 +1152,39 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         None,
     ),
-    # nginx 1.22.1 in one network namespace, the backends in others on a bridge (172.29.213.0/24):
-    # the backend moved from .3 to .4 and another namespace holds .3 with nothing on the port (a
-    # refusal: a live host); .9 is held by nobody (no ARP answer: no route); a stand-in listening
-    # on 127.0.0.1:9000 only inside .3's namespace, as php-fpm's default pool does
+    # nginx 1.22.1 in one network namespace, the backends in others on a bridge (172.29.0.0/16,
+    # the address range of Docker's 13th network):
+    # the backend moved from .3 to .4 and another namespace holds .3, listening on its loopback
+    # only (a refusal: a live host); .9 is held by nobody (no ARP answer: no route); the stand-in
+    # on 127.0.0.1:9000 only inside .3's namespace is a pool on php-fpm's default address
     (
         "nginx_error_log",
-        "2026/11/30 18:47:35 [error] 11054#11054: *3 connect() failed (111: Connection refused) "
-        "while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, request: \"GET "
-        "/stale/ HTTP/1.1\", upstream: \"http://172.29.213.3:28000/\", host: \"127.0.0.1:28080\"",
-        "run here: nginx 1.22.1 proxy_pass http://172.29.213.3:28000 (ip netns: the backend moved "
-        "to .4, .3 held by another namespace listening on nothing there)",
+        "2026/11/30 19:06:56 [error] 23861#23861: *3 connect() failed (111: Connection "
+        "refused) while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, "
+        "request: \"GET /stale/ HTTP/1.1\", upstream: \"http://172.29.0.3:28000/\", host: "
+        "\"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1 proxy_pass http://172.29.0.3:28000 (ip netns on a bridge: the "
+        "backend answers at .4; .3 held by another namespace, nothing on 172.29.0.3:28000)",
         "dns_or_network",
         "stale_upstream_address",
     ),
     (
         "nginx_error_log",
-        "2026/11/30 18:47:38 [error] 11054#11054: *5 connect() failed (113: No route to host) "
+        "2026/11/30 19:06:59 [error] 23861#23861: *5 connect() failed (113: No route to host) "
         "while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, request: \"GET "
-        "/gone/ HTTP/1.1\", upstream: \"http://172.29.213.9:28000/\", host: \"127.0.0.1:28080\"",
-        "run here: nginx 1.22.1 proxy_pass http://172.29.213.9:28000 (ip netns: an on-link "
+        "/gone/ HTTP/1.1\", upstream: \"http://172.29.0.9:28000/\", host: \"127.0.0.1:28080\"",
+        "run here: nginx 1.22.1 proxy_pass http://172.29.0.9:28000 (ip netns: an on-link "
         "address no namespace holds)",
         "dns_or_network",
         "stale_upstream_address",
     ),
     (
         "nginx_error_log",
-        "2026/11/30 18:47:38 [error] 11054#11054: *7 connect() failed (111: Connection refused) "
-        "while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, request: \"GET "
-        "/index.php HTTP/1.1\", upstream: \"fastcgi://172.29.213.3:9000\", host: "
+        "2026/11/30 19:06:59 [error] 23861#23861: *7 connect() failed (111: Connection "
+        "refused) while connecting to upstream, client: 127.0.0.1, server: docs.lab.test, "
+        "request: \"GET /index.php HTTP/1.1\", upstream: \"fastcgi://172.29.0.3:9000\", host: "
         "\"127.0.0.1:28080\"",
-        "run here: nginx 1.22.1 fastcgi_pass 172.29.213.3:9000 (ip netns: there python3 -m "
+        "run here: nginx 1.22.1 fastcgi_pass 172.29.0.3:9000 (ip netns: there python3 -m "
         "http.server --bind 127.0.0.1 9000, ss -ltnp: 127.0.0.1:9000 only)",
         "wrong_proxy_config",
         "backend_listens_on_loopback",
@@ -1231,13 +1233,13 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
     ),
     (
         "docker_logs",
-        '{"level":"error","ts":1796065308.9178948,"logger":"http.log.error","msg":"dial tcp 1'
-        '72.29.213.3:28000: connect: connection refused","request":{"remote_ip":"127.0.0.1","'
-        'remote_port":"33352","proto":"HTTP/1.1","method":"GET","host":"127.0.0.1:28085","uri'
-        '":"/api","headers":{"User-Agent":["curl/7.88.1"],"Accept":["*/*"]}},"duration":0.003'
-        '402334,"status":502,"err_id":"4qab9ircq","err_trace":"reverseproxy.statusError (reve'
-        'rseproxy.go:1272)"}',
-        "run here: caddy 2.6.2 (Debian) reverse_proxy 172.29.213.3:28000 from another network "
+        '{"level":"error","ts":1796065621.4829397,"logger":"http.log.error","msg":"dial tcp 1'
+        '72.29.0.3:28000: connect: connection refused","request":{"remote_ip":"127.0.0.1","re'
+        'mote_port":"39132","proto":"HTTP/1.1","method":"GET","host":"127.0.0.1:28085","uri":'
+        '"/api","headers":{"User-Agent":["curl/7.88.1"],"Accept":["*/*"]}},"duration":0.00103'
+        '78,"status":502,"err_id":"dmecwhqaz","err_trace":"reverseproxy.statusError (reversep'
+        'roxy.go:1272)"}',
+        "run here: caddy 2.6.2 (Debian) reverse_proxy 172.29.0.3:28000 from another network "
         "namespace, where a server listens on 127.0.0.1:28000 only",
         "wrong_proxy_config",
         "backend_listens_on_loopback",
@@ -3227,8 +3229,8 @@ def test_the_address_a_proxy_is_refused_on_is_a_candidate_the_backends_side_over
     own evidence (a lab capture's docker ps) or nginx's own failed connects overrule them."""
     stopped = json.loads((EVIDENCE / "upstream_down--docker-stopped-exit-137.json")
                          .read_text(encoding="utf-8"))["evidence"]["docker_ps"]
-    for words in ('"http://172.29.213.3:28000/"', '"fastcgi://172.29.213.3:9000"',
-                  '"msg":"dial tcp 172.29.213.3:28000'):
+    for words in ('"http://172.29.0.3:28000/"', '"fastcgi://172.29.0.3:9000"',
+                  '"msg":"dial tcp 172.29.0.3:28000'):
         step, line = catalogue_line(words)
         alone = diagnose(rules, {step: line + "\n"})
         assert alone[0].cause != "upstream_down" and alone[0].confidence < rules.threshold, words
