@@ -2502,6 +2502,30 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "oom_killed",
         None,
     ),
+    # ---- the fatal lines of compiled programs: libstdc++'s terminate, Rust's main returning an
+    # io::Error, and bash reporting its child's SIGABRT
+    (
+        "docker_logs",
+        "terminate called after throwing an instance of 'std::runtime_error'",
+        "run here: a g++ 12.2 program throwing std::runtime_error out of main",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        'Error: Os { code: 2, kind: NotFound, message: "No such file or directory" }',
+        "run here: a rustc 1.95.0 program whose main returns std::io::Result and opens a missing "
+        "file with ?",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "journal",
+        "bash: line 150:  7568 Aborted                 ./t",
+        "run here: bash 5.2.15 running the g++ program above (SIGABRT)",
+        "upstream_crashloop",
+        None,
+    ),
     # ---- EPERM in busybox's and initdb's words (the volume is not theirs to chown or chmod)
     (
         "docker_logs",
