@@ -2526,6 +2526,21 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         None,
     ),
+    (
+        "docker_logs",
+        "Error occurred during initialization of VM",
+        "run here: java -Xmx2m -version (OpenJDK 17.0.15): the JVM refuses its own heap options",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        "/root/.pyenv/versions/3.11.7/bin/python3: can't open file '/nonexistent.py': [Errno 2] No "
+        "such file or directory",
+        "run here: python3 /nonexistent.py (CPython 3.11.7)",
+        "upstream_crashloop",
+        None,
+    ),
     # ---- EPERM in busybox's and initdb's words (the volume is not theirs to chown or chmod)
     (
         "docker_logs",
