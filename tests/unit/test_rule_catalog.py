@@ -2541,6 +2541,14 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         None,
     ),
+    (
+        "docker_logs",
+        '2026/11/30 19:18:01 socat[16048] E "/tmp/rulese/x.sock" exists',
+        "run here: socat 1.7.4.4 UNIX-LISTEN:/tmp/rulese/x.sock,fork TCP:127.0.0.1:1 on a path a "
+        "closed socket still holds",
+        "upstream_crashloop",
+        "stale_unix_socket",
+    ),
     # ---- EPERM in busybox's and initdb's words (the volume is not theirs to chown or chmod)
     (
         "docker_logs",
