@@ -2826,6 +2826,19 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         None,
     ),
     (
+        "docker_ps",
+        [
+            "CONTAINER ID   IMAGE                 COMMAND                   CREATED                "
+            "  STATUS                              PORTS     NAMES",
+            "14532d2444ba   opsbot-test/busybox   \"sh -c 'echo \\\"/app/s…\"   "
+            "Less than a second ago   Exited (1) Less than a second ago             rulese-exit1",
+        ],
+        "run here: docker run busybox sh -c '... exit 1', then docker ps -a (Docker 20.10.24; its "
+        "whole output): the program's own failing exit, not a stop",
+        "upstream_crashloop",
+        None,
+    ),
+    (
         "systemctl_status",
         [
             "× postgresql.service - PostgreSQL database server",
