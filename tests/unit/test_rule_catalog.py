@@ -306,6 +306,594 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    # ---- what a backend's clients print when what it needs fails (issue 9), per language and
+    # library: a database, queue, cache or search engine refusing, absent or full; a name that does
+    # not resolve; an address that does not answer; a certificate or token the client rejects
+    # (run here: python3.11 clients in a venv, Node.js 20.20.2 clients, OpenJDK 17.0.15, psql and
+    # PostgreSQL 15.18, against a closed port, 172.17.0.99 behind a link that is down, NXDOMAIN,
+    # openssl s_server; or public threads for the stacks that cannot run here)
+    (
+        "app_logs",
+        "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 19999 failed: "
+        "Connection refused",
+        "run here: psycopg2-binary 2.9.13 (libpq 17) psycopg2.connect() to a closed port "
+        "(127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "psycopg2.OperationalError: could not translate host name \"nosuchhost.invalid\" to "
+        "address: Name or service not known",
+        "run here: psycopg2-binary 2.9.13 (libpq 17) psycopg2.connect() to an unresolvable name "
+        "(nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "journal",
+        "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 19997 failed: "
+        "timeout expired",
+        "run here: psycopg2-binary 2.9.13 (libpq 17) psycopg2.connect() to a loopback listener "
+        "whose accept queue is full (its SYNs dropped)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:19999. Connection "
+        "refused.",
+        "run here: redis-py 8.1.0 Redis().ping() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "redis.exceptions.ConnectionError: Error -2 connecting to nosuchhost.invalid:6379. Name "
+        "or service not known.",
+        "run here: redis-py 8.1.0 Redis().ping() to an unresolvable name (nosuchhost.invalid: "
+        "NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "journal",
+        "redis.exceptions.TimeoutError: Timeout connecting to server",
+        "run here: redis-py 8.1.0 Redis().ping() to a loopback listener whose accept queue is "
+        "full (its SYNs dropped)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "pika.exceptions.AMQPConnectionError",
+        "run here: pika 1.4.4 BlockingConnection() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "pymongo.errors.ServerSelectionTimeoutError: 127.0.0.1:19999: [Errno 111] Connection "
+        "refused (configured timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms), "
+        "Timeout: 1.5s, Topology Description: <TopologyDescription id: 6b0dcaaa62276ef01887a34a, "
+        "topology_type: Unknown, servers: [<ServerDescription ('127.0.0.1', 19999) server_type: "
+        "Unknown, rtt: None, error=AutoReconnect('127.0.0.1:19999: [Errno 111] Connection refused "
+        "(configured timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms)')>]>",
+        "run here: pymongo 4.20.1 MongoClient(serverSelectionTimeoutMS=1500) to a closed port "
+        "(127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on '127.0.0.1' "
+        "([Errno 111] Connection refused)\")",
+        "run here: PyMySQL 1.2.4 connect() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on "
+        "'nosuchhost.invalid' ([Errno -2] Name or service not known)\")",
+        "run here: PyMySQL 1.2.4 connect() to an unresolvable name (nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "docker_logs",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on '127.0.0.1' "
+        "(timed out)\")",
+        "run here: PyMySQL 1.2.4 connect() to a loopback listener whose accept queue is full (its "
+        "SYNs dropped)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 19999)",
+        "run here: asyncpg 0.32.0 connect() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "socket.gaierror: [Errno -2] Name or service not known",
+        "run here: asyncpg 0.32.0 connect() to an unresolvable name (nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "docker_logs",
+        "requests.exceptions.ConnectionError: HTTPConnectionPool(host='127.0.0.1', port=19999): "
+        "Max retries exceeded with url: / (Caused by "
+        "NewConnectionError(\"HTTPConnection(host='127.0.0.1', port=19999): Failed to establish a "
+        "new connection: [Errno 111] Connection refused\"))",
+        "run here: requests 2.34.2 get() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "requests.exceptions.ConnectionError: HTTPConnectionPool(host='nosuchhost.invalid', "
+        "port=80): Max retries exceeded with url: / (Caused by "
+        "NameResolutionError(\"HTTPConnection(host='nosuchhost.invalid', port=80): Failed to "
+        "resolve 'nosuchhost.invalid' ([Errno -2] Name or service not known)\"))",
+        "run here: requests 2.34.2 get() to an unresolvable name (nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "jwt.exceptions.InvalidSignatureError: Signature verification failed",
+        "run here: PyJWT 2.15.1 jwt.decode() of a token signed with another secret",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "docker_logs",
+        "jwt.exceptions.DecodeError: Not enough segments",
+        "run here: PyJWT 2.15.1 jwt.decode() of a malformed token",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "journal",
+        "jwt.exceptions.ExpiredSignatureError: Signature has expired",
+        "run here: PyJWT 2.15.1 jwt.decode() of an expired token",
+        "jwt_mismatch",
+        "jwt_expired_clock_skew",
+    ),
+    (
+        "app_logs",
+        "requests.exceptions.SSLError: HTTPSConnectionPool(host='127.0.0.1', port=19443): Max "
+        "retries exceeded with url: / (Caused by SSLError(SSLCertVerificationError(1, '[SSL: "
+        "CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate "
+        "(_ssl.c:1006)')))",
+        "run here: requests 2.34.2 get() to openssl s_server with a self-signed certificate",
+        "tls_mismatch",
+        "self_signed_certificate",
+    ),
+    (
+        "docker_logs",
+        "requests.exceptions.SSLError: HTTPSConnectionPool(host='127.0.0.1', port=19980): Max "
+        "retries exceeded with url: / (Caused by SSLError(SSLError(1, '[SSL: "
+        "WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)')))",
+        "run here: requests 2.34.2 get() https:// to a plain HTTP port (python3 -m http.server)",
+        "tls_mismatch",
+        "https_to_plain_port",
+    ),
+    (
+        "journal",
+        "urllib.error.URLError: <urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+        "verify failed: self-signed certificate (_ssl.c:1006)>",
+        "run here: CPython 3.11.7 urllib.request.urlopen() to openssl s_server with a self-signed "
+        "certificate",
+        "tls_mismatch",
+        "self_signed_certificate",
+    ),
+    (
+        "app_logs",
+        "urllib.error.URLError: <urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+        "verify failed: IP address mismatch, certificate is not valid for '127.0.0.1'. "
+        "(_ssl.c:1006)>",
+        "run here: CPython 3.11.7 urllib.request.urlopen() to a certificate without the address "
+        "dialed",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "docker_logs",
+        "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 19541 failed: "
+        "FATAL:  password authentication failed for user \"app\"",
+        "run here: psycopg2-binary 2.9.13 (libpq 17) psycopg2.connect() to PostgreSQL 15.18 with "
+        "a wrong password",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "psycopg2.OperationalError: connection to server at \"127.0.0.1\", port 19541 failed: "
+        "FATAL:  sorry, too many clients already",
+        "run here: psycopg2-binary 2.9.13 (libpq 17) psycopg2.connect() to PostgreSQL 15.18 with "
+        "max_connections 3 held",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "java.net.UnknownHostException: nosuchhost.invalid",
+        "run here: OpenJDK 17.0.15 HttpURLConnection to an unresolvable name (nosuchhost.invalid: "
+        "NXDOMAIN)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "docker_logs",
+        "javax.net.ssl.SSLHandshakeException: PKIX path building failed: "
+        "sun.security.provider.certpath.SunCertPathBuilderException: unable to find valid "
+        "certification path to requested target",
+        "run here: OpenJDK 17.0.15 HttpURLConnection to a certificate of an unknown CA",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "journal",
+        "Caused by: sun.security.validator.ValidatorException: PKIX path building failed: "
+        "sun.security.provider.certpath.SunCertPathBuilderException: unable to find valid "
+        "certification path to requested target",
+        "run here: OpenJDK 17.0.15 HttpURLConnection to a certificate of an unknown CA",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "app_logs",
+        "Caused by: sun.security.provider.certpath.SunCertPathBuilderException: unable to find "
+        "valid certification path to requested target",
+        "run here: OpenJDK 17.0.15 HttpURLConnection to a certificate of an unknown CA",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "docker_logs",
+        "Error: connect ECONNREFUSED 127.0.0.1:19999",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 to a closed port "
+        "(127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "Error: getaddrinfo ENOTFOUND nosuchhost.invalid",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 to an unresolvable "
+        "name (nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "MongoServerSelectionError: connect ECONNREFUSED 127.0.0.1:19999",
+        "run here: mongodb 7.9.0 MongoClient.connect() on Node.js 20.20.2 to a closed port "
+        "(127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "MongoServerSelectionError: getaddrinfo ENOTFOUND nosuchhost.invalid",
+        "run here: mongodb 7.9.0 MongoClient.connect() on Node.js 20.20.2 to an unresolvable name "
+        "(nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "journal",
+        "JsonWebTokenError: invalid signature",
+        "run here: jsonwebtoken 9.0.3 verify() on Node.js 20.20.2 of a token signed with another "
+        "secret",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "app_logs",
+        "JsonWebTokenError: jwt malformed",
+        "run here: jsonwebtoken 9.0.3 verify() on Node.js 20.20.2 of a malformed token",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "docker_logs",
+        "TokenExpiredError: jwt expired",
+        "run here: jsonwebtoken 9.0.3 verify() on Node.js 20.20.2 of an expired token",
+        "jwt_mismatch",
+        "jwt_expired_clock_skew",
+    ),
+    (
+        "journal",
+        "Error: self-signed certificate",
+        "run here: Node.js 20.20.2 https.get() to openssl s_server with a self-signed certificate",
+        "tls_mismatch",
+        "self_signed_certificate",
+    ),
+    (
+        "app_logs",
+        "Error: write EPROTO 80FCE5886C7F0000:error:0A00010B:SSL routines:ssl3_get_record:wrong "
+        "version number:../deps/openssl/openssl/ssl/record/ssl3_record.c:350:",
+        "run here: Node.js 20.20.2 https.get() https:// to a plain HTTP port (python3 -m "
+        "http.server)",
+        "tls_mismatch",
+        "https_to_plain_port",
+    ),
+    (
+        "docker_logs",
+        "Error [ERR_TLS_CERT_ALTNAME_INVALID]: Hostname/IP does not match certificate's altnames: "
+        "IP: 127.0.0.1 is not in the cert's list: ",
+        "run here: Node.js 20.20.2 https.get() to a certificate without the address dialed",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "journal",
+        "Error: connect ECONNREFUSED 127.0.0.1:19541",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 while PostgreSQL "
+        "15.18 starts",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "error: the database system is starting up",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 while PostgreSQL "
+        "15.18 starts",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "error: the database system is not yet accepting connections",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 while PostgreSQL "
+        "15.18 starts",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "requests.exceptions.ConnectTimeout: HTTPConnectionPool(host='172.17.0.99', port=8080): "
+        "Max retries exceeded with url: / (Caused by "
+        "ConnectTimeoutError(<HTTPConnection(host='172.17.0.99', port=8080) at 0x7eff73c8d590>, "
+        "'Connection to 172.17.0.99 timed out. (connect timeout=3)'))",
+        "run here: requests 2.34.2 get() to 172.17.0.99, an address no host answers",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "psycopg2.OperationalError: connection to server at \"172.17.0.99\", port 5432 failed: No "
+        "route to host",
+        "run here: psycopg2-binary 2.9.13 (libpq 17) psycopg2.connect() to 172.17.0.99, an "
+        "address no host answers",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "docker_logs",
+        "pymysql.err.OperationalError: (2003, \"Can't connect to MySQL server on '172.17.0.99' "
+        "(timed out)\")",
+        "run here: PyMySQL 1.2.4 connect() to 172.17.0.99, an address no host answers",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "Error: connect EHOSTUNREACH 172.17.0.99:8080",
+        "run here: Node.js 20.20.2 http.get() to 172.17.0.99, an address no host answers",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "psql: error: connection to server on socket \"/tmp/rulesf-nosock/.s.PGSQL.5432\" failed: "
+        "No such file or directory",
+        "run here: psql 15.18 with host set to a directory without a PostgreSQL socket",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "psycopg2.OperationalError: connection to server on socket "
+        "\"/tmp/rulesf-nosock/.s.PGSQL.5432\" failed: No such file or directory",
+        "run here: psycopg2-binary 2.9.13 psycopg2.connect() with host set to a directory without "
+        "a PostgreSQL socket",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "Error: connect ENOENT /tmp/rulesf-nosock/.s.PGSQL.5432",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 with host set to a "
+        "directory without a PostgreSQL socket",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "psql: error: connection to server at \"127.0.0.1\", port 19541 failed: FATAL:  password "
+        "authentication failed for user \"app\"",
+        "run here: psql 15.18 to PostgreSQL 15.18 with a wrong password",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "psql: error: connection to server at \"127.0.0.1\", port 19999 failed: Connection refused",
+        "run here: psql 15.18 to a closed port",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "psql: error: could not translate host name \"nosuchhost.invalid\" to address: Name or "
+        "service not known",
+        "run here: psql 15.18 to an unresolvable name (NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "error: password authentication failed for user \"app\"",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 to PostgreSQL 15.18 "
+        "with a wrong password",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "error: sorry, too many clients already",
+        "run here: node-postgres 8.23.1 Client.connect() on Node.js 20.20.2 to PostgreSQL 15.18 "
+        "with max_connections 3 held",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "2026-11-30 19:13:45.149 UTC [13453] FATAL:  the database system is starting up",
+        "run here: the log of PostgreSQL 15.18 (pg_ctl start) while a client connects during "
+        "start-up",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "2026-11-30 19:13:39.383 UTC [13333] FATAL:  password authentication failed for user "
+        "\"app\"",
+        "run here: the log of PostgreSQL 15.18 when a client gives a wrong password",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "2026-11-30 19:13:39.190 UTC [13323] FATAL:  sorry, too many clients already",
+        "run here: the log of PostgreSQL 15.18 (max_connections 3) when a fourth client connects",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "2020/09/25 17:43:35 failed to connect to `host=database user=terminus "
+        "database=terminus`: hostname resolving error (lookup database on 192.168.65.1:53: no "
+        "such host)",
+        "https://github.com/jackc/pgx/issues/837 (pgx in Docker: the database's name does not "
+        "resolve)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "app_logs",
+        "redis.clients.jedis.exceptions.JedisConnectionException: Failed to connect to any host "
+        "resolved for DNS name.",
+        "https://github.com/redis/jedis/issues/3904 (Jedis 5.1.2)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "redis.clients.jedis.exceptions.JedisConnectionException: Could not get a resource from "
+        "the pool",
+        "https://github.com/redis/jedis/issues/200 (Jedis: a lead; its cause follows)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "Caused by: java.util.NoSuchElementException: Timeout waiting for idle object",
+        "https://github.com/redis/jedis/issues/1874 (Jedis 2.9.0, commons-pool2 2.4.2)",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    (
+        "app_logs",
+        "java.sql.SQLException: Cannot get a connection, pool error Timeout waiting for idle "
+        "object",
+        "https://github.com/kenkoooo/AtCoderProblems/issues/53 (DBCP2)",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    (
+        "docker_logs",
+        "io.jsonwebtoken.security.SignatureException: JWT signature does not match locally "
+        "computed signature. JWT validity cannot be asserted and should not be trusted.",
+        "https://github.com/ali-bouali/spring-boot-3-jwt-security/issues/13 (jjwt 0.11.5)",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "journal",
+        "io.jsonwebtoken.SignatureException: JWT signature does not match locally computed "
+        "signature. JWT validity cannot be asserted and should not be trusted.",
+        "https://github.com/jwtk/jjwt/issues/276 (jjwt before 0.11)",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "app_logs",
+        "Unexpected error validating SSL certificate \"default/cncamp-tls\" for server "
+        "\"cncamp.com\": x509: certificate relies on legacy Common Name field, use SANs instead",
+        "https://github.com/cncamp/101/pull/12 (ingress-nginx, Go 1.17+)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "docker_logs",
+        "ERRO[2020-08-16T21:33:43-07:00] Get "
+        "\"https://vault.example.com8200/v1/auth/token/lookup-self\": x509: certificate relies on "
+        "legacy Common Name field, use SANs or temporarily enable Common Name matching with "
+        "GODEBUG=x509ignoreCN=0",
+        "https://github.com/johanbrandhorst/certify/issues/122 (Go 1.15)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "journal",
+        "x509: certificate is not valid for any names, but wanted to match ecf-harbor.com",
+        "https://github.com/goharbor/harbor/issues/9821 (docker login, Go crypto/x509)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "app_logs",
+        "NoNodeAvailableException[None of the configured nodes are available: "
+        "[{#transport#-1}{127.0.0.1}{127.0.0.1:9300}]",
+        "https://github.com/docker-library/elasticsearch/issues/162 (Spring Data Elasticsearch, "
+        "transport client)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "org.elasticsearch.client.transport.NoNodeAvailableException: None of the configured "
+        "nodes are available: "
+        "[{#transport#-1}{jAVtGqzbTriE07oK0tq41A}{localhost}{127.0.0.1:9200}]",
+        "https://github.com/yassinesabri/spring-mysql-elastic/issues/5 (Elasticsearch 5.6.10 "
+        "transport client)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "com.mongodb.MongoSocketOpenException: Exception opening socket",
+        "https://github.com/ozlerhakan/mongolastic/issues/45 (mongo-java-driver 3.12.11)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "12:03:32 INFO  [or.mo.dr.cluster] (cluster-ClusterId{value='5e89c914bf3e9e132100af54', "
+        "description='null'}-127.0.0.1:27017) Exception in monitor thread while connecting to "
+        "server 127.0.0.1:27017: com.mongodb.MongoSocketOpenException: Exception opening socket",
+        "https://github.com/yurake/k8s-3tier-webapp/issues/38 (Quarkus, MongoDB Java driver)",
+        "dependency_down",
+        None,
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
