@@ -3588,6 +3588,9 @@ CAPTURED: list[tuple[str, tuple[str, ...] | None, str, str | None]] = [
     # the kernel's kill and supervisord's SIGKILL together (the restarts are the consequence)
     ("supervisord-program-oom-killed.json", None, "oom_killed", None),
     ("supervisord-program-oom-killed.json", ("journal", "kernel_log"), "oom_killed", None),
+    # supervisord's log alone: the same SIGKILL death on every start is the OOM killer's
+    ("supervisord-program-oom-killed.json", ("journal", "supervisorctl_status"), "oom_killed",
+     None),
 ]
 
 
