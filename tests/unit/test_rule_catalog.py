@@ -894,6 +894,149 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    (
+        "app_logs",
+        "httpx.ConnectError: [Errno 111] Connection refused",
+        "run here: httpx 0.28.1 get() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "httpx.ConnectError: [Errno -2] Name or service not known",
+        "run here: httpx 0.28.1 get() to an unresolvable name (nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        "dependency_name_unresolved",
+    ),
+    (
+        "journal",
+        "httpx.ConnectTimeout: timed out",
+        "run here: httpx 0.28.1 get() to 172.17.0.99, an address no host answers (a link that is "
+        "down)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "app_logs",
+        "httpx.ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+        "self-signed certificate (_ssl.c:1006)",
+        "run here: httpx 0.28.1 get() to openssl s_server with a self-signed certificate",
+        "tls_mismatch",
+        "self_signed_certificate",
+    ),
+    (
+        "docker_logs",
+        "httpx.ConnectError: [SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+        "run here: httpx 0.28.1 get() https:// to a plain HTTP port (python3 -m http.server)",
+        "tls_mismatch",
+        "https_to_plain_port",
+    ),
+    (
+        "journal",
+        "aiohttp.client_exceptions.ClientConnectorError: Cannot connect to host 127.0.0.1:19999 "
+        "ssl:default [Connect call failed ('127.0.0.1', 19999)]",
+        "run here: aiohttp 3.14.5 ClientSession.get() to a closed port (127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "aiohttp.client_exceptions.ClientConnectorDNSError: Cannot connect to host "
+        "nosuchhost.invalid:80 ssl:default [Name or service not known]",
+        "run here: aiohttp 3.14.5 ClientSession.get() to an unresolvable name "
+        "(nosuchhost.invalid: NXDOMAIN)",
+        "dns_or_network",
+        None,
+    ),
+    (
+        "docker_logs",
+        "aiohttp.client_exceptions.ClientConnectorCertificateError: Cannot connect to host "
+        "127.0.0.1:19443 ssl:True [SSLCertVerificationError: (1, '[SSL: "
+        "CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate "
+        "(_ssl.c:1006)')]",
+        "run here: aiohttp 3.14.5 ClientSession.get() to openssl s_server with a self-signed "
+        "certificate",
+        "tls_mismatch",
+        "self_signed_certificate",
+    ),
+    (
+        "journal",
+        "aiohttp.client_exceptions.ClientConnectorCertificateError: Cannot connect to host "
+        "localhost:19444 ssl:True [SSLCertVerificationError: (1, '[SSL: "
+        "CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer "
+        "certificate (_ssl.c:1006)')]",
+        "run here: aiohttp 3.14.5 ClientSession.get() to a certificate of an unknown CA",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "app_logs",
+        "WARNING:elastic_transport.node_pool:Node <Urllib3HttpNode(http://127.0.0.1:19999)> has "
+        "failed for 1 times in a row, putting on 1 second timeout",
+        "run here: elasticsearch 9.5.1 (elastic_transport) info() to a closed port, Python "
+        "logging's default format",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "KafkaJSConnectionError: Connection error: connect ECONNREFUSED 127.0.0.1:19999",
+        "run here: kafkajs 2.2.4 producer().connect() on Node.js 20.20.2 to a closed port "
+        "(127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "MemJS: Server <127.0.0.1:19999> failed after (0) retries with error - connect "
+        "ECONNREFUSED 127.0.0.1:19999",
+        "run here: memjs 1.3.2 Client.get() on Node.js 20.20.2 to a closed port (its log line)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "ConnectionError: connect ECONNREFUSED 127.0.0.1:19999",
+        "run here: @elastic/elasticsearch 9.4.3 info() on Node.js 20.20.2 to a closed port "
+        "(127.0.0.1:19999)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "javax.net.ssl.SSLHandshakeException: No subject alternative names matching IP address "
+        "127.0.0.1 found",
+        "run here: OpenJDK 17.0.15 HttpURLConnection with the CA trusted, to a certificate for "
+        "localhost dialed by its address",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "journal",
+        "Caused by: java.security.cert.CertificateException: No subject alternative names "
+        "matching IP address 127.0.0.1 found",
+        "run here: OpenJDK 17.0.15 HttpURLConnection with the CA trusted, to a certificate for "
+        "localhost dialed by its address",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "app_logs",
+        "javax.net.ssl.SSLHandshakeException: No name matching localhost found",
+        "run here: OpenJDK 17.0.15 HttpURLConnection to a trusted certificate with a CN only (no "
+        "SAN)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "docker_logs",
+        "Caused by: java.security.cert.CertificateException: No subject alternative DNS name "
+        "matching vm found.",
+        "run here: OpenJDK 17.0.15 HttpURLConnection, with the CA trusted, to a certificate for "
+        "localhost dialed as vm (an /etc/hosts alias)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
