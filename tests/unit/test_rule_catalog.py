@@ -1037,6 +1037,101 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "tls_mismatch",
         "certificate_name_mismatch",
     ),
+    (
+        "app_logs",
+        "[2019-02-20 06:45:10] local.ERROR: AMQP error while attempting pushRaw: "
+        "stream_socket_client(): unable to connect to tcp://127.0.0.1:5672 (Connection refused)",
+        "https://github.com/vyuldashev/laravel-queue-rabbitmq/issues/221 (Laravel, php-amqplib)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "PhpAmqpLib\\Exception\\AMQPRuntimeException: Error Connecting to server(111): Connection "
+        "refused  in /var/www/php-amqplib/PhpAmqpLib/Wire/IO/StreamIO.php on line 24",
+        "https://github.com/php-amqplib/php-amqplib/issues/142 (php-amqplib 2)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "[Server thread/CRITICAL]: ErrorException: \"mysqli::__construct(): (HY000/2002): No such "
+        "file or directory\" (EXCEPTION) in "
+        "\"MyPlot_dev-198.phar/src/MyPlot/provider/MySQLProvider\" at line 33",
+        "https://github.com/jasonw4331/MyPlot/issues/146 (PHP mysqli)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "ordering.signalrhub_1       |       "
+        "RabbitMQ.Client.Exceptions.BrokerUnreachableException: None of the specified endpoints "
+        "were reachable ---> RabbitMQ.Client.Exceptions.ConnectFailureException: Connection "
+        "failed ---> System.Net.Internals.SocketExceptionFactory+ExtendedSocketException: "
+        "Connection refused 172.18.0.5:5672",
+        "https://github.com/dotnet-architecture/eShopOnContainers/issues/638 (RabbitMQ .NET "
+        "client, docker-compose)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "May 29 12:52:14 bbb run-prod.sh[22760]: 2019-05-29T12:52:14.006+02:00 WARN  "
+        "i.l.c.protocol.ConnectionWatchdog - Cannot reconnect: "
+        "io.netty.channel.AbstractChannel$AnnotatedConnectException: Connection refused: "
+        "/127.0.0.1:6379",
+        "https://github.com/bigbluebutton/bigbluebutton/issues/7529 (Lettuce on Netty, journal)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "Error: error sending request for url (https://mydomain.example.com/user/myuser): error "
+        "trying to connect: invalid peer certificate: UnknownIssuer",
+        "https://github.com/atuinsh/atuin/issues/1142 (reqwest with rustls)",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "app_logs",
+        "RuntimeError: invalid peer certificate contents: invalid peer certificate: "
+        "UnknownIssuer, error sending request for url "
+        "(https://passport.bilibili.com/x/passport-login/oauth2/info?access_key=ed66b0e26"
+        "c71bfc3515efdf6c97cf9a2&actionKey=appkey&appkey=783bbb7264451d82&sign=ee3c846227"
+        "bd09f106c91078e25af90b&ts=1667096237): "
+        "error trying to connect: invalid peer certificate contents: invalid peer certificate: "
+        "UnknownIssuer",
+        "https://github.com/biliup/biliup-rs/issues/49 (reqwest with rustls)",
+        "tls_mismatch",
+        "certificate_chain_untrusted",
+    ),
+    (
+        "docker_logs",
+        "requestrr    |  ---> System.Security.Authentication.AuthenticationException: The remote "
+        "certificate is invalid according to the validation procedure: "
+        "RemoteCertificateNameMismatch",
+        "https://github.com/darkalfx/requestrr/issues/133 (.NET HttpClient, docker-compose)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
+    (
+        "journal",
+        "Error validating token response: Error validating identity token: "
+        "Microsoft.IdentityModel.Tokens.SecurityTokenInvalidSignatureException: IDX10503: "
+        "Signature validation failed. Keys tried: 'Microsoft.IdentityModel.Tokens.RsaSecurityKey "
+        ", KeyId: 6g3X80imLE+Xet1NAeus9AnDSLg=",
+        "https://github.com/DuendeArchive/IdentityModel.OidcClient/issues/112 "
+        "(Microsoft.IdentityModel)",
+        "jwt_mismatch",
+        None,
+    ),
+    (
+        "app_logs",
+        "IDX10501: Signature validation failed. Unable to match key:",
+        "https://github.com/DuendeArchive/IdentityModel/issues/352 (Microsoft.IdentityModel)",
+        "jwt_mismatch",
+        None,
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
@@ -1836,7 +1931,8 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "app_logs",
         "kex_exchange_identification: client sent invalid protocol identifier \"GET /index.php "
         "HTTP/1.0\"",
-        "run here: sshd -D -e -p 19801 (OpenSSH 9.2) behind nginx proxy_pass http://127.0.0.1:19801",
+        "run here: sshd -D -e -p 19801 (OpenSSH 9.2) behind nginx proxy_pass http://127.0"
+        ".0.1:19801",
         "wrong_proxy_config",
         "http_to_non_http_port",
     ),
