@@ -1132,6 +1132,93 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "jwt_mismatch",
         None,
     ),
+    (
+        "app_logs",
+        "javax.net.ssl.SSLHandshakeException: PKIX path validation failed: "
+        "java.security.cert.CertPathValidatorException: validity check failed",
+        "https://github.com/rutgerkok/BlockLocker/issues/172 (the JDK, an expired certificate)",
+        "tls_mismatch",
+        "certificate_expired",
+    ),
+    (
+        "docker_logs",
+        "Caused by: sun.security.validator.ValidatorException: PKIX path validation failed: "
+        "java.security.cert.CertPathValidatorException: validity check failed",
+        "https://github.com/developerspace-samples/WebRTC-Kotlin-Sample/issues/5 (the JDK, an "
+        "expired certificate)",
+        "tls_mismatch",
+        "certificate_expired",
+    ),
+    (
+        "journal",
+        "Caused by: java.security.cert.CertificateExpiredException: NotAfter: Sat Nov 07 11:52:33 "
+        "UTC 2020",
+        "https://github.com/opensearch-project/security/issues/870 (the JDK)",
+        "tls_mismatch",
+        "certificate_expired",
+    ),
+    (
+        "app_logs",
+        "redis: connection pool timeout",
+        "https://github.com/redis/go-redis/issues/1002 (go-redis; the maintainer: every "
+        "connection busy)",
+        "upstream_timeout",
+        "connection_pool_exhausted",
+    ),
+    (
+        "docker_logs",
+        "System.Net.Http.HttpRequestException: Connection refused (www.soliscloud.com:13333)",
+        "https://github.com/Webreaper/SolisAgileManager/issues/194 (.NET HttpClient)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "Error: connect ECONNREFUSED /tmp/rulesf-cap/redis.sock",
+        "run here: Node.js 20.20.2 net.connect() to a socket file with no listener",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "[ioredis] Unhandled error event: Error: connect ECONNREFUSED /tmp/rulesf-cap/redis.sock",
+        "run here: ioredis 6.0.0 (path) on Node.js 20.20.2 to a socket file with no listener",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "redis.exceptions.ConnectionError: Error 111 connecting to /tmp/rulesf-cap/redis.sock. "
+        "Connection refused.",
+        "run here: redis-py 8.1.0 Redis(unix_socket_path=...).ping() to a socket file with no "
+        "listener",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "io.jsonwebtoken.ExpiredJwtException: JWT expired at 2017-09-19T00:31:16Z. Current time: "
+        "2017-12-09T21:26:44Z, a difference of 7073728267 milliseconds.  Allowed clock skew: 0 "
+        "milliseconds.",
+        "https://github.com/szerhusenBC/jwt-spring-security-demo/issues/69 (jjwt 0.7.0)",
+        "jwt_mismatch",
+        "jwt_expired_clock_skew",
+    ),
+    (
+        "app_logs",
+        "Microsoft.IdentityModel.Tokens.SecurityTokenExpiredException: IDX10223: Lifetime "
+        "validation failed. The token is expired.",
+        "https://github.com/spetz/tokenmanager-sample/issues/1 (ASP.NET Core JwtBearer)",
+        "jwt_mismatch",
+        "jwt_expired_clock_skew",
+    ),
+    (
+        "docker_logs",
+        "Net::OpenTimeout: execution expired",
+        "https://github.com/ualbertalib/HydraNorth/issues/1416 (Ruby net/http under Faraday)",
+        "dns_or_network",
+        None,
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
