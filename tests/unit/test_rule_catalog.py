@@ -1219,6 +1219,47 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    (
+        "app_logs",
+        "redis.exceptions.AuthenticationError: HELLO must be called with the client already "
+        "authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate "
+        "the client and select the RESP protocol version at the same time",
+        "run here: redis-py 8.1.0 get() without a password to Redis 7.0.15 with requirepass",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "redis.exceptions.AuthenticationError: invalid username-password pair or user is disabled.",
+        "run here: redis-py 8.1.0 get() with a wrong password to Redis 7.0.15 with requirepass",
+        "dependency_down",
+        None,
+    ),
+    (
+        "journal",
+        "ReplyError: NOAUTH HELLO must be called with the client already authenticated, otherwise "
+        "the HELLO AUTH <user> <pass> option can be used to authenticate the client and select "
+        "the RESP protocol version at the same time",
+        "run here: ioredis 6.0.0 without a password to Redis 7.0.15 with requirepass (its error "
+        "event)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "ReplyError: WRONGPASS invalid username-password pair or user is disabled.",
+        "run here: ioredis 6.0.0 with a wrong password to Redis 7.0.15 with requirepass (its "
+        "error event)",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        "Error: ERR max number of clients reached",
+        "run here: node-redis 6.3.1 connect() to Redis 7.0.15 with maxclients 2 held",
+        "dependency_down",
+        None,
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
