@@ -1260,6 +1260,53 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dependency_down",
         None,
     ),
+    (
+        "app_logs",
+        "requests.exceptions.ReadTimeout: HTTPConnectionPool(host='127.0.0.1', port=19996): Read "
+        "timed out. (read timeout=2)",
+        "run here: requests 2.34.2 get(timeout=2) to a port that accepts and never answers",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "docker_logs",
+        "httpx.ReadTimeout: timed out",
+        "run here: httpx 0.28.1 get(timeout=2) to a port that accepts and never answers",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "journal",
+        "redis.exceptions.TimeoutError: Timeout reading from socket",
+        "run here: redis-py 8.1.0 get() (socket_timeout 2) to a port that accepts and never "
+        "answers: a lead",
+        "dependency_down",
+        None,
+    ),
+    (
+        "app_logs",
+        "psycopg2.errors.QueryCanceled: canceling statement due to statement timeout",
+        "run here: psycopg2 2.9.13, SELECT pg_sleep(3) with statement_timeout 500 on PostgreSQL "
+        "15.18",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "docker_logs",
+        "error: canceling statement due to statement timeout",
+        "run here: node-postgres 8.23.1 (statement_timeout 500), SELECT pg_sleep(3) on PostgreSQL "
+        "15.18",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "journal",
+        "Error: Query read timeout",
+        "run here: node-postgres 8.23.1 (query_timeout 500), SELECT pg_sleep(3) on PostgreSQL "
+        "15.18",
+        "upstream_timeout",
+        None,
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
