@@ -1307,6 +1307,39 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_timeout",
         None,
     ),
+    (
+        "app_logs",
+        "javax.net.ssl.SSLHandshakeException: Received fatal alert: certificate_required",
+        "run here: OpenJDK 17.0.15 HttpURLConnection to openssl s_server -Verify 1 (a client "
+        "certificate required)",
+        "tls_mismatch",
+        "client_certificate_required",
+    ),
+    (
+        "docker_logs",
+        "urllib.error.URLError: <urlopen error [SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert "
+        "protocol version (_ssl.c:1006)>",
+        "run here: CPython 3.11.7 urllib with maximum_version TLSv1_2 to openssl s_server -tls1_3",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
+    (
+        "journal",
+        "ssl.SSLError: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required "
+        "(_ssl.c:2580)",
+        "run here: CPython 3.11.7 urllib to openssl s_server -Verify 1 (a client certificate "
+        "required)",
+        "tls_mismatch",
+        "client_certificate_required",
+    ),
+    (
+        "app_logs",
+        "javax.net.ssl.SSLHandshakeException: Received fatal alert: protocol_version",
+        "run here: OpenJDK 17.0.15 HttpURLConnection (jdk.tls.client.protocols=TLSv1.2) to "
+        "openssl s_server -tls1_3",
+        "tls_mismatch",
+        "tls_protocol_version_mismatch",
+    ),
     # ---- Spring Boot and Tomcat (public threads; each failure analyzer's Description line)
     (
         "app_logs",
