@@ -80,7 +80,8 @@ def build(settings: Settings, *, out: TextIO | None = None,
     catalog, inventory = load_definitions(settings)
     store = AsyncStore(Store(settings.db, audit_key=settings.audit_key, synchronous="NORMAL"))
     ctx = ExecContext(known_hosts=settings.known_hosts, ssh_idle=settings.ssh_idle,
-                      ssh_reuse_sessions=settings.ssh_reuse_sessions)
+                      ssh_reuse_sessions=settings.ssh_reuse_sessions,
+                      ssh_client=settings.ssh_client)
     client = None
     transport: Transport
     if settings.slack_enabled:

@@ -17,7 +17,7 @@ PREFIXED = {  # env name -> TOML key
 }
 OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RUNBOOKS",
        "INVENTORY", "KNOWN_HOSTS", "ALERT_TOKEN", "AUDIT_KEY", "APPROVAL_TTL",
-       "ALLOW_SELF_APPROVAL", "SSH_IDLE", "SSH_REUSE_SESSIONS",
+       "ALLOW_SELF_APPROVAL", "SSH_IDLE", "SSH_REUSE_SESSIONS", "SSH_CLIENT",
        "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER", "BATCH_NICE", "EDGE")
 EDGES = ("thread", "process")  # OPSBOT_EDGE
 
@@ -45,6 +45,9 @@ class Settings:
     allow_self_approval: bool = False  # two-person rule unless set
     ssh_idle: float = 300.0  # seconds an idle pooled SSH connection is kept
     ssh_reuse_sessions: bool = True  # shell sessions kept open for the next commands
+    # who runs a one-shot command's ssh steps: asyncssh, or libssh2 (C: less CPU for a cold
+    # fan-out); `opsbot serve` always uses asyncssh's pool
+    ssh_client: str = "asyncssh"
     stop_timeout: float = 20.0  # seconds running steps get to finish on SIGTERM
     close_after: float = 14400.0  # seconds an incident with nothing to do stays open
     remind_after: float = 600.0  # seconds a pending approval waits before its one reminder
@@ -211,12 +214,19 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         # would end with it (a cold one-command run on 50 hosts: +0.17 s of its CPU)
         ssh_reuse_sessions=_bool("OPSBOT_SSH_REUSE_SESSIONS", raw.get(
             "ssh_reuse_sessions", "true" if serving else "false")),
+        ssh_client=_ssh_client(raw.get("ssh_client", "asyncssh"), serving),
         stop_timeout=_seconds("OPSBOT_STOP_TIMEOUT", raw.get("stop_timeout", "20")),
         close_after=_seconds("OPSBOT_CLOSE_AFTER", raw.get("close_after", "14400")),
         remind_after=_seconds("OPSBOT_REMIND_AFTER", raw.get("remind_after", "600")),
         batch_nice=_nice("OPSBOT_BATCH_NICE", raw.get("batch_nice", "10")),
         edge=_edge(raw.get("edge", "thread"), raw.get("db", "opsbot.db")),
     )
+
+
+def _ssh_client(text: str, serving: bool) -> str:
+    if text not in ("asyncssh", "libssh2"):
+        raise ConfigError(f"OPSBOT_SSH_CLIENT must be asyncssh or libssh2, got {text!r}")
+    return "asyncssh" if serving else text  # a server's pooled connections are asyncssh's
 
 
 def _edge(text: str, db: str) -> str:

@@ -13,7 +13,7 @@ from importlib import import_module
 from bot.executors.base import ExecContext, KindParams, StepKind
 
 _WHERE = {
-    "ssh": ("bot.executors.ssh", "SshStep"),
+    "ssh": ("bot.executors.sshstep", "SshStep"),
     "http": ("bot.executors.http", "HttpStep"),
     "local": ("bot.executors.local", "LocalStep"),
     "docker": ("bot.executors.docker", "DockerStep"),

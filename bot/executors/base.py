@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from bot import pydanticlib, templates  # noqa: F401 (pydanticlib: pydantic without its plugin search)
-from bot.executors import sshlib  # noqa: F401 (first: imports asyncssh quickly)
 from bot.models import ExecOutput, Host
 
 if TYPE_CHECKING:
+    from bot.executors.libssh2 import Libssh2Client
     from bot.executors.ssh import SshPool
+
+SSH_CLIENTS = ("asyncssh", "libssh2")  # OPSBOT_SSH_CLIENT: who runs a one-shot command's ssh steps
 
 
 class KindParams(BaseModel):
@@ -33,7 +35,9 @@ class ExecContext:
     ssh_idle: float = 300.0
     connect_timeout: float = 10.0
     ssh_reuse_sessions: bool = True
+    ssh_client: str = "asyncssh"  # libssh2: ssh steps over bot.executors.libssh2
     _ssh: SshPool | None = field(default=None, repr=False)
+    _libssh2: Libssh2Client | None = field(default=None, repr=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
 
     @property
@@ -46,6 +50,19 @@ class ExecContext:
                                 reuse_sessions=self.ssh_reuse_sessions)
         return self._ssh
 
+    @property
+    def ssh_steps(self) -> SshPool | Libssh2Client:
+        """Who runs `ssh` steps: the asyncssh pool, or libssh2 (`ssh_client`). Discovery,
+        unix sockets and Docker over SSH always use the pool (`ssh`)."""
+        if self.ssh_client != "libssh2":
+            return self.ssh
+        if self._libssh2 is None:
+            from bot.executors.libssh2 import Libssh2Client
+
+            self._libssh2 = Libssh2Client(self.known_hosts,
+                                          connect_timeout=self.connect_timeout)
+        return self._libssh2
+
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Call `closer` (idempotent) on every close, before the SSH pool closes: e.g. the
         Docker clients whose engines are reached through SSH connections of the pool."""
@@ -54,6 +71,8 @@ class ExecContext:
     async def close(self) -> None:
         for closer in reversed(self._closers):
             await closer()
+        if self._libssh2 is not None:
+            await self._libssh2.close()
         if self._ssh is not None:
             await self._ssh.close()
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-import asyncssh
 from pydantic import Field, model_validator
 
 from bot.executors.base import ExecContext, KindParams, StepKind
 from bot.executors.capture import HEAD, TAIL, Capture
+from bot.executors.sshlib import asyncssh
 from bot.models import ExecOutput, Host
 from bot.offload import import_off_loop, off_loop, started_pool
 from bot.redact import redact

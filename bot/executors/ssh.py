@@ -1,4 +1,4 @@
-"""`ssh`: a shell command on the host over SSH (asyncssh), host key always verified.
+"""asyncssh's pool of SSH connections: `ssh` steps (bot.executors.sshstep), discovery, unix sockets.
 
 The command runs in the login user's POSIX shell with stderr joined to stdout (`exec 2>&1`) and
 the system folders added to its PATH (a non-root login's PATH often lacks /usr/sbin, where nginx,
@@ -39,27 +39,18 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
-from pydantic import Field
-
-from bot.executors.base import KindParams, StepKind
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
+from bot.executors.sshcommon import CIPHERS, PRELUDE, HostKey
+from bot.executors.sshlib import asyncssh
 from bot.filecache import PerVersion
 from bot.models import ExecOutput, Host, SocketReply
 
-HostKey = tuple[str, int, str | None]
-# AES-GCM first: asyncssh's chacha20-poly1305 makes a cipher object per packet, a tenth of the
-# event loop's CPU during a 50-host diagnosis (py-spy); AES-GCM runs in OpenSSL (AES-NI).
-# The rest of asyncssh's default order follows, for servers without GCM.
-CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-           "aes256-ctr", "aes192-ctr", "aes128-ctr")
-PRELUDE = 'exec 2>&1\nPATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"\n'
 SHELL = PRELUDE + 'exec "${SHELL:-/bin/sh}" -s\n'  # a kept session: the login shell, on stdin
 MAX_SESSIONS = 8  # the pool's sessions open at once on one connection (busy or idle)
 MAX_IDLE = 4  # idle shell sessions kept per host
@@ -625,27 +616,3 @@ def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
     with contextlib.suppress(asyncssh.Error, OSError):
         process.send_signal("KILL")  # honoured by OpenSSH >= 7.9; closing the channel anyway
     process.close()
-
-
-class SshParams(KindParams):
-    command: str = Field(min_length=1)
-
-
-class SshStep(StepKind):
-    name = "ssh"
-    Params = SshParams
-    shell_fields = frozenset({"command"})
-    batches = True
-
-    @classmethod
-    def display(cls, action: Mapping[str, Any]) -> str:
-        return str(action["command"])
-
-    async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
-        return await self.ctx.ssh.run(host, action["command"], timeout)
-
-    async def run_batch(self, actions: Sequence[tuple[Mapping[str, Any], float]], host: Host,
-                        started: Callable[[int], Awaitable[None]],
-                        finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> None:
-        await self.ctx.ssh.run_batch(host, [(a["command"], t) for a, t in actions], started,
-                                     finished)

@@ -38,3 +38,6 @@ def _import() -> None:
 
 
 _import()
+import asyncssh  # noqa: E402 (after the search is answered)
+
+__all__ = ["asyncssh"]
