@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,32 +51,53 @@ class Trusted:
         return tuple(dict.fromkeys(a for a, _ in self.keys))
 
 
-def _match_one(pattern: str, name: str) -> bool:
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    """Whether a name matches one pattern (without its `!`): hashed, wildcard or plain."""
     if pattern.startswith("|1|"):
         try:
-            _, _, salt, digest = pattern.split("|")
-            mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()
-            return hmac.compare_digest(mac, base64.b64decode(digest))
+            _, _, salt_text, digest_text = pattern.split("|")
+            salt, digest = base64.b64decode(salt_text), base64.b64decode(digest_text)
         except (ValueError, binascii.Error):
-            return False
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name) is not None
+            return lambda name: False
+        return lambda name: hmac.compare_digest(
+            hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
+    if "*" in pattern or "?" in pattern:
+        regex = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                                   for c in pattern))
+        return lambda name: regex.fullmatch(name) is not None
+    return pattern.__eq__
 
 
 def _matches(patterns: tuple[str, ...], names: tuple[str, ...]) -> bool:
     hit = False
     for pattern in patterns:
         negated = pattern.startswith("!")
-        if any(_match_one(pattern[1:] if negated else pattern, n) for n in names):
+        match = _matcher(pattern[1:] if negated else pattern)
+        if any(match(n) for n in names):
             if negated:
                 return False
             hit = True
     return hit
 
 
+def _plain(pattern: str) -> bool:
+    return not any(c in pattern for c in "*?!|")
+
+
 class KnownHosts:
     def __init__(self, lines: list[_Line]) -> None:
         self._lines = lines
+        # lines whose names are all plain, by name: a host's lines are found without
+        # matching every line of a long file (once per host of a 50-host run)
+        self._by_name: dict[str, list[int]] = {}
+        self._others: list[int] = []  # hashed, wildcard or negated names: matched one by one
+        for n, line in enumerate(lines):
+            if line.marker is None and all(_plain(p) for p in line.patterns):
+                for pattern in line.patterns:
+                    self._by_name.setdefault(pattern, []).append(n)
+            elif line.marker is None:
+                self._others.append(n)
+        self._revoked = frozenset(line.blob for line in lines if line.marker == "revoked")
 
     @classmethod
     def read(cls, path: Path) -> KnownHosts:
@@ -111,11 +133,7 @@ class KnownHosts:
         return found if found is not None and found.keys else self._trusted(names)
 
     def _trusted(self, names: tuple[str, ...]) -> Trusted:
-        keys: list[tuple[str, bytes]] = []
-        revoked: set[bytes] = set()
-        for line in self._lines:
-            if line.marker == "revoked":
-                revoked.add(line.blob)  # a revoked key is refused for every host
-            elif line.marker is None and _matches(line.patterns, names):
-                keys.append((line.algorithm, line.blob))
-        return Trusted(tuple(keys), frozenset(revoked))
+        found = {n for name in names for n in self._by_name.get(name, ())}
+        found.update(n for n in self._others if _matches(self._lines[n].patterns, names))
+        keys = tuple((self._lines[n].algorithm, self._lines[n].blob) for n in sorted(found))
+        return Trusted(keys, self._revoked)  # a revoked key is refused for every host

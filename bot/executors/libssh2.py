@@ -197,9 +197,8 @@ class Libssh2Client:
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
-                family, kind, proto, _, address = infos[0]
-                sock = socket.socket(family, kind, proto)
+                family, address = await _address(host)
+                sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 await loop.sock_connect(sock, address)
@@ -357,6 +356,20 @@ async def _drain(conn: _Conn, channel: Any, deadline: float) -> None:
     while (chunk := _read(channel)) != b"":
         if chunk is None:
             await conn.ready(deadline)
+
+
+async def _address(host: Host) -> tuple[int, Any]:
+    """The host's socket family and address: an IP address as it is (no resolver thread),
+    else the resolver's first answer."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host.address)
+        except OSError:
+            continue
+        return family, (host.address, host.port)
+    infos = await asyncio.get_running_loop().getaddrinfo(host.address, host.port,
+                                                         type=socket.SOCK_STREAM)
+    return infos[0][0], infos[0][4]
 
 
 async def _nothing(i: int) -> None:
