@@ -378,14 +378,20 @@ async def _nothing(i: int) -> None:
 
 def _read(channel: Any) -> bytes | None:
     """What the session printed (stderr too: empty, joined to stdout on the host); b"" at its
-    end; None when nothing is there yet."""
-    for read in (channel.read, channel.read_stderr):
-        size, data = read(65536)
-        if size > 0:
-            return bytes(data)
-        if size not in (0, LIBSSH2_ERROR_EAGAIN):
-            raise SSH2Error(f"read failed ({size})")
-    return b"" if channel.eof() else None
+    end; None when nothing is there yet. A read may take in the host's last output and its end
+    together: the end counts only once nothing is left to read after it."""
+    while True:
+        ended = channel.eof()
+        for read in (channel.read, channel.read_stderr):
+            size, data = read(65536)
+            if size > 0:
+                return bytes(data)
+            if size not in (0, LIBSSH2_ERROR_EAGAIN):
+                raise SSH2Error(f"read failed ({size})")
+        if ended:
+            return b""
+        if not channel.eof():
+            return None
 
 
 def _auth_errors() -> tuple[type[Exception], ...]:

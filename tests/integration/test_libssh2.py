@@ -136,8 +136,8 @@ async def test_unknown_changed_revoked_or_unpinned_host_keys_are_refused(
         assert not Path(marker).exists(), why
     hashed = tmp_path / "hashed"  # OpenSSH's hashed names (ssh-keygen -H) are matched
     hashed.write_text(f"{sshd_host.known_hosts_line}\n")
-    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(hashed)], check=True,
-                   capture_output=True)
+    await asyncio.to_thread(subprocess.run, ["ssh-keygen", "-q", "-H", "-f", str(hashed)],
+                            check=True, capture_output=True)
     assert web01.address not in hashed.read_text()
     client = Libssh2Client(hashed, connect_timeout=3)
     assert (await client.run(web01, "echo trusted", 10)).output == "trusted\n"
@@ -186,7 +186,7 @@ async def test_a_silent_host_times_out_within_the_connect_timeout(
         beat.cancel()
         silent.close()
         await client.close()
-    assert out.error == "cannot reach mute at 127.0.0.1:%d: no SSH answer within 1s" % port
+    assert out.error == f"cannot reach mute at 127.0.0.1:{port}: no SSH answer within 1s"
     assert ticks >= 15
 
 
@@ -212,3 +212,13 @@ def test_opsbot_run_over_libssh2_never_imports_asyncssh(
     report = json.loads(done.stdout)
     step = report["hosts"][0]["steps"][0]
     assert (step["exit_status"], step["error"]) == (4, None), report
+
+
+async def test_output_that_comes_with_the_session_end_is_never_lost(
+        client: Libssh2Client, sshd_host: SshServer, sshd_host2: SshServer) -> None:
+    # a short command's output, its status and the session's end often arrive in one read
+    hosts = [as_host(sshd_host), as_host(sshd_host2)]
+    outs = await asyncio.gather(*(client.run(hosts[i % 2], f"echo {i}; exit {i % 7}", 10)
+                                  for i in range(60)))
+    assert [(o.output, o.exit_status, o.error) for o in outs] == [
+        (f"{i}\n", i % 7, None) for i in range(60)]
