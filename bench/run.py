@@ -54,21 +54,25 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
     bench = COLD.replace("50", str(n))
     env = opsbot_env(lab, folder)
     opsbot = [sys.executable, "-m", "bot", "run", "loadavg", "bench", "--json"]
-    first = timed(opsbot, env=env, cwd=ROOT)  # creates the store; not counted
-    if first.returncode != 0:
-        raise RuntimeError(f"opsbot run failed: {first.output[-800:]}")
+    # the ssh steps over libssh2 (OPSBOT_SSH_CLIENT), alternated with the default's runs
+    envs = {"opsbot": env, "opsbot libssh2": {**env, "OPSBOT_SSH_CLIENT": "libssh2"}}
+    for variant in envs.values():
+        first = timed(opsbot, env=variant, cwd=ROOT)  # creates the store; not counted
+        if first.returncode != 0:
+            raise RuntimeError(f"opsbot run failed: {first.output[-800:]}")
     tools = tools_bin()
-    results: dict[str, list[tuple[float, float]]] = {"opsbot": [], "ansible": [],
-                                                     "parallel-ssh": []}
+    results: dict[str, list[tuple[float, float]]] = {"opsbot": [], "opsbot libssh2": [],
+                                                     "ansible": [], "parallel-ssh": []}
     for r in range(rounds):
-        done = timed(opsbot, env=env, cwd=ROOT)
-        ok = json.JSONDecoder().raw_decode(done.output[done.output.index("{"):])[0] \
-            if done.returncode == 0 and "{" in done.output else {}  # log lines may follow
-        good = sum(1 for h in ok.get("hosts", ()) if all(s["status"] == "ok"
-                                                          for s in h["steps"]))
-        if good != n:
-            raise RuntimeError(f"opsbot run: {good}/{n} hosts ok: {done.output[-800:]}")
-        results["opsbot"].append((done.wall, done.cpu))
+        for name in list(envs) if r % 2 == 0 else list(envs)[::-1]:
+            done = timed(opsbot, env=envs[name], cwd=ROOT)
+            ok = json.JSONDecoder().raw_decode(done.output[done.output.index("{"):])[0] \
+                if done.returncode == 0 and "{" in done.output else {}  # log lines may follow
+            good = sum(1 for h in ok.get("hosts", ()) if all(s["status"] == "ok"
+                                                              for s in h["steps"]))
+            if good != n:
+                raise RuntimeError(f"{name} run: {good}/{n} hosts ok: {done.output[-800:]}")
+            results[name].append((done.wall, done.cpu))
         if (tools / "ansible").exists():
             control = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))  # new: cold masters
             aenv = _ansible_env(lab, folder, control)
@@ -98,6 +102,10 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
     report.add(Figure(bench, "opsbot CPU", "s", tuple(c for _, c in results["opsbot"]),
                       Target(0.4), tuple(f"{k} CPU" for k in ("ansible", "parallel-ssh")
                                          if results[k])))
+    report.add(Figure(bench, "opsbot libssh2 CPU", "s",
+                      tuple(c for _, c in results["opsbot libssh2"]), Target(0.4)))
+    report.add(Figure(bench, "opsbot libssh2 wall", "s",
+                      tuple(w for w, _ in results["opsbot libssh2"])))
     for tool in ("ansible", "parallel-ssh"):
         if results[tool]:
             report.add(Figure(bench, f"{tool} wall", "s", tuple(w for w, _ in results[tool])))
