@@ -68,7 +68,7 @@ class Runs(Part):
             fallback = coerce_param("url", ParamSpec(type="url"), fallback)
         sudo = coerce_param("sudo", ParamSpec(type="bool"),
                             host.vars.get("opsbot_sudo", False))
-        calls = self.runner.ctx.ssh.on(host)
+        calls = self.runner.ctx.ssh_commands.on(host)
         await import_off_loop("bot.discovery")  # its first import (crossplane): off the loop
         from bot.discovery import discover
 

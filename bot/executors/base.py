@@ -51,9 +51,9 @@ class ExecContext:
         return self._ssh
 
     @property
-    def ssh_steps(self) -> SshPool | Libssh2Client:
-        """Who runs `ssh` steps: the asyncssh pool, or libssh2 (`ssh_client`). Discovery,
-        unix sockets and Docker over SSH always use the pool (`ssh`)."""
+    def ssh_commands(self) -> SshPool | Libssh2Client:
+        """Who runs commands on hosts (`ssh` steps, discovery's reads and unix sockets): the
+        asyncssh pool, or libssh2 (`ssh_client`). Docker over SSH always uses the pool."""
         if self.ssh_client != "libssh2":
             return self.ssh
         if self._libssh2 is None:

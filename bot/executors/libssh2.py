@@ -1,9 +1,9 @@
 """`ssh` steps of a one-shot command over libssh2 (ssh2-python: the SSH protocol in C).
 
-`OPSBOT_SSH_CLIENT=libssh2`: a cold `opsbot run` on many hosts spends most of its CPU in
-asyncssh (its import, and its handshakes and packets in Python); libssh2 does the same work in
-C. Only the `ssh` steps of one-shot commands use it: the server, discovery and Docker over SSH
-keep asyncssh's pool (bot.executors.ssh).
+`OPSBOT_SSH_CLIENT=libssh2`: a cold `opsbot run` on many hosts spends much of its CPU on
+asyncssh (its import, and its handshakes and packets in Python); libssh2 does that work in C.
+It runs the `ssh` steps and discovery's reads (commands and unix sockets) of one-shot commands;
+the server and Docker over SSH keep asyncssh's pool (bot.executors.ssh).
 
 As there: the host key is verified against the configured known_hosts (bot.executors.knownhosts:
 unknown, changed or revoked = refused, nothing run); the inventory's user, port and key; the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import socket
 import time
@@ -40,9 +41,9 @@ from ssh2.session import (
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
 from bot.executors.knownhosts import KnownHosts, KnownHostsUnreadable
-from bot.executors.sshcommon import CIPHERS, PRELUDE, HostKey
+from bot.executors.sshcommon import CIPHERS, PRELUDE, HostCalls, HostKey
 from bot.filecache import PerVersion
-from bot.models import ExecOutput, Host
+from bot.models import ExecOutput, Host, SocketReply
 
 # the host key algorithms of each known_hosts key type (RSA keys sign with SHA-2 first)
 HOSTKEY_ALGS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
@@ -118,9 +119,72 @@ class Libssh2Client:
         self._locks: dict[HostKey, asyncio.Lock] = {}
         self.connects = 0
         self.sessions = 0
+        self.streams = 0  # streams to a unix socket on a host asked for
 
     def _key(self, host: Host) -> HostKey:
         return (host.address, host.port, host.user)
+
+    def on(self, host: Host) -> HostCalls:
+        return HostCalls(functools.partial(self.run, host), functools.partial(self.run_many, host),
+                         functools.partial(self.unix_request, host))
+
+    async def run_many(self, host: Host, commands: Sequence[str],
+                       timeout: float) -> list[ExecOutput]:
+        """The outputs of `commands`, run in one session (`run_batch`), each under `timeout`."""
+        outputs: list[ExecOutput] = [ExecOutput(None, "", error="not run")] * len(commands)
+
+        async def finished(i: int, out: ExecOutput, seconds: float) -> None:
+            outputs[i] = out
+
+        await self.run_batch(host, [(c, timeout) for c in commands], _nothing, finished)
+        return outputs
+
+    async def unix_request(self, host: Host, path: str, request: bytes, timeout: float, *,
+                           limit: int = 2**20) -> SocketReply:
+        """Send `request` to the unix socket at `path` on the host (a direct-streamlocal
+        channel: OpenSSH's `AllowStreamLocalForwarding`, the login user's permissions on the
+        socket) and read the answer until the peer closes, as SshPool.unix_request does."""
+        async with self._locks.setdefault(self._key(host), asyncio.Lock()):
+            conn = await self._reach(host)
+            if isinstance(conn, ExecOutput):
+                return SocketReply(b"", conn.error)
+            deadline = asyncio.get_running_loop().time() + timeout
+            self.streams += 1  # asked for, as SshPool counts them
+            try:
+                channel = await conn.call(conn.session.direct_streamlocal_ex, path, "127.0.0.1",
+                                          0, deadline=deadline)
+            except TimeoutError:
+                conn.broken = True
+                return SocketReply(b"", f"{path} did not answer within {timeout:g}s")
+            except SSH2Error as exc:
+                why = conn.session.last_error() or exc.__class__.__name__
+                return SocketReply(b"", f"{host.name} refused a stream to {path}: {why}")
+            data = bytearray()
+            try:
+                rest = request
+                while rest:
+                    rc, written = channel.write(rest)
+                    rest = rest[written:]
+                    if rc == LIBSSH2_ERROR_EAGAIN and rest:
+                        await conn.ready(deadline)
+                while (chunk := _read(channel)) != b"":
+                    if chunk is None:
+                        await conn.ready(deadline)
+                        continue
+                    data += chunk
+                    if len(data) > limit:
+                        return SocketReply(bytes(data[:limit]),
+                                           f"{path} answered more than {limit} bytes")
+                return SocketReply(bytes(data))
+            except TimeoutError:
+                return SocketReply(b"", f"{path} did not answer within {timeout:g}s")
+            except SSH2Error as exc:
+                conn.broken = True
+                return SocketReply(b"", f"stream to {path} on {host.name} lost: "
+                                   f"{exc.__class__.__name__}")
+            finally:
+                if not conn.broken:
+                    await self._stop(conn, channel, kill=False, wait=0.0)
 
     async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
         outputs: list[ExecOutput] = []
@@ -329,7 +393,8 @@ class Libssh2Client:
         await self._stop(conn, channel, kill=False)  # every command told: let the session end
         return len(commands)
 
-    async def _stop(self, conn: _Conn, channel: Any, *, kill: bool = True) -> None:
+    async def _stop(self, conn: _Conn, channel: Any, *, kill: bool = True,
+                    wait: float = CLOSE_WAIT) -> None:
         """End a session. `kill`: SIGKILL to what still runs in it (honoured by OpenSSH >= 7.9);
         else it is given `CLOSE_WAIT` to end (something a command started may hold it open:
         then killed). A session that does not close in time takes its connection with it."""
@@ -337,9 +402,9 @@ class Libssh2Client:
         try:
             if not kill:
                 try:
-                    await _drain(conn, channel, loop.time() + CLOSE_WAIT)
+                    await _drain(conn, channel, loop.time() + wait)
                 except TimeoutError:
-                    kill = True
+                    kill = wait > 0  # a session left running; a stream is just closed
             if kill:
                 with contextlib.suppress(SSH2Error):
                     channel.signal("KILL")

@@ -40,13 +40,12 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
-from bot.executors.sshcommon import CIPHERS, PRELUDE, HostKey
+from bot.executors.sshcommon import CIPHERS, PRELUDE, HostCalls, HostKey
 from bot.executors.sshlib import asyncssh
 from bot.filecache import PerVersion
 from bot.models import ExecOutput, Host, SocketReply
@@ -92,15 +91,6 @@ def _read_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
         return asyncssh.read_known_hosts(path)
     except ValueError as exc:  # a line asyncssh cannot read: verify nothing against it
         raise asyncssh.HostKeyNotVerifiable(f"known_hosts file {path}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class HostCalls:
-    """One host's `run`, `run_many` and `unix_request` of a pool (what discovery is given)."""
-
-    run: Callable[[str, float], Awaitable[ExecOutput]]
-    run_many: Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
-    unix_request: Callable[[str, bytes, float], Awaitable[SocketReply]]
 
 
 class SshPool:

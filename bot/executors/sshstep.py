@@ -31,10 +31,10 @@ class SshStep(StepKind):
         return str(action["command"])
 
     async def run(self, action: Mapping[str, Any], host: Host, timeout: float) -> ExecOutput:
-        return await self.ctx.ssh_steps.run(host, action["command"], timeout)
+        return await self.ctx.ssh_commands.run(host, action["command"], timeout)
 
     async def run_batch(self, actions: Sequence[tuple[Mapping[str, Any], float]], host: Host,
                         started: Callable[[int], Awaitable[None]],
                         finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> None:
-        await self.ctx.ssh_steps.run_batch(host, [(a["command"], t) for a, t in actions], started,
-                                     finished)
+        await self.ctx.ssh_commands.run_batch(host, [(a["command"], t) for a, t in actions],
+                                              started, finished)

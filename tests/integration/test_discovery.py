@@ -156,8 +156,10 @@ async def test_docker_container_behind_a_variable(field: FieldLab, ctx: ExecCont
     assert stopped.params()["deployment"] == "docker"
 
 
+@pytest.mark.parametrize("client", ["asyncssh", "libssh2"])  # OPSBOT_SSH_CLIENT
 async def test_opsbot_discover_command(field: FieldLab, sshd_host: SshServer,
-                                       known_hosts_file: Path, tmp_path: Path) -> None:
+                                       known_hosts_file: Path, tmp_path: Path,
+                                       client: str) -> None:
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"edge01": {
         "ansible_host": sshd_host.address, "ansible_port": sshd_host.port,
@@ -166,7 +168,7 @@ async def test_opsbot_discover_command(field: FieldLab, sshd_host: SshServer,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
     env.update({"OPSBOT_DB": str(tmp_path / "o.db"), "OPSBOT_INVENTORY": str(inventory),
                 "OPSBOT_RUNBOOKS": str(ROOT / "runbooks"),
-                "OPSBOT_KNOWN_HOSTS": str(known_hosts_file)})
+                "OPSBOT_KNOWN_HOSTS": str(known_hosts_file), "OPSBOT_SSH_CLIENT": client})
 
     async def opsbot(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(

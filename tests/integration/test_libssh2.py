@@ -5,13 +5,16 @@ an unreachable host, a refused login; one connection per host; the event loop ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,8 @@ import yaml
 
 from bot.executors.libssh2 import Libssh2Client
 from bot.models import ExecOutput, Host
+from tests.lab.fixtures import start_host
+from tests.lab.process import make_world_traversable
 from tests.lab.sshd import SshServer
 
 pytestmark = pytest.mark.lab
@@ -161,8 +166,6 @@ async def test_an_unreachable_host_or_a_refused_login_is_told_and_the_others_run
 
 async def test_a_silent_host_times_out_within_the_connect_timeout(
         tmp_path: Path, sshd_host: SshServer) -> None:
-    import socket
-
     silent = socket.socket()  # accepts TCP, never says a word of SSH
     silent.bind(("127.0.0.1", 0))
     silent.listen()
@@ -222,3 +225,66 @@ async def test_output_that_comes_with_the_session_end_is_never_lost(
                                   for i in range(60)))
     assert [(o.output, o.exit_status, o.error) for o in outs] == [
         (f"{i}\n", i % 7, None) for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def no_streams(lab_dir: Path) -> Iterator[SshServer]:
+    """An sshd with `AllowStreamLocalForwarding no`."""
+    server = start_host(lab_dir, "nostreams", 8, stream_local=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def answering_socket(lab_dir: Path) -> Iterator[Path]:
+    """A unix socket on the host that answers `pong: <request>` (then 2 MB more after
+    `flood`), then closes; open to the lab user."""
+    folder = lab_dir / f"sock-{time.monotonic_ns()}"
+    make_world_traversable(folder)
+    path = folder / "answer.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    path.chmod(0o777)
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with peer, contextlib.suppress(OSError):  # a reader that stopped early
+                request = peer.recv(1024)
+                peer.sendall(b"pong: " + request + (b"x" * 2**21 if b"flood" in request
+                                                    else b""))
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield path
+    server.close()
+
+
+async def test_a_unix_socket_on_the_host_answers_through_the_connection(
+        client: Libssh2Client, sshd_host: SshServer, answering_socket: Path,
+        no_streams: SshServer, tmp_path: Path) -> None:
+    web01 = as_host(sshd_host)
+    reply = await client.unix_request(web01, str(answering_socket), b"ping", 10)
+    assert (reply.data, reply.error) == (b"pong: ping", None)
+    reply = await client.unix_request(web01, str(answering_socket), b"flood", 10, limit=1000)
+    assert len(reply.data) == 1000 and reply.error == f"{answering_socket} answered more than " \
+        "1000 bytes"
+    reply = await client.unix_request(web01, "/nonexistent/x.sock", b"ping", 10)
+    assert reply.data == b"" and reply.error and reply.error.startswith(
+        "web01 refused a stream to /nonexistent/x.sock: ")
+    assert client.connects == 1 and client.streams == 3
+    assert (await client.run(web01, "echo still", 10)).output == "still\n"  # same connection
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{no_streams.known_hosts_line}\n")
+    refusing = Libssh2Client(known, connect_timeout=3)
+    reply = await refusing.unix_request(as_host(no_streams), str(answering_socket), b"ping", 10)
+    await refusing.close()
+    assert reply.error and reply.error.startswith(
+        f"nostreams refused a stream to {answering_socket}: ")
+    calls = client.on(web01)  # what discovery is given
+    assert (await calls.run_many(["echo a", "exit 3"], 10))[1].exit_status == 3
+    reply = await calls.unix_request(str(answering_socket), b"x", 10)
+    assert reply.data == b"pong: x", reply
