@@ -48,6 +48,9 @@ from bot.models import ExecOutput, Host, SocketReply
 # the host key algorithms of each known_hosts key type (RSA keys sign with SHA-2 first)
 HOSTKEY_ALGS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 CLOSE_WAIT = 2.0  # seconds to let a stopped or finished session close before giving up on it
+# a call that said EAGAIN is made again after this long even if the socket stayed quiet: what
+# libssh2 already took in is never left waiting for more bytes from the host
+RETRY_AFTER = 0.2
 
 
 class _Refused(Exception):
@@ -72,8 +75,8 @@ class _Conn:
             await self.ready(deadline)
 
     async def ready(self, deadline: float) -> None:
-        """Wait (until `deadline`, loop time) for the socket in the direction libssh2 waits on.
-        Every coroutine waiting on the connection (its commands) is woken: each tries again."""
+        """Wait (until `deadline`, loop time; at most `RETRY_AFTER`) for the socket in the
+        direction libssh2 waits on. Every coroutine waiting on the connection is woken."""
         loop = asyncio.get_running_loop()
         ways = self.session.block_directions()
         woken = loop.create_future()
@@ -84,8 +87,11 @@ class _Conn:
         if ways & LIBSSH2_SESSION_BLOCK_OUTBOUND:
             loop.add_writer(fd, self._wake)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(min(deadline, loop.time() + RETRY_AFTER)):
                 await woken
+        except TimeoutError:
+            if loop.time() >= deadline:
+                raise
         finally:
             self._waiting.discard(woken)
             if not self._waiting:
@@ -182,6 +188,9 @@ class Libssh2Client:
                 conn.broken = True
                 return SocketReply(b"", f"stream to {path} on {host.name} lost: "
                                    f"{exc.__class__.__name__}")
+            except asyncio.CancelledError:  # a libssh2 call may be left half done
+                conn.broken = True
+                raise
             finally:
                 if not conn.broken:
                     await self._stop(conn, channel, kill=False, wait=0.0)
@@ -216,7 +225,11 @@ class Libssh2Client:
                     await started(i)
                     await finished(i, conn, 0.0)
                 return
-            done = await self._batch(conn, host, commands, started, finished)
+            try:
+                done = await self._batch(conn, host, commands, started, finished)
+            except asyncio.CancelledError:  # a libssh2 call may be left half done
+                conn.broken = True
+                raise
         for i in range(done, len(commands)):
             await started(i)
             t0 = time.monotonic()
@@ -289,7 +302,7 @@ class Libssh2Client:
             if not session.userauth_authenticated():
                 raise SSH2Error("not authenticated")
             return conn
-        except _Refused:
+        except (_Refused, asyncio.CancelledError):
             if sock is not None:
                 sock.close()
             raise

@@ -247,16 +247,18 @@ def answering_socket(lab_dir: Path) -> Iterator[Path]:
     path.chmod(0o777)
     server.listen()
 
+    def answer(peer: socket.socket) -> None:
+        with peer, contextlib.suppress(OSError):  # a reader that stopped early
+            request = peer.recv(1024)
+            peer.sendall(b"pong: " + request + (b"x" * 2**21 if b"flood" in request else b""))
+
     def serve() -> None:
         while True:
             try:
                 peer, _ = server.accept()
             except OSError:  # closed: the test is over
                 return
-            with peer, contextlib.suppress(OSError):  # a reader that stopped early
-                request = peer.recv(1024)
-                peer.sendall(b"pong: " + request + (b"x" * 2**21 if b"flood" in request
-                                                    else b""))
+            threading.Thread(target=answer, args=(peer,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     yield path
@@ -288,3 +290,14 @@ async def test_a_unix_socket_on_the_host_answers_through_the_connection(
     assert (await calls.run_many(["echo a", "exit 3"], 10))[1].exit_status == 3
     reply = await calls.unix_request(str(answering_socket), b"x", 10)
     assert reply.data == b"pong: x", reply
+
+
+async def test_a_cancelled_run_leaves_the_next_one_a_sound_connection(
+        client: Libssh2Client, sshd_host: SshServer) -> None:
+    web01 = as_host(sshd_host)
+    assert (await client.run(web01, "echo first", 10)).output == "first\n"
+    with pytest.raises(TimeoutError):  # as the runner's backstop cancels a step
+        await asyncio.wait_for(client.run(web01, "sleep 5", 10), 0.5)
+    out = await client.run(web01, "echo next", 10)
+    assert (out.output, out.exit_status) == ("next\n", 0)
+    assert client.connects == 2  # the cancelled one's connection was not trusted again
