@@ -502,11 +502,11 @@ async def _collect(process: asyncssh.SSHClientProcess[bytes], host: Host,
                  f"({getattr(exc, 'reason', exc)}); it was not retried")
     if capture.capped:
         error = f"stopped: printed more than {capture.cap} bytes (the output cap)"
+    elif error is None and (signal := process.exit_signal):  # asyncssh's exit_status is -1
+        error = f"the command was killed by signal {signal[0]}"
     elif error is None and process.exit_status is None:
-        signal = process.exit_signal
-        error = f"the command was killed by signal {signal[0]}" if signal else (
-            f"SSH connection to {host.name} lost while the command ran (no exit status); it "
-            "was not retried")
+        error = (f"SSH connection to {host.name} lost while the command ran (no exit status); "
+                 "it was not retried")
     status = None if error else process.exit_status
     return ExecOutput(status, capture.text(), error=error, timed_out=timed_out,
                       digest=capture.digest, total_bytes=capture.total, capped=capture.capped)

@@ -82,6 +82,20 @@ async def test_what_a_run_changes_ends_with_it(pool: SshPool, host: Host) -> Non
     assert pool.sessions == 2
 
 
+async def test_a_command_killed_by_a_signal_has_no_exit_status_without_kept_sessions(
+        known_hosts_file: Path, host: Host) -> None:
+    """A session of its own per run (reuse_sessions off): sshd reports the signal, and asyncssh
+    then gives -1 as the exit status; that is no status, and the error names the signal."""
+    pool = SshPool(known_hosts_file, reuse_sessions=False)
+    try:
+        killed = await pool.run(host, "kill -9 $$", 10)
+        assert killed.exit_status is None and killed.error and "signal KILL" in killed.error, \
+            killed
+        assert (await pool.run(host, "exit 3", 10)).exit_status == 3
+    finally:
+        await pool.close()
+
+
 async def test_timeout_and_cap_stop_the_session_and_the_next_run_gets_a_new_one(
         pool: SshPool, host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     from bot.executors import capture
