@@ -217,6 +217,12 @@ async def serve_watched(out: Path) -> None:
     if trace is not None:
         _trace_answers(trace)
         _trace_store(trace)
+    probe = os.environ.get("OPSBOT_ACK_PROBE")
+    if probe:
+        from bench import ackprobe
+
+        ackprobe.install()
+        ackprobe.watch_loop()
     threads: list[dict[tuple[str, int], tuple[int, int, int]]] = []
 
     def stopping() -> None:
@@ -242,6 +248,8 @@ async def serve_watched(out: Path) -> None:
     finally:
         watcher.cancel()
         out.write_text(json.dumps(lags))  # noqa: ASYNC240 (once, at exit)
+        if probe:
+            ackprobe.dump(probe)
 
 
 async def drive(url: str, fake_root: str, seconds: float, rate: float,
@@ -254,6 +262,8 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
 
     respond = f"{fake_root}_fake/respond/bench"
     n = 0
+    probe = os.environ.get("OPSBOT_ACK_PROBE")  # bench/ackprobe.py: each request's own line
+    sent: list[dict[str, Any]] = []
 
     def unique() -> str:
         nonlocal n
@@ -263,12 +273,16 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
     # a connection per request, as from many Slack senders: no keep-alive connection that the
     # server closes idle (after HEADER_TIMEOUT) can race a request written into it
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-        async def post(body: bytes) -> tuple[float, int]:
-            began = time.perf_counter()
-            async with http.post(f"{url}/slack/events", data=body,
-                                 headers=sign(SECRET, body)) as resp:
+        async def post(body: bytes, kind: str = "load") -> tuple[float, int]:
+            headers = sign(SECRET, body)
+            began, wall = time.perf_counter(), time.time()
+            async with http.post(f"{url}/slack/events", data=body, headers=headers) as resp:
                 await resp.read()
-                return (time.perf_counter() - began) * 1e3, resp.status
+                ms = (time.perf_counter() - began) * 1e3
+            if probe:
+                sent.append({"sig": headers["X-Slack-Signature"], "t0": wall, "ms": ms,
+                             "kind": kind})
+            return ms, resp.status
 
         started = [await post(slash_command_body(text, USER, response_url=respond,
                                                  trigger_id=unique())) for text in load]
@@ -285,7 +299,7 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
             else:
                 body = slash_command_body("help", USER, response_url=respond,
                                           trigger_id=unique())
-            ms, status = await post(body)
+            ms, status = await post(body, "click" if i % 2 else "slash")
             (clicks if i % 2 else slash).append(ms)
             statuses[status] = statuses.get(status, 0) + 1
 
@@ -297,6 +311,8 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    if probe:
+        Path(f"{probe}.driver").write_text(json.dumps(sent))  # noqa: ASYNC240 (once)
     return {"slash_ms": slash, "click_ms": clicks, "statuses": statuses,
             "load_acks": [s for _, s in started]}
 

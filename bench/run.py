@@ -565,12 +565,15 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     answered: dict[float, float] = {}  # the server's own answer times: bucket -> count
     # the hosts (sshd and what it runs, the Docker daemon serving the logs) as one neighbour
     remote = [h.process.pid for h in lab.hosts] + pids_of("dockerd", "containerd")
+    probe = os.environ.get("OPSBOT_ACK_PROBE")  # off by default: bench/ackprobe.py
     with one_neighbour(remote) as grouping:
         for r in range(min(rounds, 3)):
             env["OPSBOT_DB"] = str(folder / f"ack-{r}.db")
             trace = os.environ.get("OPSBOT_LAG_TRACE")  # off by default: bench/ack.py
             if trace:
                 env["OPSBOT_LAG_TRACE"] = f"{trace}.{r}"
+            if probe:  # the server's and the driver's (drive reads it) files of this round
+                env["OPSBOT_ACK_PROBE"] = os.environ["OPSBOT_ACK_PROBE"] = f"{probe}.{r}"
             lag_file = folder / f"lag-{r}.json"
             with (folder / f"ack-{r}.log").open("wb") as log:
                 server = subprocess.Popen([sys.executable, str(ROOT / "bench/ack.py"), "serve",
