@@ -33,6 +33,9 @@ EXPIRY_INTERVAL = 15.0  # seconds between checks for expired approvals
 TAKEOVER_EVERY = 5.0  # seconds between looks for work of replicas that are gone
 HANDOVER_INTERVAL = 1.0  # seconds between looks for approvals decided in other terminals
 SWITCH_INTERVAL = 0.001  # the interpreter's lock changes threads at least this often (s)
+# a full collection while serving at most once per this many collections of the middle
+# generation (CPython's default: 10); see `serving_collections`
+FULL_COLLECTION_EVERY = 100
 
 
 def may_see_details(request: web.Request, settings: Settings) -> bool:
@@ -213,6 +216,19 @@ def reload(rt: Runtime) -> None:
     log.info("reloaded: %d runbook(s), %d host(s)", len(catalog.runbooks), len(inventory.hosts))
 
 
+def serving_collections() -> tuple[int, int, int]:
+    """The cyclic collector's full collections made rarer while serving (the thresholds
+    before are returned, for the stop). A full collection walks every object made since the
+    server was ready (a 50-host diagnosis's hosts, connections and records: 30-53 ms of CPU
+    each in the ack benchmark, 2-3 in a 10 s round) holding the interpreter's lock, and every
+    answer in flight waits for it (for 120-250 ms when its thread lost its core meanwhile).
+    Young collections are left as they are: they free what dies young; what reaches the oldest
+    generation and dies in a cycle waits longer to be freed."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], FULL_COLLECTION_EVERY))
+    return thresholds
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or until `stop` is set, for tests). Stopping: no new work
@@ -300,6 +316,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     # the collector's sight, a full collection no longer walks it, holding the loop meanwhile
     gc.collect()
     gc.freeze()
+    thresholds = serving_collections()
     # the edge's thread answers Slack while the loop's thread handles 50 hosts' output: each
     # time one waits for the interpreter's lock it waits up to the switch interval (5 ms by
     # default), several times a request; 1 ms keeps an answer's wait for the lock short (in the
@@ -312,6 +329,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         await stop.wait()
     finally:
         gc.unfreeze()  # collectable again once this server is gone (tests start many)
+        gc.set_threshold(*thresholds)
         sys.setswitchinterval(switch)
         log.info("opsbot stopping: no new work; running steps get %gs to finish",
                  settings.stop_timeout)

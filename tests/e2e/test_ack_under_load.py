@@ -265,6 +265,28 @@ async def test_the_server_shortens_the_lock_switch_interval_while_it_serves(
     assert sys.getswitchinterval() == pytest.approx(before)
 
 
+async def test_the_server_makes_full_collections_rarer_while_it_serves(tmp_path: Path) -> None:
+    """A full collection holds the interpreter's lock while it walks everything made since the
+    server was ready, and every answer in flight waits: while serving, the collector's oldest
+    generation is collected at most once per FULL_COLLECTION_EVERY collections of the middle
+    one, the young ones as before; the process's own thresholds come back at the stop."""
+    import gc
+
+    from bot.server import FULL_COLLECTION_EVERY
+
+    before = gc.get_threshold()
+    assert before[2] < FULL_COLLECTION_EVERY
+    slack, _port, env = await bot_under_test(tmp_path)
+    process = BotProcess(env)
+    await process.start()
+    try:
+        assert gc.get_threshold() == (before[0], before[1], FULL_COLLECTION_EVERY)
+    finally:
+        await process.stop()
+        await slack.stop()
+    assert gc.get_threshold() == before
+
+
 def thread_nice(native_id: int) -> int:
     """A thread's nice as the kernel has it (/proc/self/task/TID/stat, field 19)."""
     stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
