@@ -304,6 +304,8 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
             statuses[status] = statuses.get(status, 0) + 1
 
         loop = asyncio.get_running_loop()
+        lags: list[float] = []  # OPSBOT_ACK_PROBE: the driver's own loop, as the server's
+        ticker = asyncio.create_task(_watch(lags)) if probe else None
         t0 = loop.time()
         for i in range(int(seconds * rate)):
             delay = t0 + i / rate - loop.time()
@@ -311,8 +313,11 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        if ticker is not None:
+            ticker.cancel()
     if probe:
         Path(f"{probe}.driver").write_text(json.dumps(sent))  # noqa: ASYNC240 (once)
+        Path(f"{probe}.driver-lag").write_text(json.dumps(lags))  # noqa: ASYNC240
     return {"slash_ms": slash, "click_ms": clicks, "statuses": statuses,
             "load_acks": [s for _, s in started]}
 

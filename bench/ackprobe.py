@@ -8,8 +8,9 @@ SQLite's (BEGIN IMMEDIATE), ran the body, and committed (the fsync of FULL); eve
 cyclic collector (any thread); every callback of the bot's loop over 10 ms (asyncio's debug
 hook, `slow_callback_duration`). Written as one JSON object to FILE at the stop (`dump`).
 
-In the driver: bench/ack.py's `drive` adds each request's signature, start (wall clock) and
-latency. `python bench/ackprobe.py SERVER.json DRIVER.json` then splits the slowest 1% of
+In the driver: bench/ack.py's `drive` writes each request's signature, start (wall clock) and
+latency to FILE.driver, and its own loop's lag (a 5 ms ticker, as the server's) to
+FILE.driver-lag. `python bench/ackprobe.py SERVER.json DRIVER.json` then splits the slowest 1% of
 answers into their parts. For finding causes, never for figures.
 """
 
@@ -170,7 +171,8 @@ def pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(len(xs) * q))] if xs else 0.0
 
 
-def analyse(server: dict[str, Any], driver: list[dict[str, Any]]) -> str:
+def analyse(server: dict[str, Any], driver: list[dict[str, Any]],
+            driver_lags: list[float] | None = None) -> str:
     by_sig = {r["sig"]: r for r in server["requests"]}
     by_key = {}
     for rec in server["lane"]:
@@ -182,7 +184,7 @@ def analyse(server: dict[str, Any], driver: list[dict[str, Any]]) -> str:
             continue
         ln = by_key.get(d["sig"])
         start, end = d["t0"], d["t0"] + d["ms"] / 1e3
-        row = {"kind": d["kind"], "total": d["ms"],
+        row = {"kind": d["kind"], "total": d["ms"], "start": start,
                "to_accept": (s["accepted"] - start) * 1e3,
                "accept_to_handler": (s["t0"] - s["accepted"]) * 1e3,
                "after_handler": (end - s["t1"]) * 1e3,
@@ -214,6 +216,18 @@ def analyse(server: dict[str, Any], driver: list[dict[str, Any]]) -> str:
         allv = [r[k] for r in rows if k in r]
         out.append(f"  {k:15} top1%: median {pct(vals, 0.5):7.1f} max {max(vals or [0]):7.1f}"
                    f" | all: median {pct(allv, 0.5):6.1f} p99 {pct(allv, 0.99):7.1f}")
+    out.append("  the 10 slowest: total = driver's send to the accept + handler (HTTP thread's "
+               "wait for a core in it) + handler's end to the driver's read; full collections "
+               "overlapping (ms)")
+    fulls_at = [(p[0], p[0] + p[1] / 1e3, p[1]) for p in server["pauses"] if p[2] == 2]
+    for r in rows[::-1][:10]:
+        over = [round(f[2]) for f in fulls_at
+                if f[0] < r["start"] + r["total"] / 1e3 and f[1] > r["start"]]
+        out.append(f"    {r['kind']:5} {r['total']:6.1f} = {r['to_accept']:6.1f} + "
+                   f"{r['accept_to_handler'] + r['handler']:6.1f} ({r['http_waited']:6.1f}) + "
+                   f"{r['after_handler']:6.1f}; lane: to {r.get('to_lane', 0):.1f}, in "
+                   f"{r.get('lane_total', 0):.1f}, back {r.get('from_lane', 0):.1f}; "
+                   f"full collections {over}")
     ps = [p[1] for p in server["pauses"]]
     out.append(f"  gc pauses: {len(ps)}, total {sum(ps):.0f} ms, max {max(ps or [0]):.1f} ms, "
                f"gen2 {sum(1 for p in server['pauses'] if p[2] == 2)}")
@@ -227,10 +241,14 @@ def analyse(server: dict[str, Any], driver: list[dict[str, Any]]) -> str:
     out.append(f"  bot loop callbacks over 10 ms: {len(sl)}, total {sum(s[1] for s in sl):.0f}"
                " ms; the longest:")
     out += [f"    {ms:6.1f} ms {what}" for _, ms, what in sl[:8]]
+    if driver_lags:
+        out.append(f"  the driver's own loop (5 ms ticker): lag p99 "
+                   f"{pct(driver_lags, 0.99):.1f} ms, worst {max(driver_lags):.1f} ms")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
     srv = json.loads(Path(sys.argv[1]).read_text())
     drv = json.loads(Path(sys.argv[2]).read_text())
-    print(analyse(srv, drv))
+    lag_file = Path(f"{sys.argv[2]}-lag")
+    print(analyse(srv, drv, json.loads(lag_file.read_text()) if lag_file.exists() else None))
