@@ -126,8 +126,11 @@ def install() -> None:
         tid = threading.get_ident()
         if phase == "start":
             if info["generation"] == 2:  # how much a full collection walks
+                import traceback
+
                 fulls.append({"t": time.time(), "walked": sum(
-                    len(gc.get_objects(g)) for g in range(3))})
+                    len(gc.get_objects(g)) for g in range(3)),
+                    "where": traceback.format_stack(limit=6)[:-1]})
             began[tid] = (time.perf_counter(), *_sched())
         elif tid in began:
             t0, ran0, waited0 = began.pop(tid)
@@ -236,7 +239,8 @@ def analyse(server: dict[str, Any], driver: list[dict[str, Any]],
                    f"core {p[5]:.1f} ms")
     for f in server.get("fulls", []):
         out.append(f"  full collection: walked {f['walked']} objects, collected "
-                   f"{f.get('collected')}, {f.get('ran', 0):.1f} ms of CPU")
+                   f"{f.get('collected')}, {f.get('ran', 0):.1f} ms of CPU, from "
+                   + " < ".join(line.strip().split("\n")[0] for line in f.get("where", [])[::-1]))
     sl = sorted(server["slow"], key=lambda s: -s[1])
     out.append(f"  bot loop callbacks over 10 ms: {len(sl)}, total {sum(s[1] for s in sl):.0f}"
                " ms; the longest:")
