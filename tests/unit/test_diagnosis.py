@@ -182,11 +182,11 @@ def test_field_training_cases_top1_at_least_86_percent(rules):
     a second round (helper rulesc) and 10 more (corpus-ah, -ai) in the training part: 550/628
     (87.6 %), the misses again mostly a lone proxy line or a label the evidence contradicts.
     In the sixth, a blind label audit of the 746 cases collected after the first audit (1
-    relabelled), a guideline on TLS disagreement (4 relabelled), 48 more blind cases (corpus-aj,
+    relabelled), a guideline on TLS disagreement (4 relabelled), 64 more blind cases (corpus-aj,
     -ak, -al, -am, -an; 40 in the training part) and three rules rounds (proxy side, the
-    backends' own words, the clients' words): 582/668 (87.1 %); 8 of the first 29 stay misses (a lone 'host not
-    found' at boot, a stale registry address read as a stop, add-on ingress lines that name no
-    cause, a JWT secret a newer image ignored, read as its EACCES)."""
+    backends' own words, the clients' words): 582/668 (87.1 %); 8 of the first 29 stay misses
+    (a lone 'host not found' at boot, a stale registry address read as a stop, add-on ingress
+    lines that name no cause, a JWT secret a newer image ignored, read as its EACCES)."""
     field = [p for p in TRAIN if p.parent.name == "field"]
     if not field:
         pytest.skip("no field cases yet")
