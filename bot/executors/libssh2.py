@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import getpass
 import socket
 import time
@@ -41,7 +40,7 @@ from ssh2.session import (
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
 from bot.executors.knownhosts import KnownHosts, KnownHostsUnreadable
-from bot.executors.sshcommon import CIPHERS, PRELUDE, HostCalls, HostKey
+from bot.executors.sshcommon import CIPHERS, PRELUDE, HostKey, SshClient, nothing_started
 from bot.filecache import PerVersion
 from bot.models import ExecOutput, Host, SocketReply
 
@@ -114,7 +113,7 @@ class _Conn:
         self.sock.close()
 
 
-class Libssh2Client:
+class Libssh2Client(SshClient):
     """`run` and `run_batch` of `ssh` steps, as bot.executors.ssh.SshPool has them."""
 
     def __init__(self, known_hosts: Path, *, connect_timeout: float = 10.0) -> None:
@@ -129,21 +128,6 @@ class Libssh2Client:
 
     def _key(self, host: Host) -> HostKey:
         return (host.address, host.port, host.user)
-
-    def on(self, host: Host) -> HostCalls:
-        return HostCalls(functools.partial(self.run, host), functools.partial(self.run_many, host),
-                         functools.partial(self.unix_request, host))
-
-    async def run_many(self, host: Host, commands: Sequence[str],
-                       timeout: float) -> list[ExecOutput]:
-        """The outputs of `commands`, run in one session (`run_batch`), each under `timeout`."""
-        outputs: list[ExecOutput] = [ExecOutput(None, "", error="not run")] * len(commands)
-
-        async def finished(i: int, out: ExecOutput, seconds: float) -> None:
-            outputs[i] = out
-
-        await self.run_batch(host, [(c, timeout) for c in commands], _nothing, finished)
-        return outputs
 
     async def unix_request(self, host: Host, path: str, request: bytes, timeout: float, *,
                            limit: int = 2**20) -> SocketReply:
@@ -201,7 +185,7 @@ class Libssh2Client:
         async def finished(i: int, out: ExecOutput, seconds: float) -> None:
             outputs.append(out)
 
-        await self.run_batch(host, [(command, timeout)], _nothing, finished)
+        await self.run_batch(host, [(command, timeout)], nothing_started, finished)
         return outputs[0]
 
     async def run_batch(self, host: Host, commands: Sequence[tuple[str, float]],
@@ -449,9 +433,6 @@ async def _address(host: Host) -> tuple[int, Any]:
                                                          type=socket.SOCK_STREAM)
     return infos[0][0], infos[0][4]
 
-
-async def _nothing(i: int) -> None:
-    return None
 
 
 def _read(channel: Any) -> bytes | None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 
 from bot.executors.batch import Batch
 from bot.executors.capture import Capture
-from bot.executors.sshcommon import CIPHERS, PRELUDE, HostCalls, HostKey
+from bot.executors.sshcommon import CIPHERS, PRELUDE, HostKey, SshClient
 from bot.executors.sshlib import asyncssh
 from bot.filecache import PerVersion
 from bot.models import ExecOutput, Host, SocketReply
@@ -93,7 +92,7 @@ def _read_known_hosts(path: str) -> asyncssh.SSHKnownHosts:
         raise asyncssh.HostKeyNotVerifiable(f"known_hosts file {path}: {exc}") from None
 
 
-class SshPool:
+class SshPool(SshClient):
     def __init__(self, known_hosts: Path, *, idle: float = 300.0,
                  connect_timeout: float = 10.0, reuse_sessions: bool = True) -> None:
         self.known_hosts = known_hosts
@@ -346,10 +345,6 @@ class SshPool:
                                   "it may have run, and was not retried")
         raise AssertionError("unreachable")
 
-    def on(self, host: Host) -> HostCalls:
-        return HostCalls(functools.partial(self.run, host), functools.partial(self.run_many, host),
-                         functools.partial(self.unix_request, host))
-
     async def run(self, host: Host, command: str, timeout: float) -> ExecOutput:
         if self.reuse_sessions:  # a batch of one on a kept shell session
             return (await self.run_many(host, [command], timeout))[0]
@@ -397,17 +392,6 @@ class SshPool:
                                f"{getattr(exc, 'reason', None) or exc}")
         finally:
             self._checkin(entry)
-
-    async def run_many(self, host: Host, commands: Sequence[str],
-                       timeout: float) -> list[ExecOutput]:
-        """The outputs of `commands`, run in one session (`run_batch`), each under `timeout`."""
-        outputs: list[ExecOutput] = [ExecOutput(None, "", error="not run")] * len(commands)
-
-        async def finished(i: int, out: ExecOutput, seconds: float) -> None:
-            outputs[i] = out
-
-        await self.run_batch(host, [(c, timeout) for c in commands], _nothing, finished)
-        return outputs
 
     async def run_batch(self, host: Host, commands: Sequence[tuple[str, float]],
                         started: Callable[[int], Awaitable[None]],
@@ -474,9 +458,6 @@ class SshPool:
                 await entry.conn.wait_closed()
                 entry.conn = None
 
-
-async def _nothing(i: int) -> None:
-    return None
 
 
 async def _collect(process: asyncssh.SSHClientProcess[bytes], host: Host,
