@@ -20,6 +20,7 @@ OWN = ("CHANNEL", "APPROVERS", "OPERATORS", "METRICS_TOKEN", "LISTEN", "DB", "RU
        "ALLOW_SELF_APPROVAL", "SSH_IDLE", "SSH_REUSE_SESSIONS", "SSH_CLIENT",
        "STOP_TIMEOUT", "CLOSE_AFTER", "REMIND_AFTER", "BATCH_NICE", "EDGE")
 EDGES = ("thread", "process")  # OPSBOT_EDGE
+SSH_CLIENTS = ("asyncssh", "libssh2")  # OPSBOT_SSH_CLIENT: who runs one-shot ssh steps
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
 
 
 def _ssh_client(text: str, serving: bool) -> str:
-    if text not in ("asyncssh", "libssh2"):
+    if text not in SSH_CLIENTS:
         raise ConfigError(f"OPSBOT_SSH_CLIENT must be asyncssh or libssh2, got {text!r}")
     return "asyncssh" if serving else text  # a server's pooled connections are asyncssh's
 

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from bot.executors.libssh2 import Libssh2Client
     from bot.executors.ssh import SshPool
 
-SSH_CLIENTS = ("asyncssh", "libssh2")  # OPSBOT_SSH_CLIENT: who runs a one-shot command's ssh steps
-
 
 class KindParams(BaseModel):
     """Base of each kind's parameters: unknown fields are errors at load time."""
