@@ -126,9 +126,6 @@ class Libssh2Client(SshClient):
         self.sessions = 0
         self.streams = 0  # streams to a unix socket on a host asked for
 
-    def _key(self, host: Host) -> HostKey:
-        return (host.address, host.port, host.user)
-
     async def unix_request(self, host: Host, path: str, request: bytes, timeout: float, *,
                            limit: int = 2**20) -> SocketReply:
         """Send `request` to the unix socket at `path` on the host (a direct-streamlocal

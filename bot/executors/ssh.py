@@ -110,9 +110,6 @@ class SshPool(SshClient):
         self._known = PerVersion(_read_known_hosts)
         self._keys = PerVersion(lambda path: asyncssh.load_keypairs([path]))
 
-    def _key(self, host: Host) -> HostKey:
-        return (host.address, host.port, host.user)
-
     async def _connect(self, host: Host) -> asyncssh.SSHClientConnection:
         if not self.known_hosts.is_file():
             raise asyncssh.HostKeyNotVerifiable(

@@ -51,6 +51,11 @@ class SshClient(ABC):
     async def unix_request(self, host: Host, path: str, request: bytes, timeout: float, *,
                            limit: int = 2**20) -> SocketReply: ...
 
+    @staticmethod
+    def _key(host: Host) -> HostKey:
+        """One connection per (address, port, user)."""
+        return (host.address, host.port, host.user)
+
     def on(self, host: Host) -> HostCalls:
         return HostCalls(functools.partial(self.run, host), functools.partial(self.run_many, host),
                          functools.partial(self.unix_request, host))
