@@ -3608,6 +3608,62 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         "ownership_change_not_permitted",
     ),
+    # ---- the shells' own words for a start command they cannot run, run here
+    (
+        "docker_logs",
+        "sh: 1: exec: nosuchprog_x: not found",
+        "run here: dash 0.5.12, sh -c 'exec nosuchprog_x' (a start script's exec of a missing "
+        "program)",
+        "upstream_crashloop",
+        "start_program_not_found",
+    ),
+    (
+        "journal",
+        "bash: exec: nosuchprog_x: not found",
+        "run here: bash 5.2.15, bash -c 'exec nosuchprog_x'",
+        "upstream_crashloop",
+        "start_program_not_found",
+    ),
+    (
+        "docker_logs",
+        "sh: exec: line 0: nosuchprog_x: not found",
+        "run here: BusyBox 1.35.0 sh -c 'exec nosuchprog_x'",
+        "upstream_crashloop",
+        "start_program_not_found",
+    ),
+    (
+        "docker_logs",
+        "sh: 1: [gunicorn,: not found",
+        "run here: dash 0.5.12, sh -c '[gunicorn, \"app:app\"]' (an exec form that is not JSON, "
+        "run as the shell form)",
+        "upstream_crashloop",
+        "start_command_not_json",
+    ),
+    (
+        "docker_logs",
+        "bash: [gunicorn,: command not found",
+        "run here: bash 5.2.15, bash -c '[gunicorn, \"app:app\"]'",
+        "upstream_crashloop",
+        "start_command_not_json",
+    ),
+    # ---- a TLS server given plain HTTP, and a TLS client dialing an IP its certificate lacks
+    (
+        "app_logs",
+        "804B1A5C147F0000:error:0A00009C:SSL routines:ssl3_get_record:http request:"
+        "../ssl/record/ssl3_record.c:341:",
+        "run here: OpenSSL 3.0.19 s_server -accept 127.0.0.1:28443 given curl http://127.0.0.1:28443/",
+        "tls_mismatch",
+        "plain_http_to_tls_port",
+    ),
+    (
+        "app_logs",
+        "      Post https://mbus:<redacted>@X.X.X.X:6868/agent: x509: cannot validate certificate "
+        "for X.X.X.X because it doesn't contain any IP SANs",
+        "https://github.com/cloudfoundry/bosh-deployment/issues/161 (Go crypto/x509 HostnameError "
+        "for an IP without IP SANs)",
+        "tls_mismatch",
+        "certificate_name_mismatch",
+    ),
 ]
 
 
@@ -3619,6 +3675,30 @@ def rules():
 # Whole outputs (every line as printed, in order) where the specific line must outweigh the
 # generic ones around it: a traceback's header, gunicorn's closing "Can't connect to".
 OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
+    (
+        "journal",
+        [
+            "Traceback (most recent call last):",
+            "  File \"/tmp/rules9-ssl/./venvbin/bin/myapp\", line 4, in <module>",
+            "    sys.exit(json.loads(\"{\"))",
+        ],
+        "run here: CPython 3.11.2, a console script in a bin/ directory raising at start (its "
+        "first three lines, as threads quote a traceback cut short)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        [
+            "Traceback (most recent call last):",
+            "  File \"<frozen runpy>\", line 198, in _run_module_as_main",
+            "  File \"<frozen runpy>\", line 88, in _run_code",
+        ],
+        "run here: CPython 3.11.2 python3 -m boom, a module raising at import (its first three "
+        "lines)",
+        "upstream_crashloop",
+        None,
+    ),
     (
         "app_logs",
         [
