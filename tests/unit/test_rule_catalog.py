@@ -3646,6 +3646,15 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "upstream_crashloop",
         "start_command_not_json",
     ),
+    # ---- Apache httpd whose PidFile names a live pid (a restarted container's)
+    (
+        "docker_logs",
+        "httpd (pid 26) already running",
+        "https://github.com/scline/docker-cacti/pull/60 (the container restarted unexpectedly; "
+        "fixed by deleting the pid file before starting apache)",
+        "upstream_crashloop",
+        "stale_pid_file",
+    ),
     # ---- a TLS server given plain HTTP, and a TLS client dialing an IP its certificate lacks
     (
         "app_logs",
