@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,57 @@ def one_neighbour(pids: Sequence[int], name: str = "opsbot-bench-hosts") -> Iter
                 group.rmdir()
         return
     yield "not grouped (no cpu cgroup here): every session weighs as much as opsbot"
+
+
+UNIT = Path(__file__).resolve().parents[1] / "deploy" / "opsbot.service"
+DEFAULT_WEIGHT = 100  # systemd's CPUWeight of a unit that sets none (cgroup v2's cpu.weight)
+
+
+def unit_cpu_weight(unit: Path = UNIT) -> int:
+    """The CPUWeight= the shipped systemd unit gives opsbot (systemd's default if none)."""
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "CPUWeight" and value.strip().isdigit():
+            return int(value.strip())
+    return DEFAULT_WEIGHT
+
+
+@contextlib.contextmanager
+def weighted(weight: int, name: str = "opsbot-bench-opsbot"
+             ) -> Iterator[tuple[Callable[[], None] | None, str]]:
+    """A cpu cgroup of `weight` (systemd's CPUWeight scale: 100 = a unit's default) for a
+    process about to start, as systemd runs the shipped unit: yields (preexec_fn that joins
+    it, what was done). Under systemd a service is a cgroup of its own with its CPUWeight;
+    started by hand here it would be one autogroup (session) among the lab's, whatever the
+    unit says. cgroup v1: cpu.shares = 1024 x weight / 100; v2: cpu.weight = weight."""
+    for group, knob, value in ((CPU_CGROUP / name, "cpu.shares", 1024 * weight // 100),
+                               (Path("/sys/fs/cgroup") / name, "cpu.weight", weight)):
+        if not (group.parent / "cgroup.procs").exists():
+            continue
+        try:
+            group.mkdir(exist_ok=True)
+            (group / knob).write_text(str(value))
+        except OSError as exc:
+            yield None, f"opsbot not weighted ({exc.strerror or exc})"
+            return
+        procs = group / "cgroup.procs"
+        try:
+            yield functools.partial(_join, procs), (
+                f"opsbot in a cpu cgroup of its own with CPUWeight={weight} "
+                f"(deploy/opsbot.service; {knob} {value}), as systemd runs it")
+        finally:
+            for task in procs.read_text().split():  # leftovers back to the root group
+                with contextlib.suppress(OSError):
+                    (group.parent / "cgroup.procs").write_text(task)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        return
+    yield None, "opsbot not weighted (no cpu cgroup here)"
+
+
+def _join(procs: Path) -> None:
+    """Move the calling process into the cgroup of `procs` (run between fork and exec)."""
+    procs.write_text(str(os.getpid()))
 
 
 def pids_of(*names: str) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -519,7 +520,15 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
 
     from bench.ack import SECRET, USER, drive
     from bench.lab import BenchLab, log_runbooks
-    from bench.procs import cpu_and_waits, free_port, one_neighbour, pids_of, stop
+    from bench.procs import (
+        cpu_and_waits,
+        free_port,
+        one_neighbour,
+        pids_of,
+        stop,
+        unit_cpu_weight,
+        weighted,
+    )
     from tests.lab.process import port_open, wait_until
 
     assert isinstance(lab, BenchLab)
@@ -566,7 +575,10 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     # the hosts (sshd and what it runs, the Docker daemon serving the logs) as one neighbour
     remote = [h.process.pid for h in lab.hosts] + pids_of("dockerd", "containerd")
     probe = os.environ.get("OPSBOT_ACK_PROBE")  # off by default: bench/ackprobe.py
-    with one_neighbour(remote) as grouping:
+    # opsbot as the shipped unit runs it (OPSBOT_BENCH_WEIGHT=0: as a plain child, for A/B)
+    weight = int(os.environ.get("OPSBOT_BENCH_WEIGHT", unit_cpu_weight()))
+    with one_neighbour(remote) as grouping, \
+            (weighted(weight) if weight else contextlib.nullcontext((None, ""))) as (join, how):
         for r in range(min(rounds, 3)):
             env["OPSBOT_DB"] = str(folder / f"ack-{r}.db")
             trace = os.environ.get("OPSBOT_LAG_TRACE")  # off by default: bench/ack.py
@@ -578,7 +590,8 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
             with (folder / f"ack-{r}.log").open("wb") as log:
                 server = subprocess.Popen([sys.executable, str(ROOT / "bench/ack.py"), "serve",
                                            str(lag_file)], env=env, cwd=ROOT, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=join)
             try:
                 wait_until(lambda: port_open("127.0.0.1", port), 60, "opsbot serve")
                 profile = os.environ.get("OPSBOT_BENCH_PROFILE")  # py-spy the server into it
@@ -644,8 +657,9 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.add(Figure(bench, "opsbot waiting for a core while driven", "s", tuple(waited),
                       note="the same threads' time runnable but not running: the machine's "
                            "load, summed over the threads"))
-    report.note(bench, f"Scheduling: {grouping}. Answers: OPSBOT_EDGE={edge} "
-                "(OPSBOT_BENCH_EDGE).")
+    report.note(bench, f"Scheduling: {grouping}; "
+                f"{how or 'opsbot a plain child process (OPSBOT_BENCH_WEIGHT=0)'}. "
+                f"Answers: OPSBOT_EDGE={edge} (OPSBOT_BENCH_EDGE).")
     report.note(bench, f"{len(slash) + len(clicks)} requests at 50/s for 10 s per round, while "
                 "`/opsbot run nginx-502 bench` (discovery and 13 steps on 50 hosts) and 20 × "
                 "`/opsbot run container-log bench01` (the 200 MB json-file log) run. Clicks "

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from bench.procs import unit_cpu_weight, weighted
 from bench.report import Figure, Report, Target, fmt
 from bench.run import parse_args
 
@@ -52,3 +57,22 @@ def test_a_rerun_keeps_the_other_benchmarks() -> None:
         ("fanout", "opsbot wall", 1.0), ("export", "json time", 2.0)]
     assert again.figures[0].target == Target(limit_of="x", factor=0.75)
     assert "Export" not in again.notes
+
+
+def test_the_unit_cpu_weight_is_read_from_the_shipped_unit(tmp_path: Path) -> None:
+    assert unit_cpu_weight() == 400  # deploy/opsbot.service
+    unit = tmp_path / "x.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n# CPUWeight=7 in a comment\n")
+    assert unit_cpu_weight(unit) == 100  # systemd's default
+
+
+def test_a_weighted_child_runs_in_its_own_cpu_cgroup() -> None:
+    with weighted(250, name=f"opsbot-test-{os.getpid()}") as (join, how):
+        if join is None:
+            pytest.skip(how)
+        out = subprocess.run(["cat", "/proc/self/cgroup"], preexec_fn=join,
+                             capture_output=True, text=True, check=True).stdout
+        assert f"opsbot-test-{os.getpid()}" in out
+        assert "CPUWeight=250" in how
+    assert not any(Path(root, f"opsbot-test-{os.getpid()}").exists()
+                   for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup"))
