@@ -13,6 +13,13 @@ stdout on the host (`exec 2>&1`). Every command runs in a session (channel) of i
 connection per host, with its stdin closed; its text is sent as the session's command, never
 pasted into another. libssh2 runs non-blocking, its socket watched by the event loop's selector,
 so no call waits on the network.
+
+A wait on the socket is right only when libssh2 holds nothing the waiter wants: any libssh2 call
+that reads takes every packet that came, for any stream, into its own buffer, and the socket is
+then quiet. So a session is read with one call (stderr merged into it: a second call for stderr
+would take in stdout's packets and the session's end, then wait for bytes that already came), a
+call that said EAGAIN is made again before any other on the connection, and one session at a
+time runs per host.
 """
 
 from __future__ import annotations
@@ -47,9 +54,7 @@ from bot.models import ExecOutput, Host, SocketReply
 # the host key algorithms of each known_hosts key type (RSA keys sign with SHA-2 first)
 HOSTKEY_ALGS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 CLOSE_WAIT = 2.0  # seconds to let a stopped or finished session close before giving up on it
-# a call that said EAGAIN is made again after this long even if the socket stayed quiet: what
-# libssh2 already took in is never left waiting for more bytes from the host
-RETRY_AFTER = 0.2
+EXTENDED_DATA_MERGE = 2  # libssh2.h LIBSSH2_CHANNEL_EXTENDED_DATA_MERGE (ssh2-python lacks it)
 
 
 class _Refused(Exception):
@@ -62,7 +67,6 @@ class _Conn:
     def __init__(self, sock: socket.socket, session: Session) -> None:
         self.sock, self.session = sock, session
         self.broken = False  # a command's session could not be closed: not used again
-        self._waiting: set[asyncio.Future[None]] = set()
 
     async def call(self, fn: Callable[..., Any], *args: Any, deadline: float) -> Any:
         """`fn(*args)` again each time the socket is ready, until it does not say EAGAIN."""
@@ -74,40 +78,28 @@ class _Conn:
             await self.ready(deadline)
 
     async def ready(self, deadline: float) -> None:
-        """Wait (until `deadline`, loop time; at most `RETRY_AFTER`) for the socket in the
-        direction libssh2 waits on. Every coroutine waiting on the connection is woken."""
+        """Wait (until `deadline`, loop time) for the socket in the direction the last call
+        that said EAGAIN waits on: libssh2 then holds nothing more for it (the module's
+        docstring). One waiter at a time: the host's lock is held."""
         loop = asyncio.get_running_loop()
         ways = self.session.block_directions()
-        woken = loop.create_future()
-        self._waiting.add(woken)
-        fd = self.sock.fileno()
-        if ways & LIBSSH2_SESSION_BLOCK_INBOUND or not ways:
-            loop.add_reader(fd, self._wake)
-        if ways & LIBSSH2_SESSION_BLOCK_OUTBOUND:
-            loop.add_writer(fd, self._wake)
-        try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + RETRY_AFTER)):
-                await woken
-        except TimeoutError:
-            if loop.time() >= deadline:
-                raise
-        finally:
-            self._waiting.discard(woken)
-            if not self._waiting:
-                self._unwatch()
+        woken: asyncio.Future[None] = loop.create_future()
 
-    def _wake(self) -> None:
-        self._unwatch()
-        waiting, self._waiting = self._waiting, set()
-        for woken in waiting:
+        def wake() -> None:
             if not woken.done():
                 woken.set_result(None)
 
-    def _unwatch(self) -> None:
-        if self.sock.fileno() >= 0:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.sock.fileno())
-            loop.remove_writer(self.sock.fileno())
+        fd = self.sock.fileno()
+        if ways & LIBSSH2_SESSION_BLOCK_INBOUND or not ways:
+            loop.add_reader(fd, wake)
+        if ways & LIBSSH2_SESSION_BLOCK_OUTBOUND:
+            loop.add_writer(fd, wake)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await woken
+        finally:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
 
     def close(self) -> None:
         self.sock.close()
@@ -140,6 +132,7 @@ class Libssh2Client(SshClient):
             try:
                 channel = await conn.call(conn.session.direct_streamlocal_ex, path, "127.0.0.1",
                                           0, deadline=deadline)
+                channel.handle_extended_data2(EXTENDED_DATA_MERGE)
             except TimeoutError:
                 conn.broken = True
                 return SocketReply(b"", f"{path} did not answer within {timeout:g}s")
@@ -338,6 +331,7 @@ class Libssh2Client(SshClient):
                            time.monotonic() - t0)
             return 1
         self.sessions += 1
+        channel.handle_extended_data2(EXTENDED_DATA_MERGE)  # stderr: read with stdout
         try:
             await conn.call(channel.execute, PRELUDE + batch.script, deadline=deadline)
             await conn.call(channel.send_eof, deadline=deadline)  # stdin: nothing
@@ -399,10 +393,10 @@ class Libssh2Client(SshClient):
                     await _drain(conn, channel, loop.time() + wait)
                 except TimeoutError:
                     kill = wait > 0  # a session left running; a stream is just closed
-            if kill:
-                with contextlib.suppress(SSH2Error):
-                    channel.signal("KILL")
             end = loop.time() + CLOSE_WAIT
+            if kill:
+                with contextlib.suppress(SSH2Error):  # made again until sent, as every call
+                    await conn.call(channel.signal, "KILL", deadline=end)
             await conn.call(channel.close, deadline=end)
             await _drain(conn, channel, end)  # wait_closed wants the host's end of output first
             await conn.call(channel.wait_closed, deadline=end)
@@ -433,21 +427,18 @@ async def _address(host: Host) -> tuple[int, Any]:
 
 
 def _read(channel: Any) -> bytes | None:
-    """What the session printed (stderr too: empty, joined to stdout on the host); b"" at its
-    end; None when nothing is there yet. A read may take in the host's last output and its end
-    together: the end counts only once nothing is left to read after it."""
-    while True:
-        ended = channel.eof()
-        for read in (channel.read, channel.read_stderr):
-            size, data = read(65536)
-            if size > 0:
-                return bytes(data)
-            if size not in (0, LIBSSH2_ERROR_EAGAIN):
-                raise SSH2Error(f"read failed ({size})")
-        if ended:
-            return b""
-        if not channel.eof():
-            return None
+    """What the session printed (stdout, and stderr merged into it: empty, joined to stdout on
+    the host); b"" at its end; None when nothing is there yet. One libssh2 read: it returns
+    what it holds for the session before its end, and says EAGAIN only when it holds nothing
+    and the socket had nothing more."""
+    size, data = channel.read(65536)
+    if size > 0:
+        return bytes(data)
+    if size == 0:
+        return b""
+    if size == LIBSSH2_ERROR_EAGAIN:
+        return None
+    raise SSH2Error(f"read failed ({size})")
 
 
 def _auth_errors() -> tuple[type[Exception], ...]:

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ssh2.error_codes import LIBSSH2_ERROR_EAGAIN
+from ssh2.session import Session
 
+from bot.executors import libssh2
 from bot.executors.libssh2 import Libssh2Client
 from bot.models import ExecOutput, Host
 from tests.lab.fixtures import start_host
@@ -301,3 +304,48 @@ async def test_a_cancelled_run_leaves_the_next_one_a_sound_connection(
     out = await client.run(web01, "echo next", 10)
     assert (out.output, out.exit_status) == ("next\n", 0)
     assert client.connects == 2  # the cancelled one's connection was not trusted again
+
+
+class _HeldUpChannel:
+    """A session (channel) whose reader is held up once, right after a read found nothing
+    yet, as a busy machine preempts a process: meanwhile the host's output and the session's
+    end arrive. Everything else is the real libssh2 channel."""
+
+    def __init__(self, channel: object) -> None:
+        self._channel, self._held = channel, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._channel, name)
+
+    def read(self, size: int = 1024) -> tuple[int, bytes]:
+        size_read, data = self._channel.read(size)  # type: ignore[attr-defined]
+        if size_read == LIBSSH2_ERROR_EAGAIN and not self._held:
+            self._held = True
+            time.sleep(0.3)
+        return size_read, data
+
+
+class _HeldUpSession(Session):
+    def open_session(self) -> object:
+        channel = super().open_session()
+        return channel if isinstance(channel, int) else _HeldUpChannel(channel)
+
+    def direct_streamlocal_ex(self, *args: object) -> object:
+        channel = super().direct_streamlocal_ex(*args)
+        return channel if isinstance(channel, int) else _HeldUpChannel(channel)
+
+
+async def test_output_taken_in_while_the_reader_was_held_up_is_read_at_once(
+        client: Libssh2Client, sshd_host: SshServer, answering_socket: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # libssh2 takes every packet that came into its own buffer on any read: whatever arrived
+    # while the reader was held up is there, the socket quiet; nothing may wait on the socket
+    # for it (that run would wait until its timeout: it once cost a test 30 s)
+    monkeypatch.setattr(libssh2, "Session", _HeldUpSession)
+    web01 = as_host(sshd_host)
+    started = time.monotonic()
+    out = await client.run(web01, "echo held; exit 3", 5)
+    assert (out.output, out.exit_status, out.error) == ("held\n", 3, None)
+    reply = await client.unix_request(web01, str(answering_socket), b"held", 5)
+    assert (reply.data, reply.error) == (b"pong: held", None)
+    assert time.monotonic() - started < 3
