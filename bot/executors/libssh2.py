@@ -54,6 +54,9 @@ from bot.models import ExecOutput, Host, SocketReply
 # the host key algorithms of each known_hosts key type (RSA keys sign with SHA-2 first)
 HOSTKEY_ALGS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 CLOSE_WAIT = 2.0  # seconds to let a stopped or finished session close before giving up on it
+# without a key file in the inventory, the user's own keys, as asyncssh loads them by default
+# (those libssh2 reads: no security-key, Ed448 or DSA keys)
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 EXTENDED_DATA_MERGE = 2  # libssh2.h LIBSSH2_CHANNEL_EXTENDED_DATA_MERGE (ssh2-python lacks it)
 
 
@@ -270,9 +273,12 @@ class Libssh2Client(SshClient):
                 raise _Refused(self._unverified(host, "the host's key is not the known one "
                                                 "(changed, revoked or unknown)"))
             user = host.user or getpass.getuser()
-            if host.key_file:
-                await conn.call(session.userauth_publickey_fromfile, user, host.key_file,
-                                deadline=deadline)
+            for key_file in _identities(host):
+                with contextlib.suppress(*_AUTH_ERRORS):  # refused: the next one, if any
+                    await conn.call(session.userauth_publickey_fromfile, user, key_file,
+                                    deadline=deadline)
+                if session.userauth_authenticated():
+                    break
             if not session.userauth_authenticated():
                 raise SSH2Error("not authenticated")
             return conn
@@ -426,6 +432,14 @@ async def _address(host: Host) -> tuple[int, Any]:
 
 
 
+def _identities(host: Host) -> tuple[str, ...]:
+    """The key files to log in with: the inventory's, else the user's own (~/.ssh)."""
+    if host.key_file:
+        return (host.key_file,)
+    own = (Path.home() / ".ssh" / name for name in DEFAULT_IDENTITIES)
+    return tuple(str(path) for path in own if path.is_file())
+
+
 def _read(channel: Any) -> bytes | None:
     """What the session printed (stdout, and stderr merged into it: empty, joined to stdout on
     the host); b"" at its end; None when nothing is there yet. One libssh2 read: it returns
@@ -444,7 +458,8 @@ def _read(channel: Any) -> bytes | None:
 def _auth_errors() -> tuple[type[Exception], ...]:
     from ssh2 import exceptions
 
-    names = ("AuthenticationError", "PublickeyUnverifiedError", "FileError")
+    names = ("AuthenticationError", "PublickeyUnverifiedError", "FileError",
+             "KeyfileAuthFailedError")
     return tuple(getattr(exceptions, n) for n in names if hasattr(exceptions, n))
 
 

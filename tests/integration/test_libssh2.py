@@ -349,3 +349,27 @@ async def test_output_taken_in_while_the_reader_was_held_up_is_read_at_once(
     reply = await client.unix_request(web01, str(answering_socket), b"held", 5)
     assert (reply.data, reply.error) == (b"pong: held", None)
     assert time.monotonic() - started < 3
+
+
+async def test_without_a_key_file_the_users_own_keys_are_tried(
+        client: Libssh2Client, sshd_host: SshServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # as asyncssh does by default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa, each that exists
+    web01 = as_host(sshd_host, key_file=None)
+    monkeypatch.setenv("HOME", str(tmp_path / "nobody"))
+    out = await client.run(web01, "true", 10)
+    assert out.error == (f"SSH login to {web01.user}@{web01.address}:{web01.port} was refused "
+                         "(check ansible_user and the key)")
+    own = tmp_path / "home/.ssh"
+    own.mkdir(parents=True)
+    await asyncio.to_thread(subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "",
+                                             "-f", str(own / "id_ed25519")], check=True)
+    (own / "id_ecdsa").write_bytes(sshd_host.key_file.read_bytes())  # the one the host knows
+    (own / "id_ecdsa").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    client = Libssh2Client(client.known_hosts, connect_timeout=3)
+    try:
+        out = await client.run(web01, "echo mine", 10)
+    finally:
+        await client.close()
+    assert (out.output, out.exit_status) == ("mine\n", 0), out
