@@ -55,14 +55,14 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
     bench = COLD.replace("50", str(n))
     env = opsbot_env(lab, folder)
     opsbot = [sys.executable, "-m", "bot", "run", "loadavg", "bench", "--json"]
-    # the ssh steps over libssh2 (OPSBOT_SSH_CLIENT), alternated with the default's runs
-    envs = {"opsbot": env, "opsbot libssh2": {**env, "OPSBOT_SSH_CLIENT": "libssh2"}}
+    # the default client (libssh2), its runs alternated with asyncssh's (OPSBOT_SSH_CLIENT)
+    envs = {"opsbot": env, "opsbot asyncssh": {**env, "OPSBOT_SSH_CLIENT": "asyncssh"}}
     for variant in envs.values():
         first = timed(opsbot, env=variant, cwd=ROOT)  # creates the store; not counted
         if first.returncode != 0:
             raise RuntimeError(f"opsbot run failed: {first.output[-800:]}")
     tools = tools_bin()
-    results: dict[str, list[tuple[float, float]]] = {"opsbot": [], "opsbot libssh2": [],
+    results: dict[str, list[tuple[float, float]]] = {"opsbot": [], "opsbot asyncssh": [],
                                                      "ansible": [], "parallel-ssh": []}
     for r in range(rounds):
         for name in list(envs) if r % 2 == 0 else list(envs)[::-1]:
@@ -103,10 +103,10 @@ def bench_fanout(report: Report, lab: object, rounds: int, folder: Path) -> None
     report.add(Figure(bench, "opsbot CPU", "s", tuple(c for _, c in results["opsbot"]),
                       Target(0.4), tuple(f"{k} CPU" for k in ("ansible", "parallel-ssh")
                                          if results[k])))
-    report.add(Figure(bench, "opsbot libssh2 CPU", "s",
-                      tuple(c for _, c in results["opsbot libssh2"]), Target(0.4)))
-    report.add(Figure(bench, "opsbot libssh2 wall", "s",
-                      tuple(w for w, _ in results["opsbot libssh2"])))
+    report.add(Figure(bench, "opsbot asyncssh CPU", "s",
+                      tuple(c for _, c in results["opsbot asyncssh"])))
+    report.add(Figure(bench, "opsbot asyncssh wall", "s",
+                      tuple(w for w, _ in results["opsbot asyncssh"])))
     for tool in ("ansible", "parallel-ssh"):
         if results[tool]:
             report.add(Figure(bench, f"{tool} wall", "s", tuple(w for w, _ in results[tool])))

@@ -85,9 +85,10 @@ def test_batch_work_runs_ten_steps_of_nice_below_unless_set(tmp_path: Path) -> N
 
 
 def test_ssh_client_of_one_shot_commands() -> None:
-    assert load_settings({}).ssh_client == "asyncssh"
-    assert load_settings({"OPSBOT_SSH_CLIENT": "libssh2"}).ssh_client == "libssh2"
+    assert load_settings({}).ssh_client == "libssh2"
+    assert load_settings({"OPSBOT_SSH_CLIENT": "asyncssh"}).ssh_client == "asyncssh"
     # a server's pooled connections and kept sessions are asyncssh's, whatever is set
+    assert load_settings({}, serving=True).ssh_client == "asyncssh"
     assert load_settings({"OPSBOT_SSH_CLIENT": "libssh2"}, serving=True).ssh_client == "asyncssh"
     with pytest.raises(ConfigError, match="OPSBOT_SSH_CLIENT must be asyncssh or libssh2"):
         load_settings({"OPSBOT_SSH_CLIENT": "paramiko"})
