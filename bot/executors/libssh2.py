@@ -1,7 +1,8 @@
 """`ssh` steps of a one-shot command over libssh2 (ssh2-python: the SSH protocol in C).
 
-`OPSBOT_SSH_CLIENT=libssh2`: a cold `opsbot run` on many hosts spends much of its CPU on
-asyncssh (its import, and its handshakes and packets in Python); libssh2 does that work in C.
+The default client of one-shot commands (`OPSBOT_SSH_CLIENT`; `asyncssh` selects the pool): a
+cold `opsbot run` on many hosts spent much of its CPU on asyncssh (its import, and its handshakes
+and packets in Python); libssh2 does that work in C.
 It runs the `ssh` steps and discovery's reads (commands and unix sockets) of one-shot commands;
 the server and Docker over SSH keep asyncssh's pool (bot.executors.ssh).
 
