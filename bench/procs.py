@@ -222,13 +222,12 @@ def weighted(weight: int, name: str = "opsbot-bench-opsbot"
             group.mkdir(exist_ok=True)
             (group / knob).write_text(str(value))
         except OSError as exc:
-            yield None, f"opsbot not weighted ({exc.strerror or exc})"
+            yield None, f"not weighted ({exc.strerror or exc})"
             return
         procs = group / "cgroup.procs"
         try:
             yield functools.partial(_join, procs), (
-                f"opsbot in a cpu cgroup of its own with CPUWeight={weight} "
-                f"(deploy/opsbot.service; {knob} {value}), as systemd runs it")
+                f"in a cpu cgroup of its own with CPUWeight={weight} ({knob} {value})")
         finally:
             for task in procs.read_text().split():  # leftovers back to the root group
                 with contextlib.suppress(OSError):
@@ -236,7 +235,15 @@ def weighted(weight: int, name: str = "opsbot-bench-opsbot"
             with contextlib.suppress(OSError):
                 group.rmdir()
         return
-    yield None, "opsbot not weighted (no cpu cgroup here)"
+    yield None, "not weighted (no cpu cgroup here)"
+
+
+def leave_cgroup() -> None:
+    """Move the calling process back to the root cpu group (after `weighted`'s join)."""
+    for root in (CPU_CGROUP, Path("/sys/fs/cgroup")):
+        with contextlib.suppress(OSError):
+            (root / "cgroup.procs").write_text(str(os.getpid()))
+            return
 
 
 def _join(procs: Path) -> None:

@@ -523,6 +523,7 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     from bench.procs import (
         cpu_and_waits,
         free_port,
+        leave_cgroup,
         one_neighbour,
         pids_of,
         stop,
@@ -577,8 +578,14 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     probe = os.environ.get("OPSBOT_ACK_PROBE")  # off by default: bench/ackprobe.py
     # opsbot as the shipped unit runs it (OPSBOT_BENCH_WEIGHT=0: as a plain child, for A/B)
     weight = int(os.environ.get("OPSBOT_BENCH_WEIGHT", unit_cpu_weight()))
+    # the driver stands for Slack's side, another machine in the field; OPSBOT_BENCH_DRIVER_WEIGHT
+    # gives it a cgroup of that weight, to keep its own waits for a core out of what it measures
+    # (off: 2 alternated pairs differed by less than the machine's load swings, bench/CORE.md)
+    driver_weight = int(os.environ.get("OPSBOT_BENCH_DRIVER_WEIGHT", 0))
     with one_neighbour(remote) as grouping, \
-            (weighted(weight) if weight else contextlib.nullcontext((None, ""))) as (join, how):
+            (weighted(weight) if weight else contextlib.nullcontext((None, ""))) as (join, how), \
+            (weighted(driver_weight, name="opsbot-bench-driver") if driver_weight
+             else contextlib.nullcontext((None, ""))) as (drive_in, driver_how):
         for r in range(min(rounds, 3)):
             env["OPSBOT_DB"] = str(folder / f"ack-{r}.db")
             trace = os.environ.get("OPSBOT_LAG_TRACE")  # off by default: bench/ack.py
@@ -602,7 +609,14 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait)
                 load = ["run nginx-502 bench"] + ["run container-log bench01"] * 20
                 ran, queued = cpu_and_waits(server.pid)
-                result = asyncio.run(drive(f"http://127.0.0.1:{port}", fake_root, 10, 50, load))
+                if drive_in:  # this process (the driver) for the drive only
+                    drive_in()
+                try:
+                    result = asyncio.run(drive(f"http://127.0.0.1:{port}", fake_root, 10, 50,
+                                               load))
+                finally:
+                    if drive_in:
+                        leave_cgroup()
                 ran_after, queued_after = cpu_and_waits(server.pid)
                 cpu.append(ran_after - ran)
                 waited.append(queued_after - queued)
@@ -657,8 +671,10 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.add(Figure(bench, "opsbot waiting for a core while driven", "s", tuple(waited),
                       note="the same threads' time runnable but not running: the machine's "
                            "load, summed over the threads"))
-    report.note(bench, f"Scheduling: {grouping}; "
-                f"{how or 'opsbot a plain child process (OPSBOT_BENCH_WEIGHT=0)'}. "
+    served = (f"{how}, as systemd runs deploy/opsbot.service" if join
+              else how or "a plain child process (OPSBOT_BENCH_WEIGHT=0)")
+    report.note(bench, f"Scheduling: {grouping}; opsbot {served}; the load driver (Slack's "
+                f"side, in this process) {driver_how or 'unweighted'}. "
                 f"Answers: OPSBOT_EDGE={edge} (OPSBOT_BENCH_EDGE).")
     report.note(bench, f"{len(slash) + len(clicks)} requests at 50/s for 10 s per round, while "
                 "`/opsbot run nginx-502 bench` (discovery and 13 steps on 50 hosts) and 20 × "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import unit_cpu_weight, weighted
+from bench.procs import leave_cgroup, unit_cpu_weight, weighted
 from bench.report import Figure, Report, Target, fmt
 from bench.run import parse_args
 
@@ -74,5 +74,9 @@ def test_a_weighted_child_runs_in_its_own_cpu_cgroup() -> None:
                              capture_output=True, text=True, check=True).stdout
         assert f"opsbot-test-{os.getpid()}" in out
         assert "CPUWeight=250" in how
+        join()  # this process too, and back
+        assert f"opsbot-test-{os.getpid()}" in Path("/proc/self/cgroup").read_text()
+        leave_cgroup()
+        assert f"opsbot-test-{os.getpid()}" not in Path("/proc/self/cgroup").read_text()
     assert not any(Path(root, f"opsbot-test-{os.getpid()}").exists()
                    for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup"))
