@@ -147,8 +147,10 @@ def _warm(lab: object, folder: Path, runbook: str, rounds: int, _target: str = "
           **env: str) -> dict:
     from bench.procs import timed
 
+    passed = {k: os.environ[k] for k in ("OPSBOT_BENCH_PROFILE", "OPSBOT_BENCH_TOOLS")
+              if k in os.environ}  # py-spy profiles of the timed rounds (bench/warm.py)
     done = timed([sys.executable, str(ROOT / "bench/warm.py"), runbook, _target, str(rounds)],
-                 env=opsbot_env(lab, folder, **env), cwd=ROOT, timeout=300 + 300 * rounds)
+                 env=opsbot_env(lab, folder, **passed, **env), cwd=ROOT, timeout=300 + 300 * rounds)
     if done.returncode != 0:
         raise RuntimeError(f"bench/warm.py {runbook}: {done.output[-800:]}")
     result: dict = json.loads(done.output.strip().splitlines()[-1])

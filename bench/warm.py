@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,6 +67,19 @@ def own_cpu() -> float:
     return cpu_and_waits(os.getpid())[0]
 
 
+def _profile(folder: str | None, runbook: str) -> subprocess.Popen[bytes] | None:
+    """With OPSBOT_BENCH_PROFILE=DIR: py-spy (the tools' venv) samples this process and its
+    diagnosis workers over the timed rounds, into DIR/warm-RUNBOOK.raw (folded stacks)."""
+    if not folder:
+        return None
+    tools = Path(os.environ.get("OPSBOT_BENCH_TOOLS", ROOT / ".venv-bench")) / "bin"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(tools / "py-spy"), "record", "--format", "raw", "-r", "200",
+                             "--subprocesses", "-p", str(os.getpid()),
+                             "-o", str(Path(folder) / f"warm-{runbook}.raw")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def no_approver(row: Any, proposal: Any) -> None:
     return None  # remediation waits for a person: the benchmark never approves
 
@@ -83,6 +98,7 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                 return outcome
 
             first = await once()
+            profiler = _profile(os.environ.get("OPSBOT_BENCH_PROFILE"), runbook)
             servers = {int(p) for p in os.environ.get("OPSBOT_BENCH_SSHD_PIDS", "").split(",")
                        if p.strip().isdigit()}
             samples, cpu, longest, sessions, hosts_cpu = [], [], [], [], []
@@ -109,6 +125,9 @@ async def warm(runbook: str, target: str, rounds: int) -> dict[str, Any]:
                     await asyncio.gather(*(c.run(floor_command, check=False) for c in conns))
                     floor.append(time.perf_counter() - began)
                     floor_cpu.append(time.process_time() - began_cpu)
+            if profiler is not None:  # py-spy writes its profile when interrupted
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
             errors = [f"{r.host.name}: {r.error or s.error}" for r in outcome.reports
                       for s in r.results if r.error or s.error]
             slowest: dict[str, float] = {}
