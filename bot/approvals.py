@@ -8,13 +8,20 @@ the edge (bot.render.decision_text), in Slack's ephemeral answer or the terminal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from bot.adapters.store import HANDOVER
 from bot.errors import BotError, InventoryError
-from bot.models import Approval, ApprovalStatus, Host, canonical_json, sha256_hex
+from bot.models import (
+    Approval,
+    ApprovalRequest,
+    ApprovalStatus,
+    Host,
+    canonical_json,
+    sha256_hex,
+)
 from bot.parts import Part
 from bot.render import decision_text, duration_text, reminder_text
 from bot.runbooks import Runbook
@@ -68,17 +75,26 @@ class Decision:
 
 class Approvals(Part):
     async def propose(self, incident_id: int, run_id: int, runbook: Runbook,
-                      proposal: Proposal, requested_by: str, host: Host) -> Approval:
-        approval = await self.store.create_approval(
+                      proposals: Sequence[tuple[Proposal, Host]],
+                      requested_by: str) -> list[Approval]:
+        """A run's proposals (each for its host), recorded pending in one transaction (a
+        50-host run's were 50, one after another, while nothing else ran), then shown."""
+        if not proposals:
+            return []
+        created = await self.store.create_approvals(
             incident_id=incident_id, run_id=run_id, runbook=runbook.name,
-            step_id=proposal.step.step_id, host=proposal.step.host,
-            params=dict(proposal.params), digest=approval_digest(runbook, proposal, host),
-            display=proposal.step.display, requested_by=requested_by,
-            ttl=self.settings.approval_ttl)
-        approval = replace(approval, cause=proposal.cause)
-        await self.reporter.approval(approval, verify=proposal.verify.display,
-                                     how_to_approve=f"approve: opsbot approve {approval.token}")
-        return approval
+            requested_by=requested_by, ttl=self.settings.approval_ttl, requests=[
+                ApprovalRequest(step_id=p.step.step_id, host=p.step.host, params=dict(p.params),
+                                digest=approval_digest(runbook, p, host),
+                                display=p.step.display) for p, host in proposals])
+        approvals = []
+        for approval, (proposal, _) in zip(created, proposals, strict=True):
+            approval = replace(approval, cause=proposal.cause)
+            await self.reporter.approval(approval, verify=proposal.verify.display,
+                                         how_to_approve=f"approve: opsbot approve "
+                                                        f"{approval.token}")
+            approvals.append(approval)
+        return approvals
 
     async def decide(self, token: str, approved: bool, user: str, *, via: str,
                      check_authority: bool = False, background: bool = True,

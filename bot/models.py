@@ -277,6 +277,18 @@ class ApprovalStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class ApprovalRequest:
+    """A remediation step proposed for a host, to be recorded pending a decision
+    (Store.create_approvals: a run's proposals in one transaction)."""
+
+    step_id: str
+    host: str
+    params: Mapping[str, Any]
+    digest: str
+    display: str
+
+
+@dataclass(frozen=True)
 class Approval:
     """A remediation step waiting for (or after) a person's decision, bound to `digest`."""
 

@@ -19,6 +19,7 @@ from bot.models import (
     AlertRecord,
     Approval,
     ApprovalOutcome,
+    ApprovalRequest,
     Diagnosis,
     Incident,
     IncidentStatus,
@@ -167,6 +168,10 @@ class Store(Protocol):
     async def create_approval(self, *, incident_id: int, run_id: int, runbook: str,
                               step_id: str, host: str, params: Mapping[str, Any], digest: str,
                               display: str, requested_by: str, ttl: float) -> Approval: ...
+
+    async def create_approvals(self, *, incident_id: int, run_id: int, runbook: str,
+                               requested_by: str, ttl: float,
+                               requests: Sequence[ApprovalRequest]) -> list[Approval]: ...
 
     async def get_approval(self, token: str) -> Approval: ...
 

@@ -266,11 +266,11 @@ class Runs(Part):
         await self.reporter.findings(incident, run_id, reports, summaries)
         await self.store.update_incident(incident.id, "opsbot", phase="diagnosed",
                                          cause=best.cause if best else None)
-        proposed = [(await self.approvals.propose(incident.id, run_id, runbook, proposal,
-                                                  requested_by, report.host), proposal)
-                    for report in reports for proposal in report.proposals]
+        wanted = [(proposal, report.host) for report in reports for proposal in report.proposals]
+        approvals = await self.approvals.propose(incident.id, run_id, runbook, wanted,
+                                                 requested_by)
         pending: list[Approval] = []
-        for approval, proposal in proposed:
+        for approval, (proposal, _) in zip(approvals, wanted, strict=True):
             if not (await self.store.get_approval(approval.token)).pending:
                 continue  # decided with its batch (the same step on other hosts)
             decision = await approver(approval, proposal)

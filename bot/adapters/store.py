@@ -46,6 +46,7 @@ from bot.models import (
     AlertRecord,
     Approval,
     ApprovalOutcome,
+    ApprovalRequest,
     ApprovalStatus,
     Diagnosis,
     Incident,
@@ -962,23 +963,38 @@ class Store:
     def create_approval(self, *, incident_id: int, run_id: int, runbook: str, step_id: str,
                         host: str, params: Mapping[str, Any], digest: str, display: str,
                         requested_by: str, ttl: float) -> Approval:
-        token = secrets.token_urlsafe(18)
-        while token.startswith("-"):  # `opsbot approve -x...` would read it as an option
-            token = secrets.token_urlsafe(18)
-        now = datetime.now(UTC)
-        row = {"token": token, "incident_id": incident_id, "run_id": run_id,
-               "runbook": runbook, "step_id": step_id, "host": host, "params": dict(params),
-               "digest": digest, "display": display, "status": "pending",
-               "requested_by": requested_by, "requested_at": utcnow(),
-               "expires_at": (now + timedelta(seconds=ttl)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-               + "Z"}
+        return self.create_approvals(
+            incident_id=incident_id, run_id=run_id, runbook=runbook, requested_by=requested_by,
+            ttl=ttl, requests=[ApprovalRequest(step_id, host, params, digest, display)])[0]
+
+    def create_approvals(self, *, incident_id: int, run_id: int, runbook: str,
+                         requested_by: str, ttl: float,
+                         requests: Sequence[ApprovalRequest]) -> list[Approval]:
+        """The proposals of a run, pending, in one transaction (each audited, in order)."""
+        rows: list[dict[str, Any]] = []
         with self.tx() as conn:
-            approval_id = self._insert(conn, "approvals", row)
-            self._audit(conn, "approval.requested", requested_by, incident_id,
-                        {"approval_id": approval_id, "step": step_id, "host": host,
-                         "digest": digest, "command": display, "expires_at": row["expires_at"]})
-        return approval_from_row({**row, "id": approval_id, "decided_by": None,
-                                  "decided_at": None, "reason": None})
+            chain = AuditChain(self, conn)
+            for req in requests:
+                token = secrets.token_urlsafe(18)
+                while token.startswith("-"):  # `opsbot approve -x...` would read it as an option
+                    token = secrets.token_urlsafe(18)
+                now = datetime.now(UTC)
+                row = {"token": token, "incident_id": incident_id, "run_id": run_id,
+                       "runbook": runbook, "step_id": req.step_id, "host": req.host,
+                       "params": dict(req.params), "digest": req.digest, "display": req.display,
+                       "status": "pending", "requested_by": requested_by,
+                       "requested_at": utcnow(),
+                       "expires_at": (now + timedelta(seconds=ttl)).strftime(
+                           "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+                row["id"] = self._insert(conn, "approvals", row)
+                chain.add("approval.requested", requested_by, incident_id,
+                          {"approval_id": row["id"], "step": req.step_id, "host": req.host,
+                           "digest": req.digest, "command": req.display,
+                           "expires_at": row["expires_at"]})
+                rows.append(row)
+            chain.close()
+        return [approval_from_row({**row, "decided_by": None, "decided_at": None,
+                                   "reason": None}) for row in rows]
 
     def _approvals(self, sql: str, params: tuple[Any, ...] = ()) -> list[Approval]:
         return [approval_from_row(r) for r in self.db.query(sql, params)]
@@ -1339,6 +1355,7 @@ class AsyncStore:
     record_diagnoses = _Threaded(Store.record_diagnoses)
     diagnoses_of = _Threaded(Store.diagnoses_of)
     create_approval = _Threaded(Store.create_approval)
+    create_approvals = _Threaded(Store.create_approvals)
     get_approval = _Threaded(Store.get_approval)
     approvals_of = _Threaded(Store.approvals_of)
     approval_batch = _Threaded(Store.approval_batch)

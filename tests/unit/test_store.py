@@ -12,7 +12,15 @@ from bot.adapters.store import STEP_BATCH, AsyncStore, Store, WebhookIn
 from bot.audit import verify_chain
 from bot.errors import StoreError
 from bot.incidents import REOPEN_WINDOW, opening
-from bot.models import Approval, Notification, Phase, RenderedStep, StepResult, StepStatus
+from bot.models import (
+    Approval,
+    ApprovalRequest,
+    Notification,
+    Phase,
+    RenderedStep,
+    StepResult,
+    StepStatus,
+)
 from tests.storebackends import raw_sql
 
 
@@ -91,6 +99,34 @@ def test_batch_head_is_the_batch_first_approval(store: Store) -> None:
         assert store.batch_head(row).id == store.approval_batch(row)[0].id
     assert store.batch_head(other_step).id == other_step.id
     assert store.batch_head(other_run).id == other_run.id
+
+
+def test_a_runs_proposals_are_recorded_together_as_one_by_one(store: Store) -> None:
+    """create_approvals (a run's proposals, one transaction) records what create_approval
+    does for each: the rows and their audit records, in order, on an unbroken chain."""
+    open_(store)
+    requests = [ApprovalRequest(step_id="start", host=f"web0{i}", params={"program": "app"},
+                                digest=f"d{i}", display=f"start app on web0{i}")
+                for i in (1, 2, 3)]
+    made = store.create_approvals(incident_id=1, run_id=1, runbook="r", requested_by="u",
+                                  ttl=60, requests=requests)
+    single = store.create_approval(incident_id=1, run_id=2, runbook="r", step_id="start",
+                                   host="web04", params={}, digest="d4", display="start",
+                                   requested_by="u", ttl=60)
+    assert [(a.host, a.digest, a.display, a.pending) for a in made] == \
+        [(r.host, r.digest, r.display, True) for r in requests]
+    assert len({a.token for a in (*made, single)}) == 4
+    assert [store.get_approval(a.token) for a in made] == made
+    assert store.batch_head(made[2]).id == made[0].id
+    records = [dict(r) for r in store.audit_records(1)
+               if r["action"] == "approval.requested"]
+    assert [json.loads(r["detail"])["approval_id"] for r in records] == \
+        [a.id for a in (*made, single)]
+    assert [json.loads(r["detail"])["host"] for r in records] == \
+        ["web01", "web02", "web03", "web04"]
+    assert store.verify_audit().ok
+    assert store.create_approvals(incident_id=1, run_id=3, runbook="r", requested_by="u",
+                                  ttl=60, requests=[]) == []
 
 
 def _audit_db(path: str) -> tuple[Store, str]:
