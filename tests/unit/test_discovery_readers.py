@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 from bot.discovery.chain import Chain
 from bot.discovery.nginx import Address, parse_dump, route, serves
@@ -14,6 +16,7 @@ from bot.discovery.owners import (
     parse_supervisor_files,
     parse_supervisor_status,
 )
+from bot.discovery.probe import _cat
 
 DUMP = """\
 nginx: the configuration file /etc/nginx/nginx.conf syntax is ok
@@ -134,3 +137,21 @@ def test_stopped_container_that_publishes_the_port() -> None:
     assert c.state_text == "exited (137, OOM-killed)"
     assert container_holds(c, Address("127.0.0.1", 8080)) == "publishes 127.0.0.1:8080->80/tcp"
     assert container_holds(c, Address("127.0.0.1", 8081)) == ""
+
+
+def test_a_supervisord_conf_is_read_where_it_is_a_file_and_a_missing_one_fails_quietly(
+        tmp_path: Path) -> None:
+    """Discovery reads the default supervisord confs on every host; one that is not there
+    fails (status 1, as `cat` did) without starting `cat` (no message from it)."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("[supervisord]\nlogfile=/var/log/supervisor/supervisord.log\n")
+
+    def sh(command: str) -> tuple[int, str]:
+        done = subprocess.run(["sh", "-c", f"exec 2>&1\n{command}"], capture_output=True,
+                              text=True, timeout=30, check=False)
+        return done.returncode, done.stdout
+
+    assert sh(_cat(str(conf))) == (0, conf.read_text())
+    assert sh(_cat(str(tmp_path / "missing.conf"))) == (1, "")
+    assert sh(_cat(str(tmp_path))) == (1, "")  # a folder
+    assert sh(_cat(str(tmp_path / "it's here.conf"))) == (1, "")  # quoted
