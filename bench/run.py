@@ -219,6 +219,24 @@ def _hosts_figures(report: Report, bench: str, result: dict) -> None:
                       tuple(s / cores for s in spent)))
 
 
+def _lab_docker() -> str:
+    """Whether the lab user may open Docker's socket now: where it may not, discovery runs
+    `docker ps` on every host to learn why (bot.discovery.probe), a Go program's start-up."""
+    import grp
+    import pwd
+
+    from tests.lab.sshd import LAB_USER
+
+    try:
+        gid = Path("/var/run/docker.sock").stat().st_gid
+        user = pwd.getpwnam(LAB_USER)
+        group = grp.getgrgid(gid)
+    except (OSError, KeyError):
+        return "no Docker socket"
+    may = user.pw_gid == gid or LAB_USER in group.gr_mem
+    return "may open Docker's socket" if may else f"not in group {group.gr_name}"
+
+
 def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> None:
     from bench.lab import BenchLab
 
@@ -228,6 +246,7 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
     web = lab.start_web()
     web.stop_backend()  # a real 502: the backend is down behind nginx
     rounds = min(rounds, 3)  # a run takes tens of seconds on one 2-core machine
+    docker_before = _lab_docker()
     result = _warm(lab, folder, "nginx-502", rounds, OPSBOT_INVENTORY=str(lab.web_inventory),
                    OPSBOT_RUNBOOKS=str(ROOT / "runbooks"),
                    OPSBOT_BENCH_SSHD_PIDS=_sshd_pids(lab))
@@ -253,6 +272,12 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
                 "least wall time this machine can give the run, whatever opsbot does; on a "
                 "fleet each host spends its share on its own CPU. A step that takes "
                 "discovery's read shows the time of discovery's session.")
+    report.note(bench, f"The lab user and Docker: {docker_before} at the start, "
+                f"{_lab_docker()} at the end. Where it may not open the socket, discovery "
+                "runs `docker ps` on every host to say why (about 11 ms of a host's CPU, "
+                "some 0.5 s of the hosts' CPU a run); the docker integration tests' fixtures "
+                "add the lab user to the group and take it out (tests/lab/docker.py), so "
+                "compare runs made in the same state.")
 
 
 def bench_logs(report: Report, lab: object, rounds: int, folder: Path) -> None:
