@@ -193,7 +193,7 @@ async def test_a_silent_host_times_out_within_the_connect_timeout(
         silent.close()
         await client.close()
     assert out.error == f"cannot reach mute at 127.0.0.1:{port}: no SSH answer within 1s"
-    assert ticks >= 15
+    assert ticks >= 10  # 20 on an idle machine (13 seen at load 20); a blocked loop gives 0-1
 
 
 def test_opsbot_run_over_libssh2_never_imports_asyncssh(
