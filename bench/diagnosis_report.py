@@ -531,6 +531,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `upstream_port_dropped`, `uwsgi_pass_to_http_socket`, `redis_cannot_persist`,
 `data_dir_not_writable`, `forwarded_proto_not_passed`, `proxy_not_in_allowed_clients`,
 `tls_protocol_version_mismatch`, `client_certificate_required`, `ownership_change_not_permitted`,
+`plain_http_to_tls_port`, `app_free_space_threshold`,
 `database_version_unsupported`,
 `database_extension_missing`, `worker_oom_killed`, `jwt_signed_with_other_secret`,
 `connection_pool_exhausted`, `sqlite_io_error`, `program_not_executable`,
@@ -541,6 +542,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `ipv6_listener_without_ipv6` under `upstream_crashloop`;
 `port_already_in_use`, `stale_unix_socket`,
 `stale_pid_file`, `runtime_dir_missing`, `exec_failed`, `exit_config_error`,
+`start_program_not_found`, `start_command_not_json`, `init_not_pid_1`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
 `shared_library_missing`, `bind_address_not_available`, `openssl3_legacy_algorithm`,
 `image_platform_mismatch` under `upstream_crashloop`, where the
@@ -637,7 +639,18 @@ says it too), named with df's full filesystem, silent when df shows room. A prox
 shares no network with the backend (caddy-docker-proxy's empty `IngressNetworksMap`, `Container is
 not in same network as caddy`) is `dns_or_network` (`proxy_shares_no_network_with_backend`).
 Words a program quotes back from a configuration line it cannot parse (php-fpm's `unknown entry
-'# ... is not writable ...'`) are the file's, not a finding. Outside the labels:
+'# ... is not writable ...'`) are the file's, not a finding. An app's own free-space
+threshold on a filesystem df does not show full (Jellyfin's 512 MiB for its log and temp
+directories, a small tmpfs by design) is its own start-up check failing, a crash loop; with df's
+full filesystem, or Jellyfin's 2 GiB for its data, `disk_full`. A start command the shell cannot
+run (`exec: X: not found`; an exec form that is not JSON, run as a shell word list: `[gunicorn,:
+not found`) and a systemd unit failed by one of its own control processes (`Control process
+exited, code=exited status=1`, ExecStartPre/ExecStop) are crash loops, and so is an image whose
+s6-overlay v3 init is not the container's PID 1 (`s6-overlay-suexec: fatal: can only run as pid
+1`, under compose's `init: true` or a Home Assistant add-on's default init: `init_not_pid_1`).
+The browser blocking the page's own host over `http://` (Chrome's `Mixed Content`, a Content
+Security Policy that allows that host over `https://` only) is the proxy not passing the scheme
+(`forwarded_proto_not_passed`). Outside the labels:
 Elasticsearch's bootstrap check on the host's `vm.max_map_count` (`vm_max_map_count_too_low`, a
 sysctl on the Docker host) and Go's `connect: cannot assign requested address` or nginx's `(99:
 Cannot assign requested address) while connecting to upstream` to an IPv4 address
@@ -656,6 +669,9 @@ threshold; a container that lives and listens elsewhere looks the same); FastCGI
 network address is php-fpm's own default `listen = 127.0.0.1:9000` (`backend_listens_on_loopback`,
 a candidate); `no live upstreams` from an upstream named after the host asked for, with no connect
 tried, is nginx-proxy's generated `server 127.0.0.1 down;` (`generated_upstream_marked_down`).
+Refused by a container address in nginx-proxy's own log (forego's `nginx.1 |` prefix) is a port
+mismatch (`port_mismatch`, a 0.5 candidate over the stale address): its docker-gen rewrites the
+upstreams at every container start and stop, so the address is the container's current one.
 What the other steps show decides: `ss -ltnp` with the port bound on loopback or on one
 other address (`backend_listens_on_loopback`, `backend_listens_on_other_address`), the upstream
 name's DNS answer naming another address than the one dialed (`stale_upstream_address`), the probe

@@ -186,7 +186,12 @@ def test_field_training_cases_top1_at_least_86_percent(rules):
     -ak, -al, -am, -an; 40 in the training part) and three rules rounds (proxy side, the
     backends' own words, the clients' words): 582/668 (87.1 %); 8 of the first 29 stay misses
     (a lone 'host not found' at boot, a stale registry address read as a stop, add-on ingress
-    lines that name no cause, a JWT secret a newer image ignored, read as its EACCES)."""
+    lines that name no cause, a JWT secret a newer image ignored, read as its EACCES). In the
+    seventh, a rules round on the training misses that quote the backend (helper rules9) and 19
+    more blind cases (corpus-ao, -ap: self-hosting installers and apps), 12 in the training
+    part, of which 3 stay misses after a rule for s6-overlay's init refusing to run (a lone
+    'upstream timed out', gunicorn's WORKER TIMEOUT after a clock change, a MongoDB too old read
+    from its driver's null handle): 598/680 (87.9 %)."""
     field = [p for p in TRAIN if p.parent.name == "field"]
     if not field:
         pytest.skip("no field cases yet")
@@ -258,9 +263,9 @@ def test_held_out_cases_never_appear_in_the_report(rules):
     assert shown == 0  # a count, so that a failure prints nothing of them either
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-30 20:10 with the rules and the "
-                   "past-incidents fallback as at that time, after 64 more blind field cases: "
-                   "held-out top-1 270/332 (81%; the rules alone 235/332, 71%), below issue 9's "
+@pytest.mark.xfail(strict=True, reason="measured 2026-11-30 22:25 with the rules and the "
+                   "past-incidents fallback as at that time, after 19 more blind field cases: "
+                   "held-out top-1 273/339 (81%; the rules alone 241/339, 71%), below issue 9's "
                    "90%; see docs/diagnosis.md. Strict: when it reaches 90% this marker must go.")
 def test_held_out_top1_is_at_least_90_percent(rules):
     """The acceptance figure of issue 9, measured once the field corpus is in."""

@@ -3608,6 +3608,22 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "permission_denied",
         "ownership_change_not_permitted",
     ),
+    # ---- an image's s6-overlay v3 init not run as the container's PID 1
+    (
+        "docker_logs",
+        "2025-12-05T20:27:05Z app[080771c6405138] nrt [info]s6-overlay-suexec: fatal: can only "
+        "run as pid 1",
+        "https://github.com/just-containers/s6-overlay/issues/634 (Fly.io's log prefix)",
+        "upstream_crashloop",
+        "init_not_pid_1",
+    ),
+    (
+        "docker_logs",
+        "altmount  | s6-overlay-suexec: fatal: can only run as pid 1",
+        "https://github.com/kipsilabs/altmount/issues/578 (compose 'init: true')",
+        "upstream_crashloop",
+        "init_not_pid_1",
+    ),
     # ---- the shells' own words for a start command they cannot run, run here
     (
         "docker_logs",
