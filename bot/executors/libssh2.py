@@ -186,7 +186,7 @@ class Libssh2Client(SshClient):
                         started: Callable[[int], Awaitable[None]],
                         finished: Callable[[int, ExecOutput, float], Awaitable[None]]) -> None:
         """Several (command, timeout) in one session, as SshPool.run_batch without kept
-        sessions: each in a subshell of its own, its output and exit status told apart by a
+        sessions: each as bot.executors.batch runs it, its output and exit status told apart by a
         marker line (bot.executors.batch), each under its own timeout and the output cap.
         When one is stopped or the session ends early, the rest run one by one."""
         if not commands:

@@ -10,7 +10,8 @@ Shell sessions are kept too (`OPSBOT_SSH_REUSE_SESSIONS`, on by default): settin
 (sshd's fork, the session, a login shell) costs the host more than a short command. A session runs
 the prelude, then `exec "$SHELL" -s` (the login shell, reading commands from stdin); each `run`,
 `run_many` or `run_batch` writes its commands to an idle one as a batch (bot.executors.batch: each
-command in a subshell of its own with stdin from /dev/null, then a marker line with its status; a
+command in a subshell of its own, but one that is a single program and its arguments, with stdin
+from /dev/null, then a marker line with its status; a
 fresh random marker per batch, set in the script, so not in `ps`). The batch's first line is an
 acknowledgement: a host that does not acknowledge within the first command's timeout "stopped
 answering", and its connection is dropped, as when a new session is not confirmed. One batch at a

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from bot.executors.batch import Batch
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bot.executors.batch import Batch, simple
 
 
 def split(batch: Batch, stream: bytes, size: int) -> list[tuple[bytes, int | None]]:
@@ -49,3 +54,57 @@ def test_an_acknowledged_batch_says_it_took_the_script_before_any_command() -> N
     assert batch.sep.strip().decode() not in batch.script
     assert split(batch, batch.sep + b"0\n" + b"a\n" + batch.sep + b"0\n", 3) == \
         [(b"", 0), (b"a\n", 0)]
+
+
+def test_one_program_and_its_arguments_is_simple_and_shell_syntax_is_not() -> None:
+    for command in ("ss -ltnp", "tail -n 40 /var/log/nginx/error.log", "df -hP",
+                    "curl -sS -m 5 -o - -w '\\nHTTP %{http_code}\\n' http://127.0.0.1:8000/x",
+                    "/usr/sbin/nginx -t -c /etc/nginx/nginx.conf", "docker ps -aq --no-trunc",
+                    "ls --color=never /", "grep -c 'a b; c | $(d)' /etc/hosts"):
+        assert simple(command), command
+    for command in ("cd /tmp", "exec nginx", "exit 3", "read x", "umask 077", "printf x",
+                    "true", "test -f x", "time ls", "command ls", "FOO=1 ls", "ls; cd /",
+                    "ls | wc", "ls && ls", "ls > f", "ls $HOME", "ls ~", "ls *.log",
+                    "ls `pwd`", "ls \"a\"", "ls 'a", "ls =ls", "ls # x", "ls\nls", "ls &",
+                    "ls\tx", "", "ls {a,b}", "if true; then ls; fi", "( ls )", "- ls",
+                    "coproc ls"):
+        assert not simple(command), command
+
+
+def run_script(shell: str, script: str, cwd: Path) -> str:
+    done = subprocess.run([shell, "-s"], input=script, capture_output=True, text=True,
+                          cwd=cwd, timeout=30, check=False)
+    return done.stdout
+
+
+SHELLS = [s for s in ("/bin/sh", "/bin/dash", "/bin/bash", "/bin/zsh") if Path(s).exists()]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_simple_command_runs_without_the_subshell_and_changes_nothing(
+        shell: str, tmp_path: Path) -> None:
+    commands = ["/bin/pwd", "cd /; exit 3", "/bin/pwd", "ls /no-such-folder",
+                "no-such-program -x", "/bin/sh -c 'kill -9 $$'", "/bin/pwd"]
+    batch = Batch(commands)
+    assert "hash -r; eval /bin/pwd </dev/null;" in batch.script
+    assert "( eval 'cd /; exit 3' ) </dev/null;" in batch.script
+    script = "exec 2>&1\n" + batch.script  # as bot.executors.sshcommon.PRELUDE joins them
+    pieces = split(batch, run_script(shell, script, tmp_path).encode(), 4096)
+    here = f"{tmp_path.resolve()}\n".encode()
+    assert [status for _, status in pieces] == [0, 3, 0, 2, 127, 137, 0]
+    assert pieces[0][0] == pieces[2][0] == pieces[6][0] == here  # the shell's folder kept
+    assert b"no-such-program" in pieces[4][0] and b"not found" in pieces[4][0]
+    assert b"no-such-folder" in pieces[3][0]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_program_moved_between_commands_is_found_again(shell: str, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "prog").write_text("#!/bin/sh\necho first\n")
+    (first / "prog").chmod(0o755)
+    batch = Batch(["prog", f"mv {first}/prog {second}/prog && echo moved", "prog"])
+    script = f"PATH={first}:{second}:$PATH\n" + batch.script
+    pieces = split(batch, run_script(shell, script, tmp_path).encode(), 4096)
+    assert pieces == [(b"first\n", 0), (b"moved\n", 0), (b"first\n", 0)]
