@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -49,26 +48,27 @@ def setup(*, verbose: bool = False, fmt: str = "text") -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class _Handoff(QueueHandler):
-    """Hands a record to the writing thread as it is: `redact_logs`'s record factory already
-    made its message and traceback text (QueueHandler would fold the traceback into the
-    message, and the JSON format keeps it apart)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-
 @contextmanager
 def off_thread() -> Iterator[None]:
     """While serving: the root logger's handlers write on a thread of their own, so that a log
     line never holds the event loop (a write to a stderr pipe that its reader drains slowly
     blocks the writer). Every record queued is written before this returns."""
+    from logging.handlers import QueueHandler, QueueListener  # serving only (pickle, socket...)
+
+    class Handoff(QueueHandler):
+        """Hands a record to the writing thread as it is: `redact_logs`'s record factory
+        already made its message and traceback text (QueueHandler would fold the traceback into
+        the message, and the JSON format keeps it apart)."""
+
+        def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+            return record
+
     root = logging.getLogger()
     handlers = root.handlers[:]
     records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
     listener = QueueListener(records, *handlers, respect_handler_level=True)
     listener.start()
-    root.handlers[:] = [_Handoff(records)]
+    root.handlers[:] = [Handoff(records)]
     try:
         yield
     finally:
