@@ -17,6 +17,7 @@ time: naive datetimes here; `Clock` says how to compare them with the incident's
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,13 +28,20 @@ _MON = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
 _DAY = r"(?i:mon|tue|wed|thu|fri|sat|sun)"
 _HMS = r"(\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
 _PREFIX = r"^(?:[\w.-]+\s+\|\s)?\[?\s*"  # compose's "service-1  | ", an opening bracket
-ISO = re.compile(_PREFIX + r"(\d{4})[-/](\d{2})[-/](\d{2})[T ]" + _HMS
-                 + r"\s?(Z|[+-]\d{2}:?\d{2}|UTC|GMT)?(?![\d:])")
-SYSLOG = re.compile(_PREFIX + r"(" + _MON + r")\s+(\d{1,2}) " + _HMS + r"\s")
-CTIME = re.compile(_PREFIX + _DAY + r" (" + _MON + r")\s+(\d{1,2}) " + _HMS + r" (\d{4})\b")
-PHP = re.compile(_PREFIX + r"(\d{2})-(" + _MON + r")-(\d{4}) " + _HMS + r"\]")
-REDIS = re.compile(r"^\d+:[MCXS] (\d{1,2}) (" + _MON + r") (\d{4}) " + _HMS + r"\s")
-UPTIME = re.compile(r"^\[\s*(\d{1,9}\.\d{3,9})\]")
+
+
+@functools.cache
+def _formats() -> tuple[re.Pattern[str], ...]:
+    """ISO, CTIME, PHP, REDIS, SYSLOG, UPTIME: compiled when a first line is read (diagnosis
+    with rules): a cold run that reads none does not pay for them."""
+    return (
+        re.compile(_PREFIX + r"(\d{4})[-/](\d{2})[-/](\d{2})[T ]" + _HMS
+                   + r"\s?(Z|[+-]\d{2}:?\d{2}|UTC|GMT)?(?![\d:])"),
+        re.compile(_PREFIX + _DAY + r" (" + _MON + r")\s+(\d{1,2}) " + _HMS + r" (\d{4})\b"),
+        re.compile(_PREFIX + r"(\d{2})-(" + _MON + r")-(\d{4}) " + _HMS + r"\]"),
+        re.compile(r"^\d+:[MCXS] (\d{1,2}) (" + _MON + r") (\d{4}) " + _HMS + r"\s"),
+        re.compile(_PREFIX + r"(" + _MON + r")\s+(\d{1,2}) " + _HMS + r"\s"),
+        re.compile(r"^\[\s*(\d{1,9}\.\d{3,9})\]"))
 
 # the widest gap between a host's local time and UTC (UTC-12 .. UTC+14)
 ZONE_SLACK = timedelta(hours=14)
@@ -79,23 +87,24 @@ def line_time(line: str, clock: Clock | None = None) -> datetime | None:
 
 
 def _parse(line: str, clock: Clock | None) -> datetime | None:
-    if m := ISO.match(line):
+    iso, ctime, php, redis, syslog, uptime = _formats()
+    if m := iso.match(line):
         y, mo, d, hh, mm, ss, frac, zone = m.groups()
         when = datetime(int(y), int(mo), int(d), int(hh), int(mm), int(ss), _micro(frac))
         return _zoned(when, zone)
-    if m := CTIME.match(line):
+    if m := ctime.match(line):
         mon, d, hh, mm, ss, frac, y = m.groups()
         return datetime(int(y), MONTHS[mon.lower()], int(d), int(hh), int(mm), int(ss),
                         _micro(frac))
-    if m := PHP.match(line):
+    if m := php.match(line):
         d, mon, y, hh, mm, ss, frac = m.groups()
         return datetime(int(y), MONTHS[mon.lower()], int(d), int(hh), int(mm), int(ss),
                         _micro(frac))
-    if m := REDIS.match(line):
+    if m := redis.match(line):
         d, mon, y, hh, mm, ss, frac = m.groups()
         return datetime(int(y), MONTHS[mon.lower()], int(d), int(hh), int(mm), int(ss),
                         _micro(frac))
-    if m := SYSLOG.match(line):
+    if m := syslog.match(line):
         if clock is None:  # no year in the line, and nothing to take it from
             return None
         mon, d, hh, mm, ss, frac = m.groups()
@@ -105,7 +114,7 @@ def _parse(line: str, clock: Clock | None) -> datetime | None:
         if when - clock.since.replace(tzinfo=None) > timedelta(days=2):
             when = when.replace(year=year - 1)  # December's lines read in January
         return when
-    if (m := UPTIME.match(line)) and clock is not None and clock.booted_at is not None:
+    if (m := uptime.match(line)) and clock is not None and clock.booted_at is not None:
         return clock.booted_at + timedelta(seconds=float(m.group(1)))
     return None
 
