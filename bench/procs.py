@@ -24,14 +24,16 @@ class Timed:
 
 
 def timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-          timeout: float = 120.0, log: Path | None = None) -> Timed:
-    """Run argv to its end (killed after `timeout`), measuring it with wait4()."""
+          timeout: float = 120.0, log: Path | None = None,
+          preexec_fn: Callable[[], None] | None = None) -> Timed:
+    """Run argv to its end (killed after `timeout`), measuring it with wait4(); `preexec_fn`
+    runs in the child before it starts argv (e.g. `weighted`'s join)."""
     out_path = log or Path(f"/tmp/opsbot-bench-{os.getpid()}.out")
     with out_path.open("w+b") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=dict(env) if env else None,
-                                cwd=cwd, start_new_session=True)
+                                cwd=cwd, start_new_session=True, preexec_fn=preexec_fn)
         deadline = start + timeout
         peak = 0  # KiB: the process's own high-water RSS, read while it runs
         while True:
