@@ -240,6 +240,19 @@ def weighted(weight: int, name: str = "opsbot-bench-opsbot"
     yield None, "not weighted (no cpu cgroup here)"
 
 
+@contextlib.contextmanager
+def as_deployed() -> Iterator[tuple[Callable[[], None] | None, str]]:
+    """opsbot's cpu cgroup as systemd gives it under deploy/opsbot.service (the unit's
+    CPUWeight; OPSBOT_BENCH_WEIGHT=N another, 0 none, for A/B): yields (preexec_fn that joins
+    it, or None; what was done, for the report)."""
+    weight = int(os.environ.get("OPSBOT_BENCH_WEIGHT", unit_cpu_weight()))
+    if not weight:
+        yield None, "opsbot a plain child process (OPSBOT_BENCH_WEIGHT=0)"
+        return
+    with weighted(weight) as (join, how):
+        yield join, f"opsbot {how}" + (", as systemd runs deploy/opsbot.service" if join else "")
+
+
 def leave_cgroup() -> None:
     """Move the calling process back to the root cpu group (after `weighted`'s join)."""
     for root in (CPU_CGROUP, Path("/sys/fs/cgroup")):

@@ -240,7 +240,7 @@ def _lab_docker() -> str:
 
 def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> None:
     from bench.lab import BenchLab
-    from bench.procs import one_neighbour, pids_of, unit_cpu_weight, weighted
+    from bench.procs import as_deployed, one_neighbour, pids_of
 
     assert isinstance(lab, BenchLab)
     n = len(lab.hosts)
@@ -249,23 +249,19 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
     web.stop_backend()  # a real 502: the backend is down behind nginx
     rounds = min(rounds, 3)  # a run takes tens of seconds on one 2-core machine
     docker_before = _lab_docker()
-    # opsbot as the shipped unit runs it (OPSBOT_BENCH_WEIGHT=0: a plain child, for A/B); the
-    # hosts not grouped as in the ack benchmark unless OPSBOT_BENCH_GROUP_HOSTS=1: grouped, opsbot
-    # spent more CPU a run and the run took longer (bench/CORE.md, 2026-11-30; why, not known)
+    # opsbot as the shipped unit runs it; the hosts not grouped as in the ack benchmark unless
+    # OPSBOT_BENCH_GROUP_HOSTS=1: grouped, opsbot spent more CPU a run and the run took longer
+    # (bench/CORE.md, 2026-11-30; why, not known)
     remote = [h.process.pid for h in lab.hosts] + pids_of("dockerd", "containerd")
     grouped = os.environ.get("OPSBOT_BENCH_GROUP_HOSTS", "0") == "1"
-    weight = int(os.environ.get("OPSBOT_BENCH_WEIGHT", unit_cpu_weight()))
     with (one_neighbour(remote) if grouped else
           contextlib.nullcontext("the hosts not grouped (each SSH session a scheduling group "
                                  "of its own; OPSBOT_BENCH_GROUP_HOSTS=1 groups them)")) \
-            as grouping, \
-            (weighted(weight) if weight else contextlib.nullcontext((None, ""))) as (join, how):
+            as grouping, as_deployed() as (join, served):
         result = _warm(lab, folder, "nginx-502", rounds, _preexec=join,
                        OPSBOT_INVENTORY=str(lab.web_inventory),
                        OPSBOT_RUNBOOKS=str(ROOT / "runbooks"),
                        OPSBOT_BENCH_SSHD_PIDS=_sshd_pids(lab))
-    served = (f"{how}, as systemd runs deploy/opsbot.service" if join
-              else how or "a plain child process (OPSBOT_BENCH_WEIGHT=0)")
     if result["hosts"] != n:
         raise RuntimeError(f"diagnosis: {result['hosts']} hosts, errors {result['errors']}")
     report.add(Figure(bench, "opsbot", "s", tuple(result["samples"]), Target(2.0),
@@ -288,7 +284,7 @@ def bench_diagnosis(report: Report, lab: object, rounds: int, folder: Path) -> N
                 "least wall time this machine can give the run, whatever opsbot does; on a "
                 "fleet each host spends its share on its own CPU. A step that takes "
                 "discovery's read shows the time of discovery's session.")
-    report.note(bench, f"Scheduling: {grouping}; opsbot {served}.")
+    report.note(bench, f"Scheduling: {grouping}; {served}.")
     report.note(bench, f"The lab user and Docker: {docker_before} at the start, "
                 f"{_lab_docker()} at the end. Where it may not open the socket, discovery "
                 "runs `docker ps` on every host to say why (about 11 ms of a host's CPU, "
@@ -565,13 +561,13 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     from bench.ack import SECRET, USER, drive
     from bench.lab import BenchLab, log_runbooks
     from bench.procs import (
+        as_deployed,
         cpu_and_waits,
         free_port,
         leave_cgroup,
         one_neighbour,
         pids_of,
         stop,
-        unit_cpu_weight,
         weighted,
     )
     from tests.lab.process import port_open, wait_until
@@ -620,14 +616,11 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     # the hosts (sshd and what it runs, the Docker daemon serving the logs) as one neighbour
     remote = [h.process.pid for h in lab.hosts] + pids_of("dockerd", "containerd")
     probe = os.environ.get("OPSBOT_ACK_PROBE")  # off by default: bench/ackprobe.py
-    # opsbot as the shipped unit runs it (OPSBOT_BENCH_WEIGHT=0: as a plain child, for A/B)
-    weight = int(os.environ.get("OPSBOT_BENCH_WEIGHT", unit_cpu_weight()))
     # the driver stands for Slack's side, another machine in the field; OPSBOT_BENCH_DRIVER_WEIGHT
     # gives it a cgroup of that weight, to keep its own waits for a core out of what it measures
     # (off: 2 alternated pairs differed by less than the machine's load swings, bench/CORE.md)
     driver_weight = int(os.environ.get("OPSBOT_BENCH_DRIVER_WEIGHT", 0))
-    with one_neighbour(remote) as grouping, \
-            (weighted(weight) if weight else contextlib.nullcontext((None, ""))) as (join, how), \
+    with one_neighbour(remote) as grouping, as_deployed() as (join, served), \
             (weighted(driver_weight, name="opsbot-bench-driver") if driver_weight
              else contextlib.nullcontext((None, ""))) as (drive_in, driver_how):
         for r in range(min(rounds, 3)):
@@ -715,9 +708,7 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     report.add(Figure(bench, "opsbot waiting for a core while driven", "s", tuple(waited),
                       note="the same threads' time runnable but not running: the machine's "
                            "load, summed over the threads"))
-    served = (f"{how}, as systemd runs deploy/opsbot.service" if join
-              else how or "a plain child process (OPSBOT_BENCH_WEIGHT=0)")
-    report.note(bench, f"Scheduling: {grouping}; opsbot {served}; the load driver (Slack's "
+    report.note(bench, f"Scheduling: {grouping}; {served}; the load driver (Slack's "
                 f"side, in this process) {driver_how or 'unweighted'}. "
                 f"Answers: OPSBOT_EDGE={edge} (OPSBOT_BENCH_EDGE).")
     report.note(bench, f"{len(slash) + len(clicks)} requests at 50/s for 10 s per round, while "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import leave_cgroup, unit_cpu_weight, weighted
+from bench.procs import as_deployed, leave_cgroup, unit_cpu_weight, weighted
 from bench.report import Figure, Report, Target, fmt
 from bench.run import parse_args
 
@@ -80,3 +80,15 @@ def test_a_weighted_child_runs_in_its_own_cpu_cgroup() -> None:
         assert f"opsbot-test-{os.getpid()}" not in Path("/proc/self/cgroup").read_text()
     assert not any(Path(root, f"opsbot-test-{os.getpid()}").exists()
                    for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup"))
+
+
+def test_opsbot_is_benchmarked_as_the_unit_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSBOT_BENCH_WEIGHT", "0")
+    with as_deployed() as (join, served):
+        assert join is None and served == "opsbot a plain child process (OPSBOT_BENCH_WEIGHT=0)"
+    monkeypatch.delenv("OPSBOT_BENCH_WEIGHT")
+    with as_deployed() as (join, served):
+        if join is None:
+            pytest.skip(served)
+        assert served.startswith("opsbot in a cpu cgroup of its own with CPUWeight=400")
+        assert served.endswith(", as systemd runs deploy/opsbot.service")
