@@ -165,10 +165,6 @@ class Store(Protocol):
                                causes: Mapping[str, list[dict[str, Any]]]) -> None: ...
 
     # -- approvals ------------------------------------------------------------------------
-    async def create_approval(self, *, incident_id: int, run_id: int, runbook: str,
-                              step_id: str, host: str, params: Mapping[str, Any], digest: str,
-                              display: str, requested_by: str, ttl: float) -> Approval: ...
-
     async def create_approvals(self, *, incident_id: int, run_id: int, runbook: str,
                                requested_by: str, ttl: float,
                                requests: Sequence[ApprovalRequest]) -> list[Approval]: ...

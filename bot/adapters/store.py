@@ -1354,7 +1354,6 @@ class AsyncStore:
     record_diagnosis = _Threaded(Store.record_diagnosis)
     record_diagnoses = _Threaded(Store.record_diagnoses)
     diagnoses_of = _Threaded(Store.diagnoses_of)
-    create_approval = _Threaded(Store.create_approval)
     create_approvals = _Threaded(Store.create_approvals)
     get_approval = _Threaded(Store.get_approval)
     approvals_of = _Threaded(Store.approvals_of)
