@@ -72,9 +72,10 @@ def _profile(folder: str | None, runbook: str) -> subprocess.Popen[bytes] | None
     diagnosis workers over the timed rounds, into DIR/warm-RUNBOOK.raw (folded stacks)."""
     if not folder:
         return None
-    tools = Path(os.environ.get("OPSBOT_BENCH_TOOLS", ROOT / ".venv-bench")) / "bin"
+    from bench.run import tools_bin
+
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(tools / "py-spy"), "record", "--format", "raw", "-r", "200",
+    return subprocess.Popen([str(tools_bin() / "py-spy"), "record", "--format", "raw", "-r", "200",
                              "--subprocesses", "-p", str(os.getpid()),
                              "-o", str(Path(folder) / f"warm-{runbook}.raw")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
