@@ -918,6 +918,12 @@ Held-out part (totals only):
 - **A full unix-socket backlog fails at once**: nginx connecting to a php-fpm or uWSGI socket
   whose listen queue is full gets `(11: Resource temporarily unavailable)`, not a timeout: every
   worker is busy.
+- **A FastCGI worker that dies on a request is a reset, not a refusal**: nginx keeps no FastCGI
+  connection alive, so a php-fpm child that exits with the request unread (a segfault, a kill)
+  gives `recv() failed (104: Connection reset by peer) while reading response header from
+  upstream` with `upstream: "fastcgi://..."` (a stand-in FastCGI server that exits run here
+  behind nginx 1.22.1). The rules make it a crash candidate (`php_worker_died_on_request`, as
+  `upstream prematurely closed` from FastCGI); the php-fpm master's `exited on signal` decides.
 - **"No space left on device" from a file watch** is the inotify limit
   (`fs.inotify.max_user_watches`), not the disk.
 - **The diagnostic can fail too**: `dmesg: read kernel buffer failed: Operation not permitted`

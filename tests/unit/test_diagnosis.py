@@ -1076,12 +1076,27 @@ def test_a_premature_close_then_refused_is_a_backend_that_died_not_a_keepalive_r
 
 
 def test_nginx_lines_in_a_containers_log_are_the_symptom_too(rules):
-    # nginx's reset line, logged by its container (https://github.com/ddev/ddev/issues/2542): with
-    # nothing else, the answer is "unknown", not a guess from the weak reset signal
-    line = line_of("oom_killed--a-ddev-php-fpm-sigkill", "docker_logs", "recv() failed (104:")
+    # nginx's reset line from a uWSGI socket, logged by its container
+    # (wrong_proxy_config--a-gatekeeper-pm-uwsgi-buffer-size): with nothing else, the answer is
+    # "unknown", not a guess from the weak reset signal
+    line = line_of("wrong_proxy_config--a-gatekeeper-pm-uwsgi-buffer-size", "docker_logs",
+                   "recv() failed (104:")
     causes = diagnose(rules, {"docker_logs": line + "\n"})
     assert causes[0].cause == "unknown"
     assert causes[0].evidence == (line,)
+
+
+def test_a_fastcgi_reset_is_a_php_worker_that_died_and_the_php_fpm_log_says_how(rules):
+    # nginx keeps no FastCGI connection alive: reset before the response header, a php-fpm child
+    # died on the request (https://github.com/ddev/ddev/issues/2542, logged by nginx's container).
+    # Alone, a candidate under the threshold; the master's "exited on signal 9 (SIGKILL)" next to
+    # it names the memory (the case's label)
+    name = "oom_killed--a-ddev-php-fpm-sigkill"
+    line = line_of(name, "docker_logs", "recv() failed (104:")
+    alone = diagnose(rules, {"docker_logs": line + "\n"})
+    assert (alone[0].cause, alone[0].detail) == ("upstream_crashloop", "php_worker_died_on_request")
+    assert alone[0].confidence < rules.threshold and alone[0].evidence == (line,)
+    assert diagnose(rules, evidence_of(name))[0].cause == "oom_killed"
 
 
 def test_a_port_taken_by_another_process_is_a_crash_loop_with_its_detail(rules):

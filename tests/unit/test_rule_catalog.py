@@ -2226,6 +2226,17 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
     ),
     (
         "nginx_error_log",
+        "2026/12/01 00:24:11 [error] 28046#28046: *1 recv() failed (104: Connection reset by "
+        "peer) while reading response header from upstream, client: 127.0.0.1, server: , "
+        "request: \"GET /index.php HTTP/1.1\", upstream: \"fastcgi://127.0.0.1:29000\", host: "
+        "\"127.0.0.1:28180\"",
+        "run here: nginx 1.22.1 fastcgi_pass 127.0.0.1:29000 to a python3 FastCGI stand-in whose "
+        "forked worker reads 16 bytes of the request and exits (os._exit), the rest unread",
+        "upstream_crashloop",
+        "php_worker_died_on_request",
+    ),
+    (
+        "nginx_error_log",
         "2026/11/30 18:51:53 [error] 31703#31703: *1 no live upstreams while connecting to "
         "upstream, client: 127.0.0.1, server: jenkins.lab.test, request: \"GET / HTTP/1.1\", "
         "upstream: \"http://jenkins.lab.test/\", host: \"jenkins.lab.test\"",
