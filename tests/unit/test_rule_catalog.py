@@ -4061,6 +4061,68 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "upstream_down",
         None,
     ),
+    # the MongoDB Node.js driver gives a connect callback no client when the connect fails; an app
+    # that calls client.db() anyway throws through the driver's connectCallback
+    (
+        "docker_logs",
+        [
+            "/tmp/rules10/m3.1.13/node_modules/mongodb/lib/operations/mongo_client_ops.js:474",
+            "      throw err;",
+            "      ^",
+            "",
+            "TypeError: Cannot read properties of null (reading 'db')",
+            "    at /tmp/rules10/m3.1.13/app.js:4:21",
+            "    at /tmp/rules10/m3.1.13/node_modules/mongodb/lib/utils.js:415:14",
+            "    at executeCallback (/tmp/rules10/m3.1.13/node_modules/mongodb/lib"
+            "/utils.js:404:25)",
+            "    at /tmp/rules10/m3.1.13/node_modules/mongodb/lib/operations"
+            "/mongo_client_ops.js:293:21",
+            "    at connectCallback (/tmp/rules10/m3.1.13/node_modules/mongodb/lib"
+            "/operations/mongo_client_ops.js:249:5)",
+        ],
+        "run here: node app.js (MongoClient.connect to a port where nothing listens, then "
+        "client.db() in the callback without checking err), mongodb 3.1.13, Node.js 20.20.2",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        [
+            "/tmp/rules10/mongo/node_modules/mongodb/lib/utils.js:698",
+            "          throw error;",
+            "          ^",
+            "",
+            "TypeError: Cannot read properties of undefined (reading 'db')",
+            "    at /tmp/rules10/mongo/app.js:4:21",
+            "    at /tmp/rules10/mongo/node_modules/mongodb/lib/utils.js:695:9",
+            "    at /tmp/rules10/mongo/node_modules/mongodb/lib/mongo_client.js:261:23",
+            "    at connectCallback (/tmp/rules10/mongo/node_modules/mongodb/lib/operations"
+            "/connect.js:366:5)",
+        ],
+        "run here: node app.js (MongoClient.connect to a port where nothing listens, then "
+        "client.db() in the callback without checking err), mongodb 3.6.12, Node.js 20.20.2",
+        "dependency_down",
+        None,
+    ),
+    (
+        "docker_logs",
+        [
+            "/tmp/rules10/m4.1.0/node_modules/mongodb/lib/utils.js:524",
+            "                    throw error;",
+            "                    ^",
+            "",
+            "TypeError: Cannot read properties of undefined (reading 'db')",
+            "    at /tmp/rules10/m4.1.0/app.js:4:21",
+            "    at /tmp/rules10/m4.1.0/node_modules/mongodb/lib/utils.js:520:17",
+            "    at /tmp/rules10/m4.1.0/node_modules/mongodb/lib/mongo_client.js:129:28",
+            "    at connectCallback (/tmp/rules10/m4.1.0/node_modules/mongodb/lib/operations"
+            "/connect.js:37:9)",
+        ],
+        "run here: node app.js (MongoClient.connect to a port where nothing listens, then "
+        "client.db() in the callback without checking err), mongodb 4.1.0, Node.js 20.20.2",
+        "dependency_down",
+        None,
+    ),
 ]
 
 
