@@ -923,7 +923,9 @@ Held-out part (totals only):
   gives `recv() failed (104: Connection reset by peer) while reading response header from
   upstream` with `upstream: "fastcgi://..."` (a stand-in FastCGI server that exits run here
   behind nginx 1.22.1). The rules make it a crash candidate (`php_worker_died_on_request`, as
-  `upstream prematurely closed` from FastCGI); the php-fpm master's `exited on signal` decides.
+  `upstream prematurely closed` from FastCGI); the php-fpm log decides: the master's `exited on
+  signal`, or `Connection disallowed` (php-fpm's `listen.allowed_clients` without nginx's address
+  resets nginx the same way).
 - **"No space left on device" from a file watch** is the inotify limit
   (`fs.inotify.max_user_watches`), not the disk.
 - **The diagnostic can fail too**: `dmesg: read kernel buffer failed: Operation not permitted`

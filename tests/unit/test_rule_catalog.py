@@ -4480,6 +4480,11 @@ def test_php_fpm_dropping_the_proxys_address_is_the_proxys_path_not_a_down_backe
     first = first_named(rules, capture["evidence"], "wrong_proxy_config",
                         "proxy_not_in_allowed_clients", capture["what"])
     assert any("Connection disallowed: IP address '127.0.0.1'" in line for line in first.evidence)
+    # nginx's reset alone is a php-fpm child's death as well: a candidate whose advice names both
+    alone = diagnose(rules, {"nginx_error_log": capture["evidence"]["nginx_error_log"]})
+    assert (alone[0].detail, alone[0].confidence < rules.threshold) == \
+        ("php_worker_died_on_request", True)
+    assert "Connection disallowed" in alone[0].remediation[0]
 
 
 def test_haproxy_says_why_its_health_check_marked_the_server_down(rules):
