@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TICK = 0.005
-TRACE_AFTER = 0.05  # s late before OPSBOT_LAG_TRACE dumps the stacks
+TRACE_AFTER = float(os.environ.get("OPSBOT_LAG_TRACE_AFTER", 0.05))  # s late: OPSBOT_LAG_TRACE
 STACKS = os.environ.get("OPSBOT_LAG_TRACE_STACKS", "1") != "0"  # with OPSBOT_LAG_TRACE
 SECRET = "bench-signing-secret"
 USER = "U0ALICE"
