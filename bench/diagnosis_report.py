@@ -672,6 +672,12 @@ tried, is nginx-proxy's generated `server 127.0.0.1 down;` (`generated_upstream_
 Refused by a container address in nginx-proxy's own log (forego's `nginx.1 |` prefix) is a port
 mismatch (`port_mismatch`, a 0.5 candidate over the stale address): its docker-gen rewrites the
 upstreams at every container start and stop, so the address is the container's current one.
+A unix socket reads the same from nginx (`connect() to unix:PATH failed (2: No such file or
+directory)`) and from Apache's mod_proxy (`(2)No such file or directory: AH02454: FCGI: attempt to
+connect to Unix domain socket PATH (...) failed`): missing, it is a backend that is not running
+(the socket is made at its start) over a wrong path in the proxy, unless it is named for a PHP
+version (`php8.1-fpm.sock`: a PHP that does not run here, `php_socket_version_mismatch`); refused
+(111), a socket file its backend left behind; EACCES (13), `permission_denied`.
 What the other steps show decides: `ss -ltnp` with the port bound on loopback or on one
 other address (`backend_listens_on_loopback`, `backend_listens_on_other_address`), the upstream
 name's DNS answer naming another address than the one dialed (`stale_upstream_address`), the probe

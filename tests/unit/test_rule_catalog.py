@@ -2370,6 +2370,59 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # Apache httpd 2.4.71 mod_proxy on a unix socket (apache2 -X; proxy_fcgi's SetHandler
+    # "proxy:unix:PATH|fcgi://HOST", proxy_http's ProxyPass "unix:PATH|http://HOST/"): read as
+    # nginx's connect() to unix:PATH failed (2/111/13: ...)
+    (
+        "nginx_error_log",
+        "[Tue Dec 01 00:39:35.635572 2026] [proxy:error] [pid 4626:tid 4630] (2)No such file or "
+        "directory: AH02454: FCGI: attempt to connect to Unix domain socket "
+        "/run/php/php8.1-fpm.sock (localhost:8000) failed",
+        "run here: apache2 -X (Apache 2.4.71) SetHandler \"proxy:unix:/run/php/php8.1-fpm.sock|"
+        "fcgi://localhost\", no such socket (no PHP 8.1 here)",
+        "wrong_proxy_config",
+        "php_socket_version_mismatch",
+    ),
+    (
+        "nginx_error_log",
+        "[Tue Dec 01 00:39:35.642518 2026] [proxy:error] [pid 4626:tid 4633] (2)No such file or "
+        "directory: AH02454: FCGI: attempt to connect to Unix domain socket /run/php-fpm/www.sock "
+        "(127.0.0.2:8000) failed",
+        "run here: apache2 -X (Apache 2.4.71) SetHandler \"proxy:unix:/run/php-fpm/www.sock|"
+        "fcgi://127.0.0.2\", no php-fpm running to create it",
+        "upstream_down",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "[Tue Dec 01 00:39:35.661123 2026] [proxy:error] [pid 4626:tid 4637] (2)No such file or "
+        "directory: AH02454: http: attempt to connect to Unix domain socket /run/gunicorn.sock "
+        "(127.0.0.5:80) failed",
+        "run here: apache2 -X (Apache 2.4.71) ProxyPass /e/ \"unix:/run/gunicorn.sock|"
+        "http://127.0.0.5/\", no such socket",
+        "upstream_down",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "[Tue Dec 01 00:39:35.649596 2026] [proxy:error] [pid 4626:tid 4634] (111)Connection "
+        "refused: AH02454: FCGI: attempt to connect to Unix domain socket "
+        "/run/rules11-fpm/www.sock (127.0.0.3:8000) failed",
+        "run here: apache2 -X (Apache 2.4.71) SetHandler \"proxy:unix:/run/rules11-fpm/www.sock|"
+        "fcgi://127.0.0.3\", a socket file (mode 0777) nothing listens on",
+        "upstream_down",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "[Tue Dec 01 00:39:35.655153 2026] [proxy:error] [pid 4626:tid 4635] (13)Permission "
+        "denied: AH02454: http: attempt to connect to Unix domain socket "
+        "/run/rules11-fpm/gunicorn.sock (127.0.0.4:80) failed",
+        "run here: apache2 -X (Apache 2.4.71, User nobody) ProxyPass /d/ "
+        "\"unix:/run/rules11-fpm/gunicorn.sock|http://127.0.0.4/\", a socket of root's, mode 0755",
+        "permission_denied",
+        None,
+    ),
     # ---- musl's own strerror texts (musl 1.2.3, a static program built with musl-gcc, perror
     # after the failing call)
     (
