@@ -101,8 +101,9 @@ _CMDLINE = re.compile(r"\0([^\0/:]*)/cmdline:([^\0]*(?:\0\1/cmdline:[^\0]*)*)")
 
 
 def parse_proc(text: str) -> dict[int, Proc]:
-    """`grep -aHsz . [0-9]*/stat [0-9]*/cmdline` in /proc: NUL-terminated records, each
-    `PID/stat:` and the stat line, or `PID/cmdline:` and one argument that is not empty (no
+    """probe.PROCS in /proc: NUL-terminated records, each `PID/stat:` and the stat line from its
+    `(comm)` on (the whole line, or up to the parent's pid: the fields read here), or
+    `PID/cmdline:` and one argument that is not empty (no
     argument holds a NUL, so none can forge a record; a process that set its title pads its
     arguments with NULs, thousands of empty ones). Read as `parse_ps` reads `ps -eo pid,ppid,
     user,args`: the arguments joined by blanks (empty ones dropped, a newline as a blank, other

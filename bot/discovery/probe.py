@@ -64,10 +64,14 @@ RunMany = Callable[[Sequence[str], float], Awaitable[list[ExecOutput]]]
 # the connection (no process started); never raises for a failure on the host
 UnixRequest = Callable[[str, bytes, float], Awaitable[SocketReply]]
 
-# every process: its stat line and (non-empty) arguments, read by one grep (owners.parse_proc);
-# ps reads four files of each process (stat, status, cmdline and environ), this two, at less than
-# half ps's cost. grep's status 2 is a process that ended meanwhile. PS when this lists none.
-PROCS = "cd /proc && { grep -aHsz . [0-9]*/stat [0-9]*/cmdline; [ $? -le 2 ]; }"
+# every process: of its stat line only the fields discovery reads, `(comm) state ppid` (-o: the
+# rest, some 250 bytes a process, stays on the host; the last `) X N` is where comm ends, as
+# owners.parse_proc reads it; the C locale: a comm of any bytes matches), then its (non-empty)
+# arguments (owners.parse_proc). ps reads four files of each process (stat, status, cmdline and
+# environ), this two. grep's status 2 is a process that ended meanwhile. PS when this lists none
+# (a grep without -z or -o). POSIX sh; GNU grep and busybox's.
+PROCS = ("cd /proc && { LC_ALL=C grep -aHsoz '(.*) . [0-9][0-9]*' [0-9]*/stat; s=$?; "
+         "grep -aHsz . [0-9]*/cmdline; [ $? -le 2 ] && [ $s -le 2 ]; }")
 PS = "ps -ww -eo pid=,ppid=,user=,args="
 # one process: the epoch and the UTC offset from one `date`, the uptime read by the shell
 CLOCK = "date +'%s %z'; read -r up rest </proc/uptime; echo \"$up\""
