@@ -329,22 +329,22 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
     fired: dict[str, list[tuple[Signal, str | None]]] = {label: [] for label in rules.causes}
     against: dict[str, list[float]] = {label: [] for label in rules.causes}
     earlier: list[str] = []
-    for label, rule in rules.causes.items():
-        for signal in rule.signals:
-            if stale and signal.role == "for" and not signal.absent:
-                old = _holds(signal, stale, params)
-                if old and old not in earlier:
-                    earlier.append(old)
-            hit = _fires(signal, lines, params)
-            if hit is None:
-                continue
-            if signal.role == "against":
-                against[label].append(signal.weight)
-            else:
-                fired[label].append((signal, hit or None))
-            for other in signal.contradicts:
-                if other in against:
-                    against[other].append(signal.weight)
+    for label, signal, first_only in _plan(rules):
+        if stale and signal.role == "for" and not signal.absent:
+            old = _holds(signal, stale, params)
+            if old and old not in earlier:
+                earlier.append(old)
+        hit = lines.first_hit(signal.steps, signal.pattern) if first_only else \
+            _fires(signal, lines, params)
+        if hit is None:
+            continue
+        if signal.role == "against":
+            against[label].append(signal.weight)
+        else:
+            fired[label].append((signal, hit or None))
+        for other in signal.contradicts:
+            if other in against:
+                against[other].append(signal.weight)
 
     def score(label: str, signals: list[tuple[Signal, str | None]]) -> float:
         support = 1.0 - _product(1.0 - s.weight for s, _ in signals)
@@ -507,13 +507,30 @@ def _plain_condition(cond: Condition) -> bool:
     return not cond.absent and cond.repeats == 1 and not _placeholders(cond.pattern)
 
 
+_plans: dict[int, tuple[Rules, tuple[tuple[str, Signal, bool], ...]]] = {}
+
+
+def _plan(rules: Rules) -> tuple[tuple[str, Signal, bool], ...]:
+    """Every (label, signal, first_only) of the rules, in order; `first_only` when its first
+    hit is all it needs (`_fires` would take `_first_hit`): judged once per rules object, not
+    once per signal and host (~520 signals a diagnosis)."""
+    kept = _plans.get(id(rules))
+    if kept is None or kept[0] is not rules:
+        if len(_plans) >= 8:  # a few versions of a few files in a process
+            _plans.clear()
+        kept = _plans[id(rules)] = (rules, tuple(
+            (label, signal, not (signal.also or signal.unless) and _plain_condition(signal))
+            for label, rule in rules.causes.items() for signal in rule.signals))
+    return kept[1]
+
+
 def _first_hit(cond: Condition, lines: StepLines) -> str | None:
     """The most recent line of the first of the condition's steps that has one it matches."""
     for step in cond.steps:
         if step in lines:
             found = lines.hits(step, cond.pattern)
-            if found:
-                return found[0][0]
+            if found.any():
+                return found.first
     return None
 
 
@@ -644,6 +661,56 @@ def _needles(pattern: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=2048)
+def _also_needed(pattern: str) -> tuple[tuple[str, ...], ...]:
+    """Further texts every match of `pattern` needs besides `_needles`' (one of each tuple):
+    every required run the parsed regex has, not only the longest, the most selective first
+    (at most 3). A text that holds `_needles` but misses one of these is not searched either:
+    e.g. a Docker Compose `nginx.1 | ...` prefix rules out a plain nginx error log, whose
+    longest required text (`) while connecting to upstream`) it does hold."""
+    try:
+        parsed = _sre_parser.parse(pattern)
+    except Exception:
+        return ()
+    if parsed.state.flags & re.IGNORECASE:
+        return ()
+    best = _needles(pattern)
+    found = [g for g in dict.fromkeys(_every_required(list(parsed))) if g != best and all(g)]
+    found.sort(key=lambda g: -min(map(len, g)))
+    return tuple(found[:3])
+
+
+def _every_required(items: list[tuple[Any, Any]]) -> list[tuple[str, ...]]:
+    """Every tuple of texts one of which each match of the parsed regex `items` contains (as
+    `_required` finds them; it keeps only the longest)."""
+    out: list[tuple[str, ...]] = []
+    run: list[str] = []
+    for op, av in items:
+        if op is _sre.LITERAL:
+            run.append(chr(av))
+            continue
+        if run:
+            out.append(("".join(run),))
+        run = []
+        if op is _sre.SUBPATTERN:
+            _, add_flags, _, inner = av
+            if not add_flags & re.IGNORECASE:
+                out.extend(_every_required(list(inner)))
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT):
+            low, _, inner = av
+            if low >= 1:
+                out.extend(_every_required(list(inner)))
+        elif op is _sre.ATOMIC_GROUP:
+            out.extend(_every_required(list(av)))
+        elif op is _sre.BRANCH:
+            branches = [_required(list(b)) for b in av[1]]
+            if all(branches):
+                out.append(tuple(dict.fromkeys(n for b in branches for n in b)))
+    if run:
+        out.append(("".join(run),))
+    return out
+
+
+@lru_cache(maxsize=2048)
 def _folded(pattern: str) -> tuple[str, ...]:
     """As `_needles`, in lower case and case-insensitive parts included: texts one of which
     the lower-cased text of every match contains. Only ASCII ones, and only for an ASCII text
@@ -702,7 +769,7 @@ class StepLines(dict[str, list[str]]):
                        for step, step_lines in lines.items()}
         self._texts: dict[str, str] = {}
         self._lowered: dict[str, str | None] = {}
-        self._hits: dict[tuple[str, str], list[tuple[str, re.Match[str]]]] = {}
+        self._hits: dict[tuple[str, str], _Hits] = {}
 
     def text(self, step: str) -> str:
         """The step's lines without terminal codes, joined."""
@@ -727,7 +794,20 @@ class StepLines(dict[str, list[str]]):
         lowered = self.lowered(step)
         return lowered is None or _may_match(folded, lowered)
 
-    def hits(self, step: str, pattern: str) -> list[tuple[str, re.Match[str]]]:
+    def first_hit(self, steps: tuple[str, ...], pattern: str) -> str | None:
+        """`_first_hit` of a condition on these steps with this pattern, inline: the most
+        recent matching line of the first of the steps that has one."""
+        hits = self._hits
+        for step in steps:
+            if step in self:
+                found = hits.get((pattern, step))
+                if found is None:
+                    found = hits[(pattern, step)] = self._scan(step, pattern)
+                if found.any():
+                    return found.first
+        return None
+
+    def hits(self, step: str, pattern: str) -> _Hits:
         """The lines of a step that the pattern matches, most recent first, with their match
         (the MAX_SCAN most recent: as many as any signal or condition looks at)."""
         key = (pattern, step)
@@ -736,9 +816,9 @@ class StepLines(dict[str, list[str]]):
             found = self._hits[key] = self._scan(step, pattern)
         return found
 
-    def _scan(self, step: str, pattern: str) -> list[tuple[str, re.Match[str]]]:
+    def _scan(self, step: str, pattern: str) -> _Hits:
         needles = _needles(pattern)  # a text without them cannot match: no scan
-        if needles:  # the common case, inline: ~1,300 (pattern, step) pairs a diagnosis
+        if needles:  # the common case, inline: ~1,000 (pattern, step) pairs a diagnosis
             text = self._texts.get(step)
             if text is None:
                 text = self.text(step)
@@ -746,18 +826,59 @@ class StepLines(dict[str, list[str]]):
                 if needle in text:
                     break
             else:
-                return []
+                return _NONE
+            for group in _also_needed(pattern):
+                if not _may_match(group, text):
+                    return _NONE
         elif not self._may_match(step, pattern, needles):
-            return []
+            return _NONE
         # one compiled pattern for the text and its lines: a line holds no newline, so ^
         # and $ match in it as without MULTILINE
         regex = _compile(pattern, re.MULTILINE)
         if not regex.search(self.text(step)):
-            return []
+            return _NONE
         pairs = zip(reversed(self[step]), reversed(self._plain[step]), strict=True)
-        return list(islice(((line, match) for line, bare in pairs
-                            if _may_match(needles, bare)
-                            and (match := regex.search(bare))), MAX_SCAN))
+        return _Hits(islice(((line, match) for line, bare in pairs
+                             if _may_match(needles, bare)
+                             and (match := regex.search(bare))), MAX_SCAN))
+
+
+class _Hits:
+    """The matching lines of a (pattern, step), most recent first, each searched for when it
+    is first asked for: most signals want only the most recent line (`first`), and a line's
+    regex search is most of the cost of a pattern that matches (~40 lines of a log)."""
+
+    __slots__ = ("_found", "_rest")
+
+    def __init__(self, rest: Iterator[tuple[str, re.Match[str]]] | None) -> None:
+        self._found: list[tuple[str, re.Match[str]]] = []
+        self._rest = rest
+
+    def _more(self) -> bool:
+        if self._rest is not None:
+            nxt = next(self._rest, None)
+            if nxt is not None:
+                self._found.append(nxt)
+                return True
+            self._rest = None
+        return False
+
+    def any(self) -> bool:
+        return bool(self._found) or self._more()
+
+    @property
+    def first(self) -> str:
+        """The most recent matching line (after `any()` said there is one)."""
+        return self._found[0][0]
+
+    def __iter__(self) -> Iterator[tuple[str, re.Match[str]]]:
+        i = 0
+        while i < len(self._found) or self._more():
+            yield self._found[i]
+            i += 1
+
+
+_NONE = _Hits(None)
 
 
 def _product(values: Any) -> float:

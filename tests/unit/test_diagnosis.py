@@ -17,6 +17,7 @@ from bot.diagnosis import (
     LABELS,
     MAX_QUOTES,
     EvidenceInvalid,
+    _also_needed,
     _folded,
     _may_match,
     _needles,
@@ -1303,6 +1304,30 @@ def test_the_search_shortcut_changes_no_diagnosis(rules, monkeypatch):
     differ, cases, missed = shortcut_faults(
         rules, monkeypatch, [*TRAIN, *HELD_OUT, *UNRESOLVED], "_needles",
         lambda p, line: _may_match(_needles(p), line))
+    assert (differ, missed) == (0, 0), f"{differ} of {cases} cases differ"
+
+
+@pytest.mark.parametrize(("pattern", "also"), [
+    (r"(?:^|\s)nginx\.1\s+\|\s.*\((?:111|61): [^)]*\) while connecting to upstream",
+     (("nginx.1",), ("111", "61"), (": ",))),  # besides the longest, `) while connecting to
+    # upstream`; the most selective first
+    (r"upstream prematurely closed connection", ()),  # one run: nothing more
+    (r"Starting gunicorn [\d.]+|\*\*\* Starting uWSGI", ()),
+    (r"(?i)enospc (?:bad|worse)", ()),  # case-insensitive: no shortcut
+    (r"abc(?i:defgh)xy", (("xy",),)),  # the case-insensitive part counts for nothing
+    (r"abcd(?:ef)?gh", (("gh",),)),  # optional: not needed
+])
+def test_a_regex_is_searched_only_in_text_holding_every_run_it_needs(pattern, also):
+    assert _also_needed(pattern) == also
+
+
+def test_the_every_run_shortcut_changes_no_diagnosis(rules, monkeypatch):
+    """The training and unresolved cases are diagnosed the same with and without the test of
+    the further texts a regex needs; and on every line a rule's regex matches, each of them is
+    there."""
+    differ, cases, missed = shortcut_faults(
+        rules, monkeypatch, [*TRAIN, *UNRESOLVED], "_also_needed",
+        lambda p, line: all(_may_match(group, line) for group in _also_needed(p)))
     assert (differ, missed) == (0, 0), f"{differ} of {cases} cases differ"
 
 
