@@ -50,12 +50,39 @@ def simple(command: str) -> bool:
         command.split(" ", 1)[0] not in SHELL_WORDS
 
 
+# builtins that change nothing of the shell, whatever their arguments (not `printf`: bash's
+# `printf -v` sets a variable)
+HARMLESS = frozenset(("[", "test", "echo", "true", "false"))
+_TEST = re.compile(rf"\[(?: {_PLAIN}(?:{_PLAIN}|=)*)* \]")  # `[ ... ]`, plain words
+_JOINED = re.compile(r" (?:&&|\|\||\|) ")
+
+
+def _part(command: str) -> bool:
+    if _TEST.fullmatch(command) is not None:
+        return True
+    return _SIMPLE.fullmatch(command) is not None and \
+        (command.split(" ", 1)[0] not in SHELL_WORDS or command.split(" ", 1)[0] in HARMLESS)
+
+
+def in_shell(command: str) -> bool:
+    """A `simple` command, or simple commands and harmless builtins (`[ -f x ]`, `test`,
+    `echo`, `true`, `false`) joined by ` && `, ` || ` or ` | `: nothing in it can change the
+    shell (the parts of a pipeline run in processes of their own, or, zsh's last part, are
+    harmless). A joiner inside quotes leaves an odd quote in a part, which then is not plain:
+    such a command is not taken."""
+    if simple(command):
+        return True
+    parts = _JOINED.split(command)
+    return len(parts) > 1 and all(_part(p) for p in parts)
+
+
 def _line(command: str) -> str:
-    """The script's line that runs `command` (with stdin from /dev/null): a simple one in the
-    shell, after `hash -r` (bash keeps a program's path once it ran one, and would not find it
-    again where a batch later moved it); any other in a subshell of its own."""
+    """The script's line that runs `command` (with stdin from /dev/null): one that can change
+    nothing of the shell (`in_shell`) in the shell, after `hash -r` (bash keeps a program's
+    path once it ran one, and would not find it again where a batch later moved it), so the
+    host forks no subshell for it; any other in a subshell of its own."""
     quoted = shlex.quote(command)
-    return f"hash -r; eval {quoted} </dev/null" if simple(command) else \
+    return f"hash -r; eval {quoted} </dev/null" if in_shell(command) else \
         f"( eval {quoted} ) </dev/null"
 
 

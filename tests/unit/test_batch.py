@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.executors.batch import Batch, simple
+from bot.executors.batch import Batch, in_shell, simple
 
 
 def split(batch: Batch, stream: bytes, size: int) -> list[tuple[bytes, int | None]]:
@@ -108,3 +108,42 @@ def test_a_program_moved_between_commands_is_found_again(shell: str, tmp_path: P
     script = f"PATH={first}:{second}:$PATH\n" + batch.script
     pieces = split(batch, run_script(shell, script, tmp_path).encode(), 4096)
     assert pieces == [(b"first\n", 0), (b"moved\n", 0), (b"first\n", 0)]
+
+
+def test_programs_and_harmless_builtins_joined_by_and_or_pipe_run_in_the_shell() -> None:
+    for command in ("test -d /run/systemd/system && echo systemd",
+                    "[ -f /etc/supervisord.conf ] && cat -- /etc/supervisord.conf",
+                    "[ -f '/a b' ] && cat -- '/a b'", "dmesg -T | tail -n 40",
+                    "getent ahosts db || echo getent: db: Name or service not known",
+                    "ss -ltnp", "true && ls", "ls | wc -l"):
+        assert in_shell(command), command
+    for command in ("ls && cd /", "ls | read x", "ls || exit 3", "x=1 && ls", "printf x",
+                    "echo $HOME && ls", "echo 'a && b' && ls", "echo 'a | b' c 'd | e'",
+                    "[ -f x", "[ x ] ]", "ls &&  ls", "ls; ls", "ls & ls", "ls |& ls",
+                    "ls && exec ls", "ls | (cd /)", "echo a > f && ls", "time ls | wc",
+                    "echo a", "true"):
+        assert not in_shell(command), command
+
+
+@pytest.mark.parametrize("shell", [*SHELLS, *(["/usr/bin/busybox"] if Path(
+    "/usr/bin/busybox").exists() else [])])
+def test_a_list_of_programs_runs_in_the_shell_with_the_statuses_and_output_of_a_subshell(
+        shell: str, tmp_path: Path) -> None:
+    (tmp_path / "there").write_text("text\n")
+    commands = ["/bin/pwd", "[ -f there ] && cat -- there", "[ -f missing ] && cat -- missing",
+                "test -d / && echo dir", "ls /no-such-folder || echo ls: failed",
+                "echo a b | cut -d ' ' -f 2", "false || false", "cat there | wc -l",
+                "/bin/sh -c 'kill -9 $$' | cat", "/bin/pwd"]
+    batch = Batch(commands)
+    assert all(f"hash -r; eval {c} </dev/null;" in batch.script for c in ("/bin/pwd",))
+    assert "( eval" not in batch.script
+    argv = [shell, "sh"] if shell.endswith("busybox") else [shell]
+    done = subprocess.run([*argv, "-s"], input="exec 2>&1\n" + batch.script,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=30, check=False)
+    pieces = split(batch, done.stdout.encode(), 4096)
+    here = f"{tmp_path.resolve()}\n".encode()
+    assert [status for _, status in pieces] == [0, 0, 1, 0, 0, 0, 1, 0, 0, 0]
+    assert [out for out, _ in pieces[1:8]] == [b"text\n", b"", b"dir\n", pieces[4][0], b"b\n",
+                                              b"", pieces[7][0]]
+    assert pieces[4][0].endswith(b"ls: failed\n") and pieces[7][0].strip() == b"1"
+    assert pieces[0][0] == pieces[9][0] == here  # the shell's folder kept
