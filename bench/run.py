@@ -630,6 +630,9 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
             trace = os.environ.get("OPSBOT_LAG_TRACE")  # off by default: bench/ack.py
             if trace:
                 env["OPSBOT_LAG_TRACE"] = f"{trace}.{r}"
+                for knob in ("OPSBOT_LAG_TRACE_AFTER", "OPSBOT_LAG_TRACE_STACKS"):
+                    if knob in os.environ:  # opsbot_env passes no OPSBOT_ setting of its own
+                        env[knob] = os.environ[knob]
             if probe:  # the server's and the driver's (drive reads it) files of this round
                 env["OPSBOT_ACK_PROBE"] = os.environ["OPSBOT_ACK_PROBE"] = f"{probe}.{r}"
             lag_file = folder / f"lag-{r}.json"
