@@ -47,6 +47,30 @@ if str(ROOT) not in sys.path:
 TICK = 0.005
 TRACE_AFTER = float(os.environ.get("OPSBOT_LAG_TRACE_AFTER", 0.05))  # s late: OPSBOT_LAG_TRACE
 STACKS = os.environ.get("OPSBOT_LAG_TRACE_STACKS", "1") != "0"  # with OPSBOT_LAG_TRACE
+# with OPSBOT_LAG_TRACE: the loop's callbacks that ran this many ms or more, listed at a late tick
+CALLBACKS = float(os.environ.get("OPSBOT_LAG_TRACE_CALLBACKS", 0))
+_slow: list[tuple[float, float, str]] = []  # (ended at, ms, callback) since the last tick
+
+
+def _time_callbacks() -> None:
+    """Time every callback the loop runs (asyncio.Handle._run); keep those over CALLBACKS ms."""
+    import asyncio.events
+    import threading
+
+    run, mine = asyncio.events.Handle._run, threading.get_ident()  # the bot's loop's thread
+
+    def timed(self: asyncio.Handle) -> None:
+        if threading.get_ident() != mine:
+            return run(self)
+        began = time.perf_counter()
+        try:
+            run(self)
+        finally:
+            took = (time.perf_counter() - began) * 1e3
+            if took >= CALLBACKS:
+                _slow.append((time.perf_counter(), took, repr(self)[:300]))
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 SECRET = "bench-signing-secret"
 USER = "U0ALICE"
 
@@ -67,6 +91,7 @@ async def _watch(lags: list[float], trace: int | None = None) -> None:
             if STACKS:
                 faulthandler.dump_traceback_later(TICK + TRACE_AFTER, repeat=True, file=trace)
             before = _schedstat()
+            _slow.clear()
         await asyncio.sleep(TICK)
         lags.append(max(0.0, loop.time() - due) * 1e3)
         if trace is not None and lags[-1] > TRACE_AFTER * 1e3:
@@ -76,6 +101,8 @@ async def _watch(lags: list[float], trace: int | None = None) -> None:
                      f"loop's thread ran {ran:.1f} ms, waited for a core {waited:.1f} ms, "
                      f"slept (interpreter lock, locks, I/O) {slept:.1f} ms; "
                      f"the process's CPU {cpu:.0f} ms\n".encode())
+            for _, took, what in _slow:
+                os.write(trace, f"    callback {took:.1f} ms: {what}\n".encode())
         if len(lags) > 2_000_000:  # bounded: ~3 hours of ticks
             del lags[:1_000_000]
 
@@ -217,6 +244,8 @@ async def serve_watched(out: Path) -> None:
     if trace is not None:
         _trace_answers(trace)
         _trace_store(trace)
+        if CALLBACKS:
+            _time_callbacks()
     probe = os.environ.get("OPSBOT_ACK_PROBE")
     if probe:
         from bench import ackprobe

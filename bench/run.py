@@ -630,7 +630,8 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
             trace = os.environ.get("OPSBOT_LAG_TRACE")  # off by default: bench/ack.py
             if trace:
                 env["OPSBOT_LAG_TRACE"] = f"{trace}.{r}"
-                for knob in ("OPSBOT_LAG_TRACE_AFTER", "OPSBOT_LAG_TRACE_STACKS"):
+                for knob in ("OPSBOT_LAG_TRACE_AFTER", "OPSBOT_LAG_TRACE_STACKS",
+                             "OPSBOT_LAG_TRACE_CALLBACKS"):
                     if knob in os.environ:  # opsbot_env passes no OPSBOT_ setting of its own
                         env[knob] = os.environ[knob]
             if probe:  # the server's and the driver's (drive reads it) files of this round
