@@ -78,7 +78,8 @@ CLOCK = "date +'%s %z'; read -r up rest </proc/uptime; echo \"$up\""
 # TCP as the runbooks' `listening_ports` check asks it (the check then takes discovery's read)
 SS_TCP = "ss -ltnp"
 # unix sockets without their processes: `-p` reads the file descriptors of every process on the
-# host (as costly as the TCP read itself); asked only for a socket that the chain finds held
+# host (as costly as the TCP read itself); asked only for a socket that the chain finds held.
+# Read only when nginx proxies to a unix socket (a TCP address is never a unix socket's)
 SS_UNIX = "ss -lxnH"
 SS_UNIX_OWNERS = "ss -lxnpH"
 DOCKER_IDS = "docker ps -aq --no-trunc"
@@ -474,7 +475,7 @@ class Prober:
         serves it (serves()); otherwise fallback (the runbook's or the inventory's URL) is."""
         chain = Chain(host=self.host, url=url)
         # what every discovery reads, in one session
-        first = [PROCS, CLOCK, SS_TCP, SS_UNIX, SYSTEMD] + (
+        first = [PROCS, CLOCK, SS_TCP, SYSTEMD] + (
             [self._nginx_dump("nginx", nginx_conf, "")] if nginx_conf else [])
         if self._unix_request is None:
             await self.prefetch([*first, self.sudo + DOCKER_IDS])
@@ -527,7 +528,9 @@ class Prober:
         self.notes.extend(found.notes)
         if not found.addresses:
             return replace(chain, notes=tuple(self.notes))
-        sockets = f"{(await self.sh(SS_TCP)).output}\n{(await self.sh(SS_UNIX)).output}"
+        sockets = (await self.sh(SS_TCP)).output
+        if any(a.unix for a in found.addresses):
+            sockets = f"{sockets}\n{(await self.sh(SS_UNIX)).output}"
         listeners = await off_loop(parse_ss, sockets)
         # the first address nothing serves (an upstream with one dead server fails there)
         served = [(a, next((li for li in listeners if li.serves(a)), None))
