@@ -643,6 +643,40 @@ def test_a_python_traceback_is_a_crash_unless_it_is_a_requests_500(rules):
     assert answered[0].cause != "upstream_crashloop"
 
 
+PYTHON_M_CTRL_C = (  # CPython 3.11.2 python3 -m sleeper, SIGINT while it sleeps, run here
+    'Traceback (most recent call last):\n'
+    '  File "<frozen runpy>", line 198, in _run_module_as_main\n'
+    '  File "<frozen runpy>", line 88, in _run_code\n'
+    '  File "/tmp/rules11/py/sleeper/__main__.py", line 9, in <module>\n'
+    '    serve()\n'
+    '  File "/tmp/rules11/py/sleeper/__main__.py", line 6, in serve\n'
+    '    time.sleep(1)\n'
+    'KeyboardInterrupt\n'
+)
+PYTHON_M_RAISED = (  # the same, python3 -m boom: a KeyError at import, run here
+    'Traceback (most recent call last):\n'
+    '  File "<frozen runpy>", line 198, in _run_module_as_main\n'
+    '  File "<frozen runpy>", line 88, in _run_code\n'
+    '  File "/tmp/rules11/py/boom/__main__.py", line 9, in <module>\n'
+    '    main()\n'
+    '  File "/tmp/rules11/py/boom/__main__.py", line 5, in main\n'
+    '    port = int(os.environ["BOOM_PORT"])\n'
+    '               ~~~~~~~~~~^^^^^^^^^^^^^\n'
+    '  File "<frozen os>", line 679, in __getitem__\n'
+    "KeyError: 'BOOM_PORT'\n"
+)
+
+
+def test_python_m_stopped_by_ctrl_c_is_no_crash(rules):
+    # runpy's frame tops a traceback only when nothing caught the exception: a crash, unless the
+    # exception is the KeyboardInterrupt of a Ctrl-C (someone stopped it)
+    refused = step_output("upstream_down--nginx-log-only", "nginx_error_log")
+    stopped = diagnose(rules, {"docker_logs": PYTHON_M_CTRL_C, "nginx_error_log": refused})
+    assert stopped[0].cause == "upstream_down", [(c.cause, c.confidence) for c in stopped]
+    died = diagnose(rules, {"docker_logs": PYTHON_M_RAISED, "nginx_error_log": refused})
+    assert died[0].cause == "upstream_crashloop"
+
+
 def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # nginx in front of php-fpm under a flood of xmlrpc.php requests (a public blog post, 2016)
     line = ('2016/01/21 19:09:17 [error] 3355#0: *355 connect() to unix:/var/run/php5-fpm.sock '

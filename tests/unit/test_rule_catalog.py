@@ -3788,6 +3788,43 @@ OUTPUTS: list[tuple[str, list[str], str, str, str | None]] = [
         "upstream_crashloop",
         None,
     ),
+    # the same through s6-log's T timestamp (s6-overlay images: Home Assistant add-ons), whatever
+    # the Python: runpy.py (CPython <= 3.10) or <frozen runpy>
+    (
+        "docker_logs",
+        [
+            "2026-12-01 00:41:23.472731804  Traceback (most recent call last):",
+            '2026-12-01 00:41:23.472757513    File "/root/.pyenv/versions/3.9.18/lib/python3.'
+            '9/runpy.py", line 197, in _run_module_as_main',
+            "2026-12-01 00:41:23.472824266      return _run_code(code, main_globals, None,",
+        ],
+        "run here: CPython 3.9.18 python -m boom (KeyError at import) piped to s6-log T 1 "
+        "(s6 2.11.3.2), its first three lines",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        [
+            "2026-12-01 00:41:23.486915224  Traceback (most recent call last):",
+            '2026-12-01 00:41:23.486935224    File "<frozen runpy>", line 198, in _run_module'
+            '_as_main',
+            '2026-12-01 00:41:23.486935869    File "<frozen runpy>", line 88, in _run_code',
+            '2026-12-01 00:41:23.486936417    File "/tmp/rules11/py/boom/__main__.py", line 9'
+            ', in <module>',
+            "2026-12-01 00:41:23.486953191      main()",
+            '2026-12-01 00:41:23.486955950    File "/tmp/rules11/py/boom/__main__.py", line 5'
+            ', in main',
+            '2026-12-01 00:41:23.487010887      port = int(os.environ["BOOM_PORT"])',
+            "2026-12-01 00:41:23.487013843                 ~~~~~~~~~~^^^^^^^^^^^^^",
+            '2026-12-01 00:41:23.487014328    File "<frozen os>", line 679, in __getitem__',
+            "2026-12-01 00:41:23.487070638  KeyError: 'BOOM_PORT'",
+        ],
+        "run here: CPython 3.11.2 python3 -m boom (KeyError at import) piped to s6-log T 1 "
+        "(s6 2.11.3.2)",
+        "upstream_crashloop",
+        None,
+    ),
     (
         "app_logs",
         [
