@@ -626,8 +626,8 @@ ECONNREFUSED` to a port nginx does not dial is a refused dependency. Request-tim
 errors, gunicorn's `Error handling request`, Flask's `Exception on /`) are not start-up lines: they
 count only with a restart seen. A traceback whose outermost frame is runpy's
 `_run_module_as_main` (`python -m app`) went up uncaught: read under any line prefix (s6-log's `T`
-timestamp in s6-overlay images), unless it ends in a Ctrl-C's `KeyboardInterrupt`. An entrypoint's or app's own refusal to start
-without a setting
+timestamp in s6-overlay images), unless it ends in a Ctrl-C's `KeyboardInterrupt`. An
+entrypoint's or app's own refusal to start without a setting
 (`SECRET_KEY is not defined. Aborting.`) is a crash loop (`required_setting_missing`). The app's own
 database pool giving up on a free connection (psycopg_pool's `PoolTimeout: couldn't get a
 connection after 30.00 sec`, SQLAlchemy's `QueuePool limit of size 5 overflow 10 reached,
