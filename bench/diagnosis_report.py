@@ -557,6 +557,9 @@ read, lines over 8,000 characters are skipped, and nothing in the input makes `d
 Terminal codes (the colours of a program that thinks it writes to a terminal: a container with a
 TTY, uvicorn `--use-colors`, .NET's console logger) are ignored when a rule matches a line and
 kept when it is quoted (`bot/logline.py`).
+An nginx error-log line that a thread wrapped (its `while ...` action or its `client:`,
+`server:`, `request:`, `upstream:`, `host:` context pushed onto lines of their own) is matched as
+one line and quoted as the lines it was written on.
 Causes come most likely first; causes under `report_floor` (0.15) are left out; an empty list
 means nothing matched. Leave a step that did not run (skipped, failed to connect) out of the
 evidence, or pass `None`: an empty string is an output, and `absent: true` signals read it as

@@ -332,8 +332,8 @@ def diagnose(rules: Rules, evidence: Mapping[str, Any],
     for label, signal, first_only in _plan(rules):
         if stale and signal.role == "for" and not signal.absent:
             old = _holds(signal, stale, params)
-            if old and old not in earlier:
-                earlier.append(old)
+            if old:
+                earlier.extend(part for part in _quoted(old) if part not in earlier)
         hit = lines.first_hit(signal.steps, signal.pattern) if first_only else \
             _fires(signal, lines, params)
         if hit is None:
@@ -571,8 +571,9 @@ def _cause(label: str, score: float, rule: CauseRule,
     remediation += [item if isinstance(item, str) else item.do for item in rule.remediation
                     if isinstance(item, str) or any(step in lines for step in item.when)]
     for signal, line in ranked:
-        if line and line not in quotes and len(quotes) < MAX_QUOTES:
-            quotes.append(line)
+        for part in _quoted(line) if line else ():
+            if part not in quotes and len(quotes) < MAX_QUOTES:
+                quotes.append(part)
         remediation.extend(s for s in signal.suggests if s not in remediation)
     return Cause(cause=label, confidence=round(score, 4), evidence=tuple(quotes),
                  remediation=tuple(dict.fromkeys(remediation)), summary=rule.summary,
@@ -757,16 +758,56 @@ def _required(items: list[tuple[Any, Any]], fold: bool = False) -> tuple[str, ..
     return best
 
 
+# nginx's error-log entry ([level] pid#tid: ...) and the parts of it a thread may push onto
+# lines of their own: the action (", while connecting to upstream") and the request's context
+# (ngx_http_log_error_handler: ", client: ", ", server: ", ", request: ", ", upstream: ", ...)
+NGINX_ENTRY = re.compile(r"\[(?:emerg|alert|crit|error|warn|notice|info)\] ")
+NGINX_CONTINUED = re.compile(
+    r"\s*(?:, ?)?(?:while [a-z]|(?:client|server|request|subrequest|upstream|host|referrer): )")
+
+
+def _rejoined(lines: list[str], bare: list[str]) -> tuple[list[str], list[str]]:
+    """(quotes, texts) of a step's lines, an nginx error-log line wrapped over several (its
+    action or context pushed onto the next line, as threads quote it) joined into one: its text
+    with a blank at each break, its quote the lines as read with a newline between them. The
+    same lists when nothing is wrapped (most outputs)."""
+    if not any(NGINX_CONTINUED.match(text) for text in bare[1:]):
+        return lines, bare
+    quotes: list[str] = []
+    texts: list[str] = []
+    for line, text in zip(lines, bare, strict=True):
+        if texts and NGINX_CONTINUED.match(text) and NGINX_ENTRY.search(texts[-1]):
+            quotes[-1] += "\n" + line
+            texts[-1] = texts[-1].rstrip() + " " + text.strip()
+        else:
+            quotes.append(line)
+            texts.append(text)
+    return quotes, texts
+
+
+def _quoted(hit: str) -> list[str]:
+    """The lines a hit quotes, as read: one, or the lines of an nginx line a thread wrapped."""
+    return hit.split("\n")
+
+
 class StepLines(dict[str, list[str]]):
     """The lines of each step, and each step's text joined once: a regex that finds nothing in
     the whole text finds nothing in any line, so most signals cost one scan, not one per line.
     The matching lines of a (pattern, step) are kept: the rules reuse a pattern in many signals
-    and conditions (the fatal start-up lines, the restart evidence, the proxy's answer)."""
+    and conditions (the fatal start-up lines, the restart evidence, the proxy's answer).
+    A hit is the line as read; an nginx line that a thread wrapped is matched whole and its hit
+    is its lines joined by newlines (`_quoted` gives them back one by one)."""
 
     def __init__(self, lines: Mapping[str, list[str]]) -> None:
         super().__init__(lines)
-        self._plain = {step: [plain(line) for line in step_lines]
-                       for step, step_lines in lines.items()}
+        # what is matched: each step's lines without terminal codes, an nginx line wrapped in a
+        # thread joined again (`_rejoined`); what is quoted: the lines as read, a rejoined one
+        # as its lines with a newline between them (`_quoted` splits them)
+        self._quotes: dict[str, list[str]] = {}
+        self._plain: dict[str, list[str]] = {}
+        for step, step_lines in lines.items():
+            self._quotes[step], self._plain[step] = _rejoined(
+                step_lines, [plain(line) for line in step_lines])
         self._texts: dict[str, str] = {}
         self._lowered: dict[str, str | None] = {}
         self._hits: dict[tuple[str, str], _Hits] = {}
@@ -837,7 +878,7 @@ class StepLines(dict[str, list[str]]):
         regex = _compile(pattern, re.MULTILINE)
         if not regex.search(self.text(step)):
             return _NONE
-        pairs = zip(reversed(self[step]), reversed(self._plain[step]), strict=True)
+        pairs = zip(reversed(self._quotes[step]), reversed(self._plain[step]), strict=True)
         return _Hits(islice(((line, match) for line, bare in pairs
                              if _may_match(needles, bare)
                              and (match := regex.search(bare))), MAX_SCAN))

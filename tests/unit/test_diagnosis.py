@@ -729,6 +729,10 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # compose's "nginx-1 |" prefix: an nginx-only container dialing its own 127.0.0.1:9000
     ("wrong_proxy_config--f-vvveb-compose-nginx-fastcgi-to-own-loopback", "docker_logs",
      "wrong_proxy_config", "loopback_inside_container"),
+    # nginx's line wrapped in the thread, its upstream on the third line: FastCGI refused on a
+    # network address, php-fpm's default listen = 127.0.0.1:9000
+    ("wrong_proxy_config--j-bitnami-php-fpm-7214-r20-listens-localhost-only", "nginx_error_log",
+     "wrong_proxy_config", "backend_listens_on_loopback"),
     # a timeout line wrapped after "while" in the thread still reads as a timeout
     ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
      "upstream_timeout", None),
@@ -1119,6 +1123,32 @@ def test_nginx_lines_in_a_containers_log_are_the_symptom_too(rules):
     causes = diagnose(rules, {"docker_logs": line + "\n"})
     assert causes[0].cause == "unknown"
     assert causes[0].evidence == (line,)
+
+
+# nginx 1.22.1 run here: fastcgi_pass to the host's own address, nothing listening on the port
+FASTCGI_REFUSED = (
+    '2026/12/01 00:55:11 [error] 10399#10399: *1 connect() failed (111: Connection refused) while '
+    'connecting to upstream, client: 127.0.0.1, server: app.lab.test, request: "GET /index.php '
+    'HTTP/1.1", upstream: "fastcgi://192.0.2.2:19882", host: "127.0.0.1:19881"')
+
+
+def test_an_nginx_line_a_thread_wrapped_is_read_whole_and_quoted_as_written(rules):
+    whole = diagnose(rules, {"nginx_error_log": FASTCGI_REFUSED + "\n"})
+    assert (whole[0].cause, whole[0].detail) == ("wrong_proxy_config",
+                                                 "backend_listens_on_loopback")
+    # as threads quote it: the context pushed onto lines of their own (trailing blanks kept)
+    head, _, rest = FASTCGI_REFUSED.partition(" client: ")
+    context, _, tail = rest.partition(" upstream: ")
+    wrapped = [head + " ", "client: " + context, "  upstream: " + tail]
+    causes = diagnose(rules, {"nginx_error_log": "\n".join(wrapped) + "\n"})
+    assert (causes[0].cause, causes[0].detail, causes[0].confidence) == \
+        (whole[0].cause, whole[0].detail, whole[0].confidence)
+    assert causes[0].evidence == tuple(line.rstrip() for line in wrapped)
+    # its first line alone is the bare refusal; the context is not joined to another line
+    alone = diagnose(rules, {"nginx_error_log": wrapped[0] + "\n",
+                             "docker_logs": "\n".join(wrapped[1:]) + "\n"})
+    assert alone[0].cause == "upstream_down"
+    assert alone[0].evidence == (wrapped[0].rstrip(),)
 
 
 def test_a_fastcgi_reset_is_a_php_worker_that_died_and_the_php_fpm_log_says_how(rules):
