@@ -545,7 +545,7 @@ contract's twelve labels, filed under the nearest label or under `unknown` (e.g.
 `start_program_not_found`, `start_command_not_json`, `init_not_pid_1`,
 `python_environment_broken`, `node_heap_exhausted`, `cpu_lacks_instructions`,
 `shared_library_missing`, `bind_address_not_available`, `openssl3_legacy_algorithm`,
-`image_platform_mismatch` under `upstream_crashloop`, where the
+`image_platform_mismatch`, `failed_migration_blocks_start` under `upstream_crashloop`, where the
 labelling guideline puts them; `too_many_open_files`, `inotify_watches_exhausted`,
 `local_access_rules_block`, `vm_max_map_count_too_low`, `local_ports_exhausted` under
 `unknown`), with its own advice first in `remediation`.
@@ -684,6 +684,9 @@ connect to Unix domain socket PATH (...) failed`): missing, it is a backend that
 (the socket is made at its start) over a wrong path in the proxy, unless it is named for a PHP
 version (`php8.1-fpm.sock`: a PHP that does not run here, `php_socket_version_mismatch`); refused
 (111), a socket file its backend left behind; EACCES (13), `permission_denied`.
+Heroku's router names its reason in its own codes: H10 `App crashed` (and the dyno's R10 `Boot
+timeout`, no bind to `$PORT`) is a crash loop, H14 `No web processes running` a backend not running
+(scaled to 0, no web process in the Procfile), H12 `Request timeout` a timeout.
 What the other steps show decides: `ss -ltnp` with the port bound on loopback or on one
 other address (`backend_listens_on_loopback`, `backend_listens_on_other_address`), the upstream
 name's DNS answer naming another address than the one dialed (`stale_upstream_address`), the probe

@@ -733,6 +733,9 @@ def test_a_full_unix_socket_backlog_is_a_busy_backend_not_a_down_one(rules):
     # network address, php-fpm's default listen = 127.0.0.1:9000
     ("wrong_proxy_config--j-bitnami-php-fpm-7214-r20-listens-localhost-only", "nginx_error_log",
      "wrong_proxy_config", "backend_listens_on_loopback"),
+    # Heroku's router: no web dyno runs (scaled to 0, no web process in the Procfile)
+    ("upstream_down--ar-supplebox-heroku-h14-no-web-process-procfile-missing", "nginx_error_log",
+     "upstream_down", None),
     # a timeout line wrapped after "while" in the thread still reads as a timeout
     ("upstream_timeout--f-mendix-java-runtime-proxy-read-timeout", "nginx_error_log",
      "upstream_timeout", None),

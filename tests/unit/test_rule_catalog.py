@@ -2370,6 +2370,60 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # ---- Heroku's router and dyno manager (heroku logs), as public threads quote them
+    (
+        "nginx_error_log",
+        '2016-12-06T22:07:25.937574+00:00 heroku[router]: at=error code=H10 desc="App crashed" '
+        'method=GET path="/" host=tstudio.herokuapp.com request_id=93505154-e7c1-412e-aa32-bb0a9bb1'
+        '9271 fwd="152.179.69.246" dyno= connect= service= status=503 bytes=',
+        "https://github.com/GetStream/Stream-Example-Meteor/issues/2 (heroku logs -t)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "2012-11-10T15:26:15+00:00 heroku[router]: Error H10 (App crashed) -> POST "
+        "iamleeg-vulcan.herokuapp.com/make dyno= queue= wait= service= status=503 bytes=",
+        "https://gist.github.com/iamleeg/4051395 (the router's older wording)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "2020-06-06T11:16:07.009396+00:00 heroku[web.1]: Error R10 (Boot timeout) -> Web process "
+        "failed to bind to $PORT within 60 seconds of launch",
+        "https://pastebin.com/48T4dhMr (heroku logs)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        '2018-04-10T03:30:53.848866+00:00 heroku[router]: at=error code=H12 desc="Request timeo'
+        'ut" method=POST path="/poll" host=fast-depths-22674.herokuapp.com request_id=50a4bf5b-'
+        '0932-45bd-89ff-95a4fb89cc3d fwd="36.71.232.235" dyno=web.1 connect=1ms service=30000ms'
+        ' status=503 bytes=0 protocol=https',
+        "https://gist.github.com/Suyash-Purwar (heroku logs)",
+        "upstream_timeout",
+        None,
+    ),
+    (
+        "nginx_error_log",
+        "2010-10-29T14:01:08-07:00 heroku[router]: Error H12 (Request timeout) -> GET "
+        "growing-dusk-20.heroku.com/timeout dyno=web.1 queue=0 wait=0ms service=0ms bytes=0",
+        "https://gist.github.com/jkvor/654399 (the router's older wording)",
+        "upstream_timeout",
+        None,
+    ),
+    # ---- Prisma Migrate's P3009, an app running prisma migrate deploy at its start
+    (
+        "docker_logs",
+        "migrate found failed migrations in the target database, new migrations will not be "
+        "applied. Read more about how to resolve migration issues in a production database: "
+        "https://pris.ly/d/migrate-resolve",
+        "https://github.com/gerssonmg/bot-express-ts (readme.md, a render.com deploy log)",
+        "upstream_crashloop",
+        "failed_migration_blocks_start",
+    ),
     # Apache httpd 2.4.71 mod_proxy on a unix socket (apache2 -X; proxy_fcgi's SetHandler
     # "proxy:unix:PATH|fcgi://HOST", proxy_http's ProxyPass "unix:PATH|http://HOST/"): read as
     # nginx's connect() to unix:PATH failed (2/111/13: ...)
