@@ -49,7 +49,7 @@ TRACE_AFTER = float(os.environ.get("OPSBOT_LAG_TRACE_AFTER", 0.05))  # s late: O
 STACKS = os.environ.get("OPSBOT_LAG_TRACE_STACKS", "1") != "0"  # with OPSBOT_LAG_TRACE
 # with OPSBOT_LAG_TRACE: the loop's callbacks that ran this many ms or more, listed at a late tick
 CALLBACKS = float(os.environ.get("OPSBOT_LAG_TRACE_CALLBACKS", 0))
-_slow: list[tuple[float, float, str]] = []  # (ended at, ms, callback) since the last tick
+_slow: list[tuple[float, float, str]] = []  # (ms, ms on a core, callback) since the last tick
 
 
 def _time_callbacks() -> None:
@@ -62,13 +62,16 @@ def _time_callbacks() -> None:
     def timed(self: asyncio.Handle) -> None:
         if threading.get_ident() != mine:
             return run(self)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             run(self)
         finally:
             took = (time.perf_counter() - began) * 1e3
             if took >= CALLBACKS:
-                _slow.append((time.perf_counter(), took, repr(self)[:300]))
+                task = getattr(self._callback, "__self__", None)  # a task's step or wakeup
+                coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+                what = getattr(coro, "__qualname__", None) or repr(self)[:200]
+                _slow.append((took, (time.thread_time() - cpu) * 1e3, what))
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 SECRET = "bench-signing-secret"
@@ -101,8 +104,9 @@ async def _watch(lags: list[float], trace: int | None = None) -> None:
                      f"loop's thread ran {ran:.1f} ms, waited for a core {waited:.1f} ms, "
                      f"slept (interpreter lock, locks, I/O) {slept:.1f} ms; "
                      f"the process's CPU {cpu:.0f} ms\n".encode())
-            for _, took, what in _slow:
-                os.write(trace, f"    callback {took:.1f} ms: {what}\n".encode())
+            for took, ran, what in _slow:
+                os.write(trace, f"    callback {took:.1f} ms ({ran:.1f} ms on a core): "
+                         f"{what}\n".encode())
         if len(lags) > 2_000_000:  # bounded: ~3 hours of ticks
             del lags[:1_000_000]
 
