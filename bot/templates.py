@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,18 @@ def _compiled(text: str, shell: bool) -> Template:
 def _expression(expr: str) -> Callable[..., Any]:
     with _jinja_errors():
         return _env(False).compile_expression(expr, undefined_to_none=True)
+
+
+def precompile(text: str, *, shell: bool) -> None:
+    """Compile a template now (a checked one: errors were reported when it was loaded)."""
+    if "{" in text:
+        with suppress(TemplateFailed):
+            _compiled(text, shell)
+
+
+def precompile_condition(expr: str) -> None:
+    with suppress(TemplateFailed):
+        _expression(expr)
 
 
 def render(text: str, context: Mapping[str, Any], *, shell: bool) -> str:

@@ -45,3 +45,31 @@ def test_a_plain_command_never_loads_jinja() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_precompiled_catalog_renders_without_compiling() -> None:
+    """A server compiles its runbooks' templates at start-up (bot.server): its runs then
+    only render, none of them compiles on the loop."""
+    from pathlib import Path
+
+    from bot.executors import KINDS
+    from bot.runbooks import load_catalog
+
+    catalog = load_catalog(Path(__file__).resolve().parents[2] / "runbooks")
+    templates._compiled.cache_clear()
+    templates._expression.cache_clear()
+    catalog.precompile()
+    compiled, expressions = templates._compiled.cache_info(), templates._expression.cache_info()
+    texts = [(text, shell) for rb in catalog.runbooks.values()
+             for step in (*rb.steps, *rb.remediation)
+             for _, text, shell in KINDS.get(step.kind).templates_of(step.params)
+             if "{" in text]
+    conditions = [step.when for rb in catalog.runbooks.values()
+                  for step in (*rb.steps, *rb.remediation) if step.when]
+    assert len(texts) > 20 and conditions and compiled.currsize >= len(set(texts))
+    for text, shell in texts:
+        templates._compiled(text, shell)
+    for expr in conditions:
+        templates._expression(expr)
+    assert templates._compiled.cache_info().misses == compiled.misses
+    assert templates._expression.cache_info().misses == expressions.misses
