@@ -2370,6 +2370,39 @@ CATALOGUE: list[tuple[str, str, str, str, str | None]] = [
         "dns_or_network",
         None,
     ),
+    # ---- a worker killed by a fault of its own code, its master living on: php-fpm 8.2.36
+    # (Debian php8.2-fpm, pm = static, behind nginx 1.22.1) and gunicorn 27.0.1 (pip), a request
+    # whose worker gets SIGILL (a JIT's or an instruction the CPU lacks) or SIGFPE
+    (
+        "app_logs",
+        "[01-Dec-2026 01:01:19] WARNING: [pool www] child 18552 exited on signal 4 (SIGILL) after "
+        "1.504143 seconds from start",
+        "run here: php-fpm8.2 -n -R -y fpm.conf, crash.php doing posix_kill(getmypid(), 4)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "app_logs",
+        "[01-Dec-2026 01:01:19] WARNING: [pool www] child 18640 exited on signal 8 (SIGFPE) after "
+        "0.518085 seconds from start",
+        "run here: php-fpm8.2 -n -R -y fpm.conf, crash.php doing posix_kill(getmypid(), 8)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[2026-12-01 01:00:41 +0000] [15908] [WARNING] Worker (pid:15910) was sent SIGILL!",
+        "run here: gunicorn 27.0.1 -w 1, a WSGI app doing os.kill(os.getpid(), signal.SIGILL)",
+        "upstream_crashloop",
+        None,
+    ),
+    (
+        "docker_logs",
+        "[2026-12-01 01:00:42 +0000] [15908] [WARNING] Worker (pid:15917) was sent SIGFPE!",
+        "run here: gunicorn 27.0.1 -w 1, a WSGI app doing os.kill(os.getpid(), signal.SIGFPE)",
+        "upstream_crashloop",
+        None,
+    ),
     # ---- Heroku's router and dyno manager (heroku logs), as public threads quote them
     (
         "nginx_error_log",
