@@ -723,7 +723,19 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
                 "carry unknown approval tokens: each is verified, looked up and answered. "
                 "OPSBOT_LAG_TRACE=FILE: stacks of every thread when the loop is 50 ms late, "
                 "and where slow answers and store transactions spent their time, into "
-                "FILE.ROUND (bench/ack.py; for finding causes, not for figures).")
+                "FILE.ROUND (bench/ack.py; for finding causes, not for figures); "
+                "OPSBOT_LAG_TRACE_AFTER=S traces ticks S late, OPSBOT_LAG_TRACE_CALLBACKS=MS "
+                "lists the loop's callbacks of MS or more before each.")
+    if edge == "thread" and sorted(worst)[len(worst) // 2] > 20:
+        report.note(bench, "The loop's worst lag, traced (bench/CORE.md, \"The loop's worst "
+                    "lag, per callback\"): the late ticks were in about equal parts the loop's "
+                    "thread waiting for a core, waiting for the interpreter's lock (the HTTP "
+                    "thread's answers, the store's threads), and its own work: the 50 hosts "
+                    "advance through the runbook together, and one turn of the loop runs each "
+                    "host's step results (0.1-3.5 ms of CPU each) before the ticker's. No single "
+                    "callback over 5 ms of CPU is left (the first run's import and template "
+                    "compilation moved to start-up). Spreading a run's per-host work over turns "
+                    "of the loop, or hosts' runs over processes, is what is left; not built.")
 
 
 BENCH_FUNCS: dict[str, Callable[..., None]] = {
