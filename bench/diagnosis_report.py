@@ -370,7 +370,11 @@ SIGNAL_FIELDS = [
     ("`step`", "the evidence step id, or a list of them, whose output is searched"),
     ("`pattern`", "a Python regex applied to each line; `{upstream_port}`, `{upstream_host}`, "
                   "`{program}`, `{container}`, `{container_port}` are replaced by the runbook "
-                  "parameter, escaped; a signal whose parameter is not given is skipped"),
+                  "parameter, escaped; a signal whose parameter is not given is skipped; "
+                  "`{^}` is where a log message starts: the line's start or the end of a log "
+                  "collector's envelope (docker compose's `web-1  | `, journald's `prog[123]: `, "
+                  "`docker logs --timestamps`, s6-log's `T` and `t`, supervisord's, Heroku's, "
+                  "the CRI file's; `MESSAGE_START` in bot/logline.py), not any colon"),
     ("`weight`", "0..1, how strongly the signal alone points at the cause"),
     ("`absent: true`", "fire when the step was run and **no** line matches "
                        "(e.g. nothing listens on the upstream port)"),

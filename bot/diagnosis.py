@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot import pydanticlib  # noqa: F401 (first: pydantic without its plugin search)
 from bot.errors import BotError, RunbookInvalid
 from bot.filecache import PerVersion
-from bot.logline import plain
+from bot.logline import MESSAGE_START, MESSAGE_START_TOKEN, plain
 from bot.logtime import Clock, line_time
 from bot.models import HEALTHY_NOW, LIKE_PAST_INCIDENTS, Cause
 from bot.similar import Library, Likeness, load_library
@@ -95,6 +95,14 @@ class Condition(_Strict):
             return tuple(s for part in step for s in (part if isinstance(part, list | tuple)
                                                       else (part,)))
         return step
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _message_start(cls, pattern: Any) -> Any:
+        """`{^}`: where a log message starts, after any collector's envelope (bot/logline.py)."""
+        if isinstance(pattern, str):
+            return pattern.replace(MESSAGE_START_TOKEN, MESSAGE_START)
+        return pattern
 
     @field_validator("pattern")
     @classmethod
