@@ -4,7 +4,7 @@
 RUN_PACKAGES=(python3 python3-venv python3-pip openssh-client curl)
 TEST_PACKAGES=(openssh-server nginx supervisor prometheus prometheus-alertmanager
                prometheus-blackbox-exporter docker.io busybox-static redis-server sqlite3 postgresql
-               iproute2 procps)
+               iproute2 procps s6 zsh)  # s6-log, zsh: the envelope and batch-shell tests
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
