@@ -197,7 +197,9 @@ def test_field_training_cases_top1_at_least_86_percent(rules):
     connect callback's null client, Apache's AH02454, `python -m` tracebacks, nginx lines a
     thread wrapped, Heroku's router codes, Prisma's P3009, workers killed by SIGILL/SIGFPE)
     and 18 more blind cases (corpus-aq, -ar; 12 in the training part, of which 1 stays a
-    miss: a lone refusal that names no wrong port): 612/692 (88.4 %)."""
+    miss: a lone refusal that names no wrong port): 612/692 (88.4 %); with one shared start of
+    a log message after its envelope (helper rules12) and one more blind case (corpus-as, a
+    sidecar's lone 503 to a stale pod address, a miss): 612/693 (88.3 %)."""
     field = [p for p in TRAIN if p.parent.name == "field"]
     if not field:
         pytest.skip("no field cases yet")
@@ -269,8 +271,8 @@ def test_held_out_cases_never_appear_in_the_report(rules):
     assert shown == 0  # a count, so that a failure prints nothing of them either
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 01:11 with the rules and the "
-                   "past-incidents fallback as at that time, after 18 more blind field cases: "
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 01:21 with the rules and the "
+                   "past-incidents fallback as at that time, after 19 more blind field cases: "
                    "held-out top-1 278/345 (81%; the rules alone 245/345, 71%), below issue 9's "
                    "90%; see docs/diagnosis.md. Strict: when it reaches 90% this marker must go.")
 def test_held_out_top1_is_at_least_90_percent(rules):
