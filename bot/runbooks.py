@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,18 +430,28 @@ class Catalog:
         """The first runbook (in file order) whose matchers all fit the labels."""
         return next((rb for rb in self.runbooks.values() if rb.matches(labels)), None)
 
+    def kinds(self) -> set[str]:
+        """The step kinds the runbooks use (remediation and verification included)."""
+        return {step.kind for step in self._steps()}
+
+    def _steps(self) -> Iterator[Step]:
+        for rb in self.runbooks.values():
+            yield from rb.steps
+            for step in rb.remediation:
+                yield step
+                if step.verify is not None:
+                    yield step.verify
+
     def precompile(self) -> None:
         """Every step's templates and condition compiled now (bot.templates keeps them), so
         that runs only render: a server's first run compiled on its loop (the nginx-502
         runbook's 13 templates: 6 ms there, holding every answer meanwhile)."""
-        for rb in self.runbooks.values():
-            verifies = (s.verify for s in rb.remediation if s.verify is not None)
-            for step in (*rb.steps, *rb.remediation, *verifies):
-                kind = KINDS.get(step.kind)
-                for _, text, shell in kind.templates_of(step.params) if kind else ():
-                    templates.precompile(text, shell=shell)
-                if step.when:
-                    templates.precompile_condition(step.when)
+        for step in self._steps():
+            kind = KINDS.get(step.kind)
+            for _, text, shell in kind.templates_of(step.params) if kind else ():
+                templates.precompile(text, shell=shell)
+            if step.when:
+                templates.precompile_condition(step.when)
 
 
 def load_catalog(folder: Path) -> Catalog:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from bot.app import Runtime, build, load_definitions
 from bot.config import Settings
 from bot.edge import MAX_BODY, ServerThread, bearer_ok, error, one_line_errors, store_ok
 from bot.errors import BotError
+from bot.executors import KINDS
 from bot.metrics import CONTENT_TYPE
 from bot.models import AlertGroup
 from bot.offload import off_loop, serve_batch_below, start_default_executor, stop_processes
@@ -218,11 +220,18 @@ def reload(rt: Runtime) -> None:
 
 
 def _first_run_work(catalog: Catalog) -> None:
-    """What a server's first run did on its loop, done at start-up off it: the diagnosis's
-    import (6 ms) and the runbooks' templates compiled (6 ms for nginx-502's); in the ack
-    benchmark each was one callback over 5 ms, the longest of a 50-host run's."""
-    import bot.diagnosis  # noqa: F401
+    """What a server's first run did, done at start-up, off the loop: the runbooks' templates
+    compiled (6 ms for nginx-502's, on the loop: a group of steps rendered together was the
+    longest callback of a 50-host run in the ack benchmark); the discovery's and the step
+    kinds' imports (the docker SDK; about 75 ms of CPU in all), on a thread, but taking turns
+    with the loop for the interpreter's lock while the run went on. (The diagnosis loads with
+    the runbooks' rules.)"""
+    import bot.discovery  # noqa: F401
 
+    for name in sorted(catalog.kinds()):
+        kind = KINDS.get(name)
+        for module in kind.first_use_imports if kind else ():
+            importlib.import_module(module)
     catalog.precompile()
 
 

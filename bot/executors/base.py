@@ -82,6 +82,9 @@ class StepKind(ABC):
     Params: ClassVar[type[KindParams]]
     shell_fields: ClassVar[frozenset[str]] = frozenset()  # rendered with shell quoting
     batches: ClassVar[bool] = False  # run_batch runs several actions at once on a host
+    # modules its first run imports (a cold `opsbot run` without such steps never loads them);
+    # a server imports them at start-up, off its loop (bot.server)
+    first_use_imports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: ExecContext) -> None:
         self.ctx = ctx

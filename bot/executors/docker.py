@@ -385,6 +385,7 @@ ACTIONS: dict[str, Callable[[Any, Mapping[str, Any]], ExecOutput]] = {
 class DockerStep(StepKind):
     name = "docker"
     Params = DockerParams
+    first_use_imports = ("docker.errors", "requests.exceptions")
 
     def __init__(self, ctx: ExecContext) -> None:
         super().__init__(ctx)
@@ -420,8 +421,8 @@ class DockerStep(StepKind):
     async def run(self, action: Mapping[str, Any], host: Host,
                   timeout: float) -> ExecOutput:  # noqa: ASYNC109 (the StepKind interface)
         # the first docker step: the SDK's import (requests, urllib3) held the loop
-        await import_off_loop("docker.errors")
-        await import_off_loop("requests.exceptions")
+        for module in self.first_use_imports:
+            await import_off_loop(module)
         import docker.errors
         import requests.exceptions
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from jinja2 import StrictUndefined
@@ -50,8 +51,6 @@ def test_a_plain_command_never_loads_jinja() -> None:
 def test_a_precompiled_catalog_renders_without_compiling() -> None:
     """A server compiles its runbooks' templates at start-up (bot.server): its runs then
     only render, none of them compiles on the loop."""
-    from pathlib import Path
-
     from bot.executors import KINDS
     from bot.runbooks import load_catalog
 
@@ -73,3 +72,24 @@ def test_a_precompiled_catalog_renders_without_compiling() -> None:
         templates._expression(expr)
     assert templates._compiled.cache_info().misses == compiled.misses
     assert templates._expression.cache_info().misses == expressions.misses
+
+
+def test_a_server_does_its_first_runs_imports_at_start_up() -> None:
+    """bot.server._first_run_work: the discovery and the imports of the step kinds the
+    runbooks use (the docker SDK) are loaded before a run needs them."""
+    script = """
+import sys
+from pathlib import Path
+from bot.runbooks import load_catalog
+from bot.server import _first_run_work
+catalog = load_catalog(Path("runbooks"))
+assert "docker" in catalog.kinds()
+wanted = ("bot.discovery", "docker.errors", "requests.exceptions")  # not loaded by the catalog
+before = [m for m in wanted if m in sys.modules]
+_first_run_work(catalog)
+print(before, all(m in sys.modules for m in wanted))
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "[] True", done.stderr
