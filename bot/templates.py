@@ -75,13 +75,16 @@ def check_template(text: str, *, shell: bool) -> str | None:
     return None
 
 
-def template_names(text: str) -> set[str]:
-    """Top-level names a template reads (to check them against the runbook's parameters)."""
+@lru_cache(maxsize=2048)
+def template_names(text: str) -> frozenset[str]:
+    """Top-level names a template reads (to check them against the runbook's parameters).
+    Kept per text: the runbooks' load asks first, a run's grouping of steps again (a parse on
+    the loop, at a server's first run, was one of its longest callbacks)."""
     if "{" not in text:
-        return set()
+        return frozenset()
     from jinja2 import meta
 
-    return set(meta.find_undeclared_variables(_env(False).parse(text)))
+    return frozenset(meta.find_undeclared_variables(_env(False).parse(text)))
 
 
 @lru_cache(maxsize=2048)

@@ -72,6 +72,10 @@ def test_a_precompiled_catalog_renders_without_compiling() -> None:
         templates._expression(expr)
     assert templates._compiled.cache_info().misses == compiled.misses
     assert templates._expression.cache_info().misses == expressions.misses
+    names = templates.template_names.cache_info()  # read when the runbooks loaded
+    for text, _ in texts:
+        templates.template_names(text)
+    assert templates.template_names.cache_info().misses == names.misses
 
 
 def test_a_server_does_its_first_runs_imports_at_start_up() -> None:
