@@ -75,6 +75,7 @@ def _time_callbacks() -> None:
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 SECRET = "bench-signing-secret"
+RESPONSE_URL = "bench"  # the Slack stand-in's response_url that every request carries
 USER = "U0ALICE"
 
 
@@ -293,7 +294,7 @@ async def drive(url: str, fake_root: str, seconds: float, rate: float,
 
     from tests.slacksign import block_actions_body, sign, slash_command_body
 
-    respond = f"{fake_root}_fake/respond/bench"
+    respond = f"{fake_root}_fake/respond/{RESPONSE_URL}"  # bench/run.py makes it answer
     n = 0
     probe = os.environ.get("OPSBOT_ACK_PROBE")  # bench/ackprobe.py: each request's own line
     sent: list[dict[str, Any]] = []

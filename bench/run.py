@@ -558,7 +558,7 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
 
     import yaml
 
-    from bench.ack import SECRET, USER, drive
+    from bench.ack import RESPONSE_URL, SECRET, USER, drive
     from bench.lab import BenchLab, log_runbooks
     from bench.procs import (
         as_deployed,
@@ -593,8 +593,10 @@ def bench_ack(report: Report, lab: object, rounds: int, folder: Path) -> None:
     inventory = folder / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(data))
     fake_port, port = free_port(), free_port()
+    # the requests' response_url answers as Slack's does (the driver's RESPONSE_URL)
     fake = subprocess.Popen([sys.executable, str(ROOT / "tests/fakeslack.py"), "--port",
-                             str(fake_port), "--channel", "C0INCIDENT"], cwd=ROOT,
+                             str(fake_port), "--channel", "C0INCIDENT", "--response-url",
+                             RESPONSE_URL], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

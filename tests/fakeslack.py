@@ -403,9 +403,10 @@ class FakeSlack:
         self._lose[method] = times
 
     def response_url(self, channel: str | None = None, user: str | None = None,
-                     message_ts: str | None = None) -> str:
-        """A fresh response_url; replace_original/delete_original act on `message_ts`."""
-        url = f"{self.root}_fake/respond/{len(self._response_urls) + 1}"
+                     message_ts: str | None = None, *, name: str | None = None) -> str:
+        """A fresh response_url (`name`: its last part, else a number);
+        replace_original/delete_original act on `message_ts`."""
+        url = f"{self.root}_fake/respond/{name or len(self._response_urls) + 1}"
         self._response_urls[url] = (channel or self.channels[0], user, message_ts)
         return url
 
@@ -787,6 +788,8 @@ def _thread_ts(p: dict) -> str | None:
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeSlack(token=args.token, channels=tuple(args.channel or ["C0INCIDENT"]))
     print(await fake.start(args.host, args.port), flush=True)
+    for name in args.response_url or ():
+        fake.response_url(name=name)
     try:
         await asyncio.Event().wait()
     finally:
@@ -799,6 +802,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3001)
     parser.add_argument("--channel", action="append", help="existing channel ID (repeatable)")
     parser.add_argument("--token", default="xoxb-test-token")
+    parser.add_argument("--response-url", action="append", metavar="NAME",
+                        help="answer at /_fake/respond/NAME as a response_url (repeatable)")
     try:
         asyncio.run(_serve(parser.parse_args()))
     except KeyboardInterrupt:
