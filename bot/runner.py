@@ -34,6 +34,7 @@ from bot.offload import off_loop, off_process
 from bot.redact import OFF_LOOP, bound, redact
 from bot.runbooks import Runbook, Step
 from bot.templates import evaluate, template_names
+from bot.turns import turn
 
 EXCERPT_LIMIT = 16_000  # characters kept per step in the store
 EVIDENCE_LIMIT = 512_000  # characters of a step's output the diagnosis reads
@@ -226,6 +227,7 @@ class Runner:
     async def _finish(self, step: Step, rendered: RenderedStep, out: ExecOutput,
                       started_at: str, duration: float, handle: Any,
                       listener: StepListener) -> tuple[StepResult, Any]:
+        await turn()  # the hosts' results come in together: a few of them a turn of the loop
         if len(out.output) > OFF_LOOP:  # redacting and hashing a large output: off the loop
             result, clean = await asyncio.to_thread(make_result, step, rendered, out, started_at,
                                                     duration)
@@ -317,6 +319,7 @@ class Runner:
         steps, k = runbook.steps, 0
         while k < len(steps):
             step, k = steps[k], k + 1
+            await turn()  # rendering the next steps, host by host: a few a turn of the loop
             context = render_context(host, params, facts, done)
             group = self._together(steps, k - 1)
             if group:
@@ -358,6 +361,7 @@ class Runner:
             else:
                 report.causes = await off_loop(diagnose, runbook.rules, report.evidence, params,
                                                since)
+        await turn()
         self._propose(runbook, report,
                       context=render_context(host, params, facts, done, report.evidence))
         await listener.host_finished(host.name)

@@ -23,6 +23,7 @@ from bot.parts import Deps, Part
 from bot.render import duration_text
 from bot.runbooks import Runbook
 from bot.runner import HostReport, render_context, render_step
+from bot.turns import then_turn
 
 if TYPE_CHECKING:  # discovery (and its nginx parser) loads when a run first needs it
     from bot.discovery import Chain
@@ -72,10 +73,13 @@ class Runs(Part):
         await import_off_loop("bot.discovery")  # its first import (crossplane): off the loop
         from bot.discovery import discover
 
-        return await discover(calls.run, host.name, url, sudo=sudo,
+        # each read, then a turn: the hosts' answers come in together, and reading them (a
+        # few hosts a turn of the loop) is discovery's work on the loop (bot.turns)
+        return await discover(then_turn(calls.run), host.name, url, sudo=sudo,
                               nginx_conf=host.vars.get("opsbot_nginx_conf"), fallback=fallback,
-                              own_names=(host.name, host.address), run_many=calls.run_many,
-                              unix_request=calls.unix_request)
+                              own_names=(host.name, host.address),
+                              run_many=then_turn(calls.run_many),
+                              unix_request=then_turn(calls.unix_request))
 
     # -- runs -----------------------------------------------------------------------------
     def targets(self, runbook: Runbook, hosts: list[Host], labels: Mapping[str, str],
